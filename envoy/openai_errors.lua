@@ -1,0 +1,109 @@
+-- Envoy Lua filter of typegpt-gateway. It sits before grpc_json_transcoder, so:
+--  * on the way in it strips gRPC control headers that plain HTTP clients must not be able to
+--    set (grpc-timeout would become a server deadline, a bad *-bin header a 500);
+--  * on the way out it sees the transcoded response and every local reply, and makes each
+--    error an OpenAI-shaped JSON body: {"error": {"message", "type", "param", "code"}}.
+-- Native gRPC traffic (application/grpc) passes untouched both ways.
+
+local function is_grpc(content_type)
+  return content_type ~= nil and string.sub(content_type, 1, 16) == "application/grpc"
+end
+
+local ERROR_TYPES = {
+  [400] = "invalid_request_error",
+  [401] = "authentication_error",
+  [403] = "authentication_error",
+  [404] = "invalid_request_error",
+  [405] = "invalid_request_error",
+  [413] = "invalid_request_error",
+  [429] = "rate_limit_error",
+  [504] = "timeout_error",
+}
+
+-- Friendlier words for the replies Envoy makes on its own.
+local LOCAL_MESSAGES = {
+  [404] = "Unknown request URL. This gateway serves POST /v1/chat/completions, "
+    .. "GET /v1/models and GET /v1/models/{model}.",
+  [413] = "Request body too large for this gateway.",
+  [431] = "Request headers too large.",
+  [503] = "The gateway's backend is not available right now; try again shortly.",
+}
+
+local function json_string(s)
+  s = string.gsub(s, '[%c"\\]', function(c)
+    if c == '"' then return '\\"' end
+    if c == "\\" then return "\\\\" end
+    if c == "\n" then return "\\n" end
+    return string.format("\\u%04x", string.byte(c))
+  end)
+  return '"' .. s .. '"'
+end
+
+local function percent_decode(s)
+  return (string.gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  if is_grpc(headers:get("content-type")) then
+    return
+  end
+  local unwanted = {}
+  for name, _ in pairs(headers) do
+    if string.sub(name, 1, 5) == "grpc-" or string.sub(name, -4) == "-bin" then
+      unwanted[#unwanted + 1] = name
+    end
+  end
+  for _, name in ipairs(unwanted) do
+    headers:remove(name)
+  end
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  -- A native gRPC response always has HTTP status 200 (errors travel in grpc-status). A
+  -- transcoded error keeps the application/grpc type but gets a mapped status such as 401.
+  if is_grpc(headers:get("content-type")) and headers:get(":status") == "200" then
+    return
+  end
+  local openai_error = headers:get("x-openai-error")
+  local wanted_status = headers:get("x-http-status")
+  local grpc_message = headers:get("grpc-message")
+  headers:remove("x-openai-error")
+  headers:remove("x-http-status")
+  headers:remove("grpc-status")
+  headers:remove("grpc-message")
+  headers:remove("grpc-accept-encoding")
+
+  if openai_error ~= nil then
+    -- The backend's own error: it chose the status and wrote the body.
+    if wanted_status ~= nil then
+      headers:replace(":status", wanted_status)
+    end
+    headers:replace("content-type", "application/json")
+    handle:body(true):setBytes(openai_error)
+    return
+  end
+
+  local status = tonumber(headers:get(":status")) or 500
+  if status < 400 then
+    return
+  end
+  -- Envoy's own reply (unknown path, body too large, backend down) or a bare gRPC status.
+  local message = LOCAL_MESSAGES[status]
+  if message == nil then
+    local body = handle:body(true)
+    local text = body:getBytes(0, body:length())
+    if grpc_message ~= nil and grpc_message ~= "" then
+      message = percent_decode(grpc_message)
+    elseif text ~= nil and text ~= "" then
+      message = text
+    else
+      message = "Request failed with HTTP status " .. status .. "."
+    end
+  end
+  local error_type = ERROR_TYPES[status] or "api_error"
+  headers:replace("content-type", "application/json")
+  handle:body(true):setBytes('{"error":{"message":' .. json_string(message)
+    .. ',"type":"' .. error_type .. '","param":null,"code":' .. status .. '}}')
+end

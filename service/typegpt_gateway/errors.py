@@ -1,0 +1,107 @@
+"""OpenAI-shaped errors: one exception type, its HTTP and gRPC status, and scrubbing.
+
+Pure rules only; the servicer turns a GatewayError into gRPC status + trailing metadata, and
+Envoy's Lua filter turns that into the HTTP response.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import grpc
+
+_GRPC_CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.ABORTED,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+_DEFAULT_TYPES: dict[int, str] = {
+    401: "authentication_error",
+    403: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    504: "timeout_error",
+}
+
+# Longest error message passed on; trailing metadata has a size budget (8 KiB in total).
+MAX_MESSAGE_CHARS = 2000
+
+
+def default_error_type(status: int) -> str:
+    if status in _DEFAULT_TYPES:
+        return _DEFAULT_TYPES[status]
+    return "invalid_request_error" if status < 500 else "api_error"
+
+
+def grpc_code_for(status: int) -> grpc.StatusCode:
+    if status in _GRPC_CODES:
+        return _GRPC_CODES[status]
+    return grpc.StatusCode.FAILED_PRECONDITION if status < 500 else grpc.StatusCode.INTERNAL
+
+
+@dataclass(frozen=True)
+class GatewayError(Exception):
+    """An error the client sees, as `{"error": {"message", "type", "param", "code"}}`."""
+
+    status: int
+    message: str
+    type: str = ""
+    param: str | None = None
+    # Extra response headers, e.g. Retry-After on a 429.
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            object.__setattr__(self, "type", default_error_type(self.status))
+        if len(self.message) > MAX_MESSAGE_CHARS:
+            object.__setattr__(self, "message", self.message[:MAX_MESSAGE_CHARS] + "…")
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.type}: {self.message}"
+
+    @property
+    def grpc_code(self) -> grpc.StatusCode:
+        return grpc_code_for(self.status)
+
+    def payload(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.status,
+            }
+        }
+
+    def to_json(self) -> str:
+        # ASCII-only: the text travels as gRPC metadata, which must be printable ASCII.
+        return json.dumps(self.payload(), ensure_ascii=True, separators=(",", ":"))
+
+
+_SECRET_PATTERNS = (
+    re.compile(r"sk-[A-Za-z0-9_\-]{6,}"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=:/+]{6,}"),
+)
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Removes credentials from text that came from elsewhere (e.g. an upstream error body)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _SECRET_PATTERNS[0].sub("sk-[redacted]", text)
+    return _SECRET_PATTERNS[1].sub(r"\1[redacted]", text)

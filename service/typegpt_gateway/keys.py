@@ -1,0 +1,89 @@
+"""Client keys: their format, hashing, records, and the pure rules that accept or refuse them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from .errors import GatewayError
+
+KEY_PREFIX = "sk-"
+KEY_BYTES = 32
+# How much of a key `keys list` shows, to tell keys apart without revealing them.
+SHOWN_PREFIX_CHARS = 10
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    name: str
+    key_hash: bytes
+    prefix: str
+    created_at: float
+    models: tuple[str, ...] | None = None
+    rpm: int | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def __repr__(self) -> str:
+        # The hash is not the key, but it still has no place in logs.
+        return f"KeyRecord(name={self.name!r}, prefix={self.prefix!r})"
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+_BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header, or None when absent or malformed."""
+    if not authorization:
+        return None
+    match = _BEARER.match(authorization)
+    return match.group(1) if match else None
+
+
+def authenticate(
+    authorization: str | None, lookup: dict[bytes, KeyRecord], now: float
+) -> KeyRecord:
+    """The record of the presented key, or the error the client gets."""
+    key = bearer_token(authorization)
+    if key is None:
+        raise GatewayError(
+            401,
+            "Missing API key. Send it as 'Authorization: Bearer YOUR_CLIENT_API_KEY'.",
+            "authentication_error",
+        )
+    digest = hash_key(key)
+    record = lookup.get(digest)
+    # The dict finds the candidate by its hash; the comparison itself is constant-time.
+    if record is None or not hmac.compare_digest(record.key_hash, digest):
+        raise GatewayError(403, "Invalid API key", "authentication_error")
+    if record.revoked_at is not None:
+        raise GatewayError(
+            403, "Invalid API key: this key has been revoked", "authentication_error"
+        )
+    if record.expires_at is not None and now >= record.expires_at:
+        raise GatewayError(403, "Invalid API key: this key has expired", "authentication_error")
+    return record
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in '30d', '12h', '90m', '45s', '2w' or a bare number of seconds."""
+    match = _DURATION.match(text)
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"not a duration: {text!r} (try 30d, 12h, 90m)")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]

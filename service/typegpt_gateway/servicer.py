@@ -1,0 +1,183 @@
+"""The gRPC services. Each RPC is a thin edge: read metadata, run the pipeline, shape the reply.
+
+Errors become a gRPC status plus trailing metadata (`x-openai-error`, `x-http-status`) from
+which Envoy's Lua filter writes the HTTP response, so REST and gRPC callers get the same error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from google.api import httpbody_pb2
+from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
+
+from . import typed
+from .catalog import Catalog, Model
+from .chat import ChatPipeline, Stream
+from .errors import GatewayError
+from .sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
+
+
+async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> None:
+    """Ends the RPC with `error`; never returns."""
+    await context.abort(
+        error.grpc_code,
+        error.message,
+        trailing_metadata=(
+            ("x-openai-error", error.to_json()),
+            ("x-http-status", str(error.status)),
+            *error.headers,
+        ),
+    )
+
+
+def _unexpected(exc: BaseException) -> GatewayError:
+    logger.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+    return GatewayError(500, "The gateway failed unexpectedly; this was logged.", "api_error")
+
+
+def _model_message(model: Model) -> chat_pb2.Model:
+    return chat_pb2.Model(
+        id=model.id, object="model", created=model.created, owned_by=model.owned_by
+    )
+
+
+class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
+    def __init__(self, pipeline: ChatPipeline, catalog: Catalog) -> None:
+        self._pipeline = pipeline
+        self._catalog = catalog
+
+    async def _start(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes | Stream:
+        try:
+            return await self._pipeline.start(body, _authorization(context))
+        except GatewayError as error:
+            await abort(context, error)
+        except Exception as exc:
+            await abort(context, _unexpected(exc))
+        raise AssertionError("unreachable: abort raises")
+
+    async def CreateChatCompletionHttp(
+        self,
+        request: chat_pb2.CreateChatCompletionHttpRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[chat_pb2.CreateChatCompletionHttpResponse]:
+        answer = await self._start(request.http_body.data, context)
+        if isinstance(answer, bytes):
+            yield _http_message(answer, JSON)
+            return
+        # The first message's content type becomes the HTTP Content-Type.
+        content_type = EVENT_STREAM
+        try:
+            async with contextlib.aclosing(answer.batches()) as batches:
+                async for batch in batches:
+                    frames = b"".join(map(data_frame, batch)) if batch else KEEPALIVE_FRAME
+                    yield _http_message(frames, content_type)
+                    content_type = ""
+            tail = DONE_FRAME
+        except GatewayError as error:
+            # Headers are gone: only an in-band error frame can tell the client.
+            tail = data_frame(error.to_json().encode())
+        except Exception as exc:
+            tail = data_frame(_unexpected(exc).to_json().encode())
+        yield _http_message(tail, content_type)
+
+    async def CreateChatCompletion(
+        self, request: chat_pb2.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> chat_pb2.CreateChatCompletionResponse:
+        answer = await self._start(typed.request_body(request.params, stream=False), context)
+        if not isinstance(answer, bytes):  # the body says stream: false
+            raise AssertionError("unreachable")
+        try:
+            return typed.parse_answer(answer, chat_pb2.CreateChatCompletionResponse())
+        except GatewayError as error:
+            await abort(context, error)
+            raise
+
+    async def StreamChatCompletion(
+        self, request: chat_pb2.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
+        body = typed.request_body(request.params, stream=True, include_usage=request.include_usage)
+        answer = await self._start(body, context)
+        if isinstance(answer, bytes):
+            raise AssertionError("unreachable: the body says stream: true")
+        try:
+            async with contextlib.aclosing(answer.batches()) as batches:
+                async for batch in batches:
+                    for data in batch:
+                        yield typed.parse_answer(data, chat_pb2.StreamChatCompletionResponse())
+        except GatewayError as error:
+            await abort(context, error)
+
+    async def ListModels(
+        self, request: chat_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> chat_pb2.ListModelsResponse:
+        try:
+            key = self._pipeline.authenticate(_authorization(context))
+        except GatewayError as error:
+            await abort(context, error)
+            raise
+        return chat_pb2.ListModelsResponse(
+            object="list", data=[_model_message(model) for model in self._catalog.visible_to(key)]
+        )
+
+    async def GetModel(
+        self, request: chat_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> chat_pb2.Model:
+        try:
+            key = self._pipeline.authenticate(_authorization(context))
+            model = self._catalog.resolve(request.model, key)
+        except GatewayError as error:
+            await abort(context, error)
+            raise
+        return _model_message(model)
+
+
+def _http_message(data: bytes, content_type: str) -> chat_pb2.CreateChatCompletionHttpResponse:
+    return chat_pb2.CreateChatCompletionHttpResponse(
+        http_body=httpbody_pb2.HttpBody(content_type=content_type, data=data)
+    )
+
+
+class StatusServicer(status_pb2_grpc.StatusServiceServicer):
+    """Answers only once the backend is serving; Envoy's 503 covers the backend being down."""
+
+    def __init__(self, ready: ReadinessProbe) -> None:
+        self._ready = ready
+
+    async def GetHealth(
+        self, request: status_pb2.GetHealthRequest, context: grpc.aio.ServicerContext
+    ) -> status_pb2.GetHealthResponse:
+        return status_pb2.GetHealthResponse(status="ok")
+
+    async def GetReadiness(
+        self, request: status_pb2.GetReadinessRequest, context: grpc.aio.ServicerContext
+    ) -> status_pb2.GetReadinessResponse:
+        problem = self._ready()
+        if problem is not None:
+            await abort(context, GatewayError(503, f"Not ready: {problem}", "api_error"))
+        return status_pb2.GetReadinessResponse(status="ready")
+
+
+class ReadinessProbe:
+    """Callable returning None when ready, or what is wrong."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    def __call__(self) -> str | None:
+        return "draining" if self.draining else None

@@ -1,0 +1,83 @@
+"""The one typed settings object, read from the environment (and CLI flags in `serve`)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODELS = (
+    "gpt-4o",
+    "o3-mini",
+    "gpt-4.1",
+    "o3",
+    "gpt-5-chat",
+    "gpt-5-model-router",
+    "gpt-5",
+    "gpt-5-mini",
+)
+MiB = 1024 * 1024
+
+
+def default_db_path() -> Path:
+    return Path.home() / ".local" / "share" / "typegpt-gateway" / "keys.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    # The gateway's own upstream credentials: TypeGPT's names, not GATEWAY_*.
+    typegpt_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("TYPEGPT_API_KEY")
+    )
+    typegpt_base_url: str = Field(
+        default="https://api.typegpt.net/v1", validation_alias=AliasChoices("TYPEGPT_BASE_URL")
+    )
+
+    db: Path = Field(default_factory=default_db_path)
+    models: Annotated[tuple[str, ...], NoDecode] = DEFAULT_MODELS
+    models_owned_by: str = "typegpt"
+    # The `created` of every catalog model (Unix seconds); fixed so that it is stable.
+    models_created: int = 1_715_558_400
+
+    host: str = "0.0.0.0"  # noqa: S104 - a gateway is meant to be reached from other hosts
+    http_port: int = 7000
+    grpc_host: str = "0.0.0.0"  # noqa: S104
+    grpc_port: int = 50051
+    # 0 lets the OS pick, so that several gateways can share a host.
+    envoy_admin_port: int = 0
+    envoy_concurrency: int = 0
+    envoy_log_level: str = "warning"
+
+    max_body_bytes: int = 32 * MiB
+    # Open client connections Envoy accepts before refusing new ones.
+    max_connections: int = 50_000
+    # Seconds without a byte on a stream before an SSE keepalive comment is sent.
+    sse_keepalive_interval: float = 15.0
+    # Envoy's idle limit for a request: must outlast a slow model's silence before a
+    # non-streamed answer, so it follows the upstream read timeout.
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 600.0
+    # How often the key store is checked for keys created or revoked by another process.
+    key_refresh_interval: float = 0.5
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("typegpt_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @cached_property
+    def upstream_key(self) -> str | None:
+        if self.typegpt_api_key is None:
+            return None
+        return self.typegpt_api_key.get_secret_value().strip() or None

@@ -1,0 +1,60 @@
+"""Server-sent events: reading the upstream's stream and writing OpenAI's frames. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+DONE = b"[DONE]"
+DONE_FRAME = b"data: [DONE]\n\n"
+KEEPALIVE_FRAME = b": keepalive\n\n"
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE_END = re.compile(rb"\r\n|\n|\r")
+
+
+def data_frame(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+class EventReader:
+    """Splits a byte stream into the `data` payloads of its events, as bytes arrive.
+
+    Comments and other fields (`event:`, `id:`) are dropped: OpenAI streams carry everything
+    in `data`, and the gateway writes its own keepalives.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        self._buffer += chunk
+        while True:
+            match = _EVENT_END.search(self._buffer)
+            if match is None:
+                return
+            event = self._buffer[: match.start()]
+            self._buffer = self._buffer[match.end() :]
+            data = _event_data(event)
+            if data is not None:
+                yield data
+
+    def pending(self) -> bytes:
+        """Bytes of an event not yet terminated (left over when the stream ends)."""
+        return self._buffer
+
+
+def _event_data(event: bytes) -> bytes | None:
+    lines = []
+    for line in _LINE_END.split(event):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            lines.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(lines) if lines else None
+
+
+_ERROR_EVENT = re.compile(rb'^\s*\{\s*"error"\s*:')
+
+
+def is_error_event(data: bytes) -> bool:
+    # Upstreams report mid-stream failures as a data event with a top-level "error" key.
+    return _ERROR_EVENT.match(data) is not None

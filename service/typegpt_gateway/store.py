@@ -1,0 +1,161 @@
+"""The SQLite key store, shared by the CLI and the running server through the file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from .keys import SHOWN_PREFIX_CHARS, KeyRecord, authenticate, hash_key, new_key
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    key_hash BLOB NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    models TEXT,
+    rpm INTEGER,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL
+);
+-- A name may be reused once its key is revoked, never while it is live.
+CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
+"""
+_COLUMNS = "name, key_hash, prefix, created_at, models, rpm, expires_at, revoked_at"
+
+
+class KeyExistsError(Exception):
+    pass
+
+
+class KeyNotFoundError(Exception):
+    pass
+
+
+def _record(row: tuple) -> KeyRecord:
+    name, key_hash, prefix, created_at, models, rpm, expires_at, revoked_at = row
+    return KeyRecord(
+        name=name,
+        key_hash=bytes(key_hash),
+        prefix=prefix,
+        created_at=created_at,
+        models=tuple(json.loads(models)) if models is not None else None,
+        rpm=rpm,
+        expires_at=expires_at,
+        revoked_at=revoked_at,
+    )
+
+
+class KeyStore:
+    def __init__(self, path: Path) -> None:
+        path = Path(path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # The server reads from a worker thread; every write is its own transaction.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def create(
+        self,
+        name: str,
+        *,
+        models: Iterable[str] | None = None,
+        rpm: int | None = None,
+        expires_in: float | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Stores a new key and returns its record and the key itself, which is never stored."""
+        if not name.strip():
+            raise ValueError("a key needs a name")
+        key = new_key()
+        now = time.time()
+        model_list = sorted(set(models)) if models is not None else None
+        record = KeyRecord(
+            name=name,
+            key_hash=hash_key(key),
+            prefix=key[:SHOWN_PREFIX_CHARS],
+            created_at=now,
+            models=tuple(model_list) if model_list is not None else None,
+            rpm=rpm,
+            expires_at=now + expires_in if expires_in is not None else None,
+        )
+        try:
+            self._db.execute(
+                f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (
+                    record.name,
+                    record.key_hash,
+                    record.prefix,
+                    record.created_at,
+                    json.dumps(model_list) if model_list is not None else None,
+                    record.rpm,
+                    record.expires_at,
+                    None,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise KeyExistsError(f"a live key named {name!r} already exists") from exc
+        return record, key
+
+    def revoke(self, name: str) -> None:
+        cursor = self._db.execute(
+            "UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+            (time.time(), name),
+        )
+        if cursor.rowcount == 0:
+            raise KeyNotFoundError(f"no live key named {name!r}")
+
+    def records(self) -> list[KeyRecord]:
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY created_at, id")  # noqa: S608
+        return [_record(row) for row in rows]
+
+    def by_hash(self) -> dict[bytes, KeyRecord]:
+        return {record.key_hash: record for record in self.records()}
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap 'did anything change?'."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+
+class KeyCache:
+    """The server's view of the store: an in-memory map from key hash to record, so that a
+    request costs one dict lookup whatever the number of keys, refreshed in the background
+    within `interval` seconds of any change made by another process (e.g. `keys revoke`)."""
+
+    def __init__(self, store: KeyStore, interval: float) -> None:
+        self._store = store
+        self._interval = interval
+        self._by_hash = store.by_hash()
+        self._version = store.data_version()
+
+    def authenticate(self, authorization: str | None) -> KeyRecord:
+        return authenticate(authorization, self._by_hash, time.time())
+
+    def refresh_if_changed(self) -> bool:
+        version = self._store.data_version()
+        if version == self._version:
+            return False
+        # Read the version first: a change landing during the read is caught next time.
+        self._version = version
+        self._by_hash = self._store.by_hash()
+        return True
+
+    async def run_refresher(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await asyncio.to_thread(self.refresh_if_changed)
+            except sqlite3.Error:
+                logger.exception("could not re-read the key store; keeping the keys loaded")

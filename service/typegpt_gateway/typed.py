@@ -1,0 +1,51 @@
+"""Conversions between the typed gRPC messages and OpenAI's JSON. Pure."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from typegpt.gateway.v1 import chat_pb2
+
+from .errors import GatewayError
+
+M = TypeVar("M", bound=Message)
+
+
+def _integral_floats_to_int(value: Any) -> Any:
+    # google.protobuf.Value holds every number as a double; OpenAI wants 5, not 5.0.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral_floats_to_int(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_to_int(item) for item in value]
+    return value
+
+
+def request_body(
+    params: chat_pb2.ChatCompletionParams, *, stream: bool, include_usage: bool = False
+) -> bytes:
+    """The OpenAI JSON body for typed params; `extra_body` merges into the top level."""
+    document: dict[str, Any] = json_format.MessageToDict(params, preserving_proto_field_name=True)
+    if params.HasField("seed"):
+        document["seed"] = params.seed  # MessageToDict writes int64 as a string
+    document.update(document.pop("extra_body", {}))
+    document = _integral_floats_to_int(document)
+    document["stream"] = stream
+    if include_usage:
+        document["stream_options"] = {"include_usage": True}
+    return orjson.dumps(document)
+
+
+def parse_answer(data: bytes, message: M) -> M:
+    """Fills `message` from upstream JSON, ignoring fields the proto does not know."""
+    try:
+        json_format.ParseDict(orjson.loads(data), message, ignore_unknown_fields=True)
+    except (orjson.JSONDecodeError, json_format.ParseError) as exc:
+        raise GatewayError(
+            502, f"The upstream API's answer does not fit the typed API: {exc}", "api_error"
+        ) from exc
+    return message
