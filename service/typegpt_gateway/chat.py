@@ -154,11 +154,11 @@ class ChatPipeline:
         self.upstream = upstream
         self._keepalive = keepalive
 
-    def authenticate(self, authorization: str | None) -> KeyRecord:
-        return self.keys.authenticate(authorization)
+    async def authenticate(self, authorization: str | None) -> KeyRecord:
+        return await self.keys.authenticate(authorization)
 
     async def start(self, body: bytes, authorization: str | None) -> bytes | Stream:
-        key = self.authenticate(authorization)
+        key = await self.authenticate(authorization)
         request = parse_chat_request(body)
         self.catalog.resolve(request.model, key)
         response = await self.upstream.open_chat(body, stream=request.stream)

@@ -37,6 +37,14 @@ def serve(
     ] = None,
     grpc_host: Annotated[str | None, typer.Option(help="gRPC listen address.")] = None,
     db: DbOption = None,
+    envoy: Annotated[
+        bool,
+        typer.Option(
+            "--envoy/--no-envoy",
+            help="Run the Envoy sidecar here; --no-envoy serves gRPC only, for an Envoy run "
+            "elsewhere (docker compose).",
+        ),
+    ] = True,
 ) -> None:
     """Run the gateway: the gRPC server and the Envoy sidecar on the HTTP port."""
     logging.basicConfig(
@@ -47,13 +55,60 @@ def serve(
     settings = _settings(
         http_port=http_port, grpc_port=grpc_port, host=host, grpc_host=grpc_host, db=db
     )
-    sys.exit(asyncio.run(_serve(settings)))
+    sys.exit(asyncio.run(_serve(settings, with_envoy=envoy)))
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, *, with_envoy: bool) -> int:
     from .serve import serve as run  # keeps `keys` commands free of server imports
 
-    return await run(settings)
+    return await run(settings, with_envoy=with_envoy)
+
+
+@app.command("envoy-config")
+def envoy_config(
+    grpc_port: Annotated[int | None, typer.Option(help="The backend's gRPC port.")] = None,
+    http_port: Annotated[int | None, typer.Option(help="Envoy's HTTP port.")] = None,
+    host: Annotated[str | None, typer.Option(help="Envoy's listen address.")] = None,
+    backend_host: Annotated[
+        str | None, typer.Option(help="Where Envoy reaches the gRPC backend.")
+    ] = None,
+    assets_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where Envoy will find the Lua filter and descriptor set."),
+    ] = None,
+) -> None:
+    """Print the Envoy config `serve` would use, e.g. for an Envoy in another container."""
+    from .envoy import render_config
+
+    settings = _settings(grpc_port=grpc_port, http_port=http_port, host=host)
+    typer.echo(
+        render_config(
+            settings, grpc_port=settings.grpc_port, backend_host=backend_host, assets=assets_dir
+        ),
+        nl=False,
+    )
+
+
+@app.command()
+def health(
+    target: Annotated[str, typer.Option(help="gRPC address of the backend.")] = "127.0.0.1:50051",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 3.0,
+) -> None:
+    """Exit 0 when the backend's grpc.health.v1 service says SERVING (container healthcheck)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            typer.echo(f"unhealthy: {exc.code().name}", err=True)
+            raise typer.Exit(1) from exc
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    typer.echo("serving" if serving else "not serving")
+    raise typer.Exit(0 if serving else 1)
 
 
 def _when(timestamp: float | None) -> str:

@@ -41,7 +41,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
     if settings.upstream_key is None:
         logger.warning(
             "TYPEGPT_API_KEY is not set: the gateway starts, but every chat request will get "
@@ -59,6 +59,16 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+
+    if not with_envoy:
+        logger.info(
+            "gRPC backend serving on %s:%s (no Envoy here)", settings.grpc_host, backend.port
+        )
+        await stop.wait()
+        logger.info("shutting down")
+        refresher.cancel()
+        await backend.stop(STOP_GRACE)
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="typegpt-gateway-") as workdir:
         config_path = Path(workdir) / "envoy.yaml"

@@ -127,7 +127,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self, request: chat_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.ListModelsResponse:
         try:
-            key = self._pipeline.authenticate(_authorization(context))
+            key = await self._pipeline.authenticate(_authorization(context))
         except GatewayError as error:
             await abort(context, error)
             raise
@@ -139,7 +139,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self, request: chat_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.Model:
         try:
-            key = self._pipeline.authenticate(_authorization(context))
+            key = await self._pipeline.authenticate(_authorization(context))
             model = self._catalog.resolve(request.model, key)
         except GatewayError as error:
             await abort(context, error)

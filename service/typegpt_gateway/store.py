@@ -6,10 +6,12 @@ import asyncio
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import GatewayError
 from .keys import SHOWN_PREFIX_CHARS, KeyRecord, authenticate, hash_key, new_key
 
 logger = logging.getLogger(__name__)
@@ -137,20 +139,29 @@ class KeyCache:
     def __init__(self, store: KeyStore, interval: float) -> None:
         self._store = store
         self._interval = interval
+        self._lock = threading.Lock()
         self._by_hash = store.by_hash()
         self._version = store.data_version()
 
-    def authenticate(self, authorization: str | None) -> KeyRecord:
+    async def authenticate(self, authorization: str | None) -> KeyRecord:
+        try:
+            return authenticate(authorization, self._by_hash, time.time())
+        except GatewayError as error:
+            # An unknown key may have been created a moment ago: look before refusing, so a
+            # new key works at once. Only misses pay for this, and only a real change reloads.
+            if error.status != 403 or not await asyncio.to_thread(self.refresh_if_changed):
+                raise
         return authenticate(authorization, self._by_hash, time.time())
 
     def refresh_if_changed(self) -> bool:
-        version = self._store.data_version()
-        if version == self._version:
-            return False
-        # Read the version first: a change landing during the read is caught next time.
-        self._version = version
-        self._by_hash = self._store.by_hash()
-        return True
+        with self._lock:
+            version = self._store.data_version()
+            if version == self._version:
+                return False
+            # Read the version first: a change landing during the read is caught next time.
+            self._version = version
+            self._by_hash = self._store.by_hash()
+            return True
 
     async def run_refresher(self) -> None:
         while True:

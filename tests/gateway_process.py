@@ -1,0 +1,138 @@
+"""Runs the real `typegpt-gateway serve` (gRPC server + Envoy) as a subprocess for tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+UPSTREAM_KEY = "sk-upstream-SECRET-0123456789abcdef"
+CLI = [sys.executable, "-m", "typegpt_gateway"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli(db: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GATEWAY_DB": str(db)}
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, check=check, timeout=60
+    )
+
+
+@dataclass
+class Gateway:
+    workdir: Path
+    upstream_url: str
+    upstream_key: str | None = UPSTREAM_KEY
+    extra_env: dict[str, str] = field(default_factory=dict)
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def db(self) -> Path:
+        return self.workdir / "keys.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "gateway.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_target(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("GATEWAY_", "TYPEGPT_"))
+        }
+        env.update(
+            GATEWAY_DB=str(self.db),
+            TYPEGPT_BASE_URL=self.upstream_url,
+            GATEWAY_SSE_KEEPALIVE_INTERVAL="1",
+            GATEWAY_KEY_REFRESH_INTERVAL="0.2",
+        )
+        if self.upstream_key is not None:
+            env["TYPEGPT_API_KEY"] = self.upstream_key
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 30.0) -> Gateway:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                *CLI,
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--grpc-host",
+                "127.0.0.1",
+                "--http-port",
+                str(self.http_port),
+                "--grpc-port",
+                str(self.grpc_port),
+            ],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gateway not healthy in {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def create_key(self, name: str, *options: str) -> str:
+        result = cli(self.db, "keys", "create", "--name", name, *options)
+        return result.stdout.strip().splitlines()[-1]
+
+    def revoke_key(self, name: str) -> None:
+        cli(self.db, "keys", "revoke", name)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
