@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
 
 from .catalog import Catalog

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.api import httpbody_pb2
+
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
 
 from . import typed

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
+
 from typegpt.gateway.v1 import chat_pb2
 
 from .errors import GatewayError
