@@ -37,8 +37,31 @@ _DEFAULT_TYPES: dict[int, str] = {
     504: "timeout_error",
 }
 
-# Longest error message passed on; trailing metadata has a size budget (8 KiB in total).
-MAX_MESSAGE_CHARS = 2000
+# A message travels to gRPC callers twice, as grpc-message (percent-encoded UTF-8) and inside
+# x-openai-error (ASCII-escaped JSON), and gRPC clients refuse metadata over 8 KiB. Bounding
+# the escaped JSON form bounds both: 2000 bytes is ~2000 ASCII characters or ~330 CJK ones.
+MAX_ESCAPED_MESSAGE_BYTES = 2000
+# Other fields copied from an upstream error (type, param).
+MAX_FIELD_CHARS = 200
+ELLIPSIS = "…"
+
+
+def _escaped_size(text: str) -> int:
+    return len(json.dumps(text, ensure_ascii=True))
+
+
+def bound_message(message: str) -> str:
+    """The longest prefix of `message` (plus an ellipsis) that fits the metadata budget."""
+    if _escaped_size(message) <= MAX_ESCAPED_MESSAGE_BYTES:
+        return message
+    shortest, longest = 0, len(message)
+    while shortest < longest:
+        middle = (shortest + longest + 1) // 2
+        if _escaped_size(message[:middle] + ELLIPSIS) <= MAX_ESCAPED_MESSAGE_BYTES:
+            shortest = middle
+        else:
+            longest = middle - 1
+    return message[:shortest] + ELLIPSIS
 
 
 def default_error_type(status: int) -> str:
@@ -67,8 +90,10 @@ class GatewayError(Exception):
     def __post_init__(self) -> None:
         if not self.type:
             object.__setattr__(self, "type", default_error_type(self.status))
-        if len(self.message) > MAX_MESSAGE_CHARS:
-            object.__setattr__(self, "message", self.message[:MAX_MESSAGE_CHARS] + "…")
+        object.__setattr__(self, "message", bound_message(self.message))
+        object.__setattr__(self, "type", self.type[:MAX_FIELD_CHARS])
+        if self.param is not None:
+            object.__setattr__(self, "param", self.param[:MAX_FIELD_CHARS])
 
     def __str__(self) -> str:
         return f"{self.status} {self.type}: {self.message}"

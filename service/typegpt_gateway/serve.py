@@ -75,7 +75,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         config_path.write_text(render_config(settings, grpc_port=backend.port))
         envoy = await start_envoy(settings, config_path)
         base = f"http://{_url_host(connect_host(settings))}:{settings.http_port}"
-        if await _wait_until_healthy(f"{base}/healthz", envoy):
+        if await _wait_until_healthy(f"{base}/healthz", envoy) and not stop.is_set():
             logger.info(
                 "typegpt-gateway ready: POST %s/v1/chat/completions (OpenAI base URL %s/v1); "
                 "gRPC on %s:%s; listening on %s",

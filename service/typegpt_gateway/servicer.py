@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.api import httpbody_pb2
@@ -47,7 +47,10 @@ async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> None:
     )
 
 
-def _unexpected(exc: BaseException) -> GatewayError:
+def _as_gateway_error(exc: Exception) -> GatewayError:
+    """What the client sees: a GatewayError as it is, anything else as a logged 500."""
+    if isinstance(exc, GatewayError):
+        return exc
     logger.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
     return GatewayError(500, "The gateway failed unexpectedly; this was logged.", "api_error")
 
@@ -63,13 +66,16 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._pipeline = pipeline
         self._catalog = catalog
 
-    async def _start(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes | Stream:
+    async def _start(
+        self, body: bytes | Callable[[], bytes], context: grpc.aio.ServicerContext
+    ) -> bytes | Stream:
+        """`body` may be a function that builds it, so that its failures are shaped too."""
         try:
+            if callable(body):
+                body = body()
             return await self._pipeline.start(body, _authorization(context))
-        except GatewayError as error:
-            await abort(context, error)
         except Exception as exc:
-            await abort(context, _unexpected(exc))
+            await abort(context, _as_gateway_error(exc))
         raise AssertionError("unreachable: abort raises")
 
     async def CreateChatCompletionHttp(
@@ -90,30 +96,34 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     yield _http_message(frames, content_type)
                     content_type = ""
             tail = DONE_FRAME
-        except GatewayError as error:
-            # Headers are gone: only an in-band error frame can tell the client.
-            tail = data_frame(error.to_json().encode())
         except Exception as exc:
-            tail = data_frame(_unexpected(exc).to_json().encode())
+            # Headers are gone: only an in-band error frame can tell the client.
+            tail = data_frame(_as_gateway_error(exc).to_json().encode())
         yield _http_message(tail, content_type)
 
     async def CreateChatCompletion(
         self, request: chat_pb2.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.CreateChatCompletionResponse:
-        answer = await self._start(typed.request_body(request.params, stream=False), context)
+        answer = await self._start(
+            lambda: typed.request_body(request.params, stream=False), context
+        )
         if not isinstance(answer, bytes):  # the body says stream: false
             raise AssertionError("unreachable")
         try:
             return typed.parse_answer(answer, chat_pb2.CreateChatCompletionResponse())
-        except GatewayError as error:
-            await abort(context, error)
-            raise
+        except Exception as exc:
+            await abort(context, _as_gateway_error(exc))
+        raise AssertionError("unreachable: abort raises")
 
     async def StreamChatCompletion(
         self, request: chat_pb2.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
-        body = typed.request_body(request.params, stream=True, include_usage=request.include_usage)
-        answer = await self._start(body, context)
+        answer = await self._start(
+            lambda: typed.request_body(
+                request.params, stream=True, include_usage=request.include_usage
+            ),
+            context,
+        )
         if isinstance(answer, bytes):
             raise AssertionError("unreachable: the body says stream: true")
         try:
@@ -121,8 +131,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 async for batch in batches:
                     for data in batch:
                         yield typed.parse_answer(data, chat_pb2.StreamChatCompletionResponse())
-        except GatewayError as error:
-            await abort(context, error)
+        except Exception as exc:
+            await abort(context, _as_gateway_error(exc))
 
     async def ListModels(
         self, request: chat_pb2.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -30,7 +30,15 @@ def request_body(
     params: chat_pb2.ChatCompletionParams, *, stream: bool, include_usage: bool = False
 ) -> bytes:
     """The OpenAI JSON body for typed params; `extra_body` merges into the top level."""
-    document: dict[str, Any] = json_format.MessageToDict(params, preserving_proto_field_name=True)
+    try:
+        document: dict[str, Any] = json_format.MessageToDict(
+            params, preserving_proto_field_name=True
+        )
+    except json_format.SerializeToJsonError as exc:
+        # e.g. Infinity in a google.protobuf.Value: JSON cannot carry it.
+        raise GatewayError(
+            400, f"The request cannot be sent as JSON: {exc}", "invalid_request_error"
+        ) from exc
     if params.HasField("seed"):
         document["seed"] = params.seed  # MessageToDict writes int64 as a string
     document.update(document.pop("extra_body", {}))

@@ -1,0 +1,318 @@
+"""Supervision by `typegpt-gateway serve`: the gRPC backend in-process, Envoy as its child.
+
+Either one failing must end the whole gateway with a non-zero exit and a log line saying
+why; SIGTERM/SIGINT must stop both promptly with exit code 0 and leave no Envoy behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fake_upstream import Reply
+from gateway_process import CLI, UPSTREAM_KEY, Gateway
+
+EXIT_TIMEOUT = 8.0
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(child) for child in path.read_text().split()]
+        except OSError:
+            continue
+    return children
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat: tells a process apart from a later one with its PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # exited, only waiting to be reaped
+        return None
+    return fields[19]
+
+
+def envoy_child(gw: Gateway) -> tuple[int, str]:
+    """PID and start time of the Envoy process `serve` started."""
+    assert gw.process is not None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for child in _children(gw.process.pid):
+            started = _start_time(child)
+            if "envoy" in _cmdline(child) and started is not None:
+                return child, started
+        time.sleep(0.05)
+    raise AssertionError(f"no Envoy child of {gw.process.pid}: {_children(gw.process.pid)}")
+
+
+def wait_gone(pid: int, started: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _start_time(pid) != started:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_exit(gw: Gateway, timeout: float = EXIT_TIMEOUT) -> int | None:
+    assert gw.process is not None
+    try:
+        return gw.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def wait_for_log(gw: Gateway, pattern: str, timeout: float = 5.0) -> re.Match[str] | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        match = re.search(pattern, gw.log(), re.MULTILINE)
+        if match is not None or time.monotonic() > deadline:
+            return match
+        time.sleep(0.05)
+
+
+def chat_with_fresh_key(gw: Gateway, name: str) -> tuple[str, httpx.Response]:
+    """Creates a key and posts a chat request once the running server knows the key."""
+    key = gw.create_key(name)
+    deadline = time.monotonic() + 5
+    while True:
+        response = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        if response.status_code != 403 or time.monotonic() > deadline:
+            return key, response
+        time.sleep(0.05)
+
+
+def _port_in_use_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+def test_ready_line_names_the_url(make_gateway) -> None:
+    gw = make_gateway().start()
+    line = wait_for_log(gw, r"^.*\bready\b.*$")
+    assert line is not None, gw.log()
+    assert f"http://127.0.0.1:{gw.http_port}" in line.group(0)
+    assert f"http://127.0.0.1:{gw.http_port}/v1" in line.group(0)
+    assert UPSTREAM_KEY not in gw.log()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_gateway_and_envoy(make_gateway, signum) -> None:
+    gw = make_gateway().start()
+    envoy, started = envoy_child(gw)
+    assert gw.process is not None
+
+    began = time.monotonic()
+    gw.process.send_signal(signum)
+    code = wait_exit(gw)
+    assert code == 0, gw.log()
+    assert time.monotonic() - began < 5
+    assert wait_gone(envoy, started, 2), f"Envoy {envoy} outlived serve"
+    # Both listeners are closed.
+    for port in (gw.http_port, gw.grpc_port):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_sigterm_with_a_request_in_flight_exits_promptly(make_gateway, upstream) -> None:
+    gw = make_gateway().start()
+    key, warmup = chat_with_fresh_key(gw, "in-flight")
+    assert warmup.status_code == 200, warmup.text
+    upstream.enqueue(Reply.hang(30))
+    seen = len(upstream.requests)
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(
+                httpx.post(
+                    f"{gw.url}/v1/chat/completions",
+                    json=CHAT,
+                    headers={"authorization": f"Bearer {key}"},
+                    timeout=12,
+                )
+            )
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    client = threading.Thread(target=call, daemon=True)
+    client.start()
+    assert upstream.wait_for_requests(seen + 1, 5), gw.log()
+
+    assert gw.process is not None
+    began = time.monotonic()
+    gw.process.send_signal(signal.SIGTERM)
+    code = wait_exit(gw)
+    assert code == 0, gw.log()
+    assert time.monotonic() - began < 7.5
+    client.join(5)
+    assert outcome, "the client is still waiting after the gateway exited"
+
+
+def test_envoy_killed_ends_serve_with_error(make_gateway) -> None:
+    gw = make_gateway().start()
+    envoy, _ = envoy_child(gw)
+    os.kill(envoy, signal.SIGKILL)
+    code = wait_exit(gw)
+    assert code is not None, f"serve kept running without Envoy:\n{gw.log()}"
+    assert code != 0
+    assert re.search(r"Envoy exited", gw.log()), gw.log()
+    # The backend went down with it.
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", gw.grpc_port)) != 0
+
+
+def test_http_port_taken(make_gateway) -> None:
+    with _port_in_use_socket() as blocker:
+        gw = make_gateway(http_port=blocker.getsockname()[1])
+        with pytest.raises(RuntimeError, match="exited early"):
+            gw.start(timeout=12)
+    assert gw.process is not None
+    assert gw.process.returncode not in (None, 0)
+    log = gw.log()
+    port = gw.http_port
+    # Envoy says which address it could not take; serve says Envoy stopped the gateway.
+    assert re.search(rf"{port}.*[Aa]ddress already in use", log), log
+    assert re.search(r"Envoy exited .*stopping the gateway", log), log
+
+
+def test_grpc_port_taken(make_gateway) -> None:
+    with _port_in_use_socket() as blocker:
+        gw = make_gateway(grpc_port=blocker.getsockname()[1])
+        with pytest.raises(RuntimeError, match="exited early"):
+            gw.start(timeout=12)
+    assert gw.process is not None
+    assert gw.process.returncode not in (None, 0)
+    log = gw.log()
+    assert re.search(rf"gRPC server could not start on 127\.0\.0\.1:{gw.grpc_port}", log), log
+    assert "Traceback" not in log
+
+
+def test_missing_upstream_key(make_gateway, upstream) -> None:
+    gw = make_gateway(upstream_key=None).start()
+    warning = wait_for_log(gw, r"^.*WARNING.*TYPEGPT_API_KEY.*$")
+    assert warning is not None, gw.log()
+    assert "not set" in warning.group(0)
+
+    key, response = chat_with_fresh_key(gw, "no-upstream-key")
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == 503
+    assert error["type"] == "api_error"
+    assert "not configured" in error["message"]
+    # The setting's name may be shown, never a secret.
+    for text in (response.text, gw.log()):
+        assert UPSTREAM_KEY not in text
+        assert key not in text
+    assert "Bearer" not in response.text
+    assert upstream.requests == []
+
+    # The rest of the gateway works without the upstream key.
+    models = httpx.get(f"{gw.url}/v1/models", headers={"authorization": f"Bearer {key}"}, timeout=5)
+    assert models.status_code == 200
+    assert gw.stop() == 0
+
+
+def _spawn_serve(gw: Gateway, *extra: str) -> subprocess.Popen[bytes]:
+    """`serve` started by hand, for moments Gateway.start() does not wait through."""
+    gw.workdir.mkdir(parents=True, exist_ok=True)
+    with gw.log_path.open("ab") as log:
+        gw.process = subprocess.Popen(
+            [
+                *CLI,
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--grpc-host",
+                "127.0.0.1",
+                "--http-port",
+                str(gw.http_port),
+                "--grpc-port",
+                str(gw.grpc_port),
+                *extra,
+            ],
+            env=gw.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return gw.process
+
+
+def test_sigterm_during_startup(make_gateway) -> None:
+    gw = make_gateway()
+    process = _spawn_serve(gw)
+    # As soon as Envoy exists, before the gateway has necessarily become healthy.
+    envoy, started = envoy_child(gw)
+    process.send_signal(signal.SIGTERM)
+    code = wait_exit(gw)
+    assert code == 0, gw.log()
+    assert wait_gone(envoy, started, 2), f"Envoy {envoy} outlived serve"
+
+
+def _health(target: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "health", "--target", target, "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+
+
+def test_no_envoy_serves_grpc_only(make_gateway) -> None:
+    gw = make_gateway()
+    process = _spawn_serve(gw, "--no-envoy")
+    line = wait_for_log(gw, rf"gRPC backend serving on 127\.0\.0\.1:{gw.grpc_port}", 10)
+    assert line is not None, gw.log()
+    assert process.poll() is None
+
+    healthy = _health(gw.grpc_target)
+    assert healthy.returncode == 0, healthy.stderr
+    assert healthy.stdout.strip() == "serving"
+    assert _children(process.pid) == []
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", gw.http_port)) != 0
+
+    process.send_signal(signal.SIGTERM)
+    assert wait_exit(gw) == 0, gw.log()
+    unhealthy = _health(gw.grpc_target)
+    assert unhealthy.returncode == 1
+    assert "unhealthy" in unhealthy.stderr
