@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789abcdef"
+ADMIN_KEY = "admin-SECRET-key-for-tests-0123456789"
 CLI = [sys.executable, "-m", "typegpt_gateway"]
 
 
@@ -36,9 +37,11 @@ class Gateway:
     workdir: Path
     upstream_url: str
     upstream_key: str | None = UPSTREAM_KEY
+    admin_key: str | None = ADMIN_KEY
     extra_env: dict[str, str] = field(default_factory=dict)
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,9 +75,12 @@ class Gateway:
             TYPEGPT_BASE_URL=self.upstream_url,
             GATEWAY_SSE_KEEPALIVE_INTERVAL="1",
             GATEWAY_KEY_REFRESH_INTERVAL="0.2",
+            GATEWAY_METRICS_PORT=str(self.metrics_port),
         )
         if self.upstream_key is not None:
             env["TYPEGPT_API_KEY"] = self.upstream_key
+        if self.admin_key is not None:
+            env["GATEWAY_ADMIN_KEY"] = self.admin_key
         env.update(self.extra_env)
         return env
 

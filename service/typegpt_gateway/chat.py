@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
+from . import observe
 from .catalog import Catalog
 from .errors import GatewayError, scrub
 from .keys import KeyRecord
@@ -158,8 +159,11 @@ class ChatPipeline:
         return await self.keys.authenticate(authorization)
 
     async def start(self, body: bytes, authorization: str | None) -> bytes | Stream:
+        exchange = observe.current()
         key = await self.authenticate(authorization)
+        exchange.key = key.name
         request = parse_chat_request(body)
+        exchange.model, exchange.stream = request.model, request.stream
         self.catalog.resolve(request.model, key)
         response = await self.upstream.open_chat(body, stream=request.stream)
         if request.stream:

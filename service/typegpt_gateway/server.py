@@ -9,11 +9,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
+from typegpt.gateway.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+)
 
 from .catalog import Catalog
 from .chat import ChatPipeline
-from .servicer import ChatServicer, ReadinessProbe, StatusServicer
+from .keyadmin import KeyAdmin
+from .keyservice import KeyServicer
+from .readiness import ReadinessProbe, key_store_check
+from .servicer import ChatServicer, StatusServicer
 from .settings import MiB, Settings
 from .store import KeyCache, KeyStore
 from .upstream import Upstream
@@ -23,6 +33,7 @@ logger = logging.getLogger(__name__)
 SERVICE_NAMES = (
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
     status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
+    keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
 )
 
 
@@ -35,6 +46,10 @@ class Backend:
     health: health.aio.HealthServicer
     readiness: ReadinessProbe
     port: int
+    admin: KeyAdmin
+    # Where an Envoy on this host reaches the server: `port`, or a loopback port in the clear
+    # when `port` has TLS.
+    local_port: int
 
     async def stop(self, grace: float) -> None:
         self.readiness.draining = True
@@ -42,6 +57,7 @@ class Backend:
         await self.server.stop(grace)
         await self.upstream.aclose()
         self.store.close()
+        self.admin.store.close()
 
 
 async def start_backend(settings: Settings) -> Backend:
@@ -58,7 +74,9 @@ async def start_backend(settings: Settings) -> Backend:
         settings.models, owned_by=settings.models_owned_by, created=settings.models_created
     )
     pipeline = ChatPipeline(keys, catalog, upstream, keepalive=settings.sse_keepalive_interval)
-    readiness = ReadinessProbe()
+    readiness = ReadinessProbe(key_store_check(settings.db))
+    # Its own connection: the cache notices the admin's writes like any other process's.
+    admin = KeyAdmin(KeyStore(settings.db), settings.models)
 
     # Room for a whole 32 MiB body plus the protobuf framing around it.
     message_limit = settings.max_body_bytes + MiB
@@ -69,7 +87,12 @@ async def start_backend(settings: Settings) -> Backend:
             ("grpc.so_reuseport", 0),
         ]
     )
-    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(pipeline, catalog), server)
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(
+        ChatServicer(pipeline, catalog, log_bodies=settings.log_bodies), server
+    )
+    keys_pb2_grpc.add_KeyServiceServicer_to_server(
+        KeyServicer(admin, settings.admin_token, keys), server
+    )
     status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(readiness), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -81,8 +104,18 @@ async def start_backend(settings: Settings) -> Backend:
         ),
         server,
     )
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if settings.grpc_tls_cert is not None and settings.grpc_tls_key is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())]
+        )
+        port = server.add_secure_port(address, credentials)
+        local_port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = local_port = server.add_insecure_port(address)
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Backend(server, keys, upstream, store, health_servicer, readiness, port)
+    return Backend(
+        server, keys, upstream, store, health_servicer, readiness, port, admin, local_port
+    )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GatewayError
@@ -26,12 +28,36 @@ CREATE TABLE IF NOT EXISTS keys (
     rpm INTEGER,
     created_at REAL NOT NULL,
     expires_at REAL,
-    revoked_at REAL
+    revoked_at REAL,
+    tpm INTEGER,
+    max_concurrent INTEGER,
+    budget_tokens INTEGER,
+    budget_period TEXT
 );
 -- A name may be reused once its key is revoked, never while it is live.
 CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
 """
-_COLUMNS = "name, key_hash, prefix, created_at, models, rpm, expires_at, revoked_at"
+_COLUMNS = (
+    "name, key_hash, prefix, created_at, models, rpm, expires_at, revoked_at, "
+    "tpm, max_concurrent, budget_tokens, budget_period"
+)
+# Columns added after the first release, with their types: `_migrate` adds them to old stores.
+_ADDED_COLUMNS = {
+    "tpm": "INTEGER",
+    "max_concurrent": "INTEGER",
+    "budget_tokens": "INTEGER",
+    "budget_period": "TEXT",
+}
+# What `update` may change; `models` is stored as JSON.
+LIMIT_FIELDS = (
+    "models",
+    "rpm",
+    "tpm",
+    "max_concurrent",
+    "budget_tokens",
+    "budget_period",
+    "expires_at",
+)
 
 
 class KeyExistsError(Exception):
@@ -42,8 +68,21 @@ class KeyNotFoundError(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One key's use of one model on one UTC day."""
+
+    day: dt.date
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    errors: int
+
+
 def _record(row: tuple) -> KeyRecord:
-    name, key_hash, prefix, created_at, models, rpm, expires_at, revoked_at = row
+    (name, key_hash, prefix, created_at, models, rpm, expires_at, revoked_at, *limits) = row
+    tpm, max_concurrent, budget_tokens, budget_period = limits
     return KeyRecord(
         name=name,
         key_hash=bytes(key_hash),
@@ -53,7 +92,15 @@ def _record(row: tuple) -> KeyRecord:
         rpm=rpm,
         expires_at=expires_at,
         revoked_at=revoked_at,
+        tpm=tpm,
+        max_concurrent=max_concurrent,
+        budget_tokens=budget_tokens,
+        budget_period=budget_period,
     )
+
+
+def _models_json(models: Iterable[str] | None) -> str | None:
+    return json.dumps(sorted(set(models))) if models is not None else None
 
 
 class KeyStore:
@@ -66,6 +113,13 @@ class KeyStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(keys)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE keys ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -77,6 +131,10 @@ class KeyStore:
         models: Iterable[str] | None = None,
         rpm: int | None = None,
         expires_in: float | None = None,
+        tpm: int | None = None,
+        max_concurrent: int | None = None,
+        budget_tokens: int | None = None,
+        budget_period: str | None = None,
     ) -> tuple[KeyRecord, str]:
         """Stores a new key and returns its record and the key itself, which is never stored."""
         if not name.strip():
@@ -92,10 +150,14 @@ class KeyStore:
             models=tuple(model_list) if model_list is not None else None,
             rpm=rpm,
             expires_at=now + expires_in if expires_in is not None else None,
+            tpm=tpm,
+            max_concurrent=max_concurrent,
+            budget_tokens=budget_tokens,
+            budget_period=budget_period,
         )
         try:
             self._db.execute(
-                f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 (
                     record.name,
                     record.key_hash,
@@ -105,6 +167,10 @@ class KeyStore:
                     record.rpm,
                     record.expires_at,
                     None,
+                    record.tpm,
+                    record.max_concurrent,
+                    record.budget_tokens,
+                    record.budget_period,
                 ),
             )
         except sqlite3.IntegrityError as exc:
@@ -118,6 +184,43 @@ class KeyStore:
         )
         if cursor.rowcount == 0:
             raise KeyNotFoundError(f"no live key named {name!r}")
+
+    def get(self, name: str) -> KeyRecord:
+        """The live key of that name, else the last revoked one."""
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM keys WHERE name = ? "  # noqa: S608
+            "ORDER BY revoked_at IS NULL DESC, id DESC LIMIT 1",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise KeyNotFoundError(f"no key named {name!r}")
+        return _record(row)
+
+    def update(self, name: str, **limits: object) -> KeyRecord:
+        """Sets the given limits of the live key of that name; None removes a limit."""
+        unknown = set(limits) - set(LIMIT_FIELDS)
+        if unknown:
+            raise TypeError(f"not a limit: {', '.join(sorted(unknown))}")
+        if "models" in limits:
+            limits["models"] = _models_json(limits["models"])  # type: ignore[arg-type]
+        if limits:
+            # Column names come from LIMIT_FIELDS only; the values are bound parameters.
+            assignments = ", ".join(f"{column} = ?" for column in limits)
+            cursor = self._db.execute(
+                f"UPDATE keys SET {assignments} WHERE name = ? AND revoked_at IS NULL",  # noqa: S608
+                (*limits.values(), name),
+            )
+            if cursor.rowcount == 0:
+                raise KeyNotFoundError(f"no live key named {name!r}")
+        record = self.get(name)
+        if record.revoked_at is not None:
+            raise KeyNotFoundError(f"no live key named {name!r}")
+        return record
+
+    def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]:
+        """Per day and model, oldest first. The usage ledger comes with the rate-limit work;
+        until then nothing is recorded."""
+        return []
 
     def records(self) -> list[KeyRecord]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY created_at, id")  # noqa: S608

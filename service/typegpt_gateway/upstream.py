@@ -9,6 +9,7 @@ import time
 import httpx
 import orjson
 
+from . import observe
 from .errors import GatewayError, scrub
 
 # Enough of an error body to find its message; the rest is never shown.
@@ -26,6 +27,8 @@ class Upstream:
     ) -> None:
         self._api_key = api_key
         self._chat_url = f"{base_url}/chat/completions"
+        # How logs and metrics name this upstream: its host, never its key.
+        self.name = httpx.URL(base_url).host
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
@@ -58,6 +61,8 @@ class Upstream:
                 "the operator must set TYPEGPT_API_KEY.",
                 "api_error",
             )
+        exchange = observe.current()
+        exchange.upstream = self.name
         request = self._client.build_request(
             "POST",
             self._chat_url,
@@ -66,6 +71,7 @@ class Upstream:
                 "authorization": f"Bearer {self._api_key}",
                 "content-type": "application/json",
                 "accept": "text/event-stream" if stream else "application/json",
+                observe.REQUEST_ID: exchange.request_id,
             },
         )
         try:
