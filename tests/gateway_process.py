@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -42,6 +43,8 @@ class Gateway:
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    # With a CA file, the gateway is expected to serve HTTPS that this CA vouches for.
+    ca_file: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,7 +57,15 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.ca_file is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client needs to trust this gateway's HTTP port."""
+        if self.ca_file is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     @property
     def grpc_target(self) -> str:
@@ -109,7 +120,7 @@ class Gateway:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from .errors import GatewayError
 from .keyadmin import KeyAdmin
@@ -60,16 +61,21 @@ def serve(
     from .logs import configure
 
     configure(logging.INFO)
-    settings = _settings(
-        http_port=http_port,
-        grpc_port=grpc_port,
-        host=host,
-        grpc_host=grpc_host,
-        db=db,
-        metrics_port=metrics_port,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-    )
+    try:
+        settings = _settings(
+            http_port=http_port,
+            grpc_port=grpc_port,
+            host=host,
+            grpc_host=grpc_host,
+            db=db,
+            metrics_port=metrics_port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(error["msg"] for error in exc.errors())
+        typer.echo(f"error: invalid settings: {problems}", err=True)
+        raise typer.Exit(2) from None
     sys.exit(_run(_serve(settings, with_envoy=envoy)))
 
 
