@@ -273,6 +273,15 @@ def test_gateway_serves_grpc_only_for_the_envoy_container(services: dict[str, An
     assert gateway["env_file"] in (".env", [".env"])
 
 
+def test_gateway_exposes_metrics_on_the_default_port(services: dict[str, Any]) -> None:
+    metrics_port = Settings.model_fields["metrics_port"].default
+    assert str(metrics_port) in [str(port) for port in services["gateway"]["expose"]]
+    exposed = {port.split("/")[0] for args in dockerfile("EXPOSE") for port in args.split()}
+    assert str(metrics_port) in exposed
+    # Metrics stay off the public port.
+    assert not any(str(metrics_port) in pair for pair in published_ports(services["envoy"]))
+
+
 def test_gateway_healthcheck_and_startup_order(services: dict[str, Any]) -> None:
     test = services["gateway"]["healthcheck"]["test"]
     assert test[0] == "CMD"
@@ -432,6 +441,7 @@ def test_env_example_lists_the_upstream_settings() -> None:
             values[key.strip()] = value.strip()
     assert "TYPEGPT_API_KEY" in values
     assert values["TYPEGPT_API_KEY"] == "", "no real key in the example"
+    assert values["GATEWAY_ADMIN_KEY"] == "", "no real admin key in the example"
     assert values["TYPEGPT_BASE_URL"] == Settings.model_fields["typegpt_base_url"].default
 
 
