@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from typegpt_gateway.envoy import LOG_FORMAT as ENVOY_LOG_FORMAT
 from typegpt_gateway.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,6 +235,8 @@ def test_envoy_command_config_path_exists_through_the_mount(services: dict[str, 
     assert mapped.is_file()
     # The gateway's tmp dirs and ports are its own: one Envoy per container, no hot restart.
     assert "--disable-hot-restart" in command
+    # Logs in the same JSON lines as the pip path's Envoy.
+    assert command[command.index("--log-format") + 1] == ENVOY_LOG_FORMAT
 
 
 def test_envoy_config_assets_exist_through_the_mount(

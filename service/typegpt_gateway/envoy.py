@@ -14,6 +14,10 @@ from .settings import MiB, Settings
 CONFIG_TEMPLATE = "envoy.yaml.in"
 LUA_FILTER = "openai_errors.lua"
 DESCRIPTOR = "gateway.pb"
+# Envoy's log lines as JSON objects like the gateway's own (logs.py): one format on stderr.
+LOG_FORMAT = (
+    '{"time":"%Y-%m-%dT%T.%f%z","level":"%l","logger":"envoy","component":"%n","message":"%j"}'
+)
 
 
 def assets_dir() -> Path:
@@ -99,6 +103,8 @@ async def start_envoy(
         str(config_path),
         "--log-level",
         settings.envoy_log_level,
+        "--log-format",
+        LOG_FORMAT,
         # Several gateways on one host must not share hot-restart memory.
         "--disable-hot-restart",
     ]
