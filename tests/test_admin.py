@@ -372,3 +372,15 @@ def test_cli_applies_the_same_rules(gateway):
     assert result.returncode != 0 and "--name" in result.stderr
     result = cli(gateway.db, "keys", "create", "--name", unique("m"), "--models", "nope", check=False)
     assert result.returncode != 0 and "catalog" in result.stderr
+
+
+def test_cli_backup_copies_the_live_store(gateway, admin, tmp_path):
+    name = unique("backed-up")
+    admin.post(KEYS, json={"name": name, "rpm": 3})
+    copy = tmp_path / "backup.db"
+    result = cli(gateway.db, "keys", "backup", str(copy))
+    assert result.returncode == 0, result.stderr
+    listing = cli(copy, "keys", "list").stdout
+    assert name in listing
+    again = cli(gateway.db, "keys", "backup", str(copy), check=False)
+    assert again.returncode == 1 and "exists" in again.stderr

@@ -204,6 +204,20 @@ def keys_revoke(name: str, db: DbOption = None) -> None:
     typer.echo(f"Revoked key {name!r}.")
 
 
+@keys_app.command("backup")
+def keys_backup(
+    destination: Annotated[Path, typer.Argument(help="The copy to write (must not exist).")],
+    db: DbOption = None,
+) -> None:
+    """Copy the key store consistently, even while the gateway runs (SQLite online backup)."""
+    if destination.exists():
+        typer.echo(f"error: {destination} exists; pick a new file", err=True)
+        raise typer.Exit(1)
+    with _key_admin(db) as admin:
+        admin.store.backup(destination)
+    typer.echo(f"Backed up the key store to {destination}.")
+
+
 @contextlib.contextmanager
 def _key_admin(db: Path | None) -> Iterator[KeyAdmin]:
     """The key admin core on the local store; its refusals become CLI errors."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -228,6 +229,11 @@ class KeyStore:
 
     def by_hash(self) -> dict[bytes, KeyRecord]:
         return {record.key_hash: record for record in self.records()}
+
+    def backup(self, destination: Path) -> None:
+        """A consistent copy through SQLite's online backup: safe while the gateway runs."""
+        with contextlib.closing(sqlite3.connect(destination)) as target:
+            self._db.backup(target)
 
     def data_version(self) -> int:
         """Changes whenever another connection commits: a cheap 'did anything change?'."""
