@@ -86,6 +86,7 @@ class Gateway:
             TYPEGPT_BASE_URL=self.upstream_url,
             GATEWAY_SSE_KEEPALIVE_INTERVAL="1",
             GATEWAY_KEY_REFRESH_INTERVAL="0.2",
+            GATEWAY_METRICS_HOST="127.0.0.1",
             GATEWAY_METRICS_PORT=str(self.metrics_port),
         )
         if self.upstream_key is not None:

@@ -47,6 +47,10 @@ def test_check_limits_none_removes_each_limit():
     [
         ({"rpm": True}, "rpm"),
         ({"rpm": 0}, "rpm"),
+        ({"rpm": 2**32}, "rpm"),
+        ({"budget_tokens": 2**53 + 2}, "budget_tokens"),
+        ({"rpm": float("inf")}, "rpm"),
+        ({"rpm": float("nan")}, "rpm"),
         ({"tpm": 2.5}, "tpm"),
         ({"budget_tokens": "10"}, "budget_tokens"),
         ({"budget_period": "fortnight"}, "budget_period"),

@@ -268,6 +268,23 @@ def test_streams_are_counted_in_flight_and_their_usage_counted(gateway, upstream
     assert sample(after, "typegpt_gateway_tokens_total", key=name, direction="out") == 9
 
 
+def test_a_client_leaving_mid_stream_is_logged_499_and_no_stream_stays_in_flight(
+    gateway, upstream
+):
+    key = gateway.create_key(unique("leaver"))
+    upstream.enqueue(Reply.stream([make_chunk({"content": str(i)}) for i in range(30)], delay=0.3))
+    headers = {**auth(key), "x-request-id": "leaver-1"}
+    with httpx.stream(
+        "POST", f"{gateway.url}{CHAT}", json=chat_body(stream=True), headers=headers, timeout=30
+    ) as response:
+        next(line for line in response.iter_lines() if line.startswith("data: "))
+    assert request_line(gateway, "leaver-1")["status"] == 499
+    deadline = time.monotonic() + LOG_WAIT
+    while sample(scrape(gateway), "typegpt_gateway_inflight_streams") != 0:
+        assert time.monotonic() < deadline, "a finished stream is still counted in flight"
+        time.sleep(0.1)
+
+
 def test_limiter_and_retry_metrics_exist_for_their_features(gateway):
     text = scrape(gateway)
     for family in ("typegpt_gateway_limiter_rejections", "typegpt_gateway_upstream_retries"):

@@ -9,6 +9,7 @@ its own way.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import time
 from collections.abc import Collection, Mapping
@@ -21,8 +22,11 @@ from .store import LIMIT_FIELDS, KeyExistsError, KeyNotFoundError, KeyStore, Usa
 # A name travels in admin URLs (/v1/admin/keys/{name}), metrics labels and log lines.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
 BUDGET_PERIODS = ("day", "week", "month")
-# Limits set as whole numbers of at least 1.
+# Limits set as whole numbers of at least 1, up to what the admin API's JSON can carry
+# exactly (uint32 fields; budget_tokens is a double, exact to 2^53).
 COUNT_LIMITS = ("rpm", "tpm", "max_concurrent", "budget_tokens")
+_MAX_COUNTS = {"budget_tokens": 2**53}
+_MAX_COUNT = 2**32 - 1
 # What create and update accept: the stored limits, with a lifetime instead of a date.
 LIMIT_PARAMS = (*(field for field in LIMIT_FIELDS if field != "expires_at"), "expires_in")
 
@@ -56,11 +60,12 @@ def check_models(models: object, catalog: Collection[str]) -> tuple[str, ...]:
 
 
 def check_count(param: str, value: object) -> int:
-    # bool is an int in Python, and floats such as 60.0 arrive from JSON numbers.
-    whole = isinstance(value, int | float) and not isinstance(value, bool)
-    if not whole or value != int(value) or value < 1:  # type: ignore[operator, call-overload]
-        raise _invalid(f"'{param}' must be a whole number of at least 1.", param)
-    return int(value)  # type: ignore[call-overload]
+    most = _MAX_COUNTS.get(param, _MAX_COUNT)
+    # bool is an int in Python; JSON numbers arrive as floats (60.0) through the transcoder.
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value != int(value) or not 1 <= value <= most:
+        raise _invalid(f"'{param}' must be a whole number from 1 to {most}.", param)
+    return int(value)
 
 
 def check_budget_period(value: object) -> str:
