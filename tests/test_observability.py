@@ -17,6 +17,7 @@ import pytest
 import yaml
 from fake_upstream import Reply, make_chunk, make_usage, make_usage_chunk
 from gateway_process import ADMIN_KEY, CLI, UPSTREAM_KEY, Gateway
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_shape import assert_error, chat_body
 from prometheus_client.parser import text_string_to_metric_families
@@ -97,7 +98,9 @@ def test_a_client_request_id_is_honoured_passed_upstream_logged_and_returned(
 
 
 def test_a_request_id_is_generated_when_the_client_sends_none(gateway, api_key, upstream):
-    response = httpx.post(f"{gateway.url}{CHAT}", json=chat_body(), headers=auth(api_key), timeout=30)
+    response = httpx.post(
+        f"{gateway.url}{CHAT}", json=chat_body(), headers=auth(api_key), timeout=30
+    )
     request_id = response.headers["x-request-id"]
     assert len(request_id) == UUID_LENGTH
     assert upstream.last_request().headers["x-request-id"] == request_id
@@ -155,10 +158,36 @@ def test_native_grpc_gets_the_request_id_in_metadata(gateway, api_key):
 # --- the request log -------------------------------------------------------------------------
 
 
+def test_typed_grpc_calls_are_logged_with_their_tokens(gateway, api_key):
+    question = chat_pb2.ChatMessage(role="user", content=struct_pb2.Value(string_value="Hi"))
+    params = chat_pb2.ChatCompletionParams(model="gpt-4o", messages=[question])
+    metadata = (*auth(api_key).items(), ("x-request-id", "typed-1"))
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        stub.CreateChatCompletion(
+            chat_pb2.CreateChatCompletionRequest(params=params), metadata=metadata, timeout=10
+        )
+        request = chat_pb2.StreamChatCompletionRequest(params=params, include_usage=True)
+        chunks = list(
+            stub.StreamChatCompletion(
+                request, metadata=(*metadata[:1], ("x-request-id", "typed-2")), timeout=10
+            )
+        )
+    assert chunks
+    unary, streamed = request_line(gateway, "typed-1"), request_line(gateway, "typed-2")
+    assert unary["route"] == "ChatService/CreateChatCompletion" and unary["stream"] is False
+    assert streamed["route"] == "ChatService/StreamChatCompletion" and streamed["stream"] is True
+    for line in (unary, streamed):
+        assert (line["prompt_tokens"], line["completion_tokens"]) == (5, 7)
+        assert line["status"] == 200 and line["key"] == "test-client"
+
+
 def test_one_json_line_per_request_with_the_operators_fields(gateway, upstream):
     name = unique("logged")
     key = gateway.create_key(name)
-    upstream.enqueue(Reply.stream([make_chunk({"content": "hi"}), make_usage_chunk(make_usage(11, 3))]))
+    upstream.enqueue(
+        Reply.stream([make_chunk({"content": "hi"}), make_usage_chunk(make_usage(11, 3))])
+    )
     response = httpx.post(
         f"{gateway.url}{CHAT}",
         json=chat_body(stream=True, stream_options={"include_usage": True}),
@@ -193,7 +222,10 @@ def test_no_key_and_no_prompt_reach_the_log(gateway, upstream):
     prompt = f"my secret prompt {uuid.uuid4()}"
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]}
     headers = {**auth(key), "x-request-id": "log-secret-1"}
-    assert httpx.post(f"{gateway.url}{CHAT}", json=body, headers=headers, timeout=30).status_code == 200
+    assert (
+        httpx.post(f"{gateway.url}{CHAT}", json=body, headers=headers, timeout=30).status_code
+        == 200
+    )
     request_line(gateway, "log-secret-1")
     log = gateway.log()
     for secret in (key, UPSTREAM_KEY, ADMIN_KEY, prompt):
@@ -205,7 +237,9 @@ def test_bodies_are_logged_only_when_asked(make_gateway):
     key = gw.create_key("debugging")
     prompt = f"debug this {uuid.uuid4()}"
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]}
-    httpx.post(f"{gw.url}{CHAT}", json=body, headers={**auth(key), "x-request-id": "b1"}, timeout=30)
+    httpx.post(
+        f"{gw.url}{CHAT}", json=body, headers={**auth(key), "x-request-id": "b1"}, timeout=30
+    )
     line = request_line(gw, "b1")
     assert json.loads(line["request_body"]) == body
     assert key not in gw.log()
@@ -219,7 +253,9 @@ def test_requests_tokens_and_latency_are_counted_by_key_name(gateway, upstream):
     key = gateway.create_key(name)
     before = scrape(gateway)
     for _ in range(2):
-        response = httpx.post(f"{gateway.url}{CHAT}", json=chat_body(), headers=auth(key), timeout=30)
+        response = httpx.post(
+            f"{gateway.url}{CHAT}", json=chat_body(), headers=auth(key), timeout=30
+        )
         assert response.status_code == 200
     upstream.enqueue(Reply.json(500, {"error": {"message": "boom"}}))
     httpx.post(f"{gateway.url}{CHAT}", json=chat_body(), headers=auth(key), timeout=30)
@@ -268,9 +304,7 @@ def test_streams_are_counted_in_flight_and_their_usage_counted(gateway, upstream
     assert sample(after, "typegpt_gateway_tokens_total", key=name, direction="out") == 9
 
 
-def test_a_client_leaving_mid_stream_is_logged_499_and_no_stream_stays_in_flight(
-    gateway, upstream
-):
+def test_a_client_leaving_mid_stream_is_logged_499_and_no_stream_stays_in_flight(gateway, upstream):
     key = gateway.create_key(unique("leaver"))
     upstream.enqueue(Reply.stream([make_chunk({"content": str(i)}) for i in range(30)], delay=0.3))
     headers = {**auth(key), "x-request-id": "leaver-1"}
@@ -354,7 +388,10 @@ def test_grpc_health_per_service(gateway):
 
 def test_cli_health_command(gateway):
     result = subprocess.run(
-        [*CLI, "health", "--target", gateway.grpc_target], capture_output=True, text=True, timeout=60
+        [*CLI, "health", "--target", gateway.grpc_target],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0 and "serving" in result.stdout
 
