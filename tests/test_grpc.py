@@ -23,22 +23,13 @@ from google.api import httpbody_pb2
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from openai_shape import GUIDE_MODELS
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "grpc_client.py"
 RPC_TIMEOUT = 10.0
-CATALOG = (
-    "gpt-4o",
-    "o3-mini",
-    "gpt-4.1",
-    "o3",
-    "gpt-5-chat",
-    "gpt-5-model-router",
-    "gpt-5",
-    "gpt-5-mini",
-)
 SEED = 2**60
 
 # -- fixtures -----------------------------------------------------------------------------
@@ -276,7 +267,7 @@ def test_stream_chat_completion_include_usage(stub, key, upstream) -> None:
 def test_list_models_returns_the_catalog(stub, key) -> None:
     reply = stub.ListModels(chat_pb2.ListModelsRequest(), metadata=_auth(key), timeout=RPC_TIMEOUT)
     assert reply.object == "list"
-    assert [model.id for model in reply.data] == list(CATALOG)
+    assert [model.id for model in reply.data] == GUIDE_MODELS
     for model in reply.data:
         assert model.object == "model"
         assert model.owned_by
