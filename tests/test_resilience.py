@@ -303,7 +303,9 @@ def with_config(tmp_path: Path, yaml_text: str, **env: str) -> tuple[Gateway, st
     return start(tmp_path / "gw", "http://127.0.0.1:9/unused", GATEWAY_CONFIG=str(config), **env)
 
 
-def two_upstreams(a: FakeUpstream, b: FakeUpstream | str, extra_b: str = "", extra_a: str = "") -> str:
+def two_upstreams(
+    a: FakeUpstream, b: FakeUpstream | str, extra_b: str = "", extra_a: str = ""
+) -> str:
     b_url = b if isinstance(b, str) else b.base_url
     return f"""
 upstreams:
@@ -433,7 +435,9 @@ def test_upstream_without_its_key_takes_nothing_and_is_named(tmp_path, a_b):
 def test_bad_config_file_stops_the_gateway_with_a_reason(tmp_path):
     config = tmp_path / "gateway.yaml"
     config.write_text("upstreams:\n  - {name: a, base_url: 'http://x', wieght: 2}\n")
-    gw = Gateway(tmp_path / "gw", "http://127.0.0.1:9/v1", extra_env={"GATEWAY_CONFIG": str(config)})
+    gw = Gateway(
+        tmp_path / "gw", "http://127.0.0.1:9/v1", extra_env={"GATEWAY_CONFIG": str(config)}
+    )
     with pytest.raises(RuntimeError, match="exited early"):
         gw.start(timeout=15)
     assert gw.process is not None and gw.process.returncode == 1

@@ -220,7 +220,12 @@ def test_attempt_failure_classification():
 
 @pytest.mark.parametrize(
     ("headers", "seconds"),
-    [({"retry-after": "3"}, 3.0), ({"retry-after-ms": "250"}, 0.25), ({}, None), ({"retry-after": "x"}, None)],
+    [
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({}, None),
+        ({"retry-after": "x"}, None),
+    ],
 )
 def test_parse_retry_after(headers, seconds):
     assert parse_retry_after(headers) == seconds
@@ -288,7 +293,12 @@ upstreams:
     )
     specs = upstream_specs(Settings(config=path), {"KEY_A": " sk-a "})
     a, b, c = specs
-    assert (a.name, a.base_url, a.api_key, a.models) == ("a", "https://one.example/v1", "sk-a", None)
+    assert (a.name, a.base_url, a.api_key, a.models) == (
+        "a",
+        "https://one.example/v1",
+        "sk-a",
+        None,
+    )
     assert (b.api_key, b.models, b.priority, b.weight) == (
         "sk-inline",
         frozenset({"gpt-4o", "gpt-5"}),
@@ -315,7 +325,10 @@ def test_without_a_file_the_environment_names_the_one_upstream():
         ("upstreams: []", "upstreams"),
         ("upstreams:\n  - {name: a, base_url: ftp://x}", "base_url"),
         ("upstreams:\n  - {name: a, base_url: 'http://x', api_key: k, api_key_env: K}", "not both"),
-        ("upstreams:\n  - {name: a, base_url: 'http://x'}\n  - {name: a, base_url: 'http://y'}", "unique"),
+        (
+            "upstreams:\n  - {name: a, base_url: 'http://x'}\n  - {name: a, base_url: 'http://y'}",
+            "unique",
+        ),
         ("upstreams:\n  - {name: a, base_url: 'http://x', wieght: 2}", "wieght"),
         ("upstreams:\n  - {name: a, base_url: 'http://x', weight: 0}", "weight"),
         ("upstreams: [", "not valid YAML"),

@@ -59,6 +59,19 @@ async def _drain(backend: Backend, settings: Settings, admin: EnvoyAdmin | None)
                 await admin.wait_idle()
 
 
+def _report_leftovers(*ours: asyncio.Task[object]) -> None:
+    """Cancels serve's own tasks and logs any other still alive: every request's work should
+    have ended with the drain, so a number above 0 points at a leak."""
+    for task in ours:
+        task.cancel()
+    left = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not asyncio.current_task() and task not in ours
+    ]
+    logger.info("stopped; %d tasks left", len(left))
+
+
 def _warn_missing_keys(backend: Backend) -> None:
     for spec in backend.upstreams.unconfigured:
         if spec.key_setting == "TYPEGPT_API_KEY":
@@ -98,7 +111,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         )
         await stop.wait()
         await _drain(backend, settings, None)
-        refresher.cancel()
+        _report_leftovers(refresher)
         return 0
 
     with tempfile.TemporaryDirectory(prefix="typegpt-gateway-") as workdir:
@@ -138,5 +151,5 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
                 envoy.kill()
                 await envoy_exit
         stopped.cancel()
-        refresher.cancel()
+        _report_leftovers(refresher, stopped, envoy_exit)
     return code
