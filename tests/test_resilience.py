@@ -297,10 +297,31 @@ def a_b(pair) -> tuple[FakeUpstream, FakeUpstream]:
     return pair
 
 
-def with_config(tmp_path: Path, yaml_text: str, **env: str) -> tuple[Gateway, str]:
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml_text)
-    return start(tmp_path / "gw", "http://127.0.0.1:9/unused", GATEWAY_CONFIG=str(config), **env)
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator:
+    """Starts gateways of this test's own; each is stopped after the test."""
+    started: list[Gateway] = []
+
+    def spawn_gateway(upstream_url: str, **env: str) -> tuple[Gateway, str]:
+        gw, key = start(tmp_path / f"gw{len(started)}", upstream_url, **env)
+        started.append(gw)
+        return gw, key
+
+    yield spawn_gateway
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def with_config(tmp_path: Path, spawn):
+    """Starts a gateway on an upstreams file."""
+
+    def start_with(yaml_text: str, **env: str) -> tuple[Gateway, str]:
+        config = tmp_path / "gateway.yaml"
+        config.write_text(yaml_text)
+        return spawn("http://127.0.0.1:9/unused", GATEWAY_CONFIG=str(config), **env)
+
+    return start_with
 
 
 def two_upstreams(
@@ -320,50 +341,42 @@ upstreams:
 """
 
 
-def test_failover_cooldown_and_recovery(tmp_path, a_b):
+def test_failover_cooldown_and_recovery(with_config, a_b):
     a, b = a_b
     gw, key = with_config(
-        tmp_path,
         two_upstreams(a, b, extra_b="priority: 1"),
         KEY_A="sk-a-from-env",
         GATEWAY_UPSTREAM_COOLDOWN_AFTER="1",
         GATEWAY_UPSTREAM_COOLDOWN="2",
     )
-    try:
-        assert post(gw, key, chat_body()).status_code == 200
-        assert (len(a.requests), len(b.requests)) == (1, 0)  # priority 0 first
-        assert a.last_request().headers["authorization"] == "Bearer sk-a-from-env"
-        a.enqueue(Reply.json(500))
-        began = time.monotonic()
-        assert post(gw, key, chat_body()).status_code == 200
-        assert (len(a.requests), len(b.requests)) == (2, 1)  # moved on at once
-        assert b.last_request().headers["authorization"] == "Bearer sk-b-inline-key"
-        assert time.monotonic() - began < 1.5
-        assert post(gw, key, chat_body()).status_code == 200
-        assert (len(a.requests), len(b.requests)) == (2, 2)  # a is cooling down
-        time.sleep(max(0, began + 2.2 - time.monotonic()))
-        assert post(gw, key, chat_body()).status_code == 200
-        assert (len(a.requests), len(b.requests)) == (3, 2)  # back on its own
-    finally:
-        gw.stop()
+    assert post(gw, key, chat_body()).status_code == 200
+    assert (len(a.requests), len(b.requests)) == (1, 0)  # priority 0 first
+    assert a.last_request().headers["authorization"] == "Bearer sk-a-from-env"
+    a.enqueue(Reply.json(500))
+    began = time.monotonic()
+    assert post(gw, key, chat_body()).status_code == 200
+    assert (len(a.requests), len(b.requests)) == (2, 1)  # moved on at once
+    assert b.last_request().headers["authorization"] == "Bearer sk-b-inline-key"
+    assert time.monotonic() - began < 1.5
+    assert post(gw, key, chat_body()).status_code == 200
+    assert (len(a.requests), len(b.requests)) == (2, 2)  # a is cooling down
+    time.sleep(max(0, began + 2.2 - time.monotonic()))
+    assert post(gw, key, chat_body()).status_code == 200
+    assert (len(a.requests), len(b.requests)) == (3, 2)  # back on its own
 
 
-def test_refused_connection_fails_over(tmp_path, a_b):
+def test_refused_connection_fails_over(with_config, a_b):
     a, _ = a_b
     closed = f"http://127.0.0.1:{free_port()}/v1"
-    gw, key = with_config(tmp_path, two_upstreams(a, closed, extra_a="priority: 1"), KEY_A="k")
-    try:
-        response = post(gw, key, chat_body())
-        assert response.status_code == 200, response.text
-        assert len(a.requests) == 1
-    finally:
-        gw.stop()
+    gw, key = with_config(two_upstreams(a, closed, extra_a="priority: 1"), KEY_A="k")
+    response = post(gw, key, chat_body())
+    assert response.status_code == 200, response.text
+    assert len(a.requests) == 1
 
 
-def test_routing_by_model_weights_and_model_names(tmp_path, a_b):
+def test_routing_by_model_weights_and_model_names(with_config, a_b):
     a, b = a_b
     gw, key = with_config(
-        tmp_path,
         two_upstreams(
             a,
             b,
@@ -372,64 +385,54 @@ def test_routing_by_model_weights_and_model_names(tmp_path, a_b):
         ),
         KEY_A="k",
     )
-    try:
-        for _ in range(30):
-            assert post(gw, key, chat_body("gpt-4o")).status_code == 200
-        assert len(a.requests) > 3 and len(b.requests) > 3  # equal weights share the load
-        a.reset_state()
-        b.reset_state()
-        assert post(gw, key, chat_body("gpt-5")).status_code == 200
-        assert (len(a.requests), len(b.requests)) == (1, 0)
-        raw = (
-            b'{"messages":[{"role":"user","content":"o3"}], "model" : "o3",'
-            b' "seed": 18446744073709551617}'
-        )
-        response = httpx.post(
-            f"{gw.url}{CHAT}",
-            content=raw,
-            headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
-        )
-        assert response.status_code == 200
-        # Only the model name changed, byte for byte.
-        assert b.last_request().body == raw.replace(b'"o3",', b'"o3-2025-04-16",')
-        assert_error(post(gw, key, chat_body("gpt-4.1")), 503)  # in the catalog, served by none
-    finally:
-        gw.stop()
+    for _ in range(30):
+        assert post(gw, key, chat_body("gpt-4o")).status_code == 200
+    assert len(a.requests) > 3 and len(b.requests) > 3  # equal weights share the load
+    a.reset_state()
+    b.reset_state()
+    assert post(gw, key, chat_body("gpt-5")).status_code == 200
+    assert (len(a.requests), len(b.requests)) == (1, 0)
+    raw = (
+        b'{"messages":[{"role":"user","content":"o3"}], "model" : "o3",'
+        b' "seed": 18446744073709551617}'
+    )
+    response = httpx.post(
+        f"{gw.url}{CHAT}",
+        content=raw,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    assert response.status_code == 200
+    # Only the model name changed, byte for byte.
+    assert b.last_request().body == raw.replace(b'"o3",', b'"o3-2025-04-16",')
+    assert_error(post(gw, key, chat_body("gpt-4.1")), 503)  # in the catalog, served by none
 
 
-def test_all_upstreams_cooling_is_503_with_retry_after(tmp_path, a_b):
+def test_all_upstreams_cooling_is_503_with_retry_after(with_config, a_b):
     a, b = a_b
     gw, key = with_config(
-        tmp_path,
         two_upstreams(a, b),
         KEY_A="k",
         GATEWAY_UPSTREAM_COOLDOWN_AFTER="1",
         GATEWAY_UPSTREAM_COOLDOWN="20",
     )
-    try:
-        a.enqueue(Reply.json(500))
-        b.enqueue(Reply.json(502))
-        assert_error(post(gw, key, chat_body()), 502)
-        response = post(gw, key, chat_body())
-        error = assert_error(response, 503, "api_error")
-        assert "cooling down" in error["message"]
-        assert 1 <= int(response.headers["retry-after"]) <= 20
-        assert len(a.requests) + len(b.requests) == 2
-    finally:
-        gw.stop()
+    a.enqueue(Reply.json(500))
+    b.enqueue(Reply.json(502))
+    assert_error(post(gw, key, chat_body()), 502)
+    response = post(gw, key, chat_body())
+    error = assert_error(response, 503, "api_error")
+    assert "cooling down" in error["message"]
+    assert 1 <= int(response.headers["retry-after"]) <= 20
+    assert len(a.requests) + len(b.requests) == 2
 
 
-def test_upstream_without_its_key_takes_nothing_and_is_named(tmp_path, a_b):
+def test_upstream_without_its_key_takes_nothing_and_is_named(with_config, a_b):
     a, b = a_b
-    gw, key = with_config(tmp_path, two_upstreams(a, b))  # KEY_A is not set
-    try:
-        for _ in range(5):
-            assert post(gw, key, chat_body()).status_code == 200
-        assert (len(a.requests), len(b.requests)) == (0, 5)
-        assert "KEY_A is not set" in gw.log()
-        assert "sk-b-inline-key" not in gw.log()
-    finally:
-        gw.stop()
+    gw, key = with_config(two_upstreams(a, b))  # KEY_A is not set
+    for _ in range(5):
+        assert post(gw, key, chat_body()).status_code == 200
+    assert (len(a.requests), len(b.requests)) == (0, 5)
+    assert "KEY_A is not set" in gw.log()
+    assert "sk-b-inline-key" not in gw.log()
 
 
 def test_bad_config_file_stops_the_gateway_with_a_reason(tmp_path):
@@ -465,8 +468,8 @@ def _stream_in_thread(gw: Gateway, key: str) -> tuple[threading.Thread, list[str
     return thread, lines
 
 
-def test_sigterm_lets_a_running_stream_finish_and_refuses_new_connections(tmp_path, upstream):
-    gw, key = start(tmp_path, upstream.base_url, GATEWAY_DRAIN_TIMEOUT="10")
+def test_sigterm_lets_a_running_stream_finish_and_refuses_new_connections(spawn, upstream):
+    gw, key = spawn(upstream.base_url, GATEWAY_DRAIN_TIMEOUT="10")
     chunks = [make_chunk({"content": str(i)}) for i in range(8)]
     upstream.enqueue(Reply.stream(chunks, delay=0.4))
     thread, lines = _stream_in_thread(gw, key)
@@ -485,8 +488,8 @@ def test_sigterm_lets_a_running_stream_finish_and_refuses_new_connections(tmp_pa
     assert log.index("draining") < log.index("stopping Envoy")
 
 
-def test_drain_timeout_ends_a_stream_with_an_error_frame(tmp_path, upstream):
-    gw, key = start(tmp_path, upstream.base_url, GATEWAY_DRAIN_TIMEOUT="1")
+def test_drain_timeout_ends_a_stream_with_an_error_frame(spawn, upstream):
+    gw, key = spawn(upstream.base_url, GATEWAY_DRAIN_TIMEOUT="1")
     upstream.enqueue(Reply.stream([make_chunk({"content": "a"})] * 40, delay=0.25))
     thread, lines = _stream_in_thread(gw, key)
     assert upstream.wait_for_requests(1, 5)
@@ -503,9 +506,9 @@ def test_drain_timeout_ends_a_stream_with_an_error_frame(tmp_path, upstream):
     assert upstream.wait_for_disconnect(1)
 
 
-def test_draining_backend_is_not_ready_before_it_stops(tmp_path, upstream):
+def test_draining_backend_is_not_ready_before_it_stops(spawn, upstream):
     """grpc.health and readiness turn first; the process only ends after the drain."""
-    gw, key = start(tmp_path, upstream.base_url, GATEWAY_DRAIN_TIMEOUT="10")
+    gw, key = spawn(upstream.base_url, GATEWAY_DRAIN_TIMEOUT="10")
     upstream.enqueue(Reply.stream([make_chunk({"content": "a"})] * 6, delay=0.5))
     thread, _ = _stream_in_thread(gw, key)
     assert upstream.wait_for_requests(1, 5)

@@ -52,7 +52,7 @@ class Backend:
         await self.begin_drain()
         stopping = asyncio.ensure_future(self.server.stop(grace + LAST_WORDS))
         finished, _ = await asyncio.wait((stopping,), timeout=grace)
-        if not finished:
+        if not finished and not self.pipeline.stopping.done():
             self.pipeline.stopping.set_result(None)
         await stopping
         await self.upstreams.aclose()
