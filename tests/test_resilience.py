@@ -3,9 +3,11 @@ misbehave on demand: retries, timeouts, cancellation, failover and cooldowns, gr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ import grpc
 import httpx
 import pytest
 from fake_upstream import FakeUpstream, Reply, make_chunk, make_stream_chunks
-from gateway_process import UPSTREAM_KEY, Gateway, free_port
+from gateway_process import CLI, UPSTREAM_KEY, Gateway, free_port
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_shape import assert_error, chat_body, sse_payloads
@@ -435,6 +437,29 @@ def test_upstream_without_its_key_takes_nothing_and_is_named(with_config, a_b):
     assert "sk-b-inline-key" not in gw.log()
 
 
+def test_serve_config_flag_names_the_file(tmp_path):
+    config = tmp_path / "flag.yaml"
+    config.write_text("upstreams: []\n")
+    result = subprocess.run(
+        [
+            *CLI,
+            "serve",
+            "--config",
+            str(config),
+            "--grpc-port",
+            "0",
+            "--db",
+            str(tmp_path / "k.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "flag.yaml" in result.stderr and "upstreams" in result.stderr
+
+
 def test_bad_config_file_stops_the_gateway_with_a_reason(tmp_path):
     config = tmp_path / "gateway.yaml"
     config.write_text("upstreams:\n  - {name: a, base_url: 'http://x', wieght: 2}\n")
@@ -534,3 +559,35 @@ def test_draining_backend_is_not_ready_before_it_stops(spawn, upstream):
     thread.join(10)
     assert gw.process.wait(10) == 0
     assert UPSTREAM_KEY not in gw.log()
+
+
+def test_begin_drain_turns_health_and_readiness_before_anything_stops(tmp_path, upstream):
+    """In process: after begin_drain the server still answers, and says it is not ready."""
+    from typegpt.gateway.v1 import status_pb2, status_pb2_grpc
+    from typegpt_gateway.server import start_backend
+    from typegpt_gateway.settings import Settings
+
+    async def main() -> None:
+        settings = Settings(
+            TYPEGPT_BASE_URL=upstream.base_url,
+            db=tmp_path / "k.db",
+            grpc_host="127.0.0.1",
+            grpc_port=0,
+        )
+        backend = await start_backend(settings)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{backend.port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                status = status_pb2_grpc.StatusServiceStub(channel)
+                serving = health_pb2.HealthCheckResponse.SERVING
+                assert (await health.Check(health_pb2.HealthCheckRequest())).status == serving
+                await backend.begin_drain()
+                reply = await health.Check(health_pb2.HealthCheckRequest())
+                assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+                    await status.GetReadiness(status_pb2.GetReadinessRequest())
+                assert excinfo.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await backend.stop(0)
+
+    asyncio.run(asyncio.wait_for(main(), 10))
