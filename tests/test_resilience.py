@@ -22,7 +22,9 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_shape import assert_error, chat_body, sse_payloads
 
-from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
+from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
+from typegpt_gateway.server import start_backend
+from typegpt_gateway.settings import Settings
 
 CHAT = "/v1/chat/completions"
 # Short limits so that every fault shows within seconds.
@@ -563,9 +565,6 @@ def test_draining_backend_is_not_ready_before_it_stops(spawn, upstream):
 
 def test_begin_drain_turns_health_and_readiness_before_anything_stops(tmp_path, upstream):
     """In process: after begin_drain the server still answers, and says it is not ready."""
-    from typegpt.gateway.v1 import status_pb2, status_pb2_grpc
-    from typegpt_gateway.server import start_backend
-    from typegpt_gateway.settings import Settings
 
     async def main() -> None:
         settings = Settings(
