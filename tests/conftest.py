@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from fake_upstream import FakeUpstream
-from gateway_process import Gateway
+from gateway_process import SCRIPTED_FAILURES, Gateway
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,11 @@ def _fresh_upstream(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="session")
 def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gw = Gateway(tmp_path_factory.mktemp("gateway"), upstream.base_url).start()
+    # Every scripted upstream failure reaches the client as it is: no retry absorbs it and no
+    # cooldown outlives the test. test_resilience.py covers retries and cooldowns.
+    gw = Gateway(
+        tmp_path_factory.mktemp("gateway"), upstream.base_url, extra_env=SCRIPTED_FAILURES
+    ).start()
     yield gw
     gw.stop()
 

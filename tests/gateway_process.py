@@ -16,6 +16,8 @@ import httpx
 
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789abcdef"
 CLI = [sys.executable, "-m", "typegpt_gateway"]
+# Settings under which each scripted upstream failure reaches the client as it is.
+SCRIPTED_FAILURES = {"GATEWAY_UPSTREAM_MAX_ATTEMPTS": "1", "GATEWAY_UPSTREAM_COOLDOWN_AFTER": "0"}
 
 
 def free_port() -> int:
@@ -72,6 +74,8 @@ class Gateway:
             TYPEGPT_BASE_URL=self.upstream_url,
             GATEWAY_SSE_KEEPALIVE_INTERVAL="1",
             GATEWAY_KEY_REFRESH_INTERVAL="0.2",
+            # Within stop()'s patience, even with a request left hanging.
+            GATEWAY_DRAIN_TIMEOUT="5",
         )
         if self.upstream_key is not None:
             env["TYPEGPT_API_KEY"] = self.upstream_key

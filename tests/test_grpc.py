@@ -82,7 +82,9 @@ def limited_key(gateway: Gateway) -> str:
 def dead_upstream_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gateway whose upstream URL points at a port nobody listens on."""
     gw = Gateway(
-        tmp_path_factory.mktemp("dead-upstream"), f"http://127.0.0.1:{free_port()}/v1"
+        tmp_path_factory.mktemp("dead-upstream"),
+        f"http://127.0.0.1:{free_port()}/v1",
+        extra_env={"GATEWAY_UPSTREAM_COOLDOWN_AFTER": "0"},
     ).start()
     yield gw
     gw.stop()

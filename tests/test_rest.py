@@ -315,7 +315,7 @@ def test_unreachable_upstream_is_502(make_gateway):
 
 
 def test_upstream_timeout_is_504(make_gateway, upstream):
-    gw = make_gateway(extra_env={"GATEWAY_UPSTREAM_READ_TIMEOUT": "1"}).start()
+    gw = make_gateway(extra_env={"GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT": "1"}).start()
     key = gw.create_key("k")
     upstream.enqueue(Reply.hang(10))
     started = time.monotonic()

@@ -17,10 +17,11 @@ import orjson
 
 from .catalog import Catalog
 from .errors import GatewayError, scrub
+from .failover import Failover
 from .keys import KeyRecord
 from .sse import DONE, EventReader, is_error_event
 from .store import KeyCache
-from .upstream import Upstream, timeout_error
+from .timeouts import Deadlines
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,27 +82,54 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     return ChatRequest(model=model, stream=bool(stream))
 
 
+def shutting_down() -> GatewayError:
+    return GatewayError(503, "The gateway is shutting down; retry the request.", "api_error")
+
+
 class Stream:
     """An upstream SSE response, read as batches of event payloads."""
 
     def __init__(
-        self, response: httpx.Response, keepalive: float, secrets: tuple[str, ...]
+        self,
+        response: httpx.Response,
+        deadlines: Deadlines,
+        *,
+        keepalive: float,
+        secrets: tuple[str, ...],
+        stopping: asyncio.Future[None],
     ) -> None:
         self._response = response
+        self._deadlines = deadlines
         self._keepalive = keepalive
         self._secrets = secrets
+        self._stopping = stopping
 
     async def batches(self) -> AsyncIterator[list[bytes]]:
         """Yields the `data` payloads of each network read as one batch, or an empty batch
         after `keepalive` seconds of silence. Returns after `[DONE]`; raises GatewayError when
-        the upstream fails or ends early, since the client must not mistake that for success."""
+        the upstream fails, ends early or stays silent too long, or the gateway stops, since
+        the client must not mistake any of that for success."""
+        loop = asyncio.get_running_loop()
         reader = EventReader()
-        chunks = self._response.aiter_raw().__aiter__()
+        chunks = self._response.aiter_bytes().__aiter__()
         pending: asyncio.Future[bytes] | None = None
         try:
             while True:
                 pending = asyncio.ensure_future(chunks.__anext__())
-                while not (await asyncio.wait((pending,), timeout=self._keepalive))[0]:
+                due, late = self._deadlines.next_read(loop.time())
+                while True:
+                    silence = min(self._keepalive, due - loop.time())
+                    done, _ = await asyncio.wait(
+                        (pending, self._stopping),
+                        timeout=max(silence, 0.0),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if pending in done:
+                        break
+                    if self._stopping.done():
+                        raise shutting_down()
+                    if loop.time() >= due:
+                        raise late
                     yield []
                 try:
                     chunk = pending.result()
@@ -111,6 +139,7 @@ class Stream:
                         "The upstream API ended the stream before it was complete.",
                         "api_error",
                     ) from None
+                self._deadlines.got_bytes()
                 batch = []
                 for data in reader.feed(chunk):
                     if data == DONE:
@@ -124,8 +153,6 @@ class Stream:
                     batch.append(data)
                 if batch:
                     yield batch
-        except httpx.TimeoutException as exc:
-            raise timeout_error() from exc
         except httpx.HTTPError as exc:
             raise GatewayError(
                 502, f"The upstream API stream broke ({type(exc).__name__}).", "api_error"
@@ -145,14 +172,43 @@ class Stream:
         return GatewayError(502, f"The upstream API failed mid-stream: {text}", "api_error")
 
 
+async def read_answer(response: httpx.Response, deadlines: Deadlines) -> bytes:
+    """A whole non-streamed answer, each read bounded by the deadlines."""
+    loop = asyncio.get_running_loop()
+    answer = bytearray()
+    chunks = response.aiter_bytes().__aiter__()
+    try:
+        while True:
+            due, late = deadlines.next_read(loop.time())
+            try:
+                async with asyncio.timeout_at(due):
+                    answer += await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise late from None
+            deadlines.got_bytes()
+    except httpx.HTTPError as exc:
+        raise GatewayError(
+            502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
+        ) from exc
+    finally:
+        await response.aclose()
+    if not answer.lstrip().startswith(b"{"):
+        raise GatewayError(502, "The upstream API answered with something not JSON.")
+    return bytes(answer)
+
+
 class ChatPipeline:
     def __init__(
-        self, keys: KeyCache, catalog: Catalog, upstream: Upstream, *, keepalive: float
+        self, keys: KeyCache, catalog: Catalog, upstreams: Failover, *, keepalive: float
     ) -> None:
         self.keys = keys
         self.catalog = catalog
-        self.upstream = upstream
+        self.upstreams = upstreams
         self._keepalive = keepalive
+        # Done when the gateway's drain time is up: open streams end with an error frame.
+        self.stopping: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def authenticate(self, authorization: str | None) -> KeyRecord:
         return await self.keys.authenticate(authorization)
@@ -161,19 +217,16 @@ class ChatPipeline:
         key = await self.authenticate(authorization)
         request = parse_chat_request(body)
         self.catalog.resolve(request.model, key)
-        response = await self.upstream.open_chat(body, stream=request.stream)
-        if request.stream:
-            return Stream(response, self._keepalive, self.upstream.secrets)
-        try:
-            answer = await response.aread()
-        except httpx.TimeoutException as exc:
-            raise timeout_error() from exc
-        except httpx.HTTPError as exc:
-            raise GatewayError(
-                502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
-            ) from exc
-        finally:
-            await response.aclose()
-        if not answer.lstrip().startswith(b"{"):
-            raise GatewayError(502, "The upstream API answered with something not JSON.")
-        return answer
+        deadlines = self.upstreams.deadlines()
+        response = await self.upstreams.open(
+            request.model, body, stream=request.stream, deadlines=deadlines
+        )
+        if not request.stream:
+            return await read_answer(response, deadlines)
+        return Stream(
+            response,
+            deadlines,
+            keepalive=self._keepalive,
+            secrets=self.upstreams.secrets,
+            stopping=self.stopping,
+        )

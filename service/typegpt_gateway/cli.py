@@ -38,6 +38,12 @@ def serve(
     ] = None,
     grpc_host: Annotated[str | None, typer.Option(help="gRPC listen address.")] = None,
     db: DbOption = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="YAML file listing the upstreams (default: $GATEWAY_CONFIG)."
+        ),
+    ] = None,
     envoy: Annotated[
         bool,
         typer.Option(
@@ -54,7 +60,12 @@ def serve(
     # httpx logs every upstream request at INFO: noise, and a place secrets could leak into.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = _settings(
-        http_port=http_port, grpc_port=grpc_port, host=host, grpc_host=grpc_host, db=db
+        http_port=http_port,
+        grpc_port=grpc_port,
+        host=host,
+        grpc_host=grpc_host,
+        db=db,
+        config=config,
     )
     sys.exit(_run(_serve(settings, with_envoy=envoy)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -13,12 +14,15 @@ from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_g
 
 from .catalog import Catalog
 from .chat import ChatPipeline
+from .failover import Failover
 from .servicer import ChatServicer, ReadinessProbe, StatusServicer
 from .settings import MiB, Settings
 from .store import KeyCache, KeyStore
-from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
+
+# After the drain time, how long streams get to write their error frame before being cut.
+LAST_WORDS = 1.0
 
 SERVICE_NAMES = (
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
@@ -30,34 +34,40 @@ SERVICE_NAMES = (
 class Backend:
     server: grpc.aio.Server
     keys: KeyCache
-    upstream: Upstream
+    upstreams: Failover
+    pipeline: ChatPipeline
     store: KeyStore
     health: health.aio.HealthServicer
     readiness: ReadinessProbe
     port: int
 
-    async def stop(self, grace: float) -> None:
+    async def begin_drain(self) -> None:
+        """Readiness and grpc.health turn not-ready, so that balancers stop sending."""
         self.readiness.draining = True
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
-        await self.upstream.aclose()
+
+    async def stop(self, grace: float) -> None:
+        """Refuses new requests, lets running ones finish within `grace` seconds, then ends
+        open streams with an error frame and cancels what is left."""
+        await self.begin_drain()
+        stopping = asyncio.ensure_future(self.server.stop(grace + LAST_WORDS))
+        finished, _ = await asyncio.wait((stopping,), timeout=grace)
+        if not finished and not self.pipeline.stopping.done():
+            self.pipeline.stopping.set_result(None)
+        await stopping
+        await self.upstreams.aclose()
         self.store.close()
 
 
 async def start_backend(settings: Settings) -> Backend:
     """Starts the gRPC server on settings.grpc_host:grpc_port (port 0: any free port)."""
+    upstreams = Failover.from_settings(settings)
     store = KeyStore(settings.db)
     keys = KeyCache(store, settings.key_refresh_interval)
-    upstream = Upstream(
-        settings.typegpt_base_url,
-        settings.upstream_key,
-        connect_timeout=settings.upstream_connect_timeout,
-        read_timeout=settings.upstream_read_timeout,
-    )
     catalog = Catalog(
         settings.models, owned_by=settings.models_owned_by, created=settings.models_created
     )
-    pipeline = ChatPipeline(keys, catalog, upstream, keepalive=settings.sse_keepalive_interval)
+    pipeline = ChatPipeline(keys, catalog, upstreams, keepalive=settings.sse_keepalive_interval)
     readiness = ReadinessProbe()
 
     # Room for a whole 32 MiB body plus the protobuf framing around it.
@@ -85,4 +95,4 @@ async def start_backend(settings: Settings) -> Backend:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Backend(server, keys, upstream, store, health_servicer, readiness, port)
+    return Backend(server, keys, upstreams, pipeline, store, health_servicer, readiness, port)

@@ -57,10 +57,28 @@ class Settings(BaseSettings):
     max_connections: int = 50_000
     # Seconds without a byte on a stream before an SSE keepalive comment is sent.
     sse_keepalive_interval: float = 15.0
-    # Envoy's idle limit for a request: must outlast a slow model's silence before a
-    # non-streamed answer, so it follows the upstream read timeout.
-    upstream_connect_timeout: float = 10.0
-    upstream_read_timeout: float = 600.0
+    # A YAML file listing several upstreams (see config.py); without it, the one upstream
+    # named by TYPEGPT_BASE_URL and TYPEGPT_API_KEY.
+    config: Path | None = None
+    # Upstream timeouts, in seconds. A slow reasoning model can think for minutes before the
+    # first byte of a non-streamed answer; a stream then flows, with shorter gaps.
+    upstream_connect_timeout: float = Field(default=10.0, gt=0)
+    upstream_first_byte_timeout: float = Field(default=600.0, gt=0)
+    upstream_idle_timeout: float = Field(default=300.0, gt=0)
+    upstream_total_timeout: float = Field(default=1800.0, gt=0)
+    # Retries happen only before anything reached the client; no retry starts, and no
+    # backoff waits, past the retry deadline (seconds since the request arrived).
+    upstream_max_attempts: int = Field(default=3, ge=1)
+    upstream_retry_deadline: float = Field(default=20.0, ge=0)
+    upstream_retry_backoff: float = Field(default=0.5, ge=0)
+    upstream_retry_backoff_max: float = Field(default=8.0, ge=0)
+    # Consecutive failures that put an upstream in cooldown (0: never); the first cooldown
+    # lasts upstream_cooldown seconds and doubles with each further failure.
+    upstream_cooldown_after: int = Field(default=3, ge=0)
+    upstream_cooldown: float = Field(default=1.0, gt=0)
+    upstream_cooldown_max: float = Field(default=60.0, gt=0)
+    # After SIGTERM: how long in-flight requests and streams may take to finish.
+    drain_timeout: float = Field(default=30.0, ge=0)
     # How often the key store is checked for keys created or revoked by another process.
     key_refresh_interval: float = 0.5
 
