@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from fake_upstream import FakeUpstream
 from gateway_process import Gateway
+from servers import PostgresServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +48,21 @@ def make_gateway(upstream: FakeUpstream, tmp_path: Path) -> Iterator[type[Gatewa
     yield factory  # type: ignore[misc]
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()

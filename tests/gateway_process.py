@@ -24,8 +24,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cli(db: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GATEWAY_DB": str(db)}
+def cli(
+    db: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GATEWAY_DB": str(db), **(env or {})}
     return subprocess.run(
         [*CLI, *args], env=env, capture_output=True, text=True, check=check, timeout=60
     )
@@ -72,9 +74,12 @@ class Gateway:
             TYPEGPT_BASE_URL=self.upstream_url,
             GATEWAY_SSE_KEEPALIVE_INTERVAL="1",
             GATEWAY_KEY_REFRESH_INTERVAL="0.2",
+            GATEWAY_USAGE_FLUSH_INTERVAL="0.2",
         )
         if self.upstream_key is not None:
             env["TYPEGPT_API_KEY"] = self.upstream_key
+        for name in ("DATABASE_URL", "REDIS_URL"):  # only what a test asks for
+            env.pop(name, None)
         env.update(self.extra_env)
         return env
 
@@ -126,12 +131,16 @@ class Gateway:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The CLI against this gateway's key store."""
+        return cli(self.db, *args, check=check, env=self.extra_env)
+
     def create_key(self, name: str, *options: str) -> str:
-        result = cli(self.db, "keys", "create", "--name", name, *options)
+        result = self.cli("keys", "create", "--name", name, *options)
         return result.stdout.strip().splitlines()[-1]
 
     def revoke_key(self, name: str) -> None:
-        cli(self.db, "keys", "revoke", name)
+        self.cli("keys", "revoke", name)
 
     def cleanup(self) -> None:
         self.stop()

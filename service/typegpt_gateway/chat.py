@@ -1,13 +1,15 @@
-"""A chat completion's way through the gateway: auth → request rules → catalog → upstream.
+"""A chat completion's way through the gateway: auth → request rules → catalog → limits →
+upstream.
 
 `ChatPipeline.start` does everything that can still fail with a clean HTTP status; what it
 returns is either the whole JSON answer or a `Stream` whose failures can only be reported in
-band, as SSE error frames.
+band, as SSE error frames, with the rate-limit headers for either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,18 +17,23 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
+from .accounting import Account, Accounting
 from .catalog import Catalog
 from .errors import GatewayError, scrub
 from .keys import KeyRecord
 from .sse import DONE, EventReader, is_error_event
 from .store import KeyCache
 from .upstream import Upstream, timeout_error
+from .usage import UsageMeter, prompt_chars, rejects_stream_options, with_include_usage
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     model: str
     stream: bool
+    # What the client asked of stream_options: None when it sent none.
+    include_usage: bool | None = None
+    prompt_chars: int = 0
 
 
 def _invalid(message: str, param: str | None = None) -> GatewayError:
@@ -78,18 +85,32 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     stream = document.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _invalid("Invalid type for 'stream': expected a boolean.", "stream")
-    return ChatRequest(model=model, stream=bool(stream))
+    include_usage = None
+    if "stream_options" in document:
+        options = document["stream_options"]
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return ChatRequest(
+        model=model,
+        stream=bool(stream),
+        include_usage=include_usage,
+        prompt_chars=prompt_chars(messages),
+    )
 
 
 class Stream:
     """An upstream SSE response, read as batches of event payloads."""
 
     def __init__(
-        self, response: httpx.Response, keepalive: float, secrets: tuple[str, ...]
+        self,
+        response: httpx.Response,
+        keepalive: float,
+        secrets: tuple[str, ...],
+        account: Account,
     ) -> None:
         self._response = response
         self._keepalive = keepalive
         self._secrets = secrets
+        self._account = account
 
     async def batches(self) -> AsyncIterator[list[bytes]]:
         """Yields the `data` payloads of each network read as one batch, or an empty batch
@@ -98,6 +119,7 @@ class Stream:
         reader = EventReader()
         chunks = self._response.aiter_raw().__aiter__()
         pending: asyncio.Future[bytes] | None = None
+        failed = True
         try:
             while True:
                 pending = asyncio.ensure_future(chunks.__anext__())
@@ -114,6 +136,7 @@ class Stream:
                 batch = []
                 for data in reader.feed(chunk):
                     if data == DONE:
+                        failed = False
                         if batch:
                             yield batch
                         return
@@ -121,9 +144,13 @@ class Stream:
                         if batch:
                             yield batch
                         raise self._in_band_error(data)
-                    batch.append(data)
+                    if self._account.meter.see_chunk(data):
+                        batch.append(data)
                 if batch:
                     yield batch
+        except (GeneratorExit, asyncio.CancelledError):
+            failed = False  # the client went away: its choice, not an error
+            raise
         except httpx.TimeoutException as exc:
             raise timeout_error() from exc
         except httpx.HTTPError as exc:
@@ -133,7 +160,13 @@ class Stream:
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
-            await self._response.aclose()
+            await self.aclose(failed=failed)
+
+    async def aclose(self, *, failed: bool = False) -> None:
+        """Ends the stream; it is counted with the upstream's usage if it arrived, else with
+        the estimate of what was delivered so far (see `usage`)."""
+        self._account.settle(error=failed, usage=self._account.meter.usage())
+        await self._response.aclose()
 
     def _in_band_error(self, data: bytes) -> GatewayError:
         try:
@@ -145,35 +178,89 @@ class Stream:
         return GatewayError(502, f"The upstream API failed mid-stream: {text}", "api_error")
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    body: bytes | Stream
+    # x-ratelimit-* headers, for the response's initial metadata.
+    headers: tuple[tuple[str, str], ...] = ()
+
+    async def aclose(self) -> None:
+        """Releases a stream that will not be read (a whole answer holds nothing)."""
+        if isinstance(self.body, Stream):
+            await self.body.aclose()
+
+
 class ChatPipeline:
     def __init__(
-        self, keys: KeyCache, catalog: Catalog, upstream: Upstream, *, keepalive: float
+        self,
+        keys: KeyCache,
+        catalog: Catalog,
+        upstream: Upstream,
+        accounting: Accounting,
+        *,
+        keepalive: float,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
         self.upstream = upstream
+        self.accounting = accounting
         self._keepalive = keepalive
 
     async def authenticate(self, authorization: str | None) -> KeyRecord:
         return await self.keys.authenticate(authorization)
 
-    async def start(self, body: bytes, authorization: str | None) -> bytes | Stream:
+    async def start(self, body: bytes, authorization: str | None) -> Answer:
         key = await self.authenticate(authorization)
         request = parse_chat_request(body)
         self.catalog.resolve(request.model, key)
-        response = await self.upstream.open_chat(body, stream=request.stream)
-        if request.stream:
-            return Stream(response, self._keepalive, self.upstream.secrets)
+        # A stream reports usage only if asked: the gateway asks when the client did not.
+        ask_usage = request.stream and request.include_usage is None
+        meter = UsageMeter(request.prompt_chars, strip_usage_chunk=ask_usage)
+        account = await self.accounting.admit(key, request.model, meter)
         try:
-            answer = await response.aread()
-        except httpx.TimeoutException as exc:
-            raise timeout_error() from exc
-        except httpx.HTTPError as exc:
-            raise GatewayError(
-                502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
-            ) from exc
-        finally:
-            await response.aclose()
-        if not answer.lstrip().startswith(b"{"):
-            raise GatewayError(502, "The upstream API answered with something not JSON.")
-        return answer
+            response = await self._open(body, request.stream, ask_usage, meter)
+            if request.stream:
+                stream = Stream(response, self._keepalive, self.upstream.secrets, account)
+                return Answer(stream, account.headers)
+            answer = await _read_answer(response)
+        except BaseException as exc:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            # A client gone while waiting is counted with its prompt, which the upstream got.
+            account.settle(error=not cancelled, usage=meter.usage() if cancelled else None)
+            if isinstance(exc, GatewayError):
+                headers = (*exc.headers, *account.headers)
+                raise dataclasses.replace(exc, headers=headers) from exc
+            raise
+        meter.see_answer(answer)
+        account.settle(error=False, usage=meter.usage())
+        return Answer(answer, account.headers)
+
+    async def _open(
+        self, body: bytes, stream: bool, ask_usage: bool, meter: UsageMeter
+    ) -> httpx.Response:
+        if not ask_usage:
+            return await self.upstream.open_chat(body, stream=stream)
+        try:
+            return await self.upstream.open_chat(with_include_usage(body), stream=True)
+        except GatewayError as error:
+            if not rejects_stream_options(error):
+                raise
+        # An upstream without stream_options: the client's own bytes, usage estimated.
+        meter.stop_stripping()
+        return await self.upstream.open_chat(body, stream=True)
+
+
+async def _read_answer(response: httpx.Response) -> bytes:
+    try:
+        answer = await response.aread()
+    except httpx.TimeoutException as exc:
+        raise timeout_error() from exc
+    except httpx.HTTPError as exc:
+        raise GatewayError(
+            502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
+        ) from exc
+    finally:
+        await response.aclose()
+    if not answer.lstrip().startswith(b"{"):
+        raise GatewayError(502, "The upstream API answered with something not JSON.")
+    return answer
