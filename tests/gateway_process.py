@@ -139,6 +139,16 @@ class Gateway:
         result = self.cli("keys", "create", "--name", name, *options)
         return result.stdout.strip().splitlines()[-1]
 
+    def wait_for_key(self, key: str, timeout: float = 5.0) -> str:
+        """Waits until the running gateway has loaded a key the CLI just made."""
+        deadline = time.monotonic() + timeout
+        headers = {"authorization": f"Bearer {key}"}
+        while httpx.get(f"{self.url}/v1/models", headers=headers).status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the gateway never accepted the new key")
+            time.sleep(0.05)
+        return key
+
     def revoke_key(self, name: str) -> None:
         self.cli("keys", "revoke", name)
 

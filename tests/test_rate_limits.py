@@ -31,19 +31,8 @@ def _client(gateway: Gateway, key: str) -> httpx.Client:
     )
 
 
-def _usable(gateway: Gateway, key: str) -> str:
-    """Waits until the running gateway has loaded a key the CLI just made."""
-    deadline = time.monotonic() + 5
-    while httpx.get(
-        f"{gateway.url}/v1/models", headers={"authorization": f"Bearer {key}"}
-    ).status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    return key
-
-
 def _key(gateway: Gateway, name: str, *options: str) -> str:
-    return _usable(gateway, gateway.create_key(name, *options))
+    return gateway.wait_for_key(gateway.create_key(name, *options))
 
 
 def test_rpm_3_gives_exactly_3_then_429_in_the_guides_shape(gateway, upstream):
@@ -339,3 +328,46 @@ def test_ledger_counts_requests_tokens_and_errors_per_model(gateway, upstream):
     assert rows["o3"]["completion_tokens"] == COMPLETION_TOKENS
     table = gateway.cli("keys", "usage", "ledger", "--since", "1d").stdout
     assert "COMPLETION_TOKENS" in table.splitlines()[0] and "o3" in table
+
+
+def test_nothing_is_lost_on_a_clean_shutdown(make_gateway, upstream):
+    # The ledger would not be written for an hour: only the shutdown writes it.
+    gateway = make_gateway(extra_env={"GATEWAY_USAGE_FLUSH_INTERVAL": "3600"}).start()
+    key = gateway.wait_for_key(gateway.create_key("shutdown"))
+    with _client(gateway, key) as client:
+        for _ in range(3):
+            assert client.post(CHAT, json=chat_body()).status_code == 200
+    assert gateway.stop() == 0
+    store = KeyStore(gateway.db)
+    try:
+        (row,) = store.usage("shutdown")
+    finally:
+        store.close()
+    assert (row.requests, row.prompt_tokens, row.completion_tokens) == (
+        3,
+        3 * PROMPT_TOKENS_PER_MESSAGE,
+        3 * COMPLETION_TOKENS,
+    )
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_unreachable_redis_fails_as_configured(make_gateway, mode):
+    from gateway_process import free_port
+
+    gateway = make_gateway(
+        extra_env={
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "GATEWAY_RATE_LIMIT_FAILURE_MODE": mode,
+        }
+    ).start()
+    key = gateway.wait_for_key(gateway.create_key("no-redis", "--rpm", "1"))
+    with _client(gateway, key) as client:
+        responses = [client.post(CHAT, json=chat_body()) for _ in range(2)]
+    if mode == "open":
+        assert [r.status_code for r in responses] == [200, 200]
+        assert "x-ratelimit-limit-requests" not in responses[0].headers
+    else:
+        for response in responses:
+            assert_error(response, 503, "api_error")
+            assert response.headers["retry-after"] == "1"
+    assert "rate limiter backend unreachable" in gateway.log()
