@@ -165,8 +165,12 @@ class Limiter:
             logger.warning("rate limiter backend reachable again; limits apply")
             self._down_until = None
 
+    async def settled(self, grace: float | None = None) -> None:
+        """Waits (at most `grace` seconds) for the settles under way."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+
     async def aclose(self) -> None:
         """Settles what is still in flight (bounded), then closes the backend."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=SETTLE_GRACE)
+        await self.settled(SETTLE_GRACE)
         await self._backend.aclose()
