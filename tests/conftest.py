@@ -52,16 +52,17 @@ def make_gateway(upstream: FakeUpstream, tmp_path: Path) -> Iterator[type[Gatewa
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server.start()
-    finally:
-        server.cleanup()
+    """A throwaway redis-server shared by the session (tests flush what they need)."""
+    yield from _throwaway(RedisServer())
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    server = PostgresServer()
+    """A throwaway PostgreSQL; each test takes a new database from it."""
+    yield from _throwaway(PostgresServer())
+
+
+def _throwaway(server: RedisServer | PostgresServer) -> Iterator:
     try:
         yield server.start()
     finally:

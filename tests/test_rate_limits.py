@@ -371,3 +371,19 @@ def test_unreachable_redis_fails_as_configured(make_gateway, mode):
             assert_error(response, 503, "api_error")
             assert response.headers["retry-after"] == "1"
     assert "rate limiter backend unreachable" in gateway.log()
+
+
+def test_the_openai_sdk_sees_the_headers_and_a_rate_limit_error(gateway):
+    from openai import OpenAI, RateLimitError
+
+    key = _key(gateway, "sdk", "--rpm", "1")
+    client = OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+    messages = [{"role": "user", "content": "Hi"}]
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    assert raw.parse().choices[0].message.content
+    with pytest.raises(RateLimitError) as refused:
+        client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert refused.value.status_code == 429
+    assert refused.value.type == "rate_limit_error"
+    assert int(refused.value.response.headers["retry-after"]) >= 1

@@ -154,6 +154,9 @@ def _open(db: Path | None) -> Store:
     return open_store(_settings(db=db))
 
 
+LIMIT_OPTIONS = ("models", "rpm", "tpm", "max_concurrent", "budget_tokens", "budget_period")
+
+
 def _limit(value: str | None, hint: str) -> int | None:
     if value is None or value.strip().lower() in ("unlimited", "none"):
         return None
@@ -162,10 +165,11 @@ def _limit(value: str | None, hint: str) -> int | None:
     return int(value)
 
 
-def _given_limits(settings: Settings, **options: str | None) -> dict[str, object]:
-    """The limits named on the command line (an option not given is left out)."""
+def _given_limits(settings: Settings, *values: str | None) -> dict[str, object]:
+    """The limits named on the command line (an option not given is left out), from the
+    options in the order of LIMIT_OPTIONS."""
     limits: dict[str, object] = {}
-    for field, value in options.items():
+    for field, value in zip(LIMIT_OPTIONS, values, strict=True):
         if value is None:
             continue
         hint = "--" + field.replace("_", "-")
@@ -226,15 +230,7 @@ def keys_create(
 ) -> None:
     """Create a key. It is printed once, alone on the last line, and never stored."""
     settings = _settings(db=db)
-    limits = _given_limits(
-        settings,
-        models=models,
-        rpm=rpm,
-        tpm=tpm,
-        max_concurrent=max_concurrent,
-        budget_tokens=budget_tokens,
-        budget_period=budget_period,
-    )
+    limits = _given_limits(settings, models, rpm, tpm, max_concurrent, budget_tokens, budget_period)
     lifetime = _lifetime(expires_in)
     store = open_store(settings)
     try:
@@ -268,15 +264,7 @@ def keys_update(
     """Change the limits of a live key in place (the key itself stays the same); a running
     gateway applies them within a second. Options not given are left as they are."""
     settings = _settings(db=db)
-    limits = _given_limits(
-        settings,
-        models=models,
-        rpm=rpm,
-        tpm=tpm,
-        max_concurrent=max_concurrent,
-        budget_tokens=budget_tokens,
-        budget_period=budget_period,
-    )
+    limits = _given_limits(settings, models, rpm, tpm, max_concurrent, budget_tokens, budget_period)
     if expires_in is not None:
         never = expires_in.strip().lower() == "never"
         limits["expires_at"] = None if never else time.time() + (_lifetime(expires_in) or 0)

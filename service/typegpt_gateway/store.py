@@ -111,16 +111,7 @@ class Store(Protocol):
     """What the gateway and the CLI need from a key store."""
 
     def create(
-        self,
-        name: str,
-        *,
-        models: Iterable[str] | None = None,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        max_concurrent: int | None = None,
-        budget_tokens: int | None = None,
-        budget_period: str | None = None,
-        expires_in: float | None = None,
+        self, name: str, *, expires_in: float | None = None, **limits: Any
     ) -> tuple[KeyRecord, str]: ...
     def revoke(self, name: str) -> None: ...
     def get(self, name: str) -> KeyRecord: ...
@@ -198,41 +189,24 @@ class SqlStore:
         raise NotImplementedError
 
     def create(
-        self,
-        name: str,
-        *,
-        models: Iterable[str] | None = None,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        max_concurrent: int | None = None,
-        budget_tokens: int | None = None,
-        budget_period: str | None = None,
-        expires_in: float | None = None,
+        self, name: str, *, expires_in: float | None = None, **limits: Any
     ) -> tuple[KeyRecord, str]:
-        """Stores a new key and returns its record and the key itself, which is never stored."""
+        """Stores a new key with `limits` (LIMIT_FIELDS; unset is unlimited) and returns its
+        record and the key itself, which is never stored. A budget is monthly unless said."""
         if not name.strip():
             raise ValueError("a key needs a name")
-        if budget_tokens is not None and budget_period is None:
-            budget_period = "month"
-        limits = _check_limits(
-            {
-                "models": list(models) if models is not None else None,
-                "rpm": rpm,
-                "tpm": tpm,
-                "max_concurrent": max_concurrent,
-                "budget_tokens": budget_tokens,
-                "budget_period": budget_period,
-            }
-        )
+        if limits.get("budget_tokens") is not None and limits.get("budget_period") is None:
+            limits["budget_period"] = "month"
+        row = _check_limits({field: None for field in LIMIT_FIELDS} | limits)
         key = new_key()
         now = time.time()
-        row = {
-            **limits,
+        if expires_in is not None:
+            row["expires_at"] = now + expires_in
+        row |= {
             "name": name,
             "key_hash": hash_key(key),
             "prefix": key[:SHOWN_PREFIX_CHARS],
             "created_at": now,
-            "expires_at": now + expires_in if expires_in is not None else None,
             "revoked_at": None,
         }
         placeholders = ", ".join("?" for _ in _FIELDS)
