@@ -82,6 +82,10 @@ def test_other_connections_see_changes_through_data_version(store_factory):
     cli.update("bob", rpm=7)
     assert server.data_version() != version
     assert server.get("bob").rpm == 7
+    # The server's own writes (an admin API) count too.
+    version = server.data_version()
+    server.update("bob", rpm=8)
+    assert server.data_version() != version
 
 
 def test_usage_adds_up_per_day_and_model(store_factory):

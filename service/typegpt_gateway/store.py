@@ -59,21 +59,6 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (key_name, day, model)
 )
 """
-_FIELDS = (
-    "name",
-    "key_hash",
-    "prefix",
-    "created_at",
-    "models",
-    "rpm",
-    "tpm",
-    "max_concurrent",
-    "budget_tokens",
-    "budget_period",
-    "expires_at",
-    "revoked_at",
-)
-_COLUMNS = ", ".join(_FIELDS)
 # What `update` may change; None clears a limit (unlimited, all models, never expires).
 LIMIT_FIELDS = (
     "models",
@@ -84,6 +69,8 @@ LIMIT_FIELDS = (
     "budget_period",
     "expires_at",
 )
+_FIELDS = ("name", "key_hash", "prefix", "created_at", *LIMIT_FIELDS, "revoked_at")
+_COLUMNS = ", ".join(_FIELDS)
 BUDGET_PERIODS = ("day", "month")
 
 
@@ -180,7 +167,7 @@ class SqlStore:
         yield
 
     def _changed(self) -> None:
-        """Called inside each write to keys (a store may count versions itself)."""
+        """Called inside each write to keys, so that `data_version` moves."""
 
     def close(self) -> None:
         raise NotImplementedError
@@ -324,6 +311,8 @@ class KeyStore(SqlStore):
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
         self._migrate()
+        # data_version ignores this connection's own commits: count those here.
+        self._own_writes = 0
 
     def _migrate(self) -> None:
         with self._transaction():
@@ -351,13 +340,16 @@ class KeyStore(SqlStore):
             raise
         self._db.execute("COMMIT")
 
+    def _changed(self) -> None:
+        self._own_writes += 1
+
     def close(self) -> None:
         self._db.close()
 
     def data_version(self) -> int:
-        """Changes whenever another connection commits: a cheap 'did anything change?'."""
+        """Changes whenever a connection commits: a cheap 'did anything change?'."""
         with self._lock:
-            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0]) + self._own_writes
 
 
 class KeyCache:
