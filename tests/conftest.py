@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from fake_upstream import FakeUpstream
 from gateway_process import SCRIPTED_FAILURES, Gateway
+from servers import PostgresServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +52,22 @@ def make_gateway(upstream: FakeUpstream, tmp_path: Path) -> Iterator[type[Gatewa
     yield factory  # type: ignore[misc]
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway redis-server shared by the session (tests flush what they need)."""
+    yield from _throwaway(RedisServer())
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL; each test takes a new database from it."""
+    yield from _throwaway(PostgresServer())
+
+
+def _throwaway(server: RedisServer | PostgresServer) -> Iterator:
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()

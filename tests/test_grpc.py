@@ -236,7 +236,8 @@ def test_stream_chat_completion_yields_typed_chunks(stub, key, upstream) -> None
     body = json.loads(upstream.last_request().body)
     assert body["stream"] is True
     assert body["temperature"] == 0.5
-    assert "stream_options" not in body
+    # The gateway asks for usage itself (for limits and the ledger) and keeps that chunk back.
+    assert body["stream_options"] == {"include_usage": True}
 
 
 def test_stream_chat_completion_include_usage(stub, key, upstream) -> None:

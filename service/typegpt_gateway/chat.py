@@ -1,13 +1,15 @@
-"""A chat completion's way through the gateway: auth → request rules → catalog → upstream.
+"""A chat completion's way through the gateway: auth → request rules → catalog → limits →
+upstream.
 
 `ChatPipeline.start` does everything that can still fail with a clean HTTP status; what it
 returns is either the whole JSON answer or a `Stream` whose failures can only be reported in
-band, as SSE error frames.
+band, as SSE error frames, with the rate-limit headers for either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
+from .accounting import Account, Accounting
 from .catalog import Catalog
 from .errors import GatewayError, scrub
 from .failover import Failover
@@ -22,12 +25,16 @@ from .keys import KeyRecord
 from .sse import DONE, EventReader, is_error_event
 from .store import KeyCache
 from .timeouts import Deadlines
+from .usage import UsageMeter, prompt_chars, rejects_stream_options, with_include_usage
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     model: str
     stream: bool
+    # What the client asked of stream_options: None when it sent none.
+    include_usage: bool | None = None
+    prompt_chars: int = 0
 
 
 def _invalid(message: str, param: str | None = None) -> GatewayError:
@@ -79,7 +86,16 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     stream = document.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _invalid("Invalid type for 'stream': expected a boolean.", "stream")
-    return ChatRequest(model=model, stream=bool(stream))
+    include_usage = None
+    if "stream_options" in document:
+        options = document["stream_options"]
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return ChatRequest(
+        model=model,
+        stream=bool(stream),
+        include_usage=include_usage,
+        prompt_chars=prompt_chars(messages),
+    )
 
 
 def shutting_down() -> GatewayError:
@@ -97,12 +113,14 @@ class Stream:
         keepalive: float,
         secrets: tuple[str, ...],
         stopping: asyncio.Future[None],
+        account: Account,
     ) -> None:
         self._response = response
         self._deadlines = deadlines
         self._keepalive = keepalive
         self._secrets = secrets
         self._stopping = stopping
+        self._account = account
 
     async def batches(self) -> AsyncIterator[list[bytes]]:
         """Yields the `data` payloads of each network read as one batch, or an empty batch
@@ -113,6 +131,7 @@ class Stream:
         reader = EventReader()
         chunks = self._response.aiter_bytes().__aiter__()
         pending: asyncio.Future[bytes] | None = None
+        failed = True
         try:
             while True:
                 pending = asyncio.ensure_future(chunks.__anext__())
@@ -143,6 +162,7 @@ class Stream:
                 batch = []
                 for data in reader.feed(chunk):
                     if data == DONE:
+                        failed = False
                         if batch:
                             yield batch
                         return
@@ -150,9 +170,13 @@ class Stream:
                         if batch:
                             yield batch
                         raise self._in_band_error(data)
-                    batch.append(data)
+                    if self._account.meter.see_chunk(data):
+                        batch.append(data)
                 if batch:
                     yield batch
+        except (GeneratorExit, asyncio.CancelledError):
+            failed = False  # the client went away: its choice, not an error
+            raise
         except httpx.HTTPError as exc:
             raise GatewayError(
                 502, f"The upstream API stream broke ({type(exc).__name__}).", "api_error"
@@ -160,7 +184,13 @@ class Stream:
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
-            await self._response.aclose()
+            await self.aclose(failed=failed)
+
+    async def aclose(self, *, failed: bool = False) -> None:
+        """Ends the stream; it is counted with the upstream's usage if it arrived, else with
+        the estimate of what was delivered so far (see `usage`)."""
+        self._account.settle(error=failed, usage=self._account.meter.usage())
+        await self._response.aclose()
 
     def _in_band_error(self, data: bytes) -> GatewayError:
         try:
@@ -170,6 +200,18 @@ class Stream:
             message = None
         text = scrub(message, self._secrets) if isinstance(message, str) else "unknown error"
         return GatewayError(502, f"The upstream API failed mid-stream: {text}", "api_error")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    body: bytes | Stream
+    # x-ratelimit-* headers, for the response's initial metadata.
+    headers: tuple[tuple[str, str], ...] = ()
+
+    async def aclose(self) -> None:
+        """Releases a stream that will not be read (a whole answer holds nothing)."""
+        if isinstance(self.body, Stream):
+            await self.body.aclose()
 
 
 async def read_answer(response: httpx.Response, deadlines: Deadlines) -> bytes:
@@ -201,11 +243,18 @@ async def read_answer(response: httpx.Response, deadlines: Deadlines) -> bytes:
 
 class ChatPipeline:
     def __init__(
-        self, keys: KeyCache, catalog: Catalog, upstreams: Failover, *, keepalive: float
+        self,
+        keys: KeyCache,
+        catalog: Catalog,
+        upstreams: Failover,
+        accounting: Accounting,
+        *,
+        keepalive: float,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
         self.upstreams = upstreams
+        self.accounting = accounting
         self._keepalive = keepalive
         # Done when the gateway's drain time is up: open streams end with an error frame.
         self.stopping: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -213,20 +262,59 @@ class ChatPipeline:
     async def authenticate(self, authorization: str | None) -> KeyRecord:
         return await self.keys.authenticate(authorization)
 
-    async def start(self, body: bytes, authorization: str | None) -> bytes | Stream:
+    async def start(self, body: bytes, authorization: str | None) -> Answer:
         key = await self.authenticate(authorization)
         request = parse_chat_request(body)
         self.catalog.resolve(request.model, key)
+        # A stream reports usage only if asked: the gateway asks when the client did not.
+        ask_usage = request.stream and request.include_usage is None
+        meter = UsageMeter(request.prompt_chars, strip_usage_chunk=ask_usage)
+        account = await self.accounting.admit(key, request.model, meter)
         deadlines = self.upstreams.deadlines()
-        response = await self.upstreams.open(
-            request.model, body, stream=request.stream, deadlines=deadlines
-        )
-        if not request.stream:
-            return await read_answer(response, deadlines)
-        return Stream(
-            response,
-            deadlines,
-            keepalive=self._keepalive,
-            secrets=self.upstreams.secrets,
-            stopping=self.stopping,
-        )
+        try:
+            response = await self._open(request, body, ask_usage, meter, deadlines)
+            if request.stream:
+                stream = Stream(
+                    response,
+                    deadlines,
+                    keepalive=self._keepalive,
+                    secrets=self.upstreams.secrets,
+                    stopping=self.stopping,
+                    account=account,
+                )
+                return Answer(stream, account.headers)
+            answer = await read_answer(response, deadlines)
+        except BaseException as exc:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            # A client gone while waiting is counted with its prompt, which the upstream got.
+            account.settle(error=not cancelled, usage=meter.usage() if cancelled else None)
+            if isinstance(exc, GatewayError):
+                headers = (*exc.headers, *account.headers)
+                raise dataclasses.replace(exc, headers=headers) from exc
+            raise
+        meter.see_answer(answer)
+        account.settle(error=False, usage=meter.usage())
+        return Answer(answer, account.headers)
+
+    async def _open(
+        self,
+        request: ChatRequest,
+        body: bytes,
+        ask_usage: bool,
+        meter: UsageMeter,
+        deadlines: Deadlines,
+    ) -> httpx.Response:
+        if not ask_usage:
+            return await self.upstreams.open(
+                request.model, body, stream=request.stream, deadlines=deadlines
+            )
+        try:
+            return await self.upstreams.open(
+                request.model, with_include_usage(body), stream=True, deadlines=deadlines
+            )
+        except GatewayError as error:
+            if not rejects_stream_options(error):
+                raise
+        # An upstream without stream_options: the client's own bytes, usage estimated.
+        meter.stop_stripping()
+        return await self.upstreams.open(request.model, body, stream=True, deadlines=deadlines)

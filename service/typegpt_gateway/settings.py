@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,6 +38,20 @@ class Settings(BaseSettings):
     )
 
     db: Path = Field(default_factory=default_db_path)
+    # Shared state for replicas: PostgreSQL for keys and usage instead of the SQLite file,
+    # Redis for rate limits instead of in-process counters. They may hold passwords.
+    database_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "GATEWAY_DATABASE_URL")
+    )
+    redis_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL")
+    )
+    # When Redis cannot be reached: "open" admits requests unlimited (availability first),
+    # "closed" refuses them with 503 (limits first).
+    rate_limit_failure_mode: Literal["open", "closed"] = "open"
+    redis_timeout: float = 1.0
+    # How often the usage ledger is written to the key store (also on shutdown).
+    usage_flush_interval: float = 2.0
     models: Annotated[tuple[str, ...], NoDecode] = DEFAULT_MODELS
     models_owned_by: str = "typegpt"
     # The `created` of every catalog model (Unix seconds); fixed so that it is stable.
@@ -88,6 +102,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
+
+    @field_validator("database_url", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("typegpt_base_url")
     @classmethod
