@@ -1,9 +1,9 @@
-"""The key admin core's rules (pure) and the store operations behind them, on a real SQLite file."""
+"""The key admin core's rules (pure) and the store operations behind them, on a real SQLite
+file and a real PostgreSQL."""
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import time
 
 import pytest
@@ -11,7 +11,6 @@ import pytest
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keyadmin import KeyAdmin, check_limits, check_name, parse_day, status
 from typegpt_gateway.keys import KeyRecord
-from typegpt_gateway.store import KeyStore
 
 CATALOG = ("gpt-4o", "o3", "gpt-5")
 NOW = 1_700_000_000.0
@@ -54,6 +53,7 @@ def test_check_limits_none_removes_each_limit():
         ({"tpm": 2.5}, "tpm"),
         ({"budget_tokens": "10"}, "budget_tokens"),
         ({"budget_period": "fortnight"}, "budget_period"),
+        ({"budget_period": "week"}, "budget_period"),
         ({"models": [" "]}, "models"),
         ({"models": [1]}, "models"),
         ({"expires_in": 0}, "expires_in"),
@@ -93,9 +93,8 @@ def test_parse_day():
         parse_day("03/02/2025")
 
 
-def test_admin_create_get_update_revoke(tmp_path):
-    store = KeyStore(tmp_path / "keys.db")
-    admin = KeyAdmin(store, CATALOG)
+def test_admin_create_get_update_revoke(store_factory):
+    admin = KeyAdmin(store_factory(), CATALOG)
     record, key = admin.create("svc", {"models": ["o3"], "tpm": 100, "expires_in": 60})
     assert key.startswith("sk-") and record.tpm == 100 and record.models == ("o3",)
     assert record.expires_at == pytest.approx(time.time() + 60, abs=5)
@@ -111,26 +110,8 @@ def test_admin_create_get_update_revoke(tmp_path):
     with pytest.raises(GatewayError) as excinfo:
         admin.usage("never-existed")
     assert excinfo.value.status == 404
-    store.close()
-
-
-def test_a_store_from_before_the_new_limits_is_upgraded_in_place(tmp_path):
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:
-        db.executescript(
-            """
-            CREATE TABLE keys (
-                id INTEGER PRIMARY KEY, name TEXT NOT NULL, key_hash BLOB NOT NULL UNIQUE,
-                prefix TEXT NOT NULL, models TEXT, rpm INTEGER, created_at REAL NOT NULL,
-                expires_at REAL, revoked_at REAL
-            );
-            INSERT INTO keys (name, key_hash, prefix, models, rpm, created_at)
-            VALUES ('old', x'00', 'sk-old', '["gpt-4o"]', 5, 1700000000);
-            """
-        )
-    db.close()
-    store = KeyStore(path)
-    (record,) = store.records()
-    assert (record.name, record.models, record.rpm, record.tpm) == ("old", ("gpt-4o",), 5, None)
-    assert store.update("old", tpm=1000, budget_period="week").tpm == 1000
-    store.close()
+    # A budget without a period is monthly (the store's rule); the periods are day and month.
+    admin.create("svc", {"budget_tokens": 1000})
+    assert admin.get("svc").budget_period == "month"
+    assert admin.update("svc", {"budget_period": "day"}).budget_period == "day"
+    assert [record.revoked_at is None for record in admin.list()] == [False, True]

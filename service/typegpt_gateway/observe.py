@@ -1,9 +1,10 @@
 """One request as the operator sees it: its request id, one JSON log line, and its metrics.
 
 The servicer opens an `Exchange` per RPC with `observed()`. The layers below add what they
-learn (key name, model, upstream, tokens) to `current()`, so that no signature on the way has
-to carry it; each RPC runs in its own asyncio task, so `current()` is that RPC's. When the
-RPC ends, the Exchange writes the log line and updates the metrics.
+learn (key name and model from the pipeline, upstream and retries from failover, tokens from
+accounting) to `current()`, so that no signature on the way has to carry it; each RPC runs in
+its own asyncio task, so `current()` is that RPC's. When the RPC ends, the Exchange writes the
+log line and updates the metrics.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-import orjson
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import metrics
 from .errors import GatewayError
+
+if TYPE_CHECKING:
+    from .usage import Usage
 
 REQUEST_ID = "x-request-id"
 # A client's id is honoured when it is this short and printable; otherwise a new one is made.
@@ -49,9 +51,11 @@ class Exchange:
     first_byte: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    tokens_estimated: bool | None = None
     upstream: str | None = None
     retries: int = 0
     body: bytes | None = None
+    headers_sent: bool = False
 
     def failed(self, error: GatewayError) -> None:
         self.status = error.status
@@ -61,11 +65,10 @@ class Exchange:
         if self.first_byte is None:
             self.first_byte = time.monotonic()
 
-    def read_usage(self, answer: bytes) -> None:
-        """Token counts from a completion or a stream's last chunk, when the upstream gave them."""
-        tokens = token_usage(answer)
-        if tokens is not None:
-            self.prompt_tokens, self.completion_tokens = tokens
+    def used(self, usage: Usage) -> None:
+        """The request's tokens, as accounting counts them (reported, or else estimated)."""
+        self.prompt_tokens, self.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        self.tokens_estimated = usage.estimated
 
     def log_fields(self, now: float) -> dict[str, object]:
         fields: dict[str, object] = {
@@ -82,6 +85,7 @@ class Exchange:
             else round((self.first_byte - self.started) * 1000, 1),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "tokens_estimated": self.tokens_estimated,
             "upstream": self.upstream,
             "retries": self.retries,
         }
@@ -101,8 +105,6 @@ class Exchange:
             metrics.TOKENS.labels(model, key, "in").inc(self.prompt_tokens)
         if self.completion_tokens is not None:
             metrics.TOKENS.labels(model, key, "out").inc(self.completion_tokens)
-        if self.upstream is not None and is_upstream_failure(self.status):
-            metrics.UPSTREAM_ERRORS.labels(self.upstream, status).inc()
 
 
 _current: ContextVar[Exchange | None] = ContextVar("exchange", default=None)
@@ -134,25 +136,21 @@ def _acceptable_id(value: str) -> bool:
     return 0 < len(value) <= MAX_REQUEST_ID_CHARS and value.isascii() and value.isprintable()
 
 
-def is_upstream_failure(status: int) -> bool:
-    """What counts as an upstream error once the upstream was called: it refused or failed."""
-    return status == 429 or status >= 500
+def upstream_failed(error: GatewayError) -> GatewayError:
+    """Counts a failure of the upstream the running request uses (an attempt refused, or an
+    answer broken off); returns `error`, to be raised."""
+    upstream = current().upstream or ""
+    metrics.UPSTREAM_ERRORS.labels(upstream, str(error.status)).inc()
+    return error
 
 
-def token_usage(answer: bytes) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens) of an OpenAI JSON object's `usage`, if any. Pure."""
-    if b'"usage"' not in answer:
-        return None
-    try:
-        usage = orjson.loads(answer).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return prompt, completion
+def retrying_on(upstream: str) -> None:
+    """The running request's next attempt goes to `upstream`: the one it ends on is logged."""
+    exchange = current()
+    if exchange.upstream is not None:
+        exchange.retries += 1
+        metrics.UPSTREAM_RETRIES.labels(upstream).inc()
+    exchange.upstream = upstream
 
 
 @contextlib.contextmanager
@@ -207,23 +205,20 @@ def rpc(route: str) -> Callable[[Handler], Handler]:
 
             @functools.wraps(handler)
             async def streamed(self: object, request: Any, context: Any) -> AsyncIterator[Any]:
-                with observed(route, context.invocation_metadata()) as exchange:
+                with observed(route, context.invocation_metadata()):
                     answers = handler(self, request, context)
-                    first = True
                     async with contextlib.aclosing(answers):
                         async for answer in answers:
-                            if first:
-                                await _send_request_id(context, exchange)
-                                first = False
+                            await send_headers(context)
                             yield answer
 
             return streamed  # type: ignore[return-value]
 
         @functools.wraps(handler)
         async def unary(self: object, request: Any, context: Any) -> Any:
-            with observed(route, context.invocation_metadata()) as exchange:
+            with observed(route, context.invocation_metadata()):
                 answer = await handler(self, request, context)
-                await _send_request_id(context, exchange)
+                await send_headers(context)
                 return answer
 
         return unary  # type: ignore[return-value]
@@ -231,5 +226,11 @@ def rpc(route: str) -> Callable[[Handler], Handler]:
     return wrap
 
 
-async def _send_request_id(context: Any, exchange: Exchange) -> None:
-    await context.send_initial_metadata(((REQUEST_ID, exchange.request_id),))
+async def send_headers(context: Any, headers: Sequence[tuple[str, str]] = ()) -> None:
+    """Sends the answer's initial metadata once: `headers` (such as the rate-limit ones) and
+    the request id."""
+    exchange = current()
+    if exchange.headers_sent:
+        return
+    exchange.headers_sent = True
+    await context.send_initial_metadata((*headers, (REQUEST_ID, exchange.request_id)))

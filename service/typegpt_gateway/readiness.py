@@ -1,8 +1,8 @@
 """Readiness: whether this gateway should be sent traffic (GET /readyz, grpc.health.v1).
 
-Ready means not draining and every check passing. A check is a blocking callable returning
-None, or what is wrong; the key store's is here, and an upstream check (all upstreams in
-cooldown) can be added to `checks` by the code that knows upstreams.
+Ready means not draining (set by the drain, server.Backend.begin_drain) and every check
+passing. A check is a blocking callable returning None, or what is wrong: the key store's is
+here, the upstreams' (at least one not cooling down) is Failover.readiness_check.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import contextlib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+
+from .store import KeyStore, Store
 
 Check = Callable[[], str | None]
 # A probe that hangs is a failed probe: answer before a load balancer gives up on us.
@@ -37,7 +39,22 @@ class ReadinessProbe:
         return None
 
 
-def key_store_check(path: Path) -> Check:
+def key_store_check(store: Store) -> Check:
+    if isinstance(store, KeyStore):
+        return _sqlite_check(store.path)
+
+    def key_store() -> str | None:
+        # The PostgreSQL store reconnects on its next call when its connection was lost.
+        try:
+            store.data_version()
+        except Exception as exc:
+            return f"the key store cannot be reached ({type(exc).__name__})"
+        return None
+
+    return key_store
+
+
+def _sqlite_check(path: Path) -> Check:
     """Reads the key store through a new connection, as a new process would: this notices a
     file that is gone, unreadable or locked, which the server's open connection would not."""
 

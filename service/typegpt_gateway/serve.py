@@ -1,7 +1,8 @@
 """`typegpt-gateway serve`: the gRPC backend in this process, Envoy beside it, both supervised.
 
-Either one dying ends the other with a clear log line and a non-zero exit; SIGINT/SIGTERM
-stop both and exit 0.
+Either one dying ends the other with a clear log line and a non-zero exit. SIGINT/SIGTERM
+drain, then exit 0: readiness turns not-ready, Envoy stops accepting connections, requests and
+streams in flight get up to GATEWAY_DRAIN_TIMEOUT seconds to finish, then both stop.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from .envoy import connect_host, render_config, start_envoy
+from .config import ConfigError
+from .envoy import EnvoyAdmin, admin_address_file, connect_host, render_config, start_envoy
 from .metrics import MetricsServer
 from .server import Backend, start_backend
 from .settings import Settings
@@ -25,8 +27,6 @@ logger = logging.getLogger("typegpt_gateway")
 
 READY_TIMEOUT = 30.0
 STOP_GRACE = 5.0
-# In the run's temporary directory: Envoy writes its admin address there, metrics read it.
-ENVOY_ADMIN_ADDRESS = "envoy-admin-address"
 
 
 async def _wait_until_healthy(url: str, envoy: asyncio.subprocess.Process) -> bool:
@@ -45,25 +45,69 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+async def _drain(backend: Backend, settings: Settings, admin: EnvoyAdmin | None) -> None:
+    logger.info(
+        "draining: not ready, refusing new requests; in-flight ones get up to %gs",
+        settings.drain_timeout,
+    )
+    await backend.begin_drain()
+    if admin is not None and not await admin.stop_listening():
+        logger.warning("could not close Envoy's listeners; stopping the backend anyway")
+    await backend.stop(settings.drain_timeout)
+    if admin is not None:
+        # Envoy may still be writing the last bytes of a finished stream to its client.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_GRACE):
+                await admin.wait_idle()
+
+
+def _report_leftovers(*ours: asyncio.Task[object]) -> None:
+    """Cancels serve's own tasks and logs any other still alive: every request's work should
+    have ended with the drain, so a number above 0 points at a leak."""
+    for task in ours:
+        task.cancel()
+    left = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not asyncio.current_task() and task not in ours
+    ]
+    logger.info("stopped; %d tasks left", len(left))
+
+
+def _warn_missing_keys(backend: Backend) -> None:
+    for spec in backend.upstreams.unconfigured:
+        if spec.key_setting == "TYPEGPT_API_KEY":
+            logger.warning(
+                "TYPEGPT_API_KEY is not set: the gateway starts, but every chat request will "
+                "get 503 'upstream API key is not configured' until it is set"
+            )
+        else:
+            logger.warning(
+                "upstream %r has no API key (%s is not set): it takes no requests",
+                spec.name,
+                spec.key_setting,
+            )
+
+
 async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
-    if settings.upstream_key is None:
-        logger.warning(
-            "TYPEGPT_API_KEY is not set: the gateway starts, but every chat request will get "
-            "503 'upstream API key is not configured' until it is set"
-        )
     try:
         backend = await start_backend(settings)
+    except ConfigError as exc:
+        logger.error("bad config: %s", exc)
+        return 1
     except RuntimeError as exc:
         logger.error(
             "gRPC server could not start on %s:%s: %s", settings.grpc_host, settings.grpc_port, exc
         )
         return 1
+    _warn_missing_keys(backend)
     if settings.admin_token is None:
         logger.info("admin API off: set GATEWAY_ADMIN_KEY to manage keys over REST and gRPC")
     with tempfile.TemporaryDirectory(prefix="typegpt-gateway-") as workdir:
-        admin_address_path = Path(workdir) / ENVOY_ADMIN_ADDRESS
+        config_path = Path(workdir) / "envoy.yaml"
+        envoy_admin = EnvoyAdmin(admin_address_file(config_path)) if with_envoy else None
         try:
-            metrics = _start_metrics(settings, admin_address_path if with_envoy else None)
+            metrics = _start_metrics(settings, envoy_admin)
         except OSError as exc:
             logger.error(
                 "metrics server could not start on %s:%s: %s (pick another --metrics-port, "
@@ -75,16 +119,16 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
             await backend.stop(0)
             return 1
         try:
-            return await _supervise(settings, backend, Path(workdir), with_envoy=with_envoy)
+            return await _supervise(settings, backend, config_path, envoy_admin)
         finally:
             if metrics is not None:
                 metrics.close()
 
 
-def _start_metrics(settings: Settings, admin_address_path: Path | None) -> MetricsServer | None:
+def _start_metrics(settings: Settings, envoy_admin: EnvoyAdmin | None) -> MetricsServer | None:
     if settings.metrics_port == 0:
         return None
-    metrics = MetricsServer(settings.metrics_host, settings.metrics_port, admin_address_path)
+    metrics = MetricsServer(settings.metrics_host, settings.metrics_port, envoy_admin)
     logger.info(
         "metrics on http://%s:%s/metrics (Envoy's at /metrics/envoy)",
         _url_host(settings.metrics_host),
@@ -94,7 +138,7 @@ def _start_metrics(settings: Settings, admin_address_path: Path | None) -> Metri
 
 
 async def _supervise(
-    settings: Settings, backend: Backend, workdir: Path, *, with_envoy: bool
+    settings: Settings, backend: Backend, config_path: Path, envoy_admin: EnvoyAdmin | None
 ) -> int:
     refresher = asyncio.create_task(backend.keys.run_refresher())
     stop = asyncio.Event()
@@ -102,19 +146,18 @@ async def _supervise(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    if not with_envoy:
+    if envoy_admin is None:
         logger.info(
             "gRPC backend serving on %s:%s (no Envoy here)", settings.grpc_host, backend.port
         )
         await stop.wait()
-        logger.info("shutting down")
-        refresher.cancel()
-        await backend.stop(STOP_GRACE)
+        await _drain(backend, settings, None)
+        _report_leftovers(refresher)
         return 0
 
-    config_path = workdir / "envoy.yaml"
-    config_path.write_text(render_config(settings, grpc_port=backend.local_port))
-    envoy = await start_envoy(settings, config_path, workdir / ENVOY_ADMIN_ADDRESS)
+    config = render_config(settings, grpc_port=backend.local_port)
+    await asyncio.to_thread(config_path.write_text, config)
+    envoy = await start_envoy(settings, config_path)
     scheme = "https" if settings.tls_cert is not None else "http"
     base = f"{scheme}://{_url_host(connect_host(settings))}:{settings.http_port}"
     if await _wait_until_healthy(f"{base}/healthz", envoy) and not stop.is_set():
@@ -138,8 +181,10 @@ async def _supervise(
     if envoy_exit.done():
         logger.error("Envoy exited with code %s; stopping the gateway", envoy.returncode)
         code = 1
+        await backend.stop(STOP_GRACE)
     else:
-        logger.info("shutting down")
+        await _drain(backend, settings, envoy_admin)
+        logger.info("stopping Envoy")
         envoy.terminate()
         try:
             await asyncio.wait_for(envoy_exit, STOP_GRACE)
@@ -147,6 +192,5 @@ async def _supervise(
             envoy.kill()
             await envoy_exit
     stopped.cancel()
-    refresher.cancel()
-    await backend.stop(STOP_GRACE)
+    _report_leftovers(refresher, stopped, envoy_exit)
     return code

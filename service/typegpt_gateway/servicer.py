@@ -17,7 +17,7 @@ from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_g
 
 from . import observe, typed
 from .catalog import Catalog, Model
-from .chat import ChatPipeline, Stream
+from .chat import Answer, ChatPipeline, Stream
 from .errors import GatewayError
 from .readiness import ReadinessProbe
 from .sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
@@ -74,16 +74,23 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def _start(
         self, body: bytes | Callable[[], bytes], context: grpc.aio.ServicerContext
     ) -> bytes | Stream:
-        """`body` may be a function that builds it, so that its failures are shaped too."""
+        """`body` may be a function that builds it, so that its failures are shaped too.
+        The rate-limit headers go out as initial metadata (HTTP headers through Envoy)."""
         try:
             if callable(body):
                 body = body()
             if self._log_bodies:
                 observe.current().body = body
-            return await self._pipeline.start(body, _authorization(context))
+            answer: Answer = await self._pipeline.start(body, _authorization(context))
         except Exception as exc:
             await abort(context, _as_gateway_error(exc))
-        raise AssertionError("unreachable: abort raises")
+            raise AssertionError("unreachable: abort raises") from exc
+        try:
+            await observe.send_headers(context, answer.headers)
+        except BaseException:
+            await answer.aclose()
+            raise
+        return answer.body
 
     @observe.rpc("ChatService/CreateChatCompletionHttp")
     async def CreateChatCompletionHttp(
@@ -94,19 +101,16 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         answer = await self._start(request.http_body.data, context)
         exchange = observe.current()
         if isinstance(answer, bytes):
-            exchange.read_usage(answer)
             exchange.sent_first_byte()
             yield _http_message(answer, JSON)
             return
         # The first message's content type becomes the HTTP Content-Type.
         content_type = EVENT_STREAM
-        last = b""
         with observe.streaming(exchange):
             try:
                 async with contextlib.aclosing(answer.batches()) as batches:
                     async for batch in batches:
                         frames = b"".join(map(data_frame, batch)) if batch else KEEPALIVE_FRAME
-                        last = batch[-1] if batch else last
                         exchange.sent_first_byte()
                         yield _http_message(frames, content_type)
                         content_type = ""
@@ -116,8 +120,6 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 error = _as_gateway_error(exc)
                 exchange.failed(error)
                 tail = data_frame(error.to_json().encode())
-            # With stream_options.include_usage, the last chunk carries the totals.
-            exchange.read_usage(last)
             yield _http_message(tail, content_type)
 
     @observe.rpc("ChatService/CreateChatCompletion")
@@ -129,7 +131,6 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         )
         if not isinstance(answer, bytes):  # the body says stream: false
             raise AssertionError("unreachable")
-        observe.current().read_usage(answer)
         try:
             return typed.parse_answer(answer, chat_pb2.CreateChatCompletionResponse())
         except Exception as exc:
@@ -155,7 +156,6 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     async for batch in batches:
                         for data in batch:
                             exchange.sent_first_byte()
-                            exchange.read_usage(data)
                             yield typed.parse_answer(data, chat_pb2.StreamChatCompletionResponse())
             except Exception as exc:
                 await abort(context, _as_gateway_error(exc))
