@@ -23,7 +23,7 @@ local ERROR_TYPES = {
 -- Friendlier words for the replies Envoy makes on its own.
 local LOCAL_MESSAGES = {
   [404] = "Unknown request URL. This gateway serves POST /v1/chat/completions, "
-    .. "GET /v1/models and GET /v1/models/{model}.",
+    .. "GET /v1/models, GET /v1/models/{model} and the admin API under /v1/admin/keys.",
   [413] = "Request body too large for this gateway.",
   [431] = "Request headers too large.",
   [503] = "The gateway's backend is not available right now; try again shortly.",
@@ -89,10 +89,13 @@ function envoy_on_response(handle)
   if status < 400 then
     return
   end
-  -- Envoy's own reply (unknown path, body too large, backend down) or a bare gRPC status.
+  -- Envoy's own reply (unknown path, body too large, backend down, a typed request whose JSON
+  -- the transcoder could not parse) or a bare gRPC status. Headers first: reading the body
+  -- ends their scope.
+  headers:replace("content-type", "application/json")
+  local body = handle:body(true)
   local message = LOCAL_MESSAGES[status]
   if message == nil then
-    local body = handle:body(true)
     local text = body:getBytes(0, body:length())
     if grpc_message ~= nil and grpc_message ~= "" then
       message = percent_decode(grpc_message)
@@ -103,7 +106,6 @@ function envoy_on_response(handle)
     end
   end
   local error_type = ERROR_TYPES[status] or "api_error"
-  headers:replace("content-type", "application/json")
-  handle:body(true):setBytes('{"error":{"message":' .. json_string(message)
+  body:setBytes('{"error":{"message":' .. json_string(message)
     .. ',"type":"' .. error_type .. '","param":null,"code":' .. status .. '}}')
 end

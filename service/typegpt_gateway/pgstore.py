@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from .store import SqlStore
+from .store import BackupUnsupportedError, SqlStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -88,6 +89,12 @@ class PostgresKeyStore(SqlStore):
     def data_version(self) -> int:
         with self._lock:
             return int(self._execute("SELECT version FROM keys_version WHERE id = 1").fetchone()[0])
+
+    def backup(self, destination: Path) -> None:
+        raise BackupUnsupportedError(
+            "a PostgreSQL key store is backed up with PostgreSQL's own tools, e.g. "
+            "`pg_dump --table keys --table usage --table keys_version $DATABASE_URL`"
+        )
 
     def close(self) -> None:
         self._conn.close()
