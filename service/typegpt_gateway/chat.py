@@ -18,6 +18,7 @@ import orjson
 from .catalog import Catalog
 from .errors import GatewayError, scrub
 from .keys import KeyRecord
+from .redaction import redact_bytes
 from .sse import DONE, EventReader, is_error_event
 from .store import KeyCache
 from .upstream import Upstream, timeout_error
@@ -121,7 +122,7 @@ class Stream:
                         if batch:
                             yield batch
                         raise self._in_band_error(data)
-                    batch.append(data)
+                    batch.append(redact_bytes(data))
                 if batch:
                     yield batch
         except httpx.TimeoutException as exc:
@@ -176,4 +177,5 @@ class ChatPipeline:
             await response.aclose()
         if not answer.lstrip().startswith(b"{"):
             raise GatewayError(502, "The upstream API answered with something not JSON.")
-        return answer
+        # An upstream that echoes our key (a debugging proxy, say) must not hand it out.
+        return redact_bytes(answer)

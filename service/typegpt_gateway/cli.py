@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from .keys import parse_duration
+from .redaction import install_log_redaction
 from .settings import Settings
 from .store import KeyExistsError, KeyNotFoundError, KeyStore
 
@@ -53,6 +54,7 @@ def serve(
     )
     # httpx logs every upstream request at INFO: noise, and a place secrets could leak into.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    install_log_redaction()
     settings = _settings(
         http_port=http_port, grpc_port=grpc_port, host=host, grpc_host=grpc_host, db=db
     )

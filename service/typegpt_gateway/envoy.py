@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 from string import Template
 
+from .redaction import redact
 from .settings import MiB, Settings
 
 CONFIG_TEMPLATE = "envoy.yaml.in"
 LUA_FILTER = "openai_errors.lua"
 DESCRIPTOR = "gateway.pb"
+# Longest Envoy log line read at once (a debug line can quote large headers).
+LOG_LINE_LIMIT = 1024 * 1024
 
 
 def assets_dir() -> Path:
@@ -77,8 +81,27 @@ async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subproce
     if settings.envoy_concurrency > 0:
         args += ["--concurrency", str(settings.envoy_concurrency)]
     return await asyncio.create_subprocess_exec(
-        *args, stdin=asyncio.subprocess.DEVNULL, env=os.environ.copy()
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        # Through relay_output: at debug level Envoy prints request headers, keys included.
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=os.environ.copy(),
+        limit=LOG_LINE_LIMIT,
     )
+
+
+async def relay_output(output: asyncio.StreamReader) -> None:
+    """Copies Envoy's log lines to our stderr with credentials redacted, until Envoy exits."""
+    while True:
+        try:
+            line = await output.readline()
+        except ValueError:  # a line over the limit, which asyncio has dropped
+            continue
+        if not line:
+            return
+        sys.stderr.write(redact(line.decode("utf-8", "replace")))
+        sys.stderr.flush()
 
 
 def connect_host(settings: Settings) -> str:

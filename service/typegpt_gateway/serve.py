@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from .envoy import connect_host, render_config, start_envoy
+from .envoy import connect_host, relay_output, render_config, start_envoy
 from .server import start_backend
 from .settings import Settings
 
@@ -74,6 +74,8 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         config_path = Path(workdir) / "envoy.yaml"
         config_path.write_text(render_config(settings, grpc_port=backend.port))
         envoy = await start_envoy(settings, config_path)
+        assert envoy.stdout is not None
+        relay = asyncio.create_task(relay_output(envoy.stdout))
         base = f"http://{_url_host(connect_host(settings))}:{settings.http_port}"
         if await _wait_until_healthy(f"{base}/healthz", envoy) and not stop.is_set():
             logger.info(
@@ -107,4 +109,5 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         stopped.cancel()
         refresher.cancel()
         await backend.stop(STOP_GRACE)
+        await relay  # Envoy has exited: its last lines are in the pipe
     return code

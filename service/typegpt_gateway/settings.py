@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
@@ -76,8 +75,9 @@ class Settings(BaseSettings):
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
-    @cached_property
+    @property
     def upstream_key(self) -> str | None:
+        # Not cached: a cached copy would sit in plain text in the object's __dict__.
         if self.typegpt_api_key is None:
             return None
         return self.typegpt_api_key.get_secret_value().strip() or None

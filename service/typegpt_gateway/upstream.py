@@ -10,6 +10,7 @@ import httpx
 import orjson
 
 from .errors import GatewayError, scrub
+from .redaction import register_secret
 
 # Enough of an error body to find its message; the rest is never shown.
 _MAX_ERROR_BODY = 64 * 1024
@@ -25,6 +26,7 @@ class Upstream:
         read_timeout: float,
     ) -> None:
         self._api_key = api_key
+        register_secret(api_key)
         self._chat_url = f"{base_url}/chat/completions"
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),

@@ -1,0 +1,234 @@
+"""No key leaks: every error path a client or the upstream can cause, scanned for keys.
+
+A real gateway (Envoy + gRPC server) runs with an upstream key that does not look like a key
+(no `sk-` prefix, so only the exact-secret net can catch it) and Envoy logging at debug level,
+the level that prints request headers. The fake upstream echoes that key, the client's key and
+a stack trace in every way it can. Every response status line, header, body, gRPC detail and
+metadata, and in the end the whole log file, must contain neither key, nor a telling piece of
+either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import grpc
+import httpx
+import pytest
+from fake_upstream import Reply, make_chunk, make_completion
+from gateway_process import Gateway
+from google.protobuf import struct_pb2
+from openai_shape import chat_body
+
+from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
+
+CHAT = "/v1/chat/completions"
+# Shaped like no known key format: only its registration as a secret can redact it.
+PLAIN_UPSTREAM_KEY = "tgp-live-7Q2xV9sK4mW8nR3bT6yU1zA5cD0eF"
+TRACE = (
+    "Traceback (most recent call last):\n"
+    '  File "/srv/app.py", line 41, in forward\n'
+    f"    headers = {{'Authorization': 'Bearer {PLAIN_UPSTREAM_KEY}'}}\n"
+    f"KeyError: '{PLAIN_UPSTREAM_KEY}'"
+)
+
+
+def fragments(key: str) -> list[str]:
+    """The key and pieces of it that would still give it away if a message were cut."""
+    body = key.removeprefix("sk-")
+    return [key, body[:16], body[-16:]]
+
+
+class Scanner:
+    """Collects every text a client was shown."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def http(self, what: str, response: httpx.Response) -> httpx.Response:
+        headers = "\n".join(f"{name}: {value}" for name, value in response.headers.multi_items())
+        self.seen.append((what, f"{response.status_code} {response.reason_phrase}\n{headers}"))
+        self.seen.append((what, response.text))
+        return response
+
+    def grpc_error(self, what: str, error: grpc.RpcError) -> grpc.RpcError:
+        parts = [str(error.code()), error.details() or ""]
+        for key, value in (*(error.initial_metadata() or ()), *(error.trailing_metadata() or ())):
+            parts.append(f"{key}: {value!r}")
+        self.seen.append((what, "\n".join(parts)))
+        return error
+
+    def hits(self, secrets: list[str]) -> list[str]:
+        return [
+            f"{what}: {secret!r}"
+            for what, text in self.seen
+            for secret in secrets
+            if secret in text
+        ]
+
+
+@pytest.fixture(scope="module")
+def leaky(upstream, tmp_path_factory) -> Iterator[tuple[Gateway, str]]:
+    gw = Gateway(
+        tmp_path_factory.mktemp("secrets"),
+        upstream.base_url,
+        upstream_key=PLAIN_UPSTREAM_KEY,
+        extra_env={"GATEWAY_ENVOY_LOG_LEVEL": "debug"},
+    ).start()
+    yield gw, gw.create_key("secret-client")
+    gw.stop()
+
+
+def _echo_everything(client_key: str) -> dict:
+    return {
+        "error": {
+            "message": f"Incorrect API key provided: {PLAIN_UPSTREAM_KEY}. You sent "
+            f"'Authorization: Bearer {PLAIN_UPSTREAM_KEY}' for client {client_key}.\n{TRACE}",
+            "type": f"invalid_request_error {PLAIN_UPSTREAM_KEY}",
+            "param": PLAIN_UPSTREAM_KEY,
+            "code": "invalid_api_key",
+        }
+    }
+
+
+def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
+    gw, client_key = leaky
+    revoked_key = gw.create_key("soon-revoked")
+    gw.revoke_key("soon-revoked")
+    wrong_key = client_key[:-6] + "XXXXXX"
+    echo = _echo_everything(client_key)
+    leak_headers = {
+        "x-debug-authorization": f"Bearer {PLAIN_UPSTREAM_KEY}",
+        "Retry-After": "3",
+    }
+    scan = Scanner()
+    auth = {"authorization": f"Bearer {client_key}"}
+
+    with httpx.Client(base_url=gw.url, timeout=30) as http:
+
+        def post(what: str, body: object = None, headers: dict | None = None, **kw) -> None:
+            scan.http(
+                what,
+                http.post(CHAT, json=chat_body() if body is None else body, headers=headers, **kw),
+            )
+
+        # Client-side failures: no key, a wrong key, a revoked key, a key pasted into fields.
+        post("no key")
+        post("wrong key", headers={"authorization": f"Bearer {wrong_key}"})
+        post("revoked key", headers={"authorization": f"Bearer {revoked_key}"})
+        post("key as model", chat_body(model=client_key), headers=auth)
+        post("key as malformed body", content=f'{{"model": "{client_key}"', headers=auth)
+        post(
+            "key as role",
+            {"model": "gpt-4o", "messages": [{"role": 5, "x": client_key}]},
+            headers=auth,
+        )
+        scan.http("models, wrong key", http.get("/v1/models", headers={"authorization": wrong_key}))
+        scan.http("model named like a key", http.get(f"/v1/models/{client_key}", headers=auth))
+        scan.http("unknown path with key", http.get(f"/v1/{client_key}", headers=auth))
+
+        # Upstream failures, each echoing the upstream key, the client key and a stack trace.
+        for status in (400, 401, 403, 404, 422, 429, 500, 502, 503):
+            upstream.enqueue(Reply.json(status, echo, headers=leak_headers))
+            post(f"upstream {status} echo", headers=auth)
+        upstream.enqueue(Reply.json(500, TRACE.encode(), headers={"content-type": "text/plain"}))
+        post("upstream 500 trace", headers=auth)
+        upstream.enqueue(Reply.json(200, f"<html>{TRACE}</html>", headers=leak_headers))
+        post("upstream 200 not JSON", headers=auth)
+        upstream.enqueue(Reply.json(200, make_completion(f"your key is {PLAIN_UPSTREAM_KEY}")))
+        post("upstream 200 echoing the key", headers=auth)
+        upstream.enqueue(Reply.reset())
+        post("upstream reset", headers=auth)
+        # In-band stream failures.
+        upstream.enqueue(
+            Reply.stream(
+                [make_chunk({"content": PLAIN_UPSTREAM_KEY}), echo],
+                done=False,
+                headers=leak_headers,
+            )
+        )
+        post("stream error event", chat_body(stream=True), headers=auth)
+        upstream.enqueue(Reply.stream([make_chunk({"content": "partial"})], done=False))
+        post("stream broken", chat_body(stream=True), headers=auth)
+
+    # Native gRPC: the typed RPCs build their own messages from upstream text.
+    with grpc.insecure_channel(gw.grpc_target) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        question = chat_pb2.ChatMessage(role="user", content=struct_pb2.Value(string_value="hi"))
+        params = chat_pb2.ChatCompletionParams(model="gpt-4o", messages=[question])
+        metadata = (("authorization", f"Bearer {client_key}"),)
+
+        def call(what: str, rpc: Callable[[], object]) -> None:
+            try:
+                rpc()
+            except grpc.RpcError as error:
+                scan.grpc_error(what, error)
+            else:
+                pytest.fail(f"{what}: expected an error")
+
+        unary = chat_pb2.CreateChatCompletionRequest(params=params)
+        call(
+            "grpc wrong key",
+            lambda: stub.CreateChatCompletion(
+                unary, metadata=(("authorization", f"Bearer {wrong_key}"),), timeout=10
+            ),
+        )
+        # A value of the wrong type makes the protobuf parser quote it in its error.
+        upstream.enqueue(Reply.json(200, {"id": "x", "created": PLAIN_UPSTREAM_KEY}))
+        call(
+            "grpc unparsable answer quoting the key",
+            lambda: stub.CreateChatCompletion(unary, metadata=metadata, timeout=10),
+        )
+        upstream.enqueue(Reply.json(200, {"id": "x", "created": client_key}))
+        call(
+            "grpc unparsable answer quoting the client key",
+            lambda: stub.CreateChatCompletion(unary, metadata=metadata, timeout=10),
+        )
+        upstream.enqueue(Reply.json(401, echo))
+        call(
+            "grpc upstream 401",
+            lambda: stub.CreateChatCompletion(unary, metadata=metadata, timeout=10),
+        )
+        upstream.enqueue(Reply.json(400, echo))
+        call(
+            "grpc upstream 400",
+            lambda: stub.CreateChatCompletion(unary, metadata=metadata, timeout=10),
+        )
+        streamed = chat_pb2.StreamChatCompletionRequest(params=params)
+        upstream.enqueue(Reply.stream([make_chunk({"content": "a"}), echo], done=False))
+        call(
+            "grpc stream error event",
+            lambda: list(stub.StreamChatCompletion(streamed, metadata=metadata, timeout=10)),
+        )
+
+    assert len(scan.seen) > 50
+    secrets = [
+        *fragments(PLAIN_UPSTREAM_KEY),
+        *fragments(client_key),
+        *fragments(wrong_key),
+        *fragments(revoked_key),
+    ]
+    assert scan.hits(secrets) == []
+    # The upstream really did get (and echo) the key: the scan above had something to find.
+    assert upstream.last_request().headers["authorization"] == f"Bearer {PLAIN_UPSTREAM_KEY}"
+
+    log = gw.log()  # both the server and Envoy write their lines as they go
+    assert "debug" in log.lower() and "authorization" in log.lower()  # Envoy did log headers
+    leaks = [secret for secret in secrets if secret in log]
+    assert leaks == [], [line for line in log.splitlines() if any(s in line for s in leaks)][:5]
+
+
+def test_stream_answer_echoing_the_key_is_redacted(leaky, upstream) -> None:
+    gw, client_key = leaky
+    upstream.enqueue(Reply.stream([make_chunk({"content": f"key {PLAIN_UPSTREAM_KEY}"})]))
+    response = httpx.post(
+        f"{gw.url}{CHAT}",
+        json=chat_body(stream=True),
+        headers={"authorization": f"Bearer {client_key}"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert PLAIN_UPSTREAM_KEY not in response.text
+    first = json.loads(response.text.split("\n\n")[0].removeprefix("data: "))
+    assert first["choices"][0]["delta"]["content"] == "key [redacted]"
