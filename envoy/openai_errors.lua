@@ -15,7 +15,9 @@ local ERROR_TYPES = {
   [403] = "authentication_error",
   [404] = "invalid_request_error",
   [405] = "invalid_request_error",
+  [408] = "timeout_error",
   [413] = "invalid_request_error",
+  [431] = "invalid_request_error",
   [429] = "rate_limit_error",
   [504] = "timeout_error",
 }
@@ -24,6 +26,7 @@ local ERROR_TYPES = {
 local LOCAL_MESSAGES = {
   [404] = "Unknown request URL. This gateway serves POST /v1/chat/completions, "
     .. "GET /v1/models and GET /v1/models/{model}.",
+  [408] = "The request was not received in time.",
   [413] = "Request body too large for this gateway.",
   [431] = "Request headers too large.",
   [503] = "The gateway's backend is not available right now; try again shortly.",

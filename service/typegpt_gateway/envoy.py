@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from . import cors
 from .redaction import redact
 from .settings import MiB, Settings
 
@@ -46,6 +47,7 @@ def render_config(
     assets = assets or assets_dir()
     # The template is always read here; `assets` is where Envoy will find the files.
     template = Template((assets_dir() / CONFIG_TEMPLATE).read_text())
+    cors_filter, cors_policy = cors.envoy_config(settings.cors_origins)
     return template.substitute(
         admin_port=settings.envoy_admin_port,
         http_host=settings.host,
@@ -59,7 +61,15 @@ def render_config(
         # A little over the body limit: headers and framing share the connection buffer.
         buffer_limit_bytes=settings.max_body_bytes + MiB,
         stream_idle_timeout=f"{int(settings.upstream_read_timeout) + 60}s",
+        request_headers_timeout=_duration(settings.request_headers_timeout),
+        request_timeout=_duration(settings.request_body_timeout),
+        cors_filter=cors_filter,
+        cors_policy=cors_policy,
     )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
 
 
 def binary() -> Path:

@@ -20,6 +20,7 @@ from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
+METADATA_LIMIT = 64 * 1024
 SERVICE_NAMES = (
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
     status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
@@ -66,6 +67,10 @@ async def start_backend(settings: Settings) -> Backend:
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
+            # Above what Envoy lets through (32 KiB of headers): gRPC's default 8 KiB would
+            # refuse a client's large headers as RESOURCE_EXHAUSTED, a misleading 429.
+            ("grpc.max_metadata_size", METADATA_LIMIT),
+            ("grpc.absolute_max_metadata_size", METADATA_LIMIT),
             ("grpc.so_reuseport", 0),
         ]
     )

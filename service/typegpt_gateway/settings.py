@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .cors import parse_origins
+
 DEFAULT_MODELS = (
     "gpt-4o",
     "o3-mini",
@@ -54,6 +56,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 32 * MiB
     # Open client connections Envoy accepts before refusing new ones.
     max_connections: int = 50_000
+    # Slow clients: seconds to send all request headers, then the whole request. Neither
+    # limits a response, so streams are never cut by them.
+    request_headers_timeout: float = 15.0
+    request_body_timeout: float = 300.0
+    # Browser origins allowed to call the API (CORS); none by default, so CORS is off.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     # Seconds without a byte on a stream before an SSE keepalive comment is sent.
     sse_keepalive_interval: float = 15.0
     # Envoy's idle limit for a request: must outlast a slow model's silence before a
@@ -69,6 +77,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return parse_origins(value) if isinstance(value, str) else value
 
     @field_validator("typegpt_base_url")
     @classmethod
