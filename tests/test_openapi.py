@@ -1,0 +1,280 @@
+"""openapi/gateway.yaml against what the live gateway really answers, so the two cannot drift.
+
+Every operation and every status the description declares is produced for real (Envoy, the
+gRPC server, the fake upstream; an Envoy whose backend is down for the 503s), and each answer
+must carry a declared status and content type and validate against the declared schema. The
+reverse holds too: every HTTP route the protos bind is described.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import gateway_openapi
+import httpx
+import openapi_schema
+import pytest
+import schemathesis
+from fake_upstream import Reply, make_chunk
+from gateway_process import Gateway, free_port
+from google.api import annotations_pb2
+from openai_shape import chat_body, sse_payloads
+
+from typegpt.gateway.v1 import chat_pb2, status_pb2
+from typegpt_gateway.envoy import binary, render_config
+from typegpt_gateway.settings import Settings
+
+MAX_BODY = 64 * 1024
+READ_TIMEOUT = 2
+
+
+@dataclass
+class World:
+    gw: Gateway
+    key: str
+    limited_key: str
+    down_url: str  # an Envoy whose gRPC backend is not running
+    upstream: object
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"authorization": f"Bearer {key or self.key}"}
+
+
+@pytest.fixture(scope="module")
+def down_url(tmp_path_factory) -> Iterator[str]:
+    workdir = tmp_path_factory.mktemp("down")
+    port = free_port()
+    config = workdir / "envoy.yaml"
+    config.write_text(
+        render_config(Settings(http_port=port, host="127.0.0.1"), grpc_port=free_port())
+    )
+    envoy = subprocess.Popen(
+        [str(binary()), "-c", str(config), "--disable-hot-restart", "--log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and envoy.poll() is None, "Envoy did not start"
+                time.sleep(0.1)
+        yield url
+    finally:
+        envoy.terminate()
+        envoy.wait(15)
+
+
+@pytest.fixture(scope="module")
+def world(upstream, tmp_path_factory, down_url) -> Iterator[World]:
+    gw = Gateway(
+        tmp_path_factory.mktemp("described"),
+        upstream.base_url,
+        extra_env={
+            "GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
+            "GATEWAY_UPSTREAM_READ_TIMEOUT": str(READ_TIMEOUT),
+        },
+    ).start()
+    yield World(
+        gw,
+        gw.create_key("described"),
+        gw.create_key("limited", "--models", "gpt-4o"),
+        down_url,
+        upstream,
+    )
+    gw.stop()
+
+
+CHAT = "/v1/chat/completions"
+BIG_HEADER = {"x-big": "a" * 40_000}
+
+
+def _chat(w: World, body: object = None, headers: dict | None = None, **kw) -> httpx.Response:
+    return httpx.post(
+        f"{w.gw.url}{CHAT}",
+        json=chat_body() if body is None else body,
+        headers=w.auth() if headers is None else headers,
+        timeout=30,
+        **kw,
+    )
+
+
+def _queued(reply: Reply, then: Callable[[World], httpx.Response]) -> Callable:
+    def trigger(w: World) -> httpx.Response:
+        w.upstream.enqueue(reply)  # type: ignore[attr-defined]
+        return then(w)
+
+    return trigger
+
+
+def _get(path: str, auth: str | None = "key") -> Callable[[World], httpx.Response]:
+    def trigger(w: World) -> httpx.Response:
+        headers = {
+            "key": w.auth(),
+            "limited": w.auth(w.limited_key),
+            None: {},
+            "wrong": w.auth("sk-wrong-key-0000000000"),
+        }[auth]
+        return httpx.get(f"{w.gw.url}{path}", headers=headers, timeout=30)
+
+    return trigger
+
+
+def _down(method: str, path: str) -> Callable[[World], httpx.Response]:
+    def trigger(w: World) -> httpx.Response:
+        return httpx.request(
+            method, f"{w.down_url}{path}", json=chat_body(), headers=w.auth(), timeout=30
+        )
+
+    return trigger
+
+
+def _big_header(method: str, path: str) -> Callable[[World], httpx.Response]:
+    def trigger(w: World) -> httpx.Response:
+        return httpx.request(
+            method,
+            f"{w.gw.url}{path}",
+            json=chat_body(),
+            headers={**w.auth(), **BIG_HEADER},
+            timeout=30,
+        )
+
+    return trigger
+
+
+# (operationId, HTTP status, how to make the live gateway answer it)
+SCENARIOS: list[tuple[str, int, Callable[[World], httpx.Response]]] = [
+    ("createChatCompletion", 200, lambda w: _chat(w)),
+    ("createChatCompletion", 200, lambda w: _chat(w, chat_body(stream=True))),
+    (
+        "createChatCompletion",
+        200,
+        _queued(
+            Reply.stream([make_chunk({"content": "hi"}, include_usage=True)]),
+            lambda w: _chat(w, chat_body(stream=True, stream_options={"include_usage": True})),
+        ),
+    ),
+    ("createChatCompletion", 400, lambda w: _chat(w, content=b'{"model": ')),
+    ("createChatCompletion", 400, lambda w: _chat(w, {"model": "gpt-4o", "messages": []})),
+    ("createChatCompletion", 401, lambda w: _chat(w, headers={})),
+    ("createChatCompletion", 403, lambda w: _chat(w, headers=w.auth("sk-wrong-key-0000000000"))),
+    ("createChatCompletion", 403, lambda w: _chat(w, chat_body("o3"), w.auth(w.limited_key))),
+    ("createChatCompletion", 404, lambda w: _chat(w, chat_body("no-such-model"))),
+    ("createChatCompletion", 413, lambda w: _chat(w, chat_body(pad="x" * MAX_BODY))),
+    ("createChatCompletion", 429, _queued(Reply.json(429, headers={"Retry-After": "2"}), _chat)),
+    ("createChatCompletion", 502, _queued(Reply.json(500), _chat)),
+    ("createChatCompletion", 503, _down("POST", CHAT)),
+    ("createChatCompletion", 504, _queued(Reply.hang(READ_TIMEOUT + 5), _chat)),
+    ("createChatCompletion", 431, _big_header("POST", CHAT)),
+    ("listModels", 200, _get("/v1/models")),
+    ("listModels", 401, _get("/v1/models", None)),
+    ("listModels", 403, _get("/v1/models", "wrong")),
+    ("listModels", 503, _down("GET", "/v1/models")),
+    ("listModels", 431, _big_header("GET", "/v1/models")),
+    ("retrieveModel", 200, _get("/v1/models/gpt-4o")),
+    ("retrieveModel", 401, _get("/v1/models/gpt-4o", None)),
+    ("retrieveModel", 403, _get("/v1/models/o3", "limited")),
+    ("retrieveModel", 404, _get("/v1/models/no/such-model")),
+    ("retrieveModel", 503, _down("GET", "/v1/models/gpt-4o")),
+    ("retrieveModel", 431, _big_header("GET", "/v1/models/gpt-4o")),
+    ("getHealth", 200, _get("/healthz", None)),
+    ("getHealth", 503, _down("GET", "/healthz")),
+    ("getHealth", 431, _big_header("GET", "/healthz")),
+    ("getReadiness", 200, _get("/readyz", None)),
+    ("getReadiness", 503, _down("GET", "/readyz")),
+    ("getReadiness", 431, _big_header("GET", "/readyz")),
+]
+
+
+def check_answer(operation_id: str, response: httpx.Response) -> None:
+    """The answer is one the description declares: status, content type and body."""
+    status = response.status_code
+    media_type = response.headers.get("content-type", "").split(";")[0].strip()
+    if media_type == "text/event-stream":
+        gateway_openapi.validate_body(operation_id, status, media_type, response.text)
+        payloads = sse_payloads(response.text)
+        assert payloads[-1] == "[DONE]"
+        for payload in payloads[:-1]:
+            gateway_openapi.validate_schema(
+                "CreateChatCompletionStreamResponse", json.loads(payload)
+            )
+        return
+    body = response.json()
+    gateway_openapi.validate_body(operation_id, status, media_type, body)
+    if status >= 400:
+        assert body["error"]["code"] == status
+
+
+@pytest.mark.parametrize(
+    ("operation_id", "status", "trigger"),
+    SCENARIOS,
+    ids=[f"{op}-{status}-{i}" for i, (op, status, _) in enumerate(SCENARIOS)],
+)
+def test_live_answer_matches_the_description(world, operation_id, status, trigger) -> None:
+    response = trigger(world)
+    assert response.status_code == status, response.text[:500]
+    check_answer(operation_id, response)
+
+
+def test_every_declared_status_is_exercised() -> None:
+    declared = {
+        (operation_id, key)
+        for operation_id, (_, _, operation) in gateway_openapi.operations().items()
+        for key in operation["responses"]
+    }
+    exercised = {
+        (
+            operation_id,
+            gateway_openapi.response_for(gateway_openapi.operations()[operation_id][2], status)[0],
+        )
+        for operation_id, status, _ in SCENARIOS
+    }
+    assert declared == exercised
+
+
+def _http_routes() -> set[tuple[str, str]]:
+    """(method, path template) of every google.api.http binding in the protos."""
+    routes = set()
+    for file in (chat_pb2.DESCRIPTOR, status_pb2.DESCRIPTOR):
+        for service in file.services_by_name.values():
+            for method in service.methods:
+                rule = method.GetOptions().Extensions[annotations_pb2.http]
+                verb = rule.WhichOneof("pattern")
+                if verb:
+                    path = getattr(rule, verb).replace("=**}", "}")
+                    routes.add((verb, path))
+    return routes
+
+
+def test_every_http_route_is_described_and_nothing_else() -> None:
+    described = {(method, path) for path, method, _ in gateway_openapi.operations().values()}
+    assert _http_routes() == described
+
+
+def test_description_is_valid_openapi_3_1() -> None:
+    schema = schemathesis.openapi.from_path(str(gateway_openapi.SPEC_PATH))
+    schema.validate()
+    assert gateway_openapi.spec()["openapi"] == "3.1.0"
+    assert "$ref: http" not in gateway_openapi.SPEC_PATH.read_text()  # self-contained
+
+
+@pytest.mark.skipif(not openapi_schema.spec_available(), reason="OpenAI's spec not present")
+def test_vendored_openai_schemas_are_current() -> None:
+    assert gateway_openapi.SPEC_PATH.read_text() == gateway_openapi.current_text(), (
+        "openapi/gateway.yaml's copy of OpenAI's schemas is stale: "
+        "python tests/gateway_openapi.py --write"
+    )
+
+
+def test_admin_section_is_reserved() -> None:
+    text = Path(gateway_openapi.SPEC_PATH).read_text()
+    assert "# --- admin API (/v1/admin/keys" in text and "# --- end of admin API" in text
