@@ -1,6 +1,7 @@
 -- Envoy Lua filter of typegpt-gateway. It sits before grpc_json_transcoder, so:
 --  * on the way in it strips gRPC control headers that plain HTTP clients must not be able to
---    set (grpc-timeout would become a server deadline, a bad *-bin header a 500);
+--    set (grpc-timeout would become a server deadline, a bad *-bin header a 500), and headers
+--    whose names gRPC metadata cannot carry;
 --  * on the way out it sees the transcoded response and every local reply, and makes each
 --    error an OpenAI-shaped JSON body: {"error": {"message", "type", "param", "code"}}.
 -- Native gRPC traffic (application/grpc) passes untouched both ways.
@@ -54,6 +55,10 @@ function envoy_on_request(handle)
   local unwanted = {}
   for name, _ in pairs(headers) do
     if string.sub(name, 1, 5) == "grpc-" or string.sub(name, -4) == "-bin" then
+      unwanted[#unwanted + 1] = name
+    elseif string.sub(name, 1, 1) ~= ":" and not string.match(name, "^[%l%d_%.%-]+$") then
+      -- Legal in HTTP (e.g. "x-a'b", "x!"), but not a gRPC metadata key: the backend would
+      -- refuse the whole call with a 500.
       unwanted[#unwanted + 1] = name
     end
   end

@@ -47,3 +47,12 @@ def make_gateway(upstream: FakeUpstream, tmp_path: Path) -> Iterator[type[Gatewa
     yield factory  # type: ignore[misc]
     for gw in started:
         gw.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    import fuzz_stats  # filled in by test_fuzz.py, when it ran
+
+    text = fuzz_stats.summary()
+    if text:
+        terminalreporter.write_sep("-", "fuzzing")
+        terminalreporter.write_line(text)

@@ -200,9 +200,10 @@ def check_answer(operation_id: str, response: httpx.Response) -> None:
     status = response.status_code
     media_type = response.headers.get("content-type", "").split(";")[0].strip()
     if media_type == "text/event-stream":
-        gateway_openapi.validate_body(operation_id, status, media_type, response.text)
         payloads = sse_payloads(response.text)
         assert payloads[-1] == "[DONE]"
+        for payload in payloads:
+            gateway_openapi.validate_body(operation_id, status, media_type, {"data": payload})
         for payload in payloads[:-1]:
             gateway_openapi.validate_schema(
                 "CreateChatCompletionStreamResponse", json.loads(payload)
