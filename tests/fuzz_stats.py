@@ -20,11 +20,15 @@ def count(label: str, status: int) -> None:
     STATUSES.setdefault(label, Counter())[status] += 1
 
 
+def elapsed() -> float:
+    """Seconds since the first fuzzing case."""
+    return time.monotonic() - _started[0] if _started else 0.0
+
+
 def summary() -> str | None:
     if not CASES:
         return None
-    elapsed = time.monotonic() - _started[0] if _started else 0.0
-    lines = [f"schemathesis: {sum(CASES.values())} cases in {elapsed:.0f} s"]
+    lines = [f"schemathesis: {sum(CASES.values())} cases in {elapsed():.0f} s"]
     for label, count in sorted(CASES.items()):
         statuses = ", ".join(f"{s}: {n}" for s, n in sorted(STATUSES[label].items()))
         lines.append(f"  {count:5d}  {label}  ({statuses})")

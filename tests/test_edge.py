@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 from fake_upstream import Reply, make_chunk
-from gateway_process import Gateway
+from gateway_process import Gateway, running
 from openai_shape import assert_error, chat_body, sse_payloads
 
 from typegpt_gateway.envoy import render_config
@@ -33,7 +33,7 @@ BODY_TIMEOUT = 2
 
 @pytest.fixture(scope="module")
 def edge(upstream, tmp_path_factory) -> Iterator[tuple[Gateway, str]]:
-    gw = Gateway(
+    with running(
         tmp_path_factory.mktemp("edge"),
         upstream.base_url,
         extra_env={
@@ -41,9 +41,8 @@ def edge(upstream, tmp_path_factory) -> Iterator[tuple[Gateway, str]]:
             "GATEWAY_REQUEST_BODY_TIMEOUT": str(BODY_TIMEOUT),
             "GATEWAY_CORS_ORIGINS": f"{ALLOWED_ORIGIN}, {OTHER_ORIGIN}",
         },
-    ).start()
-    yield gw, gw.create_key("edge-client")
-    gw.stop()
+    ) as gw:
+        yield gw, gw.create_key("edge-client")
 
 
 def _raw(gw: Gateway) -> socket.socket:

@@ -21,7 +21,7 @@ import openapi_schema
 import pytest
 import schemathesis
 from fake_upstream import Reply, make_chunk
-from gateway_process import Gateway, free_port
+from gateway_process import Gateway, free_port, running
 from google.api import annotations_pb2
 from openai_shape import chat_body, sse_payloads
 
@@ -76,22 +76,16 @@ def down_url(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def world(upstream, tmp_path_factory, down_url) -> Iterator[World]:
-    gw = Gateway(
+    with running(
         tmp_path_factory.mktemp("described"),
         upstream.base_url,
         extra_env={
             "GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
             "GATEWAY_UPSTREAM_READ_TIMEOUT": str(READ_TIMEOUT),
         },
-    ).start()
-    yield World(
-        gw,
-        gw.create_key("described"),
-        gw.create_key("limited", "--models", "gpt-4o"),
-        down_url,
-        upstream,
-    )
-    gw.stop()
+    ) as gw:
+        key, limited = gw.create_key("described"), gw.create_key("limited", "--models", "gpt-4o")
+        yield World(gw, key, limited, down_url, upstream)
 
 
 CHAT = "/v1/chat/completions"

@@ -4,12 +4,15 @@ the chat request parser and the SSE reader and framer. Bounded by max_examples."
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from typegpt.gateway.v1 import chat_pb2
+from typegpt_gateway import typed
 from typegpt_gateway.chat import ChatRequest, parse_chat_request
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.sse import DONE_FRAME, EventReader, data_frame, is_error_event
@@ -131,6 +134,36 @@ def test_a_broken_field_is_a_400_naming_it(document: dict, field: str, bad: obje
     assert _is_client_error(result)
     assert result.param is not None  # type: ignore[union-attr]
     assert result.param.startswith(expected) or expected.startswith(result.param)  # type: ignore[union-attr]
+
+
+# --- typed gRPC params to JSON ---------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    st.floats(allow_nan=True, allow_infinity=True),
+    # extra_body merges into the top level by design, so it must not name the checked fields.
+    st.dictionaries(
+        st.text(max_size=8).filter(lambda k: k not in ("model", "stream", "temperature")),
+        json_values,
+        max_size=4,
+    ),
+)
+@example(1e300, {})  # integral, but past what JSON encoders take as an integer
+def test_typed_params_become_json_or_a_400(temperature: float, extra: dict) -> None:
+    params = chat_pb2.ChatCompletionParams(model="gpt-4o", temperature=temperature)
+    params.extra_body.update(extra)
+    try:
+        body = typed.request_body(params, stream=False)
+    except GatewayError as error:
+        assert error.status == 400
+        return
+    document = json.loads(body)
+    assert document["model"] == "gpt-4o" and document["stream"] is False
+    if math.isfinite(temperature):
+        assert document["temperature"] == temperature
+    else:  # proto3 JSON spells them as strings; the upstream judges them
+        assert document["temperature"] in ("Infinity", "-Infinity", "NaN")
 
 
 # --- the SSE reader and framer -----------------------------------------------------------------

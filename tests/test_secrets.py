@@ -17,7 +17,7 @@ import grpc
 import httpx
 import pytest
 from fake_upstream import Reply, make_chunk, make_completion
-from gateway_process import Gateway
+from gateway_process import Gateway, running
 from google.protobuf import struct_pb2
 from openai_shape import chat_body
 
@@ -70,14 +70,13 @@ class Scanner:
 
 @pytest.fixture(scope="module")
 def leaky(upstream, tmp_path_factory) -> Iterator[tuple[Gateway, str]]:
-    gw = Gateway(
+    with running(
         tmp_path_factory.mktemp("secrets"),
         upstream.base_url,
         upstream_key=PLAIN_UPSTREAM_KEY,
         extra_env={"GATEWAY_ENVOY_LOG_LEVEL": "debug"},
-    ).start()
-    yield gw, gw.create_key("secret-client")
-    gw.stop()
+    ) as gw:
+        yield gw, gw.create_key("secret-client")
 
 
 def _echo_everything(client_key: str) -> dict:
