@@ -8,6 +8,7 @@ from collections import Counter
 CASES: Counter[str] = Counter()
 STATUSES: dict[str, Counter[int]] = {}
 _started: list[float] = []
+_last: list[float] = [0.0]
 
 
 def started() -> None:
@@ -17,6 +18,7 @@ def started() -> None:
 
 def count(label: str, status: int) -> None:
     CASES[label] += 1
+    _last[0] = time.monotonic()
     STATUSES.setdefault(label, Counter())[status] += 1
 
 
@@ -28,7 +30,8 @@ def elapsed() -> float:
 def summary() -> str | None:
     if not CASES:
         return None
-    lines = [f"schemathesis: {sum(CASES.values())} cases in {elapsed():.0f} s"]
+    spent = _last[0] - _started[0] if _started else 0.0
+    lines = [f"schemathesis: {sum(CASES.values())} cases in {spent:.0f} s"]
     for label, count in sorted(CASES.items()):
         statuses = ", ".join(f"{s}: {n}" for s, n in sorted(STATUSES[label].items()))
         lines.append(f"  {count:5d}  {label}  ({statuses})")
