@@ -115,3 +115,8 @@ def test_log_lines_and_tracebacks_are_redacted() -> None:
     assert "WARNING upstream key [redacted], client key sk-[redacted]" in output
     assert "Traceback" in output and "RuntimeError" in output
     assert SECRET not in output and client_key not in output
+
+
+def test_words_that_merely_contain_sk_dash_are_left_alone() -> None:
+    assert redact("model task-manager-v2") == "model task-manager-v2"
+    assert redact("key sk-proj-abc123def456") == "key sk-[redacted]"

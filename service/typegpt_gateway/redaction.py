@@ -18,7 +18,8 @@ MIN_SECRET_CHARS = 8
 
 _TOKEN = r"[A-Za-z0-9_\-\.=:/+~]"  # noqa: S105 - a pattern, not a password
 _PATTERNS = (
-    (re.compile(r"sk-[A-Za-z0-9_\-]{6,}"), "sk-" + REDACTED),
+    # Not inside a word: "task-manager-v2" is a model name, not a key.
+    (re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{6,}"), "sk-" + REDACTED),
     # A token with a lower-case letter or digit: placeholders such as YOUR_API_KEY stay.
     (
         re.compile(rf"((?i:bearer)\s+)(?={_TOKEN}*[a-z0-9]){_TOKEN}{{6,}}"),
