@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 from fake_upstream import FakeUpstream
-from gateway_process import Gateway
+from gateway_process import SCRIPTED_FAILURES, Gateway
+from servers import PostgresServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +24,11 @@ def _fresh_upstream(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="session")
 def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gw = Gateway(tmp_path_factory.mktemp("gateway"), upstream.base_url).start()
+    # Every scripted upstream failure reaches the client as it is: no retry absorbs it and no
+    # cooldown outlives the test. test_resilience.py covers retries and cooldowns.
+    gw = Gateway(
+        tmp_path_factory.mktemp("gateway"), upstream.base_url, extra_env=SCRIPTED_FAILURES
+    ).start()
     yield gw
     gw.stop()
 
@@ -47,6 +52,25 @@ def make_gateway(upstream: FakeUpstream, tmp_path: Path) -> Iterator[type[Gatewa
     yield factory  # type: ignore[misc]
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway redis-server shared by the session (tests flush what they need)."""
+    yield from _throwaway(RedisServer())
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL; each test takes a new database from it."""
+    yield from _throwaway(PostgresServer())
+
+
+def _throwaway(server: RedisServer | PostgresServer) -> Iterator:
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,25 +80,60 @@ def _validator(pointer: str) -> Draft202012Validator:
     return Draft202012Validator({"$ref": f"{_URI}#{pointer}"}, registry=_registry())
 
 
-def validate_body(operation_id: str, status: int, media_type: str, body: Any) -> None:
-    """Raises unless `body` fits the schema declared for that operation, status and type."""
+def _declared(operation_id: str, status: int) -> tuple[str, dict[str, Any], str]:
+    """The response key, the response object and its JSON pointer in the description."""
     path, method, operation = operations()[operation_id]
     key, response = response_for(operation, status)
-    content = response.get("content", {})
-    assert media_type in content, f"{operation_id} {key}: {media_type} is not declared"
     if "$ref" in operation["responses"][key]:
         base = operation["responses"][key]["$ref"].removeprefix("#")
     else:
         base = f"/paths/{_escape(path)}/{method}/responses/{key}"
-    error = best_match(_validator(f"{base}/content/{_escape(media_type)}/schema").iter_errors(body))
+    return key, response, base
+
+
+def _check(pointer: str, instance: Any) -> None:
+    error = best_match(_validator(pointer).iter_errors(instance))
     if error is not None:
         raise error
+
+
+def validate_body(operation_id: str, status: int, media_type: str, body: Any) -> None:
+    """Raises unless `body` fits the schema declared for that operation, status and type."""
+    key, response, base = _declared(operation_id, status)
+    content = response.get("content", {})
+    assert media_type in content, f"{operation_id} {key}: {media_type} is not declared"
+    _check(f"{base}/content/{_escape(media_type)}/schema", body)
+
+
+def declared_headers(operation_id: str, status: int) -> set[str]:
+    """The (lower-cased) response headers declared for that operation and status."""
+    return {name.lower() for name in _declared(operation_id, status)[1].get("headers", {})}
+
+
+def validate_headers(operation_id: str, status: int, headers: Mapping[str, str]) -> set[str]:
+    """Raises unless every required declared header is in `headers` (lower-cased names) and
+    every declared one present fits its schema; returns the declared ones present."""
+    key, response, base = _declared(operation_id, status)
+    present = set()
+    for name, header in response.get("headers", {}).items():
+        pointer = f"{base}/headers/{_escape(name)}"
+        if "$ref" in header:
+            pointer = header["$ref"].removeprefix("#")
+            header = _pointer(header["$ref"])
+        value = headers.get(name.lower())
+        if value is None:
+            assert not header.get("required"), f"{operation_id} {key}: no {name} header"
+            continue
+        schema = header["schema"]
+        # A header is text; an integer schema means digits.
+        integer = schema.get("type") == "integer" and value.isascii() and value.isdigit()
+        _check(f"{pointer}/schema", int(value) if integer else value)
+        present.add(name.lower())
+    return present
 
 
 def validate_schema(name: str, instance: Any) -> None:
-    error = best_match(_validator(f"/components/schemas/{name}").iter_errors(instance))
-    if error is not None:
-        raise error
+    _check(f"/components/schemas/{name}", instance)
 
 
 def vendored_section() -> str:

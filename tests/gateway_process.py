@@ -18,6 +18,8 @@ import httpx
 
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789abcdef"
 CLI = [sys.executable, "-m", "typegpt_gateway"]
+# Settings under which each scripted upstream failure reaches the client as it is.
+SCRIPTED_FAILURES = {"GATEWAY_UPSTREAM_MAX_ATTEMPTS": "1", "GATEWAY_UPSTREAM_COOLDOWN_AFTER": "0"}
 
 
 def free_port() -> int:
@@ -26,8 +28,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cli(db: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GATEWAY_DB": str(db)}
+def cli(
+    db: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GATEWAY_DB": str(db), **(env or {})}
     return subprocess.run(
         [*CLI, *args], env=env, capture_output=True, text=True, check=check, timeout=60
     )
@@ -74,9 +78,14 @@ class Gateway:
             TYPEGPT_BASE_URL=self.upstream_url,
             GATEWAY_SSE_KEEPALIVE_INTERVAL="1",
             GATEWAY_KEY_REFRESH_INTERVAL="0.2",
+            # Within stop()'s patience, even with a request left hanging.
+            GATEWAY_DRAIN_TIMEOUT="5",
+            GATEWAY_USAGE_FLUSH_INTERVAL="0.2",
         )
         if self.upstream_key is not None:
             env["TYPEGPT_API_KEY"] = self.upstream_key
+        for name in ("DATABASE_URL", "REDIS_URL"):  # only what a test asks for
+            env.pop(name, None)
         env.update(self.extra_env)
         return env
 
@@ -128,12 +137,26 @@ class Gateway:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The CLI against this gateway's key store."""
+        return cli(self.db, *args, check=check, env=self.extra_env)
+
     def create_key(self, name: str, *options: str) -> str:
-        result = cli(self.db, "keys", "create", "--name", name, *options)
+        result = self.cli("keys", "create", "--name", name, *options)
         return result.stdout.strip().splitlines()[-1]
 
+    def wait_for_key(self, key: str, timeout: float = 5.0) -> str:
+        """Waits until the running gateway has loaded a key the CLI just made."""
+        deadline = time.monotonic() + timeout
+        headers = {"authorization": f"Bearer {key}"}
+        while httpx.get(f"{self.url}/v1/models", headers=headers).status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the gateway never accepted the new key")
+            time.sleep(0.05)
+        return key
+
     def revoke_key(self, name: str) -> None:
-        cli(self.db, "keys", "revoke", name)
+        self.cli("keys", "revoke", name)
 
     def cleanup(self) -> None:
         self.stop()

@@ -7,6 +7,17 @@ from typing import Any
 import httpx
 
 ERROR_KEYS = {"message", "type", "param", "code"}
+# The client guide's model list, in its order: the default catalog must match it.
+GUIDE_MODELS = [
+    "gpt-4o",
+    "o3-mini",
+    "gpt-4.1",
+    "o3",
+    "gpt-5-chat",
+    "gpt-5-model-router",
+    "gpt-5",
+    "gpt-5-mini",
+]
 
 
 def assert_error(response: httpx.Response, status: int, error_type: str | None = None) -> dict:

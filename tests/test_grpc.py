@@ -23,22 +23,13 @@ from google.api import httpbody_pb2
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from openai_shape import GUIDE_MODELS
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "grpc_client.py"
 RPC_TIMEOUT = 10.0
-CATALOG = (
-    "gpt-4o",
-    "o3-mini",
-    "gpt-4.1",
-    "o3",
-    "gpt-5-chat",
-    "gpt-5-model-router",
-    "gpt-5",
-    "gpt-5-mini",
-)
 SEED = 2**60
 
 # -- fixtures -----------------------------------------------------------------------------
@@ -91,7 +82,9 @@ def limited_key(gateway: Gateway) -> str:
 def dead_upstream_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gateway whose upstream URL points at a port nobody listens on."""
     gw = Gateway(
-        tmp_path_factory.mktemp("dead-upstream"), f"http://127.0.0.1:{free_port()}/v1"
+        tmp_path_factory.mktemp("dead-upstream"),
+        f"http://127.0.0.1:{free_port()}/v1",
+        extra_env={"GATEWAY_UPSTREAM_COOLDOWN_AFTER": "0"},
     ).start()
     yield gw
     gw.stop()
@@ -243,7 +236,8 @@ def test_stream_chat_completion_yields_typed_chunks(stub, key, upstream) -> None
     body = json.loads(upstream.last_request().body)
     assert body["stream"] is True
     assert body["temperature"] == 0.5
-    assert "stream_options" not in body
+    # The gateway asks for usage itself (for limits and the ledger) and keeps that chunk back.
+    assert body["stream_options"] == {"include_usage": True}
 
 
 def test_stream_chat_completion_include_usage(stub, key, upstream) -> None:
@@ -276,7 +270,7 @@ def test_stream_chat_completion_include_usage(stub, key, upstream) -> None:
 def test_list_models_returns_the_catalog(stub, key) -> None:
     reply = stub.ListModels(chat_pb2.ListModelsRequest(), metadata=_auth(key), timeout=RPC_TIMEOUT)
     assert reply.object == "list"
-    assert [model.id for model in reply.data] == list(CATALOG)
+    assert [model.id for model in reply.data] == GUIDE_MODELS
     for model in reply.data:
         assert model.object == "model"
         assert model.owned_by

@@ -31,20 +31,11 @@ from fake_upstream import (
 )
 from gateway_process import UPSTREAM_KEY, Gateway
 from openai import OpenAI
+from openai_shape import GUIDE_MODELS
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 SDK_CHECK = JS_DIR / "sdk_check.mjs"
 
-GUIDE_MODELS = [
-    "gpt-4o",
-    "o3-mini",
-    "gpt-4.1",
-    "o3",
-    "gpt-5-chat",
-    "gpt-5-model-router",
-    "gpt-5",
-    "gpt-5-mini",
-]
 MODEL = "gpt-4o"
 MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "Be brief."},

@@ -1,9 +1,11 @@
 """openapi/gateway.yaml against what the live gateway really answers, so the two cannot drift.
 
 Every operation and every status the description declares is produced for real (Envoy, the
-gRPC server, the fake upstream; an Envoy whose backend is down for the 503s), and each answer
-must carry a declared status and content type and validate against the declared schema. The
-reverse holds too: every HTTP route the protos bind is described.
+gRPC server, the fake upstream; an Envoy whose backend is down for the 503s; keys with tiny
+limits for the 429s; a gateway whose only upstream is unreachable for the cooldown 503), and
+each answer must carry a declared status and content type, validate against the declared
+schema and carry its required headers, each fitting its declared schema. Every declared header
+is seen on some answer. The reverse holds too: every HTTP route the protos bind is described.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import gateway_openapi
 import httpx
@@ -21,7 +24,7 @@ import openapi_schema
 import pytest
 import schemathesis
 from fake_upstream import Reply, make_chunk
-from gateway_process import Gateway, free_port, running
+from gateway_process import SCRIPTED_FAILURES, Gateway, free_port, running
 from google.api import annotations_pb2
 from openai_shape import chat_body, sse_payloads
 
@@ -30,15 +33,24 @@ from typegpt_gateway.envoy import binary, render_config
 from typegpt_gateway.settings import Settings
 
 MAX_BODY = 64 * 1024
-READ_TIMEOUT = 2
+FIRST_BYTE_TIMEOUT = 2
+RATE_LIMIT_HEADERS = frozenset(
+    f"x-ratelimit-{what}-{unit}"
+    for what in ("limit", "remaining", "reset")
+    for unit in ("requests", "tokens")
+)
 
 
 @dataclass
 class World:
     gw: Gateway
     key: str
-    limited_key: str
+    limited_key: str  # gpt-4o only
+    metered_key: str  # per-minute limits never reached: x-ratelimit-* headers on each answer
+    one_rpm_key: str  # one request a minute
+    budget_key: str  # a budget of one token a day
     down_url: str  # an Envoy whose gRPC backend is not running
+    cooling: tuple[Gateway, str]  # a gateway (and key) whose one upstream is unreachable
     upstream: object
 
     def auth(self, key: str | None = None) -> dict[str, str]:
@@ -75,17 +87,41 @@ def down_url(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def world(upstream, tmp_path_factory, down_url) -> Iterator[World]:
+def cooling(tmp_path_factory) -> Iterator[tuple[Gateway, str]]:
+    # One failure cools the only upstream for a minute: the next request is the 503.
+    with running(
+        tmp_path_factory.mktemp("cooling"),
+        f"http://127.0.0.1:{free_port()}/v1",
+        extra_env={
+            "GATEWAY_UPSTREAM_MAX_ATTEMPTS": "1",
+            "GATEWAY_UPSTREAM_COOLDOWN_AFTER": "1",
+            "GATEWAY_UPSTREAM_COOLDOWN": "60",
+        },
+    ) as gw:
+        yield gw, gw.wait_for_key(gw.create_key("cooling"))
+
+
+@pytest.fixture(scope="module")
+def world(upstream, tmp_path_factory, down_url, cooling) -> Iterator[World]:
     with running(
         tmp_path_factory.mktemp("described"),
         upstream.base_url,
         extra_env={
+            **SCRIPTED_FAILURES,
             "GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
-            "GATEWAY_UPSTREAM_READ_TIMEOUT": str(READ_TIMEOUT),
+            "GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT": str(FIRST_BYTE_TIMEOUT),
         },
     ) as gw:
-        key, limited = gw.create_key("described"), gw.create_key("limited", "--models", "gpt-4o")
-        yield World(gw, key, limited, down_url, upstream)
+        keys = [
+            gw.create_key("described"),
+            gw.create_key("limited", "--models", "gpt-4o"),
+            gw.create_key("metered", "--rpm", "1000", "--tpm", "10000000"),
+            gw.create_key("one-rpm", "--rpm", "1", "--tpm", "10000000"),
+            gw.create_key("budget", "--budget-tokens", "1", "--budget-period", "day"),
+        ]
+        for key in keys:
+            gw.wait_for_key(key)
+        yield World(gw, *keys, down_url, cooling, upstream)
 
 
 CHAT = "/v1/chat/completions"
@@ -99,6 +135,27 @@ def _chat(w: World, body: object = None, headers: dict | None = None, **kw) -> h
         headers=w.auth() if headers is None else headers,
         timeout=30,
         **kw,
+    )
+
+
+def _second(first: Callable[[World], httpx.Response]) -> Callable[[World], httpx.Response]:
+    """The answer to the same request made twice: the first one uses up a limit."""
+
+    def trigger(w: World) -> httpx.Response:
+        first(w)
+        return first(w)
+
+    return trigger
+
+
+def _as(key: str, body: dict | None = None) -> Callable[[World], httpx.Response]:
+    return lambda w: _chat(w, body, w.auth(getattr(w, key)))
+
+
+def _cooling(w: World) -> httpx.Response:
+    gw, key = w.cooling
+    return httpx.post(
+        f"{gw.url}{CHAT}", json=chat_body(), headers={"authorization": f"Bearer {key}"}, timeout=30
     )
 
 
@@ -145,11 +202,27 @@ def _big_header(method: str, path: str) -> Callable[[World], httpx.Response]:
     return trigger
 
 
-# (operationId, HTTP status, how to make the live gateway answer it)
-SCENARIOS: list[tuple[str, int, Callable[[World], httpx.Response]]] = [
-    ("createChatCompletion", 200, lambda w: _chat(w)),
-    ("createChatCompletion", 200, lambda w: _chat(w, chat_body(stream=True))),
-    (
+class Scenario(NamedTuple):
+    operation_id: str
+    status: int
+    # How to make the live gateway answer it.
+    trigger: Callable[[World], httpx.Response]
+    # Declared headers the answer must carry (beyond the required ones).
+    headers: frozenset[str] = frozenset()
+
+
+LIMIT_429_HEADERS = frozenset({"retry-after", "retry-after-ms"})
+SCENARIOS: list[Scenario] = [
+    Scenario("createChatCompletion", 200, lambda w: _chat(w)),
+    Scenario("createChatCompletion", 200, _as("metered_key"), RATE_LIMIT_HEADERS),
+    Scenario(
+        "createChatCompletion",
+        200,
+        _as("metered_key", chat_body(stream=True)),
+        RATE_LIMIT_HEADERS,
+    ),
+    Scenario("createChatCompletion", 200, lambda w: _chat(w, chat_body(stream=True))),
+    Scenario(
         "createChatCompletion",
         200,
         _queued(
@@ -157,41 +230,65 @@ SCENARIOS: list[tuple[str, int, Callable[[World], httpx.Response]]] = [
             lambda w: _chat(w, chat_body(stream=True, stream_options={"include_usage": True})),
         ),
     ),
-    ("createChatCompletion", 400, lambda w: _chat(w, content=b'{"model": ')),
-    ("createChatCompletion", 400, lambda w: _chat(w, {"model": "gpt-4o", "messages": []})),
-    ("createChatCompletion", 401, lambda w: _chat(w, headers={})),
-    ("createChatCompletion", 403, lambda w: _chat(w, headers=w.auth("sk-wrong-key-0000000000"))),
-    ("createChatCompletion", 403, lambda w: _chat(w, chat_body("o3"), w.auth(w.limited_key))),
-    ("createChatCompletion", 404, lambda w: _chat(w, chat_body("no-such-model"))),
-    ("createChatCompletion", 413, lambda w: _chat(w, chat_body(pad="x" * MAX_BODY))),
-    ("createChatCompletion", 429, _queued(Reply.json(429, headers={"Retry-After": "2"}), _chat)),
-    ("createChatCompletion", 502, _queued(Reply.json(500), _chat)),
-    ("createChatCompletion", 503, _down("POST", CHAT)),
-    ("createChatCompletion", 504, _queued(Reply.hang(READ_TIMEOUT + 5), _chat)),
-    ("createChatCompletion", 431, _big_header("POST", CHAT)),
-    ("listModels", 200, _get("/v1/models")),
-    ("listModels", 401, _get("/v1/models", None)),
-    ("listModels", 403, _get("/v1/models", "wrong")),
-    ("listModels", 503, _down("GET", "/v1/models")),
-    ("listModels", 431, _big_header("GET", "/v1/models")),
-    ("retrieveModel", 200, _get("/v1/models/gpt-4o")),
-    ("retrieveModel", 401, _get("/v1/models/gpt-4o", None)),
-    ("retrieveModel", 403, _get("/v1/models/o3", "limited")),
-    ("retrieveModel", 404, _get("/v1/models/no/such-model")),
-    ("retrieveModel", 503, _down("GET", "/v1/models/gpt-4o")),
-    ("retrieveModel", 431, _big_header("GET", "/v1/models/gpt-4o")),
-    ("getHealth", 200, _get("/healthz", None)),
-    ("getHealth", 503, _down("GET", "/healthz")),
-    ("getHealth", 431, _big_header("GET", "/healthz")),
-    ("getReadiness", 200, _get("/readyz", None)),
-    ("getReadiness", 503, _down("GET", "/readyz")),
-    ("getReadiness", 431, _big_header("GET", "/readyz")),
+    Scenario("createChatCompletion", 400, lambda w: _chat(w, content=b'{"model": ')),
+    Scenario(
+        "createChatCompletion", 400, lambda w: _chat(w, {"model": "gpt-4o", "messages": []})
+    ),
+    Scenario("createChatCompletion", 401, lambda w: _chat(w, headers={})),
+    Scenario(
+        "createChatCompletion", 403, lambda w: _chat(w, headers=w.auth("sk-wrong-key-0000000000"))
+    ),
+    Scenario("createChatCompletion", 403, _as("limited_key", chat_body("o3"))),
+    Scenario("createChatCompletion", 404, lambda w: _chat(w, chat_body("no-such-model"))),
+    Scenario("createChatCompletion", 413, lambda w: _chat(w, chat_body(pad="x" * MAX_BODY))),
+    Scenario(
+        "createChatCompletion",
+        429,
+        _queued(Reply.json(429, headers={"Retry-After": "2"}), _chat),
+        frozenset({"retry-after"}),
+    ),
+    Scenario(
+        "createChatCompletion",
+        429,
+        _second(_as("one_rpm_key")),
+        LIMIT_429_HEADERS | RATE_LIMIT_HEADERS,
+    ),
+    Scenario(
+        "createChatCompletion",
+        429,
+        _second(_as("budget_key")),
+        LIMIT_429_HEADERS | {"x-should-retry"},
+    ),
+    Scenario("createChatCompletion", 502, _queued(Reply.json(500), _chat)),
+    Scenario("createChatCompletion", 503, _down("POST", CHAT)),
+    Scenario("createChatCompletion", 503, _second(_cooling), frozenset({"retry-after"})),
+    Scenario("createChatCompletion", 504, _queued(Reply.hang(FIRST_BYTE_TIMEOUT + 5), _chat)),
+    Scenario("createChatCompletion", 431, _big_header("POST", CHAT)),
+    Scenario("listModels", 200, _get("/v1/models")),
+    Scenario("listModels", 401, _get("/v1/models", None)),
+    Scenario("listModels", 403, _get("/v1/models", "wrong")),
+    Scenario("listModels", 503, _down("GET", "/v1/models")),
+    Scenario("listModels", 431, _big_header("GET", "/v1/models")),
+    Scenario("retrieveModel", 200, _get("/v1/models/gpt-4o")),
+    Scenario("retrieveModel", 401, _get("/v1/models/gpt-4o", None)),
+    Scenario("retrieveModel", 403, _get("/v1/models/o3", "limited")),
+    Scenario("retrieveModel", 404, _get("/v1/models/no/such-model")),
+    Scenario("retrieveModel", 503, _down("GET", "/v1/models/gpt-4o")),
+    Scenario("retrieveModel", 431, _big_header("GET", "/v1/models/gpt-4o")),
+    Scenario("getHealth", 200, _get("/healthz", None)),
+    Scenario("getHealth", 503, _down("GET", "/healthz")),
+    Scenario("getHealth", 431, _big_header("GET", "/healthz")),
+    Scenario("getReadiness", 200, _get("/readyz", None)),
+    Scenario("getReadiness", 503, _down("GET", "/readyz")),
+    Scenario("getReadiness", 431, _big_header("GET", "/readyz")),
 ]
 
 
-def check_answer(operation_id: str, response: httpx.Response) -> None:
-    """The answer is one the description declares: status, content type and body."""
+def check_answer(operation_id: str, response: httpx.Response) -> set[str]:
+    """The answer is one the description declares: status, content type, body and headers.
+    Returns the declared headers it carries."""
     status = response.status_code
+    headers = gateway_openapi.validate_headers(operation_id, status, response.headers)
     media_type = response.headers.get("content-type", "").split(";")[0].strip()
     if media_type == "text/event-stream":
         payloads = sse_payloads(response.text)
@@ -202,22 +299,24 @@ def check_answer(operation_id: str, response: httpx.Response) -> None:
             gateway_openapi.validate_schema(
                 "CreateChatCompletionStreamResponse", json.loads(payload)
             )
-        return
+        return headers
     body = response.json()
     gateway_openapi.validate_body(operation_id, status, media_type, body)
     if status >= 400:
         assert body["error"]["code"] == status
+    return headers
 
 
 @pytest.mark.parametrize(
-    ("operation_id", "status", "trigger"),
+    "scenario",
     SCENARIOS,
-    ids=[f"{op}-{status}-{i}" for i, (op, status, _) in enumerate(SCENARIOS)],
+    ids=[f"{scenario.operation_id}-{scenario.status}-{i}" for i, scenario in enumerate(SCENARIOS)],
 )
-def test_live_answer_matches_the_description(world, operation_id, status, trigger) -> None:
-    response = trigger(world)
-    assert response.status_code == status, response.text[:500]
-    check_answer(operation_id, response)
+def test_live_answer_matches_the_description(world, scenario: Scenario) -> None:
+    response = scenario.trigger(world)
+    assert response.status_code == scenario.status, response.text[:500]
+    carried = check_answer(scenario.operation_id, response)
+    assert scenario.headers <= carried, (scenario.headers - carried, dict(response.headers))
 
 
 def test_every_declared_status_is_exercised() -> None:
@@ -231,7 +330,21 @@ def test_every_declared_status_is_exercised() -> None:
             operation_id,
             gateway_openapi.response_for(gateway_openapi.operations()[operation_id][2], status)[0],
         )
-        for operation_id, status, _ in SCENARIOS
+        for operation_id, status, *_ in SCENARIOS
+    }
+    assert declared == exercised
+
+
+def test_every_declared_header_is_exercised() -> None:
+    declared = {
+        (operation_id, status, header)
+        for operation_id, status, *_ in SCENARIOS
+        for header in gateway_openapi.declared_headers(operation_id, status)
+    }
+    exercised = {
+        (scenario.operation_id, scenario.status, header)
+        for scenario in SCENARIOS
+        for header in scenario.headers
     }
     assert declared == exercised
 

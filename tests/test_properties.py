@@ -16,6 +16,7 @@ from typegpt_gateway import typed
 from typegpt_gateway.chat import ChatRequest, parse_chat_request
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.sse import DONE_FRAME, EventReader, data_frame, is_error_event
+from typegpt_gateway.usage import with_include_usage
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -85,6 +86,8 @@ valid_documents = st.fixed_dictionaries(
     {"model": st.text(min_size=1, max_size=30), "messages": messages},
     optional={
         "stream": st.none() | st.booleans(),
+        "stream_options": json_values
+        | st.fixed_dictionaries({"include_usage": st.booleans() | json_values}),
         "temperature": st.floats(0, 2),
         "n": st.integers(min_value=-(2**70), max_value=2**70),
         "extra": json_values,
@@ -92,11 +95,43 @@ valid_documents = st.fixed_dictionaries(
 )
 
 
+def _text_of(content: object) -> str:
+    """The text a message content carries: a string, or the text of its text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [part for part in content if isinstance(part, dict)]
+        return "".join(part["text"] for part in parts if isinstance(part.get("text"), str))
+    return ""
+
+
 @SETTINGS
 @given(valid_documents)
 def test_valid_requests_are_read_exactly(document: dict) -> None:
     result = parse_chat_request(json.dumps(document).encode())
-    assert result == ChatRequest(model=document["model"], stream=bool(document.get("stream")))
+    options = document.get("stream_options")
+    include_usage = None
+    if "stream_options" in document:
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    chars = sum(len(_text_of(message.get("content"))) for message in document["messages"])
+    assert result == ChatRequest(
+        model=document["model"],
+        stream=bool(document.get("stream")),
+        include_usage=include_usage,
+        prompt_chars=chars,
+    )
+
+
+@SETTINGS
+@given(valid_documents, st.sampled_from(["", " ", "\n\t ", "\r\n"]), st.booleans())
+def test_asking_for_usage_adds_exactly_stream_options(
+    document: dict, space: str, indent: bool
+) -> None:
+    document.pop("stream_options", None)
+    body = (space + json.dumps(document, indent=2 if indent else None)).encode()
+    spliced = with_include_usage(body)
+    assert spliced.endswith(body[body.index(b"{") + 1 :])  # the client's bytes, unchanged
+    assert json.loads(spliced) == {**document, "stream_options": {"include_usage": True}}
 
 
 @SETTINGS

@@ -6,13 +6,22 @@ import asyncio
 import io
 import logging
 import traceback
+from urllib.parse import unquote
 
 import pytest
 from gateway_process import free_port
 
+from typegpt_gateway.config import ConfigError, UpstreamSpec, load_config
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keys import KeyRecord, hash_key, new_key
-from typegpt_gateway.redaction import install_log_redaction, redact, redact_bytes, register_secret
+from typegpt_gateway.redaction import (
+    install_log_redaction,
+    redact,
+    redact_bytes,
+    register_secret,
+    register_url_password,
+)
+from typegpt_gateway.retry import AttemptFailed
 from typegpt_gateway.settings import Settings
 from typegpt_gateway.upstream import Upstream, upstream_error
 
@@ -36,29 +45,74 @@ def test_key_record_repr_shows_neither_key_nor_hash() -> None:
     assert "alice" in text
 
 
+def _spec(base_url: str, api_key: str | None) -> UpstreamSpec:
+    return UpstreamSpec(
+        name="typegpt",
+        base_url=base_url,
+        api_key=api_key,
+        key_setting="TYPEGPT_API_KEY",
+        models=None,
+        priority=0,
+        weight=1.0,
+        model_map={},
+    )
+
+
 def test_upstream_repr_and_connection_errors_hide_the_key() -> None:
-    async def scenario() -> GatewayError:
-        upstream = Upstream(
-            f"http://127.0.0.1:{free_port()}/v1", SECRET, connect_timeout=2, read_timeout=2
-        )
+    async def scenario() -> AttemptFailed:
+        spec = _spec(f"http://127.0.0.1:{free_port()}/v1", SECRET)
+        assert SECRET not in repr(spec) + str(spec)
+        upstream = Upstream(spec, connect_timeout=2)
         assert SECRET not in repr(upstream) + str(upstream)
+        due = asyncio.get_running_loop().time() + 10
         try:
-            with pytest.raises(GatewayError) as caught:
-                await upstream.open_chat(b'{"model": "m", "messages": []}', stream=False)
+            with pytest.raises(AttemptFailed) as caught:
+                await upstream.open_chat(
+                    b'{"model": "m", "messages": []}',
+                    stream=False,
+                    headers_due=due,
+                    late=GatewayError(504, "late"),
+                )
         finally:
             await upstream.aclose()
         return caught.value
 
-    error = asyncio.run(scenario())
+    failure = asyncio.run(scenario())
+    error = failure.error
     assert error.status == 502
-    cause = error.__cause__
+    cause = failure.__cause__
     assert cause is not None  # the httpx exception, with its request
-    texts = [str(error), repr(error), error.to_json(), str(cause), repr(cause)]
-    texts.append("".join(traceback.format_exception(error)))
+    texts = [str(failure), repr(failure), str(error), repr(error), error.to_json()]
+    texts += [str(cause), repr(cause), "".join(traceback.format_exception(failure))]
     texts.append(repr(cause.request) + repr(cause.request.headers))  # type: ignore[attr-defined]
     assert cause.request.headers["authorization"] == f"Bearer {SECRET}"  # type: ignore[attr-defined]
     for text in texts:
         assert SECRET not in text
+
+
+def test_a_broken_config_file_is_reported_without_quoting_it(tmp_path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"upstreams:\n  - name: a\n    base_url: http://x\n    api_key: {SECRET}: oops\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    text = str(caught.value) + "".join(traceback.format_exception(caught.value))
+    assert "not valid YAML" in text and "line 4" in text
+    assert SECRET not in text
+
+
+def test_database_and_redis_passwords_are_registered_where_they_are_used() -> None:
+    password = "pg-Pa55w0rd%40home"  # percent-encoded "@"
+    url = f"postgresql://gateway:{password}@127.0.0.1:1/keys"
+    register_url_password(url)
+    text = f"could not connect to {url} (password {unquote(password)})"
+    assert redact(text) == (
+        "could not connect to postgresql://gateway:[redacted]@127.0.0.1:1/keys "
+        "(password [redacted])"
+    )
+    register_url_password("redis://127.0.0.1:6379/0")  # no password: nothing to register
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
 def test_gateway_error_redacts_registered_secrets_and_key_shapes() -> None:

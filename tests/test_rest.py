@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fake_upstream import DEFAULT_CONTENT, Reply, make_chunk, make_completion
 from gateway_process import UPSTREAM_KEY, free_port
-from openai_shape import assert_error, chat_body, sse_payloads
+from openai_shape import GUIDE_MODELS, assert_error, chat_body, sse_payloads
 
 CHAT = "/v1/chat/completions"
 
@@ -315,7 +315,7 @@ def test_unreachable_upstream_is_502(make_gateway):
 
 
 def test_upstream_timeout_is_504(make_gateway, upstream):
-    gw = make_gateway(extra_env={"GATEWAY_UPSTREAM_READ_TIMEOUT": "1"}).start()
+    gw = make_gateway(extra_env={"GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT": "1"}).start()
     key = gw.create_key("k")
     upstream.enqueue(Reply.hang(10))
     started = time.monotonic()
@@ -339,16 +339,6 @@ def test_missing_upstream_key_is_a_clear_503(make_gateway, upstream):
 
 # --- models and health -----------------------------------------------------------------------
 
-GUIDE_MODELS = [
-    "gpt-4o",
-    "o3-mini",
-    "gpt-4.1",
-    "o3",
-    "gpt-5-chat",
-    "gpt-5-model-router",
-    "gpt-5",
-    "gpt-5-mini",
-]
 
 
 def test_models_list_is_the_guides_eight_in_openai_shape(client):

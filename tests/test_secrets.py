@@ -1,9 +1,11 @@
 """No key leaks: every error path a client or the upstream can cause, scanned for keys.
 
-A real gateway (Envoy + gRPC server) runs with an upstream key that does not look like a key
-(no `sk-` prefix, so only the exact-secret net can catch it) and Envoy logging at debug level,
-the level that prints request headers. The fake upstream echoes that key, the client's key and
-a stack trace in every way it can. Every response status line, header, body, gRPC detail and
+A real gateway (Envoy + gRPC server) runs with upstream keys that do not look like keys (no
+`sk-` prefix, so only the exact-secret net can catch them) and Envoy logging at debug level,
+the level that prints request headers. It has two upstreams (both the fake upstream): one key
+from the environment, one written in its config file, and a failed attempt is retried on the
+other, so the failover path logs and shapes each failure too. The fake upstream echoes both
+keys, the client's key and a stack trace in every way it can. Every response status line, header, body, gRPC detail and
 metadata, and in the end the whole log file, must contain neither key, nor a telling piece of
 either.
 """
@@ -17,21 +19,24 @@ import grpc
 import httpx
 import pytest
 from fake_upstream import Reply, make_chunk, make_completion
-from gateway_process import Gateway, running
+from gateway_process import Gateway, free_port, running
 from google.protobuf import struct_pb2
 from openai_shape import chat_body
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
+from typegpt_gateway.retry import RETRYABLE_STATUSES
 
 CHAT = "/v1/chat/completions"
 # Shaped like no known key format: only its registration as a secret can redact it.
 PLAIN_UPSTREAM_KEY = "tgp-live-7Q2xV9sK4mW8nR3bT6yU1zA5cD0eF"
+FILE_UPSTREAM_KEY = "tgp-file-3Hq8Lw1Zr5Vn0Kc7Xm2Pb9Ty4Gd6Sj"
 TRACE = (
     "Traceback (most recent call last):\n"
     '  File "/srv/app.py", line 41, in forward\n'
     f"    headers = {{'Authorization': 'Bearer {PLAIN_UPSTREAM_KEY}'}}\n"
-    f"KeyError: '{PLAIN_UPSTREAM_KEY}'"
+    f"KeyError: '{FILE_UPSTREAM_KEY}'"
 )
+FIRST_BYTE_TIMEOUT = 2
 
 
 def fragments(key: str) -> list[str]:
@@ -70,11 +75,26 @@ class Scanner:
 
 @pytest.fixture(scope="module")
 def leaky(upstream, tmp_path_factory) -> Iterator[tuple[Gateway, str]]:
+    workdir = tmp_path_factory.mktemp("secrets")
+    config = workdir / "upstreams.yaml"
+    config.write_text(
+        "upstreams:\n"
+        f"  - {{name: env-key, base_url: '{upstream.base_url}', api_key_env: TYPEGPT_API_KEY}}\n"
+        f"  - {{name: file-key, base_url: '{upstream.base_url}', api_key: {FILE_UPSTREAM_KEY}}}\n"
+    )
     with running(
-        tmp_path_factory.mktemp("secrets"),
-        upstream.base_url,
+        workdir,
+        f"http://127.0.0.1:{free_port()}/unused",  # the config file names the upstreams
         upstream_key=PLAIN_UPSTREAM_KEY,
-        extra_env={"GATEWAY_ENVOY_LOG_LEVEL": "debug"},
+        extra_env={
+            "GATEWAY_ENVOY_LOG_LEVEL": "debug",
+            "GATEWAY_CONFIG": str(config),
+            # Each retryable failure is met twice, once on each upstream, then reaches the
+            # client; no cooldown outlives a scenario.
+            "GATEWAY_UPSTREAM_MAX_ATTEMPTS": "2",
+            "GATEWAY_UPSTREAM_COOLDOWN_AFTER": "0",
+            "GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT": str(FIRST_BYTE_TIMEOUT),
+        },
     ) as gw:
         yield gw, gw.create_key("secret-client")
 
@@ -83,9 +103,9 @@ def _echo_everything(client_key: str) -> dict:
     return {
         "error": {
             "message": f"Incorrect API key provided: {PLAIN_UPSTREAM_KEY}. You sent "
-            f"'Authorization: Bearer {PLAIN_UPSTREAM_KEY}' for client {client_key}.\n{TRACE}",
+            f"'Authorization: Bearer {FILE_UPSTREAM_KEY}' for client {client_key}.\n{TRACE}",
             "type": f"invalid_request_error {PLAIN_UPSTREAM_KEY}",
-            "param": PLAIN_UPSTREAM_KEY,
+            "param": FILE_UPSTREAM_KEY,
             "code": "invalid_api_key",
         }
     }
@@ -95,6 +115,7 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
     gw, client_key = leaky
     revoked_key = gw.create_key("soon-revoked")
     gw.revoke_key("soon-revoked")
+    one_rpm_key = gw.wait_for_key(gw.create_key("one-rpm", "--rpm", "1"))
     wrong_key = client_key[:-6] + "XXXXXX"
     echo = _echo_everything(client_key)
     leak_headers = {
@@ -106,11 +127,20 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
 
     with httpx.Client(base_url=gw.url, timeout=30) as http:
 
-        def post(what: str, body: object = None, headers: dict | None = None, **kw) -> None:
-            scan.http(
+        def post(
+            what: str, body: object = None, headers: dict | None = None, **kw
+        ) -> httpx.Response:
+            response = scan.http(
                 what,
                 http.post(CHAT, json=chat_body() if body is None else body, headers=headers, **kw),
             )
+            # Every scripted reply was used up by this request: none is left for the next.
+            assert upstream.pending_replies == 0, what
+            return response
+
+        def failing(status: int, reply: Reply) -> None:
+            """`reply` for every attempt a request with that upstream status gets."""
+            upstream.enqueue(*[reply] * (2 if status in RETRYABLE_STATUSES else 1))
 
         # Client-side failures: no key, a wrong key, a revoked key, a key pasted into fields.
         post("no key")
@@ -129,20 +159,26 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
 
         # Upstream failures, each echoing the upstream key, the client key and a stack trace.
         for status in (400, 401, 403, 404, 422, 429, 500, 502, 503):
-            upstream.enqueue(Reply.json(status, echo, headers=leak_headers))
+            failing(status, Reply.json(status, echo, headers=leak_headers))
             post(f"upstream {status} echo", headers=auth)
-        upstream.enqueue(Reply.json(500, TRACE.encode(), headers={"content-type": "text/plain"}))
+        failing(500, Reply.json(500, TRACE.encode(), headers={"content-type": "text/plain"}))
         post("upstream 500 trace", headers=auth)
         upstream.enqueue(Reply.json(200, f"<html>{TRACE}</html>", headers=leak_headers))
         post("upstream 200 not JSON", headers=auth)
         upstream.enqueue(Reply.json(200, make_completion(f"your key is {PLAIN_UPSTREAM_KEY}")))
         post("upstream 200 echoing the key", headers=auth)
-        upstream.enqueue(Reply.reset())
+        upstream.enqueue(Reply.reset(), Reply.reset())
         post("upstream reset", headers=auth)
+        upstream.enqueue(Reply.hang(FIRST_BYTE_TIMEOUT + 10))
+        post("upstream timeout", headers=auth)
+        # The key's own rate limit.
+        limited = {"authorization": f"Bearer {one_rpm_key}"}
+        assert post("rate limit, first", headers=limited).status_code == 200
+        assert post("rate limit, refused", headers=limited).status_code == 429
         # In-band stream failures.
         upstream.enqueue(
             Reply.stream(
-                [make_chunk({"content": PLAIN_UPSTREAM_KEY}), echo],
+                [make_chunk({"content": f"{PLAIN_UPSTREAM_KEY} {FILE_UPSTREAM_KEY}"}), echo],
                 done=False,
                 headers=leak_headers,
             )
@@ -204,13 +240,16 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
     assert len(scan.seen) > 50
     secrets = [
         *fragments(PLAIN_UPSTREAM_KEY),
+        *fragments(FILE_UPSTREAM_KEY),
         *fragments(client_key),
         *fragments(wrong_key),
         *fragments(revoked_key),
+        *fragments(one_rpm_key),
     ]
     assert scan.hits(secrets) == []
-    # The upstream really did get (and echo) the key: the scan above had something to find.
-    assert upstream.last_request().headers["authorization"] == f"Bearer {PLAIN_UPSTREAM_KEY}"
+    # The upstreams really did get (and echo) both keys: the scan had something to find.
+    sent = {request.headers["authorization"] for request in upstream.requests}
+    assert sent == {f"Bearer {PLAIN_UPSTREAM_KEY}", f"Bearer {FILE_UPSTREAM_KEY}"}
 
     log = gw.log()  # both the server and Envoy write their lines as they go
     assert "debug" in log.lower() and "authorization" in log.lower()  # Envoy did log headers
@@ -220,7 +259,9 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
 
 def test_stream_answer_echoing_the_key_is_redacted(leaky, upstream) -> None:
     gw, client_key = leaky
-    upstream.enqueue(Reply.stream([make_chunk({"content": f"key {PLAIN_UPSTREAM_KEY}"})]))
+    upstream.enqueue(
+        Reply.stream([make_chunk({"content": f"keys {PLAIN_UPSTREAM_KEY} {FILE_UPSTREAM_KEY}"})])
+    )
     response = httpx.post(
         f"{gw.url}{CHAT}",
         json=chat_body(stream=True),
@@ -228,6 +269,6 @@ def test_stream_answer_echoing_the_key_is_redacted(leaky, upstream) -> None:
         timeout=30,
     )
     assert response.status_code == 200
-    assert PLAIN_UPSTREAM_KEY not in response.text
+    assert PLAIN_UPSTREAM_KEY not in response.text and FILE_UPSTREAM_KEY not in response.text
     first = json.loads(response.text.split("\n\n")[0].removeprefix("data: "))
-    assert first["choices"][0]["delta"]["content"] == "key [redacted]"
+    assert first["choices"][0]["delta"]["content"] == "keys [redacted] [redacted]"

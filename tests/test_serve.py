@@ -149,7 +149,8 @@ def test_signal_stops_gateway_and_envoy(make_gateway, signum) -> None:
 
 
 def test_sigterm_with_a_request_in_flight_exits_promptly(make_gateway, upstream) -> None:
-    gw = make_gateway().start()
+    # The hung request is cut when the drain time is up.
+    gw = make_gateway(extra_env={"GATEWAY_DRAIN_TIMEOUT": "2"}).start()
     key, warmup = chat_with_fresh_key(gw, "in-flight")
     assert warmup.status_code == 200, warmup.text
     upstream.enqueue(Reply.hang(30))

@@ -89,7 +89,10 @@ def make_settings(upstream: FakeUpstream, keys: Keys, **overrides: Any) -> Setti
         "sse_keepalive_interval": 15.0,
         "key_refresh_interval": 0.1,
         "upstream_connect_timeout": 2.0,
-        "upstream_read_timeout": 10.0,
+        "upstream_first_byte_timeout": 10.0,
+        "upstream_idle_timeout": 10.0,
+        "upstream_max_attempts": 1,
+        "upstream_cooldown_after": 0,
     }
     values.update(overrides)
     return Settings(**values)
@@ -312,7 +315,7 @@ def test_upstream_timeout_is_deadline_exceeded(upstream: FakeUpstream, keys: Key
         )
         openai_error(error, grpc.StatusCode.DEADLINE_EXCEEDED, 504)
 
-    drive(make_settings(upstream, keys, upstream_read_timeout=0.5), scenario)
+    drive(make_settings(upstream, keys, upstream_first_byte_timeout=0.5), scenario)
 
 
 def test_missing_upstream_key(
@@ -529,7 +532,7 @@ def test_stream_upstream_stall_is_deadline_exceeded(upstream: FakeUpstream, keys
         openai_error(excinfo.value, grpc.StatusCode.DEADLINE_EXCEEDED, 504)
 
     drive(
-        make_settings(upstream, keys, upstream_read_timeout=0.5, sse_keepalive_interval=0.1),
+        make_settings(upstream, keys, upstream_idle_timeout=0.5, sse_keepalive_interval=0.1),
         scenario,
     )
 

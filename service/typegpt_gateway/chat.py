@@ -1,13 +1,15 @@
-"""A chat completion's way through the gateway: auth → request rules → catalog → upstream.
+"""A chat completion's way through the gateway: auth → request rules → catalog → limits →
+upstream.
 
 `ChatPipeline.start` does everything that can still fail with a clean HTTP status; what it
 returns is either the whole JSON answer or a `Stream` whose failures can only be reported in
-band, as SSE error frames.
+band, as SSE error frames, with the rate-limit headers for either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,19 +17,25 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
+from .accounting import Account, Accounting
 from .catalog import Catalog
 from .errors import GatewayError, scrub
+from .failover import Failover
 from .keys import KeyRecord
 from .redaction import redact_bytes
 from .sse import DONE, EventReader, is_error_event
 from .store import KeyCache
-from .upstream import Upstream, timeout_error
+from .timeouts import Deadlines
+from .usage import UsageMeter, prompt_chars, rejects_stream_options, with_include_usage
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     model: str
     stream: bool
+    # What the client asked of stream_options: None when it sent none.
+    include_usage: bool | None = None
+    prompt_chars: int = 0
 
 
 def _invalid(message: str, param: str | None = None) -> GatewayError:
@@ -79,30 +87,69 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     stream = document.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _invalid("Invalid type for 'stream': expected a boolean.", "stream")
-    return ChatRequest(model=model, stream=bool(stream))
+    include_usage = None
+    if "stream_options" in document:
+        options = document["stream_options"]
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return ChatRequest(
+        model=model,
+        stream=bool(stream),
+        include_usage=include_usage,
+        prompt_chars=prompt_chars(messages),
+    )
+
+
+def shutting_down() -> GatewayError:
+    return GatewayError(503, "The gateway is shutting down; retry the request.", "api_error")
 
 
 class Stream:
     """An upstream SSE response, read as batches of event payloads."""
 
     def __init__(
-        self, response: httpx.Response, keepalive: float, secrets: tuple[str, ...]
+        self,
+        response: httpx.Response,
+        deadlines: Deadlines,
+        *,
+        keepalive: float,
+        secrets: tuple[str, ...],
+        stopping: asyncio.Future[None],
+        account: Account,
     ) -> None:
         self._response = response
+        self._deadlines = deadlines
         self._keepalive = keepalive
         self._secrets = secrets
+        self._stopping = stopping
+        self._account = account
 
     async def batches(self) -> AsyncIterator[list[bytes]]:
         """Yields the `data` payloads of each network read as one batch, or an empty batch
         after `keepalive` seconds of silence. Returns after `[DONE]`; raises GatewayError when
-        the upstream fails or ends early, since the client must not mistake that for success."""
+        the upstream fails, ends early or stays silent too long, or the gateway stops, since
+        the client must not mistake any of that for success."""
+        loop = asyncio.get_running_loop()
         reader = EventReader()
-        chunks = self._response.aiter_raw().__aiter__()
+        chunks = self._response.aiter_bytes().__aiter__()
         pending: asyncio.Future[bytes] | None = None
+        failed = True
         try:
             while True:
                 pending = asyncio.ensure_future(chunks.__anext__())
-                while not (await asyncio.wait((pending,), timeout=self._keepalive))[0]:
+                due, late = self._deadlines.next_read(loop.time())
+                while True:
+                    silence = min(self._keepalive, due - loop.time())
+                    done, _ = await asyncio.wait(
+                        (pending, self._stopping),
+                        timeout=max(silence, 0.0),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if pending in done:
+                        break
+                    if self._stopping.done():
+                        raise shutting_down()
+                    if loop.time() >= due:
+                        raise late
                     yield []
                 try:
                     chunk = pending.result()
@@ -112,9 +159,11 @@ class Stream:
                         "The upstream API ended the stream before it was complete.",
                         "api_error",
                     ) from None
+                self._deadlines.got_bytes()
                 batch = []
                 for data in reader.feed(chunk):
                     if data == DONE:
+                        failed = False
                         if batch:
                             yield batch
                         return
@@ -122,11 +171,13 @@ class Stream:
                         if batch:
                             yield batch
                         raise self._in_band_error(data)
-                    batch.append(redact_bytes(data))
+                    if self._account.meter.see_chunk(data):
+                        batch.append(redact_bytes(data))
                 if batch:
                     yield batch
-        except httpx.TimeoutException as exc:
-            raise timeout_error() from exc
+        except (GeneratorExit, asyncio.CancelledError):
+            failed = False  # the client went away: its choice, not an error
+            raise
         except httpx.HTTPError as exc:
             raise GatewayError(
                 502, f"The upstream API stream broke ({type(exc).__name__}).", "api_error"
@@ -134,7 +185,13 @@ class Stream:
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
-            await self._response.aclose()
+            await self.aclose(failed=failed)
+
+    async def aclose(self, *, failed: bool = False) -> None:
+        """Ends the stream; it is counted with the upstream's usage if it arrived, else with
+        the estimate of what was delivered so far (see `usage`)."""
+        self._account.settle(error=failed, usage=self._account.meter.usage())
+        await self._response.aclose()
 
     def _in_band_error(self, data: bytes) -> GatewayError:
         try:
@@ -146,36 +203,120 @@ class Stream:
         return GatewayError(502, f"The upstream API failed mid-stream: {text}", "api_error")
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    body: bytes | Stream
+    # x-ratelimit-* headers, for the response's initial metadata.
+    headers: tuple[tuple[str, str], ...] = ()
+
+    async def aclose(self) -> None:
+        """Releases a stream that will not be read (a whole answer holds nothing)."""
+        if isinstance(self.body, Stream):
+            await self.body.aclose()
+
+
+async def read_answer(response: httpx.Response, deadlines: Deadlines) -> bytes:
+    """A whole non-streamed answer, each read bounded by the deadlines."""
+    loop = asyncio.get_running_loop()
+    answer = bytearray()
+    chunks = response.aiter_bytes().__aiter__()
+    try:
+        while True:
+            due, late = deadlines.next_read(loop.time())
+            try:
+                async with asyncio.timeout_at(due):
+                    answer += await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise late from None
+            deadlines.got_bytes()
+    except httpx.HTTPError as exc:
+        raise GatewayError(
+            502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
+        ) from exc
+    finally:
+        await response.aclose()
+    if not answer.lstrip().startswith(b"{"):
+        raise GatewayError(502, "The upstream API answered with something not JSON.")
+    # An upstream that echoes our key (a debugging proxy, say) must not hand it out.
+    return redact_bytes(bytes(answer))
+
+
 class ChatPipeline:
     def __init__(
-        self, keys: KeyCache, catalog: Catalog, upstream: Upstream, *, keepalive: float
+        self,
+        keys: KeyCache,
+        catalog: Catalog,
+        upstreams: Failover,
+        accounting: Accounting,
+        *,
+        keepalive: float,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
-        self.upstream = upstream
+        self.upstreams = upstreams
+        self.accounting = accounting
         self._keepalive = keepalive
+        # Done when the gateway's drain time is up: open streams end with an error frame.
+        self.stopping: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def authenticate(self, authorization: str | None) -> KeyRecord:
         return await self.keys.authenticate(authorization)
 
-    async def start(self, body: bytes, authorization: str | None) -> bytes | Stream:
+    async def start(self, body: bytes, authorization: str | None) -> Answer:
         key = await self.authenticate(authorization)
         request = parse_chat_request(body)
         self.catalog.resolve(request.model, key)
-        response = await self.upstream.open_chat(body, stream=request.stream)
-        if request.stream:
-            return Stream(response, self._keepalive, self.upstream.secrets)
+        # A stream reports usage only if asked: the gateway asks when the client did not.
+        ask_usage = request.stream and request.include_usage is None
+        meter = UsageMeter(request.prompt_chars, strip_usage_chunk=ask_usage)
+        account = await self.accounting.admit(key, request.model, meter)
+        deadlines = self.upstreams.deadlines()
         try:
-            answer = await response.aread()
-        except httpx.TimeoutException as exc:
-            raise timeout_error() from exc
-        except httpx.HTTPError as exc:
-            raise GatewayError(
-                502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
-            ) from exc
-        finally:
-            await response.aclose()
-        if not answer.lstrip().startswith(b"{"):
-            raise GatewayError(502, "The upstream API answered with something not JSON.")
-        # An upstream that echoes our key (a debugging proxy, say) must not hand it out.
-        return redact_bytes(answer)
+            response = await self._open(request, body, ask_usage, meter, deadlines)
+            if request.stream:
+                stream = Stream(
+                    response,
+                    deadlines,
+                    keepalive=self._keepalive,
+                    secrets=self.upstreams.secrets,
+                    stopping=self.stopping,
+                    account=account,
+                )
+                return Answer(stream, account.headers)
+            answer = await read_answer(response, deadlines)
+        except BaseException as exc:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            # A client gone while waiting is counted with its prompt, which the upstream got.
+            account.settle(error=not cancelled, usage=meter.usage() if cancelled else None)
+            if isinstance(exc, GatewayError):
+                headers = (*exc.headers, *account.headers)
+                raise dataclasses.replace(exc, headers=headers) from exc
+            raise
+        meter.see_answer(answer)
+        account.settle(error=False, usage=meter.usage())
+        return Answer(answer, account.headers)
+
+    async def _open(
+        self,
+        request: ChatRequest,
+        body: bytes,
+        ask_usage: bool,
+        meter: UsageMeter,
+        deadlines: Deadlines,
+    ) -> httpx.Response:
+        if not ask_usage:
+            return await self.upstreams.open(
+                request.model, body, stream=request.stream, deadlines=deadlines
+            )
+        try:
+            return await self.upstreams.open(
+                request.model, with_include_usage(body), stream=True, deadlines=deadlines
+            )
+        except GatewayError as error:
+            if not rejects_stream_options(error):
+                raise
+        # An upstream without stream_options: the client's own bytes, usage estimated.
+        meter.stop_stripping()
+        return await self.upstreams.open(request.model, body, stream=True, deadlines=deadlines)

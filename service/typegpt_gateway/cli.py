@@ -3,26 +3,51 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import json
 import logging
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .keys import parse_duration
+from .keys import KeyRecord, parse_duration
 from .redaction import install_log_redaction
 from .settings import Settings
-from .store import KeyExistsError, KeyNotFoundError, KeyStore
+from .store import BUDGET_PERIODS, KeyExistsError, KeyNotFoundError, Store, open_store
 
 app = typer.Typer(help="OpenAI-compatible gateway in front of TypeGPT.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage client API keys (stored hashed).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 DbOption = Annotated[
-    Path | None, typer.Option("--db", help="SQLite key store (default: $GATEWAY_DB).")
+    Path | None,
+    typer.Option(
+        "--db", help="SQLite key store (default: $GATEWAY_DB; $DATABASE_URL for PostgreSQL)."
+    ),
+]
+# Limits: a positive number, or 'unlimited' (which, in `keys update`, removes the limit).
+_LIMIT_HELP = " A positive number or 'unlimited' (default: unlimited)."
+RpmOption = Annotated[str | None, typer.Option(help="Requests per minute." + _LIMIT_HELP)]
+TpmOption = Annotated[
+    str | None,
+    typer.Option(help="Tokens per minute (prompt + completion)." + _LIMIT_HELP),
+]
+ConcurrentOption = Annotated[
+    str | None,
+    typer.Option("--max-concurrent", help="Requests in flight at once." + _LIMIT_HELP),
+]
+BudgetOption = Annotated[
+    str | None,
+    typer.Option("--budget-tokens", help="Tokens per budget period." + _LIMIT_HELP),
+]
+PeriodOption = Annotated[
+    str | None,
+    typer.Option("--budget-period", help="The budget's period: day or month (UTC; default month)."),
 ]
 
 
@@ -39,6 +64,12 @@ def serve(
     ] = None,
     grpc_host: Annotated[str | None, typer.Option(help="gRPC listen address.")] = None,
     db: DbOption = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="YAML file listing the upstreams (default: $GATEWAY_CONFIG)."
+        ),
+    ] = None,
     envoy: Annotated[
         bool,
         typer.Option(
@@ -56,7 +87,12 @@ def serve(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     install_log_redaction()
     settings = _settings(
-        http_port=http_port, grpc_port=grpc_port, host=host, grpc_host=grpc_host, db=db
+        http_port=http_port,
+        grpc_port=grpc_port,
+        host=host,
+        grpc_host=grpc_host,
+        db=db,
+        config=config,
     )
     sys.exit(_run(_serve(settings, with_envoy=envoy)))
 
@@ -127,6 +163,68 @@ def _when(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _open(db: Path | None) -> Store:
+    return open_store(_settings(db=db))
+
+
+LIMIT_OPTIONS = ("models", "rpm", "tpm", "max_concurrent", "budget_tokens", "budget_period")
+
+
+def _limit(value: str | None, hint: str) -> int | None:
+    if value is None or value.strip().lower() in ("unlimited", "none"):
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        raise typer.BadParameter("a positive number or 'unlimited'", param_hint=hint)
+    return int(value)
+
+
+def _given_limits(settings: Settings, *values: str | None) -> dict[str, object]:
+    """The limits named on the command line (an option not given is left out), from the
+    options in the order of LIMIT_OPTIONS."""
+    limits: dict[str, object] = {}
+    for field, value in zip(LIMIT_OPTIONS, values, strict=True):
+        if value is None:
+            continue
+        hint = "--" + field.replace("_", "-")
+        if field == "models" and value.strip().lower() == "all":
+            limits[field] = None
+        elif field == "models":
+            models = [m.strip() for m in value.split(",") if m.strip()]
+            unknown = ", ".join(sorted(set(models) - set(settings.models)))
+            if unknown:
+                raise typer.BadParameter(f"not in the catalog: {unknown}", param_hint=hint)
+            limits[field] = models
+        elif field == "budget_period":
+            if value not in BUDGET_PERIODS:
+                raise typer.BadParameter("day or month", param_hint=hint)
+            limits[field] = value
+        else:
+            limits[field] = _limit(value, hint)
+    return limits
+
+
+def _lifetime(expires_in: str | None) -> float | None:
+    try:
+        return parse_duration(expires_in) if expires_in is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--expires-in") from exc
+
+
+def _unlimited(value: object) -> str:
+    return "unlimited" if value is None else str(value)
+
+
+def _describe(record: KeyRecord) -> str:
+    budget = "unlimited"
+    if record.budget_tokens is not None:
+        budget = f"{record.budget_tokens}/{record.budget_period}"
+    return (
+        f"models={','.join(record.models or ()) or 'all'} rpm={_unlimited(record.rpm)} "
+        f"tpm={_unlimited(record.tpm)} max-concurrent={_unlimited(record.max_concurrent)} "
+        f"budget={budget} expires={_when(record.expires_at)}"
+    )
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A name for the client, unique among live keys.")],
@@ -136,60 +234,95 @@ def keys_create(
     expires_in: Annotated[
         str | None, typer.Option(help="Lifetime such as 30d, 12h, 90m (default: never).")
     ] = None,
-    rpm: Annotated[int | None, typer.Option(help="Requests per minute allowed.", min=1)] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    max_concurrent: ConcurrentOption = None,
+    budget_tokens: BudgetOption = None,
+    budget_period: PeriodOption = None,
     db: DbOption = None,
 ) -> None:
     """Create a key. It is printed once, alone on the last line, and never stored."""
     settings = _settings(db=db)
-    model_list = None
-    if models is not None:
-        model_list = [model.strip() for model in models.split(",") if model.strip()]
-        unknown = sorted(set(model_list) - set(settings.models))
-        if unknown:
-            raise typer.BadParameter(
-                f"not in the catalog: {', '.join(unknown)}", param_hint="--models"
-            )
+    limits = _given_limits(settings, models, rpm, tpm, max_concurrent, budget_tokens, budget_period)
+    lifetime = _lifetime(expires_in)
+    store = open_store(settings)
     try:
-        lifetime = parse_duration(expires_in) if expires_in is not None else None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--expires-in") from exc
-    store = KeyStore(settings.db)
-    try:
-        record, key = store.create(name, models=model_list, rpm=rpm, expires_in=lifetime)
+        record, key = store.create(name, expires_in=lifetime, **limits)  # type: ignore[arg-type]
     except KeyExistsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     finally:
         store.close()
-    typer.echo(
-        f"Created key {record.name!r}: models={','.join(record.models or ()) or 'all'} "
-        f"rpm={record.rpm or 'unlimited'} expires={_when(record.expires_at)}"
-    )
+    typer.echo(f"Created key {record.name!r}: {_describe(record)}")
     typer.echo("Copy it now; it cannot be shown again:")
     typer.echo(key)
+
+
+@keys_app.command("update")
+def keys_update(
+    name: str,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models the key may use, or 'all'.")
+    ] = None,
+    expires_in: Annotated[
+        str | None, typer.Option(help="New lifetime from now (30d, 12h, 90m) or 'never'.")
+    ] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    max_concurrent: ConcurrentOption = None,
+    budget_tokens: BudgetOption = None,
+    budget_period: PeriodOption = None,
+    db: DbOption = None,
+) -> None:
+    """Change the limits of a live key in place (the key itself stays the same); a running
+    gateway applies them within a second. Options not given are left as they are."""
+    settings = _settings(db=db)
+    limits = _given_limits(settings, models, rpm, tpm, max_concurrent, budget_tokens, budget_period)
+    if expires_in is not None:
+        never = expires_in.strip().lower() == "never"
+        limits["expires_at"] = None if never else time.time() + (_lifetime(expires_in) or 0)
+    store = open_store(settings)
+    try:
+        record = store.update(name, **limits)
+    except (KeyNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    typer.echo(f"Updated key {record.name!r}: {_describe(record)}")
 
 
 @keys_app.command("list")
 def keys_list(db: DbOption = None) -> None:
     """List keys: names, prefixes, limits and dates; never a key."""
-    store = KeyStore(_settings(db=db).db)
+    store = _open(db)
     try:
         records = store.records()
     finally:
         store.close()
-    header = ("NAME", "PREFIX", "MODELS", "RPM", "CREATED", "EXPIRES", "REVOKED")
+    header = (
+        "NAME", "PREFIX", "MODELS", "RPM", "TPM", "CONCURRENT", "BUDGET", "CREATED", "EXPIRES",
+        "REVOKED",
+    )  # fmt: skip
     rows = [
         (
             r.name,
             r.prefix + "…",
             ",".join(r.models) if r.models is not None else "all",
             str(r.rpm) if r.rpm is not None else "-",
+            str(r.tpm) if r.tpm is not None else "-",
+            str(r.max_concurrent) if r.max_concurrent is not None else "-",
+            f"{r.budget_tokens}/{r.budget_period}" if r.budget_tokens is not None else "-",
             _when(r.created_at),
             _when(r.expires_at),
             _when(r.revoked_at),
         )
         for r in records
     ]
+    _table(header, rows)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -198,7 +331,7 @@ def keys_list(db: DbOption = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(name: str, db: DbOption = None) -> None:
     """Revoke the live key of that name; a running gateway refuses it within a second."""
-    store = KeyStore(_settings(db=db).db)
+    store = _open(db)
     try:
         store.revoke(name)
     except KeyNotFoundError as exc:
@@ -207,6 +340,62 @@ def keys_revoke(name: str, db: DbOption = None) -> None:
     finally:
         store.close()
     typer.echo(f"Revoked key {name!r}.")
+
+
+def _since(text: str | None) -> dt.date | None:
+    """A date (2026-05-01) or a lookback (7d, 2w) ending today (UTC)."""
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        days = parse_duration(text) // 86_400
+    except ValueError as exc:
+        raise typer.BadParameter("a date (2026-05-01) or a lookback (7d)", "--since") from exc
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=max(days - 1, 0))
+
+
+@keys_app.command("usage")
+def keys_usage(
+    name: str,
+    since: Annotated[
+        str | None,
+        typer.Option(help="From this UTC day (2026-05-01) or lookback (7d = today and 6 before)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array, for scripts.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Requests, tokens and errors of a key per UTC day and model (the running gateway
+    writes them every couple of seconds and on shutdown)."""
+    first_day = _since(since)
+    store = _open(db)
+    try:
+        rows = store.usage(name, first_day)
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [{**dataclasses.asdict(row), "day": row.day.isoformat()} for row in rows],
+                indent=2,
+            )
+        )
+        return
+    header = ("DAY", "MODEL", "REQUESTS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "ERRORS")
+    table = [
+        (
+            row.day.isoformat(),
+            row.model,
+            str(row.requests),
+            str(row.prompt_tokens),
+            str(row.completion_tokens),
+            str(row.errors),
+        )
+        for row in rows
+    ]
+    _table(header, table)
 
 
 def main() -> None:

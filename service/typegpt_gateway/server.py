@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -11,16 +14,24 @@ from grpc_reflection.v1alpha import reflection
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
 
+from .accounting import Accounting
 from .catalog import Catalog
 from .chat import ChatPipeline
+from .failover import Failover
+from .ledger import UsageLedger
+from .limits import Backend as LimiterBackend
+from .limits import InProcessBackend, Limiter
+from .redaction import register_url_password
 from .servicer import ChatServicer, ReadinessProbe, StatusServicer
 from .settings import MiB, Settings
-from .store import KeyCache, KeyStore
-from .upstream import Upstream
+from .store import KeyCache, Store, open_store
 
 logger = logging.getLogger(__name__)
 
 METADATA_LIMIT = 64 * 1024
+# After the drain time, how long streams get to write their error frame before being cut.
+LAST_WORDS = 1.0
+
 SERVICE_NAMES = (
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
     status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
@@ -31,34 +42,77 @@ SERVICE_NAMES = (
 class Backend:
     server: grpc.aio.Server
     keys: KeyCache
-    upstream: Upstream
-    store: KeyStore
+    upstreams: Failover
+    pipeline: ChatPipeline
+    store: Store
     health: health.aio.HealthServicer
     readiness: ReadinessProbe
     port: int
+    accounting: Accounting
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def stop(self, grace: float) -> None:
+    async def begin_drain(self) -> None:
+        """Readiness and grpc.health turn not-ready, so that balancers stop sending."""
         self.readiness.draining = True
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
-        await self.upstream.aclose()
+
+    async def stop(self, grace: float) -> None:
+        """Refuses new requests, lets running ones finish within `grace` seconds, then ends
+        open streams with an error frame and cancels what is left."""
+        await self.begin_drain()
+        stopping = asyncio.ensure_future(self.server.stop(grace + LAST_WORDS))
+        finished, _ = await asyncio.wait((stopping,), timeout=grace)
+        if not finished and not self.pipeline.stopping.done():
+            self.pipeline.stopping.set_result(None)
+        await stopping
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.upstreams.aclose()
+        # Every request has ended and been counted: settle the limiter, write the ledger.
+        await self.accounting.limiter.aclose()
+        if not await self.accounting.ledger.flush():
+            logger.error("usage of the last moments could not be written to the key store")
         self.store.close()
+
+
+def _limiter_backend(settings: Settings) -> LimiterBackend:
+    if settings.redis_url is None:
+        return InProcessBackend()
+    from .limits.redis_backend import RedisBackend
+
+    url = settings.redis_url.get_secret_value()
+    register_url_password(url)
+    return RedisBackend(url, timeout=settings.redis_timeout)
+
+
+def _accounting(settings: Settings, store: Store) -> Accounting:
+    async def budget_seed(name: str, since: dt.date) -> int:
+        # After a restart (or a Redis that lost its data) a budget goes on from the ledger.
+        rows = await asyncio.to_thread(store.usage, name, since)
+        return sum(row.prompt_tokens + row.completion_tokens for row in rows)
+
+    limiter = Limiter(
+        _limiter_backend(settings),
+        fail_open=settings.rate_limit_failure_mode == "open",
+        budget_seed=budget_seed,
+    )
+    return Accounting(limiter, UsageLedger(store, settings.usage_flush_interval))
 
 
 async def start_backend(settings: Settings) -> Backend:
     """Starts the gRPC server on settings.grpc_host:grpc_port (port 0: any free port)."""
-    store = KeyStore(settings.db)
+    upstreams = Failover.from_settings(settings)
+    store = open_store(settings)
     keys = KeyCache(store, settings.key_refresh_interval)
-    upstream = Upstream(
-        settings.typegpt_base_url,
-        settings.upstream_key,
-        connect_timeout=settings.upstream_connect_timeout,
-        read_timeout=settings.upstream_read_timeout,
-    )
     catalog = Catalog(
         settings.models, owned_by=settings.models_owned_by, created=settings.models_created
     )
-    pipeline = ChatPipeline(keys, catalog, upstream, keepalive=settings.sse_keepalive_interval)
+    accounting = _accounting(settings, store)
+    pipeline = ChatPipeline(
+        keys, catalog, upstreams, accounting, keepalive=settings.sse_keepalive_interval
+    )
     readiness = ReadinessProbe()
 
     # Room for a whole 32 MiB body plus the protobuf framing around it.
@@ -90,4 +144,16 @@ async def start_backend(settings: Settings) -> Backend:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Backend(server, keys, upstream, store, health_servicer, readiness, port)
+    ledger_writer = asyncio.create_task(accounting.ledger.run())
+    return Backend(
+        server,
+        keys,
+        upstreams,
+        pipeline,
+        store,
+        health_servicer,
+        readiness,
+        port,
+        accounting,
+        [ledger_writer],
+    )

@@ -17,7 +17,7 @@ from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_g
 
 from . import typed
 from .catalog import Catalog, Model
-from .chat import ChatPipeline, Stream
+from .chat import Answer, ChatPipeline, Stream
 from .errors import GatewayError
 from .sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
 
@@ -69,14 +69,22 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def _start(
         self, body: bytes | Callable[[], bytes], context: grpc.aio.ServicerContext
     ) -> bytes | Stream:
-        """`body` may be a function that builds it, so that its failures are shaped too."""
+        """`body` may be a function that builds it, so that its failures are shaped too.
+        The rate-limit headers go out as initial metadata (HTTP headers through Envoy)."""
         try:
             if callable(body):
                 body = body()
-            return await self._pipeline.start(body, _authorization(context))
+            answer: Answer = await self._pipeline.start(body, _authorization(context))
         except Exception as exc:
             await abort(context, _as_gateway_error(exc))
-        raise AssertionError("unreachable: abort raises")
+            raise AssertionError("unreachable: abort raises") from exc
+        try:
+            if answer.headers:
+                await context.send_initial_metadata(answer.headers)
+        except BaseException:
+            await answer.aclose()
+            raise
+        return answer.body
 
     async def CreateChatCompletionHttp(
         self,

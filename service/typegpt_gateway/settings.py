@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,6 +39,20 @@ class Settings(BaseSettings):
     )
 
     db: Path = Field(default_factory=default_db_path)
+    # Shared state for replicas: PostgreSQL for keys and usage instead of the SQLite file,
+    # Redis for rate limits instead of in-process counters. They may hold passwords.
+    database_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "GATEWAY_DATABASE_URL")
+    )
+    redis_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL")
+    )
+    # When Redis cannot be reached: "open" admits requests unlimited (availability first),
+    # "closed" refuses them with 503 (limits first).
+    rate_limit_failure_mode: Literal["open", "closed"] = "open"
+    redis_timeout: float = 1.0
+    # How often the usage ledger is written to the key store (also on shutdown).
+    usage_flush_interval: float = 2.0
     models: Annotated[tuple[str, ...], NoDecode] = DEFAULT_MODELS
     models_owned_by: str = "typegpt"
     # The `created` of every catalog model (Unix seconds); fixed so that it is stable.
@@ -64,10 +78,28 @@ class Settings(BaseSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     # Seconds without a byte on a stream before an SSE keepalive comment is sent.
     sse_keepalive_interval: float = 15.0
-    # Envoy's idle limit for a request: must outlast a slow model's silence before a
-    # non-streamed answer, so it follows the upstream read timeout.
-    upstream_connect_timeout: float = 10.0
-    upstream_read_timeout: float = 600.0
+    # A YAML file listing several upstreams (see config.py); without it, the one upstream
+    # named by TYPEGPT_BASE_URL and TYPEGPT_API_KEY.
+    config: Path | None = None
+    # Upstream timeouts, in seconds. A slow reasoning model can think for minutes before the
+    # first byte of a non-streamed answer; a stream then flows, with shorter gaps.
+    upstream_connect_timeout: float = Field(default=10.0, gt=0)
+    upstream_first_byte_timeout: float = Field(default=600.0, gt=0)
+    upstream_idle_timeout: float = Field(default=300.0, gt=0)
+    upstream_total_timeout: float = Field(default=1800.0, gt=0)
+    # Retries happen only before anything reached the client; no retry starts, and no
+    # backoff waits, past the retry deadline (seconds since the request arrived).
+    upstream_max_attempts: int = Field(default=3, ge=1)
+    upstream_retry_deadline: float = Field(default=20.0, ge=0)
+    upstream_retry_backoff: float = Field(default=0.5, ge=0)
+    upstream_retry_backoff_max: float = Field(default=8.0, ge=0)
+    # Consecutive failures that put an upstream in cooldown (0: never); the first cooldown
+    # lasts upstream_cooldown seconds and doubles with each further failure.
+    upstream_cooldown_after: int = Field(default=3, ge=0)
+    upstream_cooldown: float = Field(default=1.0, gt=0)
+    upstream_cooldown_max: float = Field(default=60.0, gt=0)
+    # After SIGTERM: how long in-flight requests and streams may take to finish.
+    drain_timeout: float = Field(default=30.0, ge=0)
     # How often the key store is checked for keys created or revoked by another process.
     key_refresh_interval: float = 0.5
 
@@ -82,6 +114,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_origins(cls, value: object) -> object:
         return parse_origins(value) if isinstance(value, str) else value
+
+    @field_validator("database_url", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("typegpt_base_url")
     @classmethod

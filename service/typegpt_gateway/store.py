@@ -1,18 +1,28 @@
-"""The SQLite key store, shared by the CLI and the running server through the file."""
+"""Key stores behind one interface: SQLite (default; one file shared by the CLI and the server)
+and PostgreSQL (`pgstore`, for replicas on several hosts). Both hold the keys, hashed, and the
+usage ledger. The SQL below is what both dialects accept alike."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import GatewayError
 from .keys import SHOWN_PREFIX_CHARS, KeyRecord, authenticate, hash_key, new_key
+from .redaction import register_url_password
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +41,38 @@ CREATE TABLE IF NOT EXISTS keys (
 -- A name may be reused once its key is revoked, never while it is live.
 CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
 """
-_COLUMNS = "name, key_hash, prefix, created_at, models, rpm, expires_at, revoked_at"
+# Columns added after the first release; a store from before gets them on open.
+_ADDED_COLUMNS = (
+    ("tpm", "INTEGER"),
+    ("max_concurrent", "INTEGER"),
+    ("budget_tokens", "INTEGER"),
+    ("budget_period", "TEXT"),
+)
+_USAGE_TABLE = """
+CREATE TABLE IF NOT EXISTS usage (
+    key_name TEXT NOT NULL,
+    day TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_name, day, model)
+)
+"""
+# What `update` may change; None clears a limit (unlimited, all models, never expires).
+LIMIT_FIELDS = (
+    "models",
+    "rpm",
+    "tpm",
+    "max_concurrent",
+    "budget_tokens",
+    "budget_period",
+    "expires_at",
+)
+_FIELDS = ("name", "key_hash", "prefix", "created_at", *LIMIT_FIELDS, "revoked_at")
+_COLUMNS = ", ".join(_FIELDS)
+BUDGET_PERIODS = ("day", "month")
 
 
 class KeyExistsError(Exception):
@@ -42,93 +83,276 @@ class KeyNotFoundError(Exception):
     pass
 
 
-def _record(row: tuple) -> KeyRecord:
-    name, key_hash, prefix, created_at, models, rpm, expires_at, revoked_at = row
-    return KeyRecord(
-        name=name,
-        key_hash=bytes(key_hash),
-        prefix=prefix,
-        created_at=created_at,
-        models=tuple(json.loads(models)) if models is not None else None,
-        rpm=rpm,
-        expires_at=expires_at,
-        revoked_at=revoked_at,
-    )
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One key's use of one model on one UTC day."""
+
+    day: dt.date
+    model: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
 
 
-class KeyStore:
-    def __init__(self, path: Path) -> None:
-        path = Path(path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        # The server reads from a worker thread; every write is its own transaction.
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
+class Store(Protocol):
+    """What the gateway and the CLI need from a key store."""
 
     def create(
-        self,
-        name: str,
-        *,
-        models: Iterable[str] | None = None,
-        rpm: int | None = None,
-        expires_in: float | None = None,
+        self, name: str, *, expires_in: float | None = None, **limits: Any
+    ) -> tuple[KeyRecord, str]: ...
+    def revoke(self, name: str) -> None: ...
+    def get(self, name: str) -> KeyRecord: ...
+    def update(self, name: str, **limits: Any) -> KeyRecord: ...
+    def records(self) -> list[KeyRecord]: ...
+    def by_hash(self) -> dict[bytes, KeyRecord]: ...
+    def data_version(self) -> int: ...
+    def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]: ...
+    def add_usage(self, entries: Iterable[tuple[str, UsageRow]]) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_store(settings: Settings) -> Store:
+    """PostgreSQL when DATABASE_URL is set, else the SQLite file GATEWAY_DB."""
+    if settings.database_url is not None:
+        from .pgstore import PostgresKeyStore
+
+        url = settings.database_url.get_secret_value()
+        register_url_password(url)
+        return PostgresKeyStore(url)
+    return KeyStore(settings.db)
+
+
+def _record(row: tuple) -> KeyRecord:
+    values = dict(zip(_FIELDS, row, strict=True))
+    models = values.pop("models")
+    values["key_hash"] = bytes(values["key_hash"])
+    return KeyRecord(**values, models=tuple(json.loads(models)) if models is not None else None)
+
+
+def _check_limits(limits: dict[str, Any]) -> dict[str, Any]:
+    """The columns and values to store for `limits`, or ValueError."""
+    unknown = set(limits) - set(LIMIT_FIELDS)
+    if unknown:
+        raise ValueError(f"not a key limit: {', '.join(sorted(unknown))}")
+    values = dict(limits)
+    for field in ("rpm", "tpm", "max_concurrent", "budget_tokens"):
+        value = values.get(field)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{field} must be a positive integer or None (unlimited)")
+    period = values.get("budget_period")
+    if period is not None and period not in BUDGET_PERIODS:
+        raise ValueError("budget_period must be 'day' or 'month'")
+    if "models" in values and values["models"] is not None:
+        values["models"] = json.dumps(sorted(set(values["models"])))
+    return values
+
+
+class SqlStore:
+    """The stores' shared logic; subclasses connect and supply the dialect's few differences."""
+
+    _integrity_errors: tuple[type[Exception], ...] = ()
+
+    def __init__(self) -> None:
+        # One connection, used by the event loop's worker threads one at a time: a
+        # transaction must not interleave with another thread's statements.
+        self._lock = threading.RLock()
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    def _executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        raise NotImplementedError
+        yield
+
+    def _changed(self) -> None:
+        """Called inside each write to keys, so that `data_version` moves."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def data_version(self) -> int:
+        raise NotImplementedError
+
+    def create(
+        self, name: str, *, expires_in: float | None = None, **limits: Any
     ) -> tuple[KeyRecord, str]:
-        """Stores a new key and returns its record and the key itself, which is never stored."""
+        """Stores a new key with `limits` (LIMIT_FIELDS; unset is unlimited) and returns its
+        record and the key itself, which is never stored. A budget is monthly unless said."""
         if not name.strip():
             raise ValueError("a key needs a name")
+        if limits.get("budget_tokens") is not None and limits.get("budget_period") is None:
+            limits["budget_period"] = "month"
+        row = _check_limits({field: None for field in LIMIT_FIELDS} | limits)
         key = new_key()
         now = time.time()
-        model_list = sorted(set(models)) if models is not None else None
-        record = KeyRecord(
-            name=name,
-            key_hash=hash_key(key),
-            prefix=key[:SHOWN_PREFIX_CHARS],
-            created_at=now,
-            models=tuple(model_list) if model_list is not None else None,
-            rpm=rpm,
-            expires_at=now + expires_in if expires_in is not None else None,
-        )
+        if expires_in is not None:
+            row["expires_at"] = now + expires_in
+        row |= {
+            "name": name,
+            "key_hash": hash_key(key),
+            "prefix": key[:SHOWN_PREFIX_CHARS],
+            "created_at": now,
+            "revoked_at": None,
+        }
+        placeholders = ", ".join("?" for _ in _FIELDS)
         try:
-            self._db.execute(
-                f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                (
-                    record.name,
-                    record.key_hash,
-                    record.prefix,
-                    record.created_at,
-                    json.dumps(model_list) if model_list is not None else None,
-                    record.rpm,
-                    record.expires_at,
-                    None,
-                ),
-            )
-        except sqlite3.IntegrityError as exc:
+            with self._lock, self._transaction():
+                self._execute(
+                    f"INSERT INTO keys ({_COLUMNS}) VALUES ({placeholders})",  # noqa: S608
+                    [row[field] for field in _FIELDS],
+                )
+                self._changed()
+        except self._integrity_errors as exc:
             raise KeyExistsError(f"a live key named {name!r} already exists") from exc
-        return record, key
+        return _record(tuple(row[field] for field in _FIELDS)), key
 
     def revoke(self, name: str) -> None:
-        cursor = self._db.execute(
-            "UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-            (time.time(), name),
-        )
-        if cursor.rowcount == 0:
+        with self._lock, self._transaction():
+            cursor = self._execute(
+                "UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (time.time(), name),
+            )
+            if cursor.rowcount == 0:
+                raise KeyNotFoundError(f"no live key named {name!r}")
+            self._changed()
+
+    def get(self, name: str) -> KeyRecord:
+        """The live key of that name."""
+        with self._lock:
+            row = self._execute(
+                f"SELECT {_COLUMNS} FROM keys WHERE name = ? AND revoked_at IS NULL",  # noqa: S608
+                (name,),
+            ).fetchone()
+        if row is None:
             raise KeyNotFoundError(f"no live key named {name!r}")
+        return _record(row)
+
+    def update(self, name: str, **limits: Any) -> KeyRecord:
+        """Changes limits of the live key `name` in place (its key stays the same); None
+        clears one. A budget without a period is monthly."""
+        values = _check_limits(limits)
+        with self._lock, self._transaction():
+            current = self.get(name)
+            if values.get("budget_tokens") is not None and "budget_period" not in values:
+                values["budget_period"] = current.budget_period or "month"
+            if values:
+                assignments = ", ".join(f"{field} = ?" for field in values)
+                self._execute(
+                    f"UPDATE keys SET {assignments} WHERE name = ? AND revoked_at IS NULL",  # noqa: S608
+                    [*values.values(), name],
+                )
+                self._changed()
+            return self.get(name)
 
     def records(self) -> list[KeyRecord]:
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY created_at, id")  # noqa: S608
+        with self._lock:
+            rows = self._execute(
+                f"SELECT {_COLUMNS} FROM keys ORDER BY created_at, id"  # noqa: S608
+            ).fetchall()
         return [_record(row) for row in rows]
 
     def by_hash(self) -> dict[bytes, KeyRecord]:
         return {record.key_hash: record for record in self.records()}
 
+    def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]:
+        """The ledger of key `name` (every key that had the name), oldest day first."""
+        with self._lock:
+            rows = self._execute(
+                "SELECT day, model, requests, prompt_tokens, completion_tokens, errors "
+                "FROM usage WHERE key_name = ? AND day >= ? ORDER BY day, model",
+                (name, (since or dt.date.min).isoformat()),
+            ).fetchall()
+        return [UsageRow(dt.date.fromisoformat(day), *rest) for day, *rest in rows]
+
+    def add_usage(self, entries: Iterable[tuple[str, UsageRow]]) -> None:
+        """Adds the counts to the ledger, all or nothing."""
+        rows = [
+            (
+                name,
+                row.day.isoformat(),
+                row.model,
+                row.requests,
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.errors,
+            )
+            for name, row in entries
+        ]
+        if not rows:
+            return
+        with self._lock, self._transaction():
+            self._executemany(
+                "INSERT INTO usage (key_name, day, model, requests, prompt_tokens, "
+                "completion_tokens, errors) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key_name, day, model) DO UPDATE SET "
+                "requests = usage.requests + excluded.requests, "
+                "prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens, "
+                "completion_tokens = usage.completion_tokens + excluded.completion_tokens, "
+                "errors = usage.errors + excluded.errors",
+                rows,
+            )
+
+
+class KeyStore(SqlStore):
+    """The SQLite store."""
+
+    _integrity_errors = (sqlite3.IntegrityError,)
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        path = Path(path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # Autocommit unless a transaction is opened explicitly.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        self._migrate()
+        # data_version ignores this connection's own commits: count those here.
+        self._own_writes = 0
+
+    def _migrate(self) -> None:
+        with self._transaction():
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(keys)")}
+            for column, kind in _ADDED_COLUMNS:
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE keys ADD COLUMN {column} {kind}")
+            self._db.execute(_USAGE_TABLE)
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql, tuple(params))
+
+    def _executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        self._db.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front, so two processes migrating or writing at
+        # once wait for each other (busy_timeout) instead of failing half-way.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _changed(self) -> None:
+        self._own_writes += 1
+
+    def close(self) -> None:
+        self._db.close()
+
     def data_version(self) -> int:
-        """Changes whenever another connection commits: a cheap 'did anything change?'."""
-        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        """Changes whenever a connection commits: a cheap 'did anything change?'."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0]) + self._own_writes
 
 
 class KeyCache:
@@ -136,7 +360,7 @@ class KeyCache:
     request costs one dict lookup whatever the number of keys, refreshed in the background
     within `interval` seconds of any change made by another process (e.g. `keys revoke`)."""
 
-    def __init__(self, store: KeyStore, interval: float) -> None:
+    def __init__(self, store: Store, interval: float) -> None:
         self._store = store
         self._interval = interval
         self._lock = threading.Lock()
@@ -168,5 +392,6 @@ class KeyCache:
             await asyncio.sleep(self._interval)
             try:
                 await asyncio.to_thread(self.refresh_if_changed)
-            except sqlite3.Error:
+            except Exception:
+                # Whatever the store's driver raises, the loaded keys keep working.
                 logger.exception("could not re-read the key store; keeping the keys loaded")

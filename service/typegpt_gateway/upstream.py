@@ -1,35 +1,36 @@
-"""The OpenAI-compatible upstream (TypeGPT by default): one pooled HTTP client, and the rules
-that turn the upstream's failures into the errors our clients see."""
+"""One OpenAI-compatible upstream (TypeGPT by default): its pooled HTTP client, and the rules
+that turn its failures into the errors our clients see and the retries they deserve."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import math
 import time
 
 import httpx
 import orjson
 
+from .config import UpstreamSpec
 from .errors import GatewayError, scrub
+from .model_mapping import replace_model
 from .redaction import register_secret
+from .retry import RETRYABLE_STATUSES, AttemptFailed
+from .timeouts import timeout_error
 
 # Enough of an error body to find its message; the rest is never shown.
 _MAX_ERROR_BODY = 64 * 1024
 
 
 class Upstream:
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None,
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-    ) -> None:
-        self._api_key = api_key
-        register_secret(api_key)
-        self._chat_url = f"{base_url}/chat/completions"
+    def __init__(self, spec: UpstreamSpec, *, connect_timeout: float) -> None:
+        self.spec = spec
+        self.name = spec.name
+        register_secret(spec.api_key)
+        self._chat_url = f"{spec.base_url}/chat/completions"
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            # Reads are bounded by the caller's deadlines (first byte, idle, total).
+            timeout=httpx.Timeout(None, connect=connect_timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
             # Client headers never travel upstream: only what is set here.
             headers={"user-agent": "typegpt-gateway"},
@@ -37,47 +38,52 @@ class Upstream:
         )
 
     def __repr__(self) -> str:
-        return f"Upstream({self._chat_url!r})"
+        return f"Upstream({self.name!r}, {self._chat_url!r})"
 
     @property
     def configured(self) -> bool:
-        return self._api_key is not None
+        return self.spec.api_key is not None
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """What must be scrubbed from anything the upstream says."""
-        return (self._api_key,) if self._api_key else ()
+        return (self.spec.api_key,) if self.spec.api_key else ()
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def open_chat(self, body: bytes, *, stream: bool) -> httpx.Response:
-        """Sends the client's exact bytes; returns the open 2xx response or raises GatewayError."""
-        if self._api_key is None:
-            raise GatewayError(
-                503,
-                "The gateway's upstream API key is not configured: "
-                "the operator must set TYPEGPT_API_KEY.",
-                "api_error",
-            )
+    def body_for(self, model: str, body: bytes) -> bytes:
+        """The client's bytes, with the model renamed if this upstream knows it by another name."""
+        upstream_model = self.spec.model_map.get(model)
+        return body if upstream_model is None else replace_model(body, upstream_model)
+
+    async def open_chat(
+        self, body: bytes, *, stream: bool, headers_due: float, late: GatewayError
+    ) -> httpx.Response:
+        """Sends `body`; returns the open 2xx response, or raises AttemptFailed (`late` when
+        the response headers have not arrived by `headers_due`, on the loop's clock)."""
         request = self._client.build_request(
             "POST",
             self._chat_url,
             content=body,
             headers={
-                "authorization": f"Bearer {self._api_key}",
+                "authorization": f"Bearer {self.spec.api_key}",
                 "content-type": "application/json",
                 "accept": "text/event-stream" if stream else "application/json",
             },
         )
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise timeout_error() from exc
-        except httpx.HTTPError as exc:
-            raise GatewayError(
+            async with asyncio.timeout_at(headers_due):
+                response = await self._client.send(request, stream=True)
+        except TimeoutError as exc:
+            # The request may be running upstream: another try could run (and bill) it twice.
+            raise AttemptFailed(late, retryable=False, cools=False) from exc
+        except httpx.TransportError as exc:
+            # Refused, reset or dropped before any answer: nothing reached the client.
+            error = GatewayError(
                 502, f"Could not reach the upstream API ({type(exc).__name__}).", "api_error"
-            ) from exc
+            )
+            raise AttemptFailed(error, retryable=True, cools=True) from exc
         if response.status_code >= 400:
             try:
                 error_body = await _read_bounded(response)
@@ -85,14 +91,23 @@ class Upstream:
                 error_body = b""
             finally:
                 await response.aclose()
-            raise upstream_error(
+            raise attempt_failure(
                 response.status_code, error_body, response.headers, secrets=self.secrets
             )
         return response
 
 
-def timeout_error() -> GatewayError:
-    return GatewayError(504, "The upstream API did not answer in time.", "timeout_error")
+def attempt_failure(
+    status: int, body: bytes, headers: httpx.Headers | dict[str, str], secrets: tuple[str, ...]
+) -> AttemptFailed:
+    """An upstream error answer: what the client would see, and whether to try again. Pure."""
+    return AttemptFailed(
+        upstream_error(status, body, headers, secrets),
+        retryable=status in RETRYABLE_STATUSES,
+        # A refused key or an overloaded upstream: send other requests elsewhere for a while.
+        cools=status >= 500 or status in (401, 403, 429),
+        retry_after=parse_retry_after(headers),
+    )
 
 
 async def _read_bounded(response: httpx.Response) -> bytes:
@@ -127,7 +142,7 @@ def upstream_error(
             headers=(("retry-after", str(retry_after_seconds(headers))),),
         )
     if status == 408:
-        return timeout_error()
+        return timeout_error("the upstream timed out (HTTP 408)")
     if status >= 500:
         detail = f": {message}" if message else ""
         return GatewayError(502, f"The upstream API failed (HTTP {status}){detail}", "api_error")
@@ -162,24 +177,32 @@ def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None]:
     )
 
 
-def retry_after_seconds(headers: httpx.Headers | dict[str, str], default: int = 1) -> int:
-    """Whole seconds from Retry-After (seconds or HTTP date) or retry-after-ms."""
+def parse_retry_after(headers: httpx.Headers | dict[str, str]) -> float | None:
+    """Seconds from Retry-After (seconds or HTTP date) or retry-after-ms; None when absent."""
     lowered = {key.lower(): value for key, value in headers.items()}
     value = lowered.get("retry-after")
     if value is not None:
         value = value.strip()
         if value.isdigit():
-            return max(int(value), 0)
+            return float(value)
         try:
             when = email.utils.parsedate_to_datetime(value).timestamp()
         except (TypeError, ValueError):
             when = None
         if when is not None:
-            return max(int(when - time.time() + 0.999), 0)
+            return max(when - time.time(), 0.0)
     milliseconds = lowered.get("retry-after-ms")
     if milliseconds is not None:
         try:
-            return max(int((float(milliseconds) + 999) // 1000), 0)
+            return max(float(milliseconds) / 1000, 0.0)
         except ValueError:
             pass
-    return default
+    return None
+
+
+def retry_after_seconds(headers: httpx.Headers | dict[str, str], default: int = 1) -> int:
+    """Whole seconds for a Retry-After header of our own."""
+    seconds = parse_retry_after(headers)
+    if seconds is None or not math.isfinite(seconds):
+        return default
+    return math.ceil(seconds)

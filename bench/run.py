@@ -1,0 +1,323 @@
+"""Benchmark: the gateway against direct calls to the same upstream, in one run.
+
+Starts nginx (canned chat completion, and a canned 20-chunk SSE stream), two gateways (one per
+upstream kind), and drives bounded loads on 127.0.0.1 with wrk and a small asyncio streaming
+client. Prints a table: requests/s, p50/p99, added latency vs direct, CPU ms per request of all
+gateway processes (from /proc), their RSS, and streaming time-to-first-byte overhead.
+
+    python bench/run.py [--duration 10] [--streams 16] [--stream-rounds 30]
+
+Needs nginx and wrk (Debian packages `nginx-light` or `nginx`, and `wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from gateway_process import Gateway, free_port  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+REQUEST = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello, how are you?"}]}
+COMPLETION = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "gpt-4o",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello!", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+}
+STREAM_CHUNKS = 20
+
+
+def _chunk(index: int) -> str:
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "gpt-4o",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": f"t{index}"},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        }
+    )
+
+
+def nginx_config(workdir: Path, json_port: int, sse_port: int) -> str:
+    workdir.chmod(0o755)  # nginx workers drop to an unprivileged user and must read these
+    (workdir / "completion.json").write_text(json.dumps(COMPLETION))
+    (workdir / "stream.sse").write_text(
+        "".join(f"data: {_chunk(i)}\n\n" for i in range(STREAM_CHUNKS)) + "data: [DONE]\n\n"
+    )
+    # Static files answer GET only; `error_page 405 =200` serves them to POST as well.
+    return f"""
+daemon off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {workdir}/body;
+    server {{
+        listen 127.0.0.1:{json_port} backlog=4096;
+        root {workdir};
+        location / {{
+            default_type application/json;
+            try_files /completion.json =404;
+            error_page 405 =200 $uri;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{sse_port} backlog=4096;
+        root {workdir};
+        location / {{
+            default_type text/event-stream;
+            try_files /stream.sse =404;
+            error_page 405 =200 $uri;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def wrk(url: str, script: Path, connections: int, seconds: int, key: str | None) -> Load:
+    env = {**os.environ, "BENCH_KEY": key or ""}
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=seconds + 30,
+    )
+    out = result.stdout
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}:\n{out}")
+    return Load(
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=_ms(percentiles["50"]),
+        p99_ms=_ms(percentiles["99"]),
+        requests=int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+    )
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").iterdir():
+            children = (task / "children").read_text().split()
+            pending.extend(int(child) for child in children)
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / CLOCK_TICKS
+
+
+def rss_mb(pids: list[int]) -> float:
+    pages = sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) for pid in pids)
+    return pages * PAGE / 1e6
+
+
+async def _one_stream(host: str, port: int, path: str, body: bytes, key: str | None) -> float:
+    """Seconds to the first `data:` byte of one streamed request (a fresh connection)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    started = time.perf_counter()
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    buffer = b""
+    first = None
+    while chunk := await reader.read(65536):
+        buffer += chunk
+        if first is None and b"data: " in buffer:
+            first = time.perf_counter() - started
+    writer.close()
+    if first is None or b"data: [DONE]" not in buffer:
+        raise RuntimeError(f"stream from :{port} did not complete: {buffer[:300]!r}")
+    return first
+
+
+async def streams(
+    port: int, path: str, key: str | None, concurrent: int, rounds: int
+) -> list[float]:
+    body = json.dumps({**REQUEST, "stream": True}).encode()
+    ttfbs: list[float] = []
+    for _ in range(rounds):
+        ttfbs += await asyncio.gather(
+            *(_one_stream("127.0.0.1", port, path, body, key) for _ in range(concurrent))
+        )
+    return ttfbs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--streams", type=int, default=16, help="concurrent streams")
+    parser.add_argument("--stream-rounds", type=int, default=30, help="rounds of streams")
+    args = parser.parse_args()
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            sys.exit(f"{tool} not found: apt-get install nginx-light wrk")
+
+    with tempfile.TemporaryDirectory(prefix="typegpt-bench-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "body").mkdir()
+        json_port, sse_port = free_port(), free_port()
+        (workdir / "nginx.conf").write_text(nginx_config(workdir, json_port, sse_port))
+        (workdir / "post.lua").write_text(
+            'wrk.method = "POST"\n'
+            f"wrk.body = '{json.dumps(REQUEST)}'\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            'local key = os.getenv("BENCH_KEY")\n'
+            'if key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end\n'
+        )
+        nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+        nginx = subprocess.Popen([nginx_bin, "-c", str(workdir / "nginx.conf"), "-p", tmp])
+        time.sleep(0.5)
+        gateways = [
+            Gateway(workdir / "gw-json", f"http://127.0.0.1:{json_port}/v1").start(),
+            Gateway(workdir / "gw-sse", f"http://127.0.0.1:{sse_port}/v1").start(),
+        ]
+        try:
+            rows = run_loads(args, workdir, json_port, sse_port, *gateways)
+        finally:
+            for gateway in gateways:
+                gateway.stop()
+            nginx.terminate()
+            nginx.wait()
+    print_table(rows)
+
+
+def run_loads(
+    args: argparse.Namespace,
+    workdir: Path,
+    json_port: int,
+    sse_port: int,
+    gw_json: Gateway,
+    gw_sse: Gateway,
+) -> list[tuple[str, str, str]]:
+    script = workdir / "post.lua"
+    key = gw_json.create_key("bench")
+    sse_key = gw_sse.create_key("bench")
+    direct = f"http://127.0.0.1:{json_port}/v1/chat/completions"
+    via = f"{gw_json.url}/v1/chat/completions"
+    wrk(via, script, 16, 2, key)  # warm-up: pools, caches, JIT-free but lazy imports
+    pids = process_tree(gw_json.process.pid)  # type: ignore[union-attr]
+
+    direct16 = wrk(direct, script, 16, args.duration, None)
+    cpu_before = cpu_seconds(pids)
+    via16 = wrk(via, script, 16, args.duration, key)
+    cpu_ms = (cpu_seconds(pids) - cpu_before) * 1000 / via16.requests
+    rss = rss_mb(pids)
+    direct1 = wrk(direct, script, 1, args.duration, None)
+    via1 = wrk(via, script, 1, args.duration, key)
+
+    asyncio.run(streams(gw_sse.http_port, "/v1/chat/completions", sse_key, args.streams, 2))
+    sse_pids = process_tree(gw_sse.process.pid)  # type: ignore[union-attr]
+    direct_ttfb = asyncio.run(
+        streams(sse_port, "/v1/chat/completions", None, args.streams, args.stream_rounds)
+    )
+    cpu_before = cpu_seconds(sse_pids)
+    via_ttfb = asyncio.run(
+        streams(gw_sse.http_port, "/v1/chat/completions", sse_key, args.streams, args.stream_rounds)
+    )
+    stream_cpu_ms = (cpu_seconds(sse_pids) - cpu_before) * 1000 / len(via_ttfb)
+    ttfb_added = (statistics.median(via_ttfb) - statistics.median(direct_ttfb)) * 1000
+
+    return [
+        (
+            "Non-stream, 16 connections: requests/s",
+            f"{via16.rps:,.0f}",
+            f"direct {direct16.rps:,.0f}",
+        ),
+        (
+            "Non-stream, 16 connections: p50 / p99 ms",
+            f"{via16.p50_ms:.2f} / {via16.p99_ms:.2f}",
+            f"direct {direct16.p50_ms:.2f} / {direct16.p99_ms:.2f}",
+        ),
+        ("One connection: p50 ms", f"{via1.p50_ms:.3f}", f"direct {direct1.p50_ms:.3f}"),
+        (
+            "One connection: added median latency ms",
+            f"{via1.p50_ms - direct1.p50_ms:.3f}",
+            "target ≤ 1.0",
+        ),
+        ("CPU per request, all gateway processes (ms)", f"{cpu_ms:.3f}", "target ≤ 0.5"),
+        ("RSS of all gateway processes (MB)", f"{rss:.0f}", "target ≤ 150"),
+        (
+            f"Streams ({args.streams} concurrent x {STREAM_CHUNKS} chunks): added median TTFB ms",
+            f"{ttfb_added:.2f}",
+            "target ≤ 1",
+        ),
+        ("CPU per stream (ms)", f"{stream_cpu_ms:.2f}", "target ≤ 3"),
+    ]
+
+
+def print_table(rows: list[tuple[str, str, str]]) -> None:
+    width = max(len(row[0]) for row in rows)
+    print(f"| {'measure'.ljust(width)} | gateway | reference |")
+    print(f"|{'-' * (width + 2)}|---------|-----------|")
+    for name, value, reference in rows:
+        print(f"| {name.ljust(width)} | {value} | {reference} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Limits and usage for one chat request: admitted (or refused) by the limiter before the
+upstream is called, then settled exactly once into the limiter and the usage ledger."""
+
+from __future__ import annotations
+
+from .errors import GatewayError
+from .keys import KeyRecord
+from .ledger import UsageLedger
+from .limits import Limiter, Ticket
+from .usage import Usage, UsageMeter
+
+
+class Account:
+    __slots__ = ("_ledger", "_model", "_name", "_settled", "_ticket", "meter")
+
+    def __init__(
+        self, ticket: Ticket, meter: UsageMeter, ledger: UsageLedger, name: str, model: str
+    ) -> None:
+        self._ticket = ticket
+        self._ledger = ledger
+        self._name = name
+        self._model = model
+        self._settled = False
+        self.meter = meter
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return self._ticket.headers
+
+    def settle(self, *, error: bool, usage: Usage | None) -> None:
+        """`usage` is None when the upstream produced nothing (it refused the request)."""
+        if self._settled:
+            return
+        self._settled = True
+        self._ledger.record(self._name, self._model, usage, error=error)
+        self._ticket.finish(usage.total if usage is not None else 0)
+
+
+class Accounting:
+    def __init__(self, limiter: Limiter, ledger: UsageLedger) -> None:
+        self.limiter = limiter
+        self.ledger = ledger
+
+    async def admit(self, key: KeyRecord, model: str, meter: UsageMeter) -> Account:
+        """The request's account, or the limiter's refusal (counted as an error)."""
+        try:
+            ticket = await self.limiter.admit(key)
+        except GatewayError:
+            self.ledger.record(key.name, model, None, error=True)
+            raise
+        return Account(ticket, meter, self.ledger, key.name, model)

@@ -1,0 +1,148 @@
+"""The upstreams the gateway may call: from a YAML file (`--config`, `GATEWAY_CONFIG`), or the
+single upstream of TYPEGPT_BASE_URL and TYPEGPT_API_KEY.
+
+    upstreams:
+      - name: typegpt-a
+        base_url: https://api.typegpt.net/v1
+        api_key_env: TYPEGPT_KEY_A      # or api_key: sk-...
+      - name: fallback
+        base_url: https://api.example.com/v1
+        api_key_env: FALLBACK_KEY
+        models: [gpt-4o, gpt-5]         # default: every catalog model
+        priority: 1                     # lower is tried first (default 0)
+        weight: 1                       # share among upstreams of one priority
+        model_map: {gpt-5: gpt-5-2025-08-07}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from .settings import Settings
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message says why and where."""
+
+
+class UpstreamConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    base_url: str = Field(pattern=r"^https?://")
+    api_key: SecretStr | None = None
+    api_key_env: str | None = Field(default=None, min_length=1)
+    models: tuple[str, ...] | None = None
+    priority: int = 0
+    weight: float = Field(default=1.0, gt=0)
+    model_map: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> UpstreamConfig:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("give api_key or api_key_env, not both")
+        return self
+
+
+class GatewayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    upstreams: tuple[UpstreamConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        names = [upstream.name for upstream in self.upstreams]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"upstream names must be unique: {', '.join(duplicates)}")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    """One upstream, ready to use: its key resolved (None when missing)."""
+
+    name: str
+    base_url: str
+    # Kept out of repr: a spec printed in a log or a traceback must not carry the key.
+    api_key: str | None = field(repr=False)
+    # The setting an operator must set when the key is missing.
+    key_setting: str
+    models: frozenset[str] | None
+    priority: int
+    weight: float
+    model_map: Mapping[str, str]
+
+
+def load_config(path: Path) -> GatewayConfig:
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        # Not str(exc), nor chained: it quotes the offending line, which may hold an api_key.
+        raise ConfigError(f"{path} is not valid YAML: {_where(exc)}") from None
+    try:
+        return GatewayConfig.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'file'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def _where(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or type(error).__name__
+    if mark is None:
+        return problem
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def _key(value: str | None) -> str | None:
+    return (value or "").strip() or None
+
+
+def upstream_specs(
+    settings: Settings, environ: Mapping[str, str] = os.environ
+) -> tuple[UpstreamSpec, ...]:
+    if settings.config is None:
+        return (
+            UpstreamSpec(
+                name="typegpt",
+                base_url=settings.typegpt_base_url,
+                api_key=settings.upstream_key,
+                key_setting="TYPEGPT_API_KEY",
+                models=None,
+                priority=0,
+                weight=1.0,
+                model_map={},
+            ),
+        )
+    specs = []
+    for upstream in load_config(settings.config).upstreams:
+        if upstream.api_key_env is not None:
+            key, setting = _key(environ.get(upstream.api_key_env)), upstream.api_key_env
+        else:
+            secret = upstream.api_key.get_secret_value() if upstream.api_key else None
+            key, setting = _key(secret), f"api_key of upstream {upstream.name!r}"
+        specs.append(
+            UpstreamSpec(
+                name=upstream.name,
+                base_url=upstream.base_url.rstrip("/"),
+                api_key=key,
+                key_setting=setting,
+                models=frozenset(upstream.models) if upstream.models is not None else None,
+                priority=upstream.priority,
+                weight=upstream.weight,
+                model_map=dict(upstream.model_map),
+            )
+        )
+    return tuple(specs)

@@ -1,0 +1,245 @@
+"""The Redis limiter backend: one shared state for every gateway replica.
+
+Each check-and-record is one Lua script, which Redis runs atomically, and all times come from
+Redis's own clock (`TIME`), so N replicas sharing a Redis admit exactly N requests for a limit
+of N whatever their clocks say. In-flight requests are leases with an expiry, renewed while
+they run, so a replica that dies cannot hold slots for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from .limiter import LimiterUnavailableError
+from .rules import BUCKET, WINDOW, Decision, Limits, Snapshot, decide, period_bounds
+
+logger = logging.getLogger(__name__)
+
+LEASE_TTL = 30.0  # seconds; renewed every third of it while the request runs
+# Budget counters outlive their period a little, for requests that straddle its end.
+BUDGET_GRACE = 86_400
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local budget, maxc = tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease_ttl, window, bucket = tonumber(ARGV[6]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local admit = true
+
+local requests, oldest, newest = 0, -1, -1
+if rpm > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  requests = redis.call('ZCARD', KEYS[1])
+  if requests > 0 then
+    oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+    newest = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
+  end
+  if requests >= rpm then admit = false end
+end
+
+local buckets, tokens = {}, 0
+if tpm > 0 then
+  local flat = redis.call('HGETALL', KEYS[2])
+  for i = 1, #flat, 2 do
+    local start, count = tonumber(flat[i]), tonumber(flat[i + 1])
+    if (start + bucket) * 1000 + window > now then
+      tokens = tokens + count
+      buckets[#buckets + 1] = start
+      buckets[#buckets + 1] = count
+    else
+      redis.call('HDEL', KEYS[2], flat[i])
+    end
+  end
+  if tokens >= tpm then admit = false end
+end
+
+local used = 0
+if budget > 0 then
+  redis.call('SET', KEYS[3], ARGV[7], 'NX', 'EXAT', ARGV[8])
+  used = tonumber(redis.call('GET', KEYS[3]))
+  if used >= budget then admit = false end
+end
+
+local in_flight = 0
+if maxc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  in_flight = redis.call('ZCARD', KEYS[4])
+  if in_flight >= maxc then admit = false end
+end
+
+if admit then
+  if rpm > 0 then
+    redis.call('ZADD', KEYS[1], now, ARGV[5])
+    redis.call('PEXPIRE', KEYS[1], window)
+  end
+  if maxc > 0 then
+    redis.call('ZADD', KEYS[4], now + lease_ttl, ARGV[5])
+    redis.call('PEXPIRE', KEYS[4], lease_ttl)
+  end
+end
+local reply = {admit and 1 or 0, now, requests, oldest, newest, used, in_flight}
+for i = 1, #buckets do reply[#reply + 1] = buckets[i] end
+return reply
+"""
+
+_ADD_TOKENS = """
+local t = redis.call('TIME')
+local bucket = tonumber(ARGV[5])
+local start = math.floor(tonumber(t[1]) / bucket) * bucket
+if ARGV[2] == '1' then
+  redis.call('HINCRBY', KEYS[1], start, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[6]) + bucket * 1000)
+end
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EXAT', ARGV[4])
+  redis.call('INCRBY', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
+_RENEW = """
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', until_ms, ARGV[i + 1])
+  redis.call('PEXPIRE', key, tonumber(ARGV[1]))
+end
+return 1
+"""
+
+
+def _keys(name: str) -> tuple[str, str, str]:
+    # One hash tag per client key keeps its keys in one slot (Redis Cluster, proxies).
+    base = f"typegpt-gateway:limits:{{{name}}}"
+    return f"{base}:requests", f"{base}:tokens", f"{base}:in-flight"
+
+
+def _budget_key(name: str, now: float, limits: Limits) -> tuple[str, int]:
+    start, end = period_bounds(now, limits.budget_period or "month")
+    key = f"typegpt-gateway:limits:{{{name}}}:budget:{limits.budget_period}:{start.isoformat()}"
+    return key, int(end) + BUDGET_GRACE
+
+
+def _snapshot(reply: Sequence[int]) -> tuple[bool, Snapshot]:
+    admitted, now_ms, requests, oldest, newest, used, in_flight, *flat = (int(x) for x in reply)
+    buckets = sorted(zip(flat[0::2], flat[1::2], strict=True))
+    return bool(admitted), Snapshot(
+        now=now_ms / 1000,
+        requests=requests,
+        oldest_request=oldest / 1000 if oldest >= 0 else None,
+        newest_request=newest / 1000 if newest >= 0 else None,
+        token_buckets=tuple(buckets),
+        budget_used=used,
+        in_flight=in_flight,
+    )
+
+
+class RedisBackend:
+    def __init__(self, url: str, *, timeout: float) -> None:
+        # One quick retry on a fresh connection covers a Redis that restarted; more would
+        # only stall requests while it is down.
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._add_tokens = self._redis.register_script(_ADD_TOKENS)
+        self._renew = self._redis.register_script(_RENEW)
+        self._leases: dict[str, str] = {}  # lease id -> its in-flight set
+        self._renewer: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return "RedisBackend()"  # the URL may hold a password
+
+    async def acquire(self, name: str, limits: Limits, lease: str, budget_seed: int) -> Decision:
+        requests, tokens, in_flight = _keys(name)
+        budget, budget_expiry = _budget_key(name, time.time(), limits)
+        args = (
+            limits.rpm or 0,
+            limits.tpm or 0,
+            limits.budget_tokens or 0,
+            limits.max_concurrent or 0,
+            lease,
+            int(LEASE_TTL * 1000),
+            budget_seed,
+            budget_expiry,
+            int(WINDOW * 1000),
+            BUCKET,
+        )
+        try:
+            reply = await self._acquire(keys=[requests, tokens, budget, in_flight], args=args)
+        except (RedisError, OSError) as exc:
+            raise LimiterUnavailableError(type(exc).__name__) from exc
+        admitted, snap = _snapshot(reply)
+        if admitted and limits.max_concurrent is not None:
+            self._leases[lease] = in_flight
+            self._start_renewer()
+        decision = decide(limits, snap)
+        if decision.admitted != admitted:
+            # Both sides compare the same numbers: a difference is a bug, not a verdict.
+            await self.release(name, lease)
+            raise LimiterUnavailableError("the Lua script and the rules disagree")
+        return decision
+
+    async def add_tokens(self, name: str, limits: Limits, tokens: int, budget_seed: int) -> None:
+        bucket_key = _keys(name)[1]
+        budget, budget_expiry = _budget_key(name, time.time(), limits)
+        args = (
+            tokens,
+            "1" if limits.tpm is not None else "0",
+            str(budget_seed) if limits.budget_tokens is not None else "",
+            budget_expiry,
+            BUCKET,
+            int(WINDOW * 1000),
+        )
+        try:
+            await self._add_tokens(keys=[bucket_key, budget], args=args)
+        except (RedisError, OSError) as exc:
+            raise LimiterUnavailableError(type(exc).__name__) from exc
+
+    async def release(self, name: str, lease: str) -> None:
+        in_flight = self._leases.pop(lease, None)
+        if in_flight is None:
+            return
+        try:
+            await self._redis.zrem(in_flight, lease)
+        except (RedisError, OSError) as exc:
+            # The lease expires by itself within LEASE_TTL.
+            raise LimiterUnavailableError(type(exc).__name__) from exc
+
+    def _start_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_leases())
+
+    async def _renew_leases(self) -> None:
+        while self._leases:
+            await asyncio.sleep(LEASE_TTL / 3)
+            leases = list(self._leases.items())
+            if not leases:
+                return
+            try:
+                await self._renew(
+                    keys=[key for _, key in leases],
+                    args=[int(LEASE_TTL * 1000), *(lease for lease, _ in leases)],
+                )
+            except (RedisError, OSError) as exc:
+                logger.warning("could not renew in-flight leases in Redis: %s", type(exc).__name__)
+
+    async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        await self._redis.aclose()

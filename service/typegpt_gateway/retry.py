@@ -1,0 +1,96 @@
+"""When a failed upstream attempt is tried again, and after how long. Pure rules on top of
+tenacity, which runs the loop: full-jitter exponential backoff, bounded by a number of
+attempts and by a deadline that no backoff may cross.
+
+Only attempts whose failure reached no client are retried (the caller retries only before it
+has answered). Another upstream that is ready is tried at once; the same one is waited for,
+at least as long as its Retry-After and its cooldown say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from .errors import GatewayError
+
+# Connect errors are retried too; other client errors (4xx) never are.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class AttemptFailed(Exception):
+    """One upstream attempt failed before anything was sent to the client."""
+
+    def __init__(
+        self,
+        error: GatewayError,
+        *,
+        retryable: bool,
+        cools: bool,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retryable = retryable
+        # Counts against the upstream's health (it failed, not the client's request).
+        self.cools = cools
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int
+    # Seconds from the first attempt; no retry starts, and no backoff waits, past it.
+    deadline: float
+    backoff: float
+    backoff_max: float
+
+
+def backoff_wait(
+    jittered: float, retry_after: float | None, *, failover_ready: bool, cooldown_left: float
+) -> float:
+    """Seconds before the next attempt."""
+    if failover_ready:
+        return 0.0
+    return max(jittered, retry_after or 0.0, cooldown_left)
+
+
+# What the caller knows when an attempt failed: is another upstream ready, and if not, how
+# long until one is out of cooldown.
+NextUpstream = Callable[[AttemptFailed], tuple[bool, float]]
+
+
+def retrying(
+    policy: RetryPolicy,
+    next_upstream: NextUpstream,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> AsyncRetrying:
+    """`async for attempt in retrying(...): with attempt: ...`; re-raises the last failure."""
+    jitter = wait_random_exponential(multiplier=policy.backoff, max=policy.backoff_max)
+
+    def wait(state: RetryCallState) -> float:
+        failure = state.outcome.exception() if state.outcome else None
+        if not isinstance(failure, AttemptFailed):
+            return 0.0
+        ready, cooldown_left = next_upstream(failure)
+        return backoff_wait(
+            jitter(state), failure.retry_after, failover_ready=ready, cooldown_left=cooldown_left
+        )
+
+    return AsyncRetrying(
+        retry=retry_if_exception(lambda exc: isinstance(exc, AttemptFailed) and exc.retryable),
+        wait=wait,
+        stop=stop_after_attempt(policy.attempts) | stop_before_delay(policy.deadline),
+        sleep=sleep,
+        reraise=True,
+    )

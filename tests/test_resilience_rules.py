@@ -1,0 +1,344 @@
+"""Unit tests of the pure resilience rules: timeouts, routing and cooldowns, retries, model
+renaming, the upstreams file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from typegpt_gateway.config import ConfigError, load_config, upstream_specs
+from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.model_mapping import replace_model
+from typegpt_gateway.retry import AttemptFailed, RetryPolicy, backoff_wait, retrying
+from typegpt_gateway.routing import CooldownPolicy, Route, Router
+from typegpt_gateway.settings import Settings
+from typegpt_gateway.timeouts import Deadlines, Timeouts
+from typegpt_gateway.upstream import attempt_failure, parse_retry_after
+
+# --- timeouts --------------------------------------------------------------------------------
+
+TIMEOUTS = Timeouts(connect=1, first_byte=60, idle=10, total=100)
+
+
+def test_first_byte_then_idle_deadlines():
+    deadlines = Deadlines(TIMEOUTS, now=1000)
+    due, late = deadlines.next_read(now=1030)
+    assert due == 1060 and late.status == 504 and "no answer within 60 s" in late.message
+    deadlines.got_bytes()
+    due, late = deadlines.next_read(now=1070)
+    assert due == 1080 and "silent for 10 s" in late.message
+
+
+def test_total_deadline_caps_the_others():
+    deadlines = Deadlines(TIMEOUTS, now=1000)
+    deadlines.got_bytes()
+    due, late = deadlines.next_read(now=1095)
+    assert due == 1100 and "not finished within 100 s" in late.message
+    deadlines.attempt(now=1050)  # a retry: the first byte is due again, but within the total
+    due, late = deadlines.first_byte()
+    assert due == 1100 and late.type == "timeout_error"
+
+
+# --- routing and cooldowns -------------------------------------------------------------------
+
+
+def router(*routes: Route, after: int = 2, rng: random.Random | None = None) -> Router:
+    return Router(routes, CooldownPolicy(after=after, first=1, longest=8), rng or random.Random(7))
+
+
+def test_routes_by_model_then_priority():
+    r = router(
+        Route("a", frozenset({"gpt-4o"}), priority=1),
+        Route("b", None, priority=0),
+        Route("c", frozenset({"o3"}), priority=0),
+    )
+    assert r.pick("gpt-4o", now=0).name == "b"
+    assert {r.pick("o3", now=0).name for _ in range(20)} == {"b", "c"}
+    assert r.serves("anything") and not router(Route("x", frozenset({"o3"}))).serves("gpt-4o")
+
+
+def test_weights_share_the_load():
+    r = router(Route("light", weight=1), Route("heavy", weight=3), rng=random.Random(1))
+    counts = Counter(r.pick("m", now=0).name for _ in range(4000))
+    assert 0.7 < counts["heavy"] / 4000 < 0.8
+
+
+def test_untried_upstreams_first():
+    r = router(Route("a"), Route("b", priority=5))
+    assert r.pick("m", now=0, avoid={"a"}).name == "b"
+    # Once every upstream was tried, the best one again.
+    assert r.pick("m", now=0, avoid={"a", "b"}).name == "a"
+
+
+def test_cooldown_grows_and_ends_on_its_own():
+    r = router(Route("a"), Route("b", priority=1), after=2)
+    r.failed("a", now=0)
+    assert r.pick("m", now=0).name == "a"  # one failure is not yet a pattern
+    r.failed("a", now=0)
+    assert r.pick("m", now=0.5).name == "b"  # cooling for 1 s
+    assert r.pick("m", now=1.0).name == "a"  # back on its own
+    r.failed("a", now=1.0)
+    assert r.cooling_until("a") == 3.0  # 2 s: doubled
+    for _ in range(10):
+        r.failed("a", now=10)
+    assert r.cooling_until("a") == 18  # capped at 8 s
+    r.succeeded("a")
+    assert r.pick("m", now=10).name == "a"
+    r.failed("a", now=10)
+    assert r.pick("m", now=10).name == "a"  # the count started over
+
+
+def test_all_cooling_and_ready_in():
+    r = router(Route("a"), Route("b"), after=1)
+    r.failed("a", now=0)
+    r.failed("b", now=0.5)
+    assert r.pick("m", now=0.6) is None
+    assert r.ready_in("m", now=0.6) == pytest.approx(0.4)
+    assert r.ready_in("m", now=2) == 0
+    assert r.pick("m", now=1.0).name == "a"
+
+
+def test_retry_after_cools_at_once_unless_cooldowns_are_off():
+    r = router(Route("a"), after=3)
+    r.failed("a", now=0, retry_after=7)
+    assert r.ready_in("m", now=0) == 7
+    off = router(Route("a"), after=0)
+    for _ in range(5):
+        off.failed("a", now=0, retry_after=7)
+    assert off.pick("m", now=0).name == "a"
+
+
+def test_cooldown_policy_lengths():
+    policy = CooldownPolicy(after=3, first=1, longest=60)
+    assert [policy.length(n) for n in range(1, 11)] == [0, 0, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert CooldownPolicy(after=0).length(100) == 0
+    assert policy.length(10**6) == 60
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+def test_backoff_wait_rules():
+    assert backoff_wait(0.3, None, failover_ready=True, cooldown_left=5) == 0
+    assert backoff_wait(0.3, None, failover_ready=False, cooldown_left=0) == 0.3
+    assert backoff_wait(0.3, 2.0, failover_ready=False, cooldown_left=1) == 2.0
+    assert backoff_wait(0.3, 2.0, failover_ready=False, cooldown_left=4) == 4
+
+
+def failure(status: int = 502, *, retryable: bool = True, retry_after: float | None = None):
+    return AttemptFailed(
+        GatewayError(status, "x"), retryable=retryable, cools=True, retry_after=retry_after
+    )
+
+
+def run_retries(
+    outcomes: list[AttemptFailed | str],
+    policy: RetryPolicy,
+    failover_ready: bool = False,
+) -> tuple[object, list[float], int]:
+    """Runs the retry loop over scripted outcomes; returns result, waits, attempts made."""
+    waits: list[float] = []
+    attempts = 0
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def main() -> object:
+        nonlocal attempts
+        script = iter(outcomes)
+        async for attempt in retrying(policy, lambda _: (failover_ready, 0.0), sleep):
+            with attempt:
+                attempts += 1
+                outcome = next(script)
+                if isinstance(outcome, AttemptFailed):
+                    raise outcome
+                return outcome
+        raise AssertionError("unreachable")
+
+    try:
+        result: object = asyncio.run(main())
+    except AttemptFailed as exc:
+        result = exc
+    return result, waits, attempts
+
+
+POLICY = RetryPolicy(attempts=4, deadline=30, backoff=0.5, backoff_max=2)
+
+
+def test_retries_until_success_with_growing_jittered_backoff():
+    result, waits, attempts = run_retries([failure(), failure(), failure(), "ok"], POLICY)
+    assert (result, attempts) == ("ok", 4)
+    assert len(waits) == 3
+    for number, wait in enumerate(waits, start=1):
+        assert 0 <= wait <= min(2, 0.5 * 2 ** (number - 1))
+
+
+def test_gives_up_after_the_attempts_with_the_last_failure():
+    last = failure(503)
+    result, waits, attempts = run_retries([failure(), failure(), failure(), last], POLICY)
+    assert result is last and attempts == 4 and len(waits) == 3
+
+
+def test_non_retryable_failure_is_raised_at_once():
+    refused = failure(400, retryable=False)
+    result, waits, attempts = run_retries([refused, "ok"], POLICY)
+    assert result is refused and attempts == 1 and waits == []
+
+
+def test_retry_after_is_waited_for_within_the_deadline():
+    result, waits, _ = run_retries([failure(429, retry_after=3), "ok"], POLICY)
+    assert result == "ok" and waits[0] == 3
+
+
+def test_retry_after_past_the_deadline_is_passed_on_at_once():
+    limited = failure(429, retry_after=60)
+    result, waits, attempts = run_retries([limited, "ok"], POLICY)
+    assert result is limited and waits == [] and attempts == 1
+
+
+def test_failover_to_a_ready_upstream_does_not_wait():
+    result, waits, _ = run_retries([failure(), failure(), "ok"], POLICY, failover_ready=True)
+    assert result == "ok" and waits == [0, 0]
+
+
+def test_attempt_failure_classification():
+    for status in (408, 429, 500, 502, 503, 504):
+        assert attempt_failure(status, b"", {}, ()).retryable, status
+    for status in (400, 401, 403, 404, 409, 413, 422, 501):
+        assert not attempt_failure(status, b"", {}, ()).retryable, status
+    assert attempt_failure(401, b"", {}, ()).cools  # our key was refused: route elsewhere
+    assert attempt_failure(501, b"", {}, ()).cools
+    assert not attempt_failure(400, b"", {}, ()).cools
+    limited = attempt_failure(429, b"", {"Retry-After": "4"}, ())
+    assert limited.retry_after == 4 and limited.error.status == 429
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({}, None),
+        ({"retry-after": "x"}, None),
+    ],
+)
+def test_parse_retry_after(headers, seconds):
+    assert parse_retry_after(headers) == seconds
+
+
+# --- renaming the model ----------------------------------------------------------------------
+
+
+def test_replace_model_changes_only_the_top_level_model_value():
+    body = (
+        b'{"messages": [{"role": "user", "content": "model", "model": "keep"}],\n'
+        b'  "model" :  "gpt-5", "seed": 18446744073709551617, "x": {"model": "keep"}}'
+    )
+    replaced = replace_model(body, "gpt-5-2025-08-07")
+    assert replaced == body.replace(b'"gpt-5"', b'"gpt-5-2025-08-07"')
+
+
+def test_replace_model_handles_escapes_duplicates_and_unicode():
+    body = '{"mod\\u0065l": "a\\"b", "text": "\\\\\\"{[", "model": "gpt", "z": "é"}'.encode()
+    replaced = replace_model(body, "näme/v2")
+    assert json.loads(replaced) == {"model": "näme/v2", "text": '\\"{[', "z": "é"}
+    assert replaced.count(b'"n\xc3\xa4me/v2"') == 2
+    assert replaced.endswith(b', "z": "\xc3\xa9"}')
+
+
+def test_replace_model_in_a_large_body():
+    body = b'{"messages": [{"role": "user", "content": "' + b"x" * 8_000_000 + b'"}], "model": "a"}'
+    replaced = replace_model(body, "bb")
+    assert replaced == body[:-4] + b'"bb"}'
+
+
+def test_body_without_model_is_returned_as_is():
+    body = b'{"messages": []}'
+    assert replace_model(body, "x") is body
+
+
+# --- the upstreams file ----------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_config_file_gives_upstreams_with_resolved_keys(tmp_path):
+    path = write(
+        tmp_path,
+        """
+upstreams:
+  - name: a
+    base_url: https://one.example/v1/
+    api_key_env: KEY_A
+  - name: b
+    base_url: http://127.0.0.1:9/v1
+    api_key: sk-inline
+    models: [gpt-4o, gpt-5]
+    priority: 1
+    weight: 2.5
+    model_map: {gpt-5: gpt-5-2025}
+  - name: c
+    base_url: http://127.0.0.1:9/v1
+    api_key_env: UNSET_KEY
+""",
+    )
+    specs = upstream_specs(Settings(config=path), {"KEY_A": " sk-a "})
+    a, b, c = specs
+    assert (a.name, a.base_url, a.api_key, a.models) == (
+        "a",
+        "https://one.example/v1",
+        "sk-a",
+        None,
+    )
+    assert (b.api_key, b.models, b.priority, b.weight) == (
+        "sk-inline",
+        frozenset({"gpt-4o", "gpt-5"}),
+        1,
+        2.5,
+    )
+    assert b.model_map == {"gpt-5": "gpt-5-2025"}
+    assert c.api_key is None and c.key_setting == "UNSET_KEY"
+
+
+def test_without_a_file_the_environment_names_the_one_upstream():
+    settings = Settings(TYPEGPT_API_KEY="sk-env", TYPEGPT_BASE_URL="http://127.0.0.1:1/v1/")
+    (spec,) = upstream_specs(settings, {})
+    assert (spec.base_url, spec.api_key, spec.key_setting) == (
+        "http://127.0.0.1:1/v1",
+        "sk-env",
+        "TYPEGPT_API_KEY",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("upstreams: []", "upstreams"),
+        ("upstreams:\n  - {name: a, base_url: ftp://x}", "base_url"),
+        ("upstreams:\n  - {name: a, base_url: 'http://x', api_key: k, api_key_env: K}", "not both"),
+        (
+            "upstreams:\n  - {name: a, base_url: 'http://x'}\n  - {name: a, base_url: 'http://y'}",
+            "unique",
+        ),
+        ("upstreams:\n  - {name: a, base_url: 'http://x', wieght: 2}", "wieght"),
+        ("upstreams:\n  - {name: a, base_url: 'http://x', weight: 0}", "weight"),
+        ("upstreams: [", "not valid YAML"),
+    ],
+)
+def test_bad_config_files_say_what_is_wrong(tmp_path, text, complaint):
+    with pytest.raises(ConfigError, match=complaint):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,217 @@
+"""The key stores — SQLite and a real PostgreSQL — held to the same behaviour, and the SQLite
+migration from the first release's schema."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from typegpt_gateway.keys import hash_key
+from typegpt_gateway.pgstore import PostgresKeyStore
+from typegpt_gateway.store import KeyExistsError, KeyNotFoundError, KeyStore, Store, UsageRow
+
+DAY = dt.date(2026, 5, 1)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_factory(request, tmp_path) -> Iterator:
+    """Opens connections to one store (several, as the CLI and the server do)."""
+    if request.param == "sqlite":
+        path = tmp_path / "keys.db"
+
+        def factory() -> Store:
+            return KeyStore(path)
+    else:
+        url = request.getfixturevalue("postgres_server").new_database()
+
+        def factory() -> Store:
+            return PostgresKeyStore(url)
+
+    opened: list[Store] = []
+
+    def opening() -> Store:
+        opened.append(factory())
+        return opened[-1]
+
+    yield opening
+    for store in opened:
+        store.close()
+
+
+def test_create_get_update_revoke(store_factory):
+    store = store_factory()
+    record, key = store.create("alice", models=["o3", "gpt-4o"], rpm=3, tpm=1000)
+    assert record.key_hash == hash_key(key)
+    got = store.get("alice")
+    assert (got.rpm, got.tpm, got.max_concurrent, got.budget_tokens) == (3, 1000, None, None)
+    assert got.models == ("gpt-4o", "o3")
+    assert store.by_hash()[hash_key(key)].name == "alice"
+
+    updated = store.update("alice", rpm=None, max_concurrent=2, budget_tokens=500)
+    assert (updated.rpm, updated.tpm, updated.max_concurrent) == (None, 1000, 2)
+    assert (updated.budget_tokens, updated.budget_period) == (500, "month")
+    assert store.update("alice", budget_period="day", models=None).models is None
+    assert store.get("alice").budget_period == "day"
+    assert store.get("alice").key_hash == record.key_hash  # same key, new limits
+
+    with pytest.raises(ValueError, match="rpm"):
+        store.update("alice", rpm=0)
+    with pytest.raises(ValueError, match="not a key limit"):
+        store.update("alice", key_hash=b"x")
+    with pytest.raises(KeyExistsError):
+        store.create("alice")
+    store.revoke("alice")
+    with pytest.raises(KeyNotFoundError):
+        store.get("alice")
+    with pytest.raises(KeyNotFoundError):
+        store.update("alice", rpm=1)
+    assert store.create("alice")[0].name == "alice"  # a revoked name can be reused
+    assert [r.name for r in store.records()] == ["alice", "alice"]
+
+
+def test_other_connections_see_changes_through_data_version(store_factory):
+    server, cli = store_factory(), store_factory()
+    version = server.data_version()
+    cli.create("bob")
+    assert server.data_version() != version
+    version = server.data_version()
+    cli.update("bob", rpm=7)
+    assert server.data_version() != version
+    assert server.get("bob").rpm == 7
+    # The server's own writes (an admin API) count too.
+    version = server.data_version()
+    server.update("bob", rpm=8)
+    assert server.data_version() != version
+
+
+def test_usage_adds_up_per_day_and_model(store_factory):
+    store = store_factory()
+    store.add_usage(
+        [
+            ("k", UsageRow(DAY, "gpt-4o", 1, 10, 20, 0)),
+            ("k", UsageRow(DAY, "o3", 1, 1, 2, 1)),
+            ("other", UsageRow(DAY, "gpt-4o", 9, 9, 9, 9)),
+        ]
+    )
+    store.add_usage([("k", UsageRow(DAY, "gpt-4o", 2, 5, 5, 1))])
+    store.add_usage([("k", UsageRow(DAY + dt.timedelta(days=1), "gpt-4o", 1, 1, 1, 0))])
+    assert store.usage("k") == [
+        UsageRow(DAY, "gpt-4o", 3, 15, 25, 1),
+        UsageRow(DAY, "o3", 1, 1, 2, 1),
+        UsageRow(DAY + dt.timedelta(days=1), "gpt-4o", 1, 1, 1, 0),
+    ]
+    assert store.usage("k", since=DAY + dt.timedelta(days=1)) == [
+        UsageRow(DAY + dt.timedelta(days=1), "gpt-4o", 1, 1, 1, 0)
+    ]
+    assert store.usage("nobody") == []
+    store.add_usage([])
+
+
+def test_concurrent_writers_lose_nothing(store_factory):
+    stores = [store_factory() for _ in range(3)]
+
+    def write(store: Store) -> None:
+        for _ in range(20):
+            store.add_usage([("k", UsageRow(DAY, "gpt-4o", 1, 2, 3, 0))])
+
+    threads = [threading.Thread(target=write, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert stores[0].usage("k") == [UsageRow(DAY, "gpt-4o", 60, 120, 180, 0)]
+
+
+# The schema of the first release (before limits and the ledger), verbatim.
+FIRST_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    key_hash BLOB NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    models TEXT,
+    rpm INTEGER,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
+"""
+
+
+def test_sqlite_store_from_the_first_release_is_migrated(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(FIRST_SCHEMA)
+    old.execute(
+        "INSERT INTO keys (name, key_hash, prefix, models, rpm, created_at) "
+        "VALUES ('legacy', ?, 'sk-legacy', '[\"gpt-4o\"]', 60, 1.0)",
+        (hash_key("sk-legacy-key"),),
+    )
+    old.commit()
+    old.close()
+
+    store = KeyStore(path)
+    try:
+        record = store.by_hash()[hash_key("sk-legacy-key")]
+        assert (record.name, record.models, record.rpm) == ("legacy", ("gpt-4o",), 60)
+        assert (record.tpm, record.max_concurrent, record.budget_tokens) == (None, None, None)
+        assert store.update("legacy", tpm=100, budget_tokens=9).tpm == 100
+        store.add_usage([("legacy", UsageRow(DAY, "gpt-4o", 1, 1, 1, 0))])
+        assert len(store.usage("legacy")) == 1
+    finally:
+        store.close()
+    # Opening again (the CLI and the server both do) changes nothing.
+    again = KeyStore(path)
+    try:
+        assert again.get("legacy").budget_tokens == 9
+    finally:
+        again.close()
+
+
+def test_postgres_schema_is_created_once_by_replicas_starting_together(postgres_server):
+    url = postgres_server.new_database()
+    stores: list[Store] = []
+    errors: list[Exception] = []
+
+    def open_one() -> None:
+        try:
+            stores.append(PostgresKeyStore(url))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert errors == [] and len(stores) == 4
+        stores[0].create("x")
+        assert stores[3].get("x").name == "x"
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_postgres_reconnects_after_the_connection_drops(postgres_server):
+    import psycopg
+
+    url = postgres_server.new_database()
+    store = PostgresKeyStore(url)
+    try:
+        store.create("y")
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(psycopg.OperationalError):
+            store.get("y")  # the call that finds the connection dead fails...
+        assert store.get("y").name == "y"  # ...and the next one reconnects
+    finally:
+        store.close()

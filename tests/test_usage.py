@@ -1,0 +1,136 @@
+"""Token usage rules (pure) and the usage ledger's batching."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+
+import pytest
+from fake_upstream import make_chunk, make_completion, make_usage, make_usage_chunk
+
+from typegpt_gateway.chat import parse_chat_request
+from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.ledger import UsageLedger
+from typegpt_gateway.store import UsageRow
+from typegpt_gateway.usage import (
+    Usage,
+    UsageMeter,
+    estimate_tokens,
+    prompt_chars,
+    rejects_stream_options,
+    with_include_usage,
+)
+
+
+def _bytes(document: object) -> bytes:
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"m","messages":[]}',
+        b'  \n{ "model": "m", "seed": 18446744073709551617 }',
+    ],
+)
+def test_include_usage_is_spliced_in_and_nothing_else_changes(body):
+    spliced = with_include_usage(body)
+    brace = body.index(b"{") + 1
+    assert spliced == body[:brace] + b'"stream_options":{"include_usage":true},' + body[brace:]
+    assert json.loads(spliced)["stream_options"] == {"include_usage": True}
+
+
+def test_the_request_says_what_the_client_asked_of_stream_options():
+    def parse(**fields: object):
+        return parse_chat_request(
+            _bytes({"model": "m", "messages": [{"role": "user", "content": "abcd"}], **fields})
+        )
+
+    assert parse(stream=True).include_usage is None
+    assert parse(stream=True, stream_options={"include_usage": True}).include_usage is True
+    assert parse(stream=True, stream_options={"include_usage": False}).include_usage is False
+    assert parse(stream=True, stream_options=None).include_usage is False
+    assert parse().prompt_chars == 4
+
+
+def test_prompt_chars_count_text_and_text_parts():
+    messages = [
+        {"role": "system", "content": "12345"},
+        {"role": "user", "content": [{"type": "text", "text": "123"}, {"type": "image_url"}]},
+        {"role": "assistant", "content": None},
+        "not a message",
+    ]
+    assert prompt_chars(messages) == 8
+    assert estimate_tokens(8) == 2 and estimate_tokens(9) == 3 and estimate_tokens(0) == 0
+
+
+def test_rejects_stream_options():
+    assert rejects_stream_options(GatewayError(400, "Unknown parameter: 'stream_options'."))
+    assert rejects_stream_options(GatewayError(422, "bad", param="stream_options"))
+    assert not rejects_stream_options(GatewayError(400, "messages is required"))
+    assert not rejects_stream_options(GatewayError(502, "stream_options broke us"))
+
+
+def test_meter_reads_a_whole_answers_usage():
+    meter = UsageMeter(100, strip_usage_chunk=False)
+    meter.see_answer(_bytes(make_completion(prompt_tokens=11)))
+    assert meter.usage() == Usage(11, 7)
+
+
+def test_meter_strips_only_the_usage_chunk_it_asked_for():
+    asked_by_gateway = UsageMeter(8, strip_usage_chunk=True)
+    chunk = _bytes(make_chunk({"content": "abcdefgh"}, include_usage=True))
+    usage_chunk = _bytes(make_usage_chunk(make_usage(3, 4)))
+    assert asked_by_gateway.see_chunk(chunk) is True
+    assert asked_by_gateway.see_chunk(usage_chunk) is False
+    assert asked_by_gateway.usage() == Usage(3, 4)
+
+    asked_by_client = UsageMeter(8, strip_usage_chunk=False)
+    assert asked_by_client.see_chunk(usage_chunk) is True
+
+    refused = UsageMeter(8, strip_usage_chunk=True)
+    refused.stop_stripping()
+    assert refused.see_chunk(usage_chunk) is True
+
+
+def test_meter_estimates_what_was_delivered_when_no_usage_came():
+    meter = UsageMeter(41, strip_usage_chunk=True)
+    meter.see_chunk(_bytes(make_chunk({"role": "assistant", "content": ""})))
+    meter.see_chunk(_bytes(make_chunk({"content": "x" * 10})))
+    tool = {"tool_calls": [{"index": 0, "function": {"arguments": '{"a": 1}'}}]}
+    meter.see_chunk(_bytes(make_chunk(tool)))
+    meter.see_chunk(b"not json")
+    assert meter.usage() == Usage(11, 5, estimated=True)  # 41/4 -> 11, (10 + 8)/4 -> 5
+
+
+class FlakyStore:
+    def __init__(self) -> None:
+        self.fail = True
+        self.rows: list[tuple[str, UsageRow]] = []
+
+    def add_usage(self, entries) -> None:
+        if self.fail:
+            raise OSError("disk on fire")
+        self.rows.extend(entries)
+
+
+def test_ledger_batches_and_keeps_what_it_could_not_write():
+    async def scenario() -> None:
+        store = FlakyStore()
+        ledger = UsageLedger(store, interval=3600, clock=lambda: 1_777_593_600.0)  # 2026-05-01
+        ledger.record("k", "gpt-4o", Usage(10, 20), error=False)
+        ledger.record("k", "gpt-4o", None, error=True)
+        assert store.rows == []  # nothing on the request path
+        assert await ledger.flush() is False
+        ledger.record("k", "o3", Usage(1, 2), error=False)
+        store.fail = False
+        assert await ledger.flush() is True
+        day = dt.date(2026, 5, 1)
+        assert sorted(store.rows, key=lambda entry: entry[1].model) == [
+            ("k", UsageRow(day, "gpt-4o", 2, 10, 20, 1)),
+            ("k", UsageRow(day, "o3", 1, 1, 2, 0)),
+        ]
+        assert await ledger.flush() is True and len(store.rows) == 2
+
+    asyncio.run(scenario())
