@@ -28,8 +28,8 @@ VOLUME ["/data"]
 USER gateway
 WORKDIR /home/gateway
 
-# 7000: OpenAI-compatible REST (Envoy); 50051: native gRPC (the backend).
-EXPOSE 7000 50051
+# 7000: OpenAI-compatible REST (Envoy); 50051: native gRPC (the backend); 9464: metrics.
+EXPOSE 7000 50051 9464
 
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["typegpt-gateway", "health", "--target", "127.0.0.1:50051"]

@@ -8,6 +8,9 @@ from fake_upstream import FakeUpstream
 from gateway_process import SCRIPTED_FAILURES, Gateway
 from servers import PostgresServer, RedisServer
 
+from typegpt_gateway.pgstore import PostgresKeyStore
+from typegpt_gateway.store import KeyStore, Store
+
 
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[FakeUpstream]:
@@ -64,6 +67,32 @@ def redis_server() -> Iterator[RedisServer]:
 def postgres_server() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL; each test takes a new database from it."""
     yield from _throwaway(PostgresServer())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
+    """Opens connections to one store (several, as the CLI and the server do): SQLite, then a
+    real PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "keys.db"
+
+        def factory() -> Store:
+            return KeyStore(path)
+    else:
+        url = request.getfixturevalue("postgres_server").new_database()
+
+        def factory() -> Store:
+            return PostgresKeyStore(url)
+
+    opened: list[Store] = []
+
+    def opening() -> Store:
+        opened.append(factory())
+        return opened[-1]
+
+    yield opening
+    for store in opened:
+        store.close()
 
 
 def _throwaway(server: RedisServer | PostgresServer) -> Iterator:

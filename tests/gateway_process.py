@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789abcdef"
+ADMIN_KEY = "admin-SECRET-key-for-tests-0123456789"
 CLI = [sys.executable, "-m", "typegpt_gateway"]
 # Settings under which each scripted upstream failure reaches the client as it is.
 SCRIPTED_FAILURES = {"GATEWAY_UPSTREAM_MAX_ATTEMPTS": "1", "GATEWAY_UPSTREAM_COOLDOWN_AFTER": "0"}
@@ -42,9 +44,13 @@ class Gateway:
     workdir: Path
     upstream_url: str
     upstream_key: str | None = UPSTREAM_KEY
+    admin_key: str | None = ADMIN_KEY
     extra_env: dict[str, str] = field(default_factory=dict)
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    # With a CA file, the gateway is expected to serve HTTPS that this CA vouches for.
+    ca_file: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,7 +63,15 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.ca_file is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client needs to trust this gateway's HTTP port."""
+        if self.ca_file is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     @property
     def grpc_target(self) -> str:
@@ -78,12 +92,16 @@ class Gateway:
             TYPEGPT_BASE_URL=self.upstream_url,
             GATEWAY_SSE_KEEPALIVE_INTERVAL="1",
             GATEWAY_KEY_REFRESH_INTERVAL="0.2",
+            GATEWAY_METRICS_HOST="127.0.0.1",
+            GATEWAY_METRICS_PORT=str(self.metrics_port),
             # Within stop()'s patience, even with a request left hanging.
             GATEWAY_DRAIN_TIMEOUT="5",
             GATEWAY_USAGE_FLUSH_INTERVAL="0.2",
         )
         if self.upstream_key is not None:
             env["TYPEGPT_API_KEY"] = self.upstream_key
+        if self.admin_key is not None:
+            env["GATEWAY_ADMIN_KEY"] = self.admin_key
         for name in ("DATABASE_URL", "REDIS_URL"):  # only what a test asks for
             env.pop(name, None)
         env.update(self.extra_env)
@@ -114,7 +132,7 @@ class Gateway:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -149,7 +167,8 @@ class Gateway:
         """Waits until the running gateway has loaded a key the CLI just made."""
         deadline = time.monotonic() + timeout
         headers = {"authorization": f"Bearer {key}"}
-        while httpx.get(f"{self.url}/v1/models", headers=headers).status_code != 200:
+        models = f"{self.url}/v1/models"
+        while httpx.get(models, headers=headers, verify=self.verify).status_code != 200:
             if time.monotonic() > deadline:
                 raise TimeoutError("the gateway never accepted the new key")
             time.sleep(0.05)

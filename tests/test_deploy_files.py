@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from typegpt_gateway.envoy import LOG_FORMAT as ENVOY_LOG_FORMAT
 from typegpt_gateway.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,13 +235,16 @@ def test_envoy_command_config_path_exists_through_the_mount(services: dict[str, 
     assert mapped.is_file()
     # The gateway's tmp dirs and ports are its own: one Envoy per container, no hot restart.
     assert "--disable-hot-restart" in command
+    # Logs in the same JSON lines as the pip path's Envoy.
+    assert command[command.index("--log-format") + 1] == ENVOY_LOG_FORMAT
 
 
 def test_envoy_config_assets_exist_through_the_mount(
     services: dict[str, Any], envoy_config: dict[str, Any]
 ) -> None:
     paths = asset_paths(envoy_config)
-    assert len(paths) == 2, paths  # the Lua filter and the descriptor set
+    # The Lua filter and the descriptor set (named again by the admin routes' transcoder).
+    assert len(set(paths)) == 2, paths
     for path in paths:
         mapped = host_path(services["envoy"], path)
         assert mapped is not None, f"{path} is not under a bind mount of the envoy service"
@@ -270,6 +274,15 @@ def test_gateway_serves_grpc_only_for_the_envoy_container(services: dict[str, An
         assert int(command[command.index("--grpc-port") + 1]) == GRPC_PORT
     assert gateway["build"] in (".", {"context": "."})
     assert gateway["env_file"] in (".env", [".env"])
+
+
+def test_gateway_exposes_metrics_on_the_default_port(services: dict[str, Any]) -> None:
+    metrics_port = Settings.model_fields["metrics_port"].default
+    assert str(metrics_port) in [str(port) for port in services["gateway"]["expose"]]
+    exposed = {port.split("/")[0] for args in dockerfile("EXPOSE") for port in args.split()}
+    assert str(metrics_port) in exposed
+    # Metrics stay off the public port.
+    assert not any(str(metrics_port) in pair for pair in published_ports(services["envoy"]))
 
 
 def test_gateway_healthcheck_and_startup_order(services: dict[str, Any]) -> None:
@@ -431,6 +444,7 @@ def test_env_example_lists_the_upstream_settings() -> None:
             values[key.strip()] = value.strip()
     assert "TYPEGPT_API_KEY" in values
     assert values["TYPEGPT_API_KEY"] == "", "no real key in the example"
+    assert values["GATEWAY_ADMIN_KEY"] == "", "no real admin key in the example"
     assert values["TYPEGPT_BASE_URL"] == Settings.model_fields["typegpt_base_url"].default
 
 

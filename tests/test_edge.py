@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 from fake_upstream import Reply, make_chunk
-from gateway_process import Gateway, running
+from gateway_process import ADMIN_KEY, Gateway, running
 from openai_shape import assert_error, chat_body, sse_payloads
 
 from typegpt_gateway.envoy import render_config
@@ -150,6 +150,18 @@ def test_oversized_headers_are_431_in_the_error_shape(gateway) -> None:
     assert httpx.get(f"{gateway.url}/healthz", headers={"x-big": "a" * 30_000}).status_code == 200
 
 
+def test_an_error_quoting_bytes_that_are_not_utf8_is_still_utf8(gateway) -> None:
+    # The transcoder quotes the bad bytes of a typed (admin) body in its parse error.
+    response = httpx.post(
+        f"{gateway.url}/v1/admin/keys",
+        content=b'{"name": "ok\x86\xed\xa0\x80\xf0\x9f\x98\x80"}',
+        headers={"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    error = json.loads(response.content.decode("utf-8"))["error"]  # strict: no stray bytes
+    assert error["code"] == 400 and "\ufffd" in error["message"], error
+
+
 def test_headers_grpc_metadata_cannot_carry_are_dropped_not_fatal(gateway, api_key) -> None:
     # Legal HTTP header names that are not gRPC metadata keys: the backend would refuse the
     # whole call (a 500) if they got through.
@@ -220,6 +232,12 @@ def test_no_server_banner_or_proxy_headers_on_any_answer(gateway, api_key, upstr
         names = set(response.headers)
         assert "server" not in names and "via" not in names and "x-powered-by" not in names
         assert not [n for n in names if n.startswith(("x-envoy", "grpc-", "x-openai", "x-http"))]
+    # The metrics port names no software versions either.
+    metrics = f"http://127.0.0.1:{gateway.metrics_port}"
+    for path in ("/metrics", "/metrics/envoy"):
+        response = httpx.get(f"{metrics}{path}")
+        assert response.status_code == 200
+        assert response.headers.get_list("server") == ["typegpt-gateway"], response.headers
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "h2c"])

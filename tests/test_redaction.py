@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import traceback
 from urllib.parse import unquote
@@ -14,6 +15,7 @@ from gateway_process import free_port
 from typegpt_gateway.config import ConfigError, UpstreamSpec, load_config
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keys import KeyRecord, hash_key, new_key
+from typegpt_gateway.logs import json_handler
 from typegpt_gateway.redaction import (
     install_log_redaction,
     redact,
@@ -169,6 +171,31 @@ def test_log_lines_and_tracebacks_are_redacted() -> None:
     assert "WARNING upstream key [redacted], client key sk-[redacted]" in output
     assert "Traceback" in output and "RuntimeError" in output
     assert SECRET not in output and client_key not in output
+
+
+def test_json_log_lines_are_redacted_and_stay_json() -> None:
+    # A quote, a backslash and non-ASCII letters: JSON writes them escaped.
+    secret = 'tgp-"quoted\\back-\u00fcn\u00ef-9Zq8'
+    register_secret(secret)
+    client_key = new_key()
+    stream = io.StringIO()
+    logger = logging.getLogger("test_redaction.json")
+    logger.propagate = False
+    handler = json_handler()
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    try:
+        install_log_redaction(logger)
+        logger.warning("upstream key %s, client key %s", secret, client_key)
+        envoy_line = json.dumps({"message": f"'authorization', 'Bearer {secret}'"})
+        relayed = redact(envoy_line)  # Envoy's lines, relayed by serve
+    finally:
+        logger.removeHandler(handler)
+    record = json.loads(stream.getvalue())
+    assert record["message"] == "upstream key [redacted], client key sk-[redacted]"
+    assert json.loads(relayed)["message"] == "'authorization', 'Bearer [redacted]'"
+    for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        assert form not in stream.getvalue() and form not in relayed
 
 
 def test_words_that_merely_contain_sk_dash_are_left_alone() -> None:

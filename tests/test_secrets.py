@@ -5,9 +5,12 @@ A real gateway (Envoy + gRPC server) runs with upstream keys that do not look li
 the level that prints request headers. It has two upstreams (both the fake upstream): one key
 from the environment, one written in its config file, and a failed attempt is retried on the
 other, so the failover path logs and shapes each failure too. The fake upstream echoes both
-keys, the client's key and a stack trace in every way it can. Every response status line, header, body, gRPC detail and
-metadata, and in the end the whole log file, must contain neither key, nor a telling piece of
-either.
+keys, the client's key and a stack trace in every way it can. The admin API is driven through
+its error paths too (no key, a client key, a wrong admin key, keys pasted into its fields, and
+a gateway whose admin API is off), with an admin key that does not look like a key either.
+Every response status line, header, body, gRPC detail and metadata, and in the end the whole
+log file (every line of it JSON), must contain no key, nor a telling piece of one. The one
+exception is by design: the answer that creates a key shows that key, once, in its body.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import grpc
 import httpx
 import pytest
 from fake_upstream import Reply, make_chunk, make_completion
-from gateway_process import Gateway, free_port, running
+from gateway_process import ADMIN_KEY, Gateway, free_port, running
 from google.protobuf import struct_pb2
 from openai_shape import chat_body
 
-from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
+from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, keys_pb2, keys_pb2_grpc
 from typegpt_gateway.retry import RETRYABLE_STATUSES
 
 CHAT = "/v1/chat/completions"
+KEYS = "/v1/admin/keys"
 # Shaped like no known key format: only its registration as a secret can redact it.
 PLAIN_UPSTREAM_KEY = "tgp-live-7Q2xV9sK4mW8nR3bT6yU1zA5cD0eF"
 FILE_UPSTREAM_KEY = "tgp-file-3Hq8Lw1Zr5Vn0Kc7Xm2Pb9Ty4Gd6Sj"
@@ -51,10 +55,15 @@ class Scanner:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
 
-    def http(self, what: str, response: httpx.Response) -> httpx.Response:
+    def http(self, what: str, response: httpx.Response, shows: str | None = None) -> httpx.Response:
+        """Records the answer; `shows` is a key its body may hold, once, and nothing else may."""
         headers = "\n".join(f"{name}: {value}" for name, value in response.headers.multi_items())
         self.seen.append((what, f"{response.status_code} {response.reason_phrase}\n{headers}"))
-        self.seen.append((what, response.text))
+        body = response.text
+        if shows is not None:
+            assert body.count(shows) == 1, (what, body)
+            body = body.replace(shows, "<the key this answer shows>")
+        self.seen.append((what, body))
         return response
 
     def grpc_error(self, what: str, error: grpc.RpcError) -> grpc.RpcError:
@@ -71,6 +80,23 @@ class Scanner:
             for secret in secrets
             if secret in text
         ]
+
+    def grpc_call(self, what: str, rpc: Callable[[], object]) -> None:
+        try:
+            rpc()
+        except grpc.RpcError as error:
+            self.grpc_error(what, error)
+        else:
+            pytest.fail(f"{what}: expected an error")
+
+
+def assert_log_is_clean(log: str, secrets: list[str]) -> None:
+    """Every line of the gateway's log (the server's and Envoy's) is a JSON object, and none
+    holds a secret."""
+    for line in log.splitlines():
+        assert isinstance(json.loads(line), dict), line
+    leaks = [secret for secret in secrets if secret in log]
+    assert leaks == [], [line for line in log.splitlines() if any(s in line for s in leaks)][:5]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +125,17 @@ def leaky(upstream, tmp_path_factory) -> Iterator[tuple[Gateway, str]]:
         yield gw, gw.create_key("secret-client")
 
 
+@pytest.fixture(scope="module")
+def admin_off(upstream, tmp_path_factory) -> Iterator[tuple[Gateway, str]]:
+    with running(
+        tmp_path_factory.mktemp("admin-off"),
+        upstream.base_url,
+        admin_key=None,
+        extra_env={"GATEWAY_ENVOY_LOG_LEVEL": "debug"},
+    ) as gw:
+        yield gw, gw.wait_for_key(gw.create_key("off-client"))
+
+
 def _echo_everything(client_key: str) -> dict:
     return {
         "error": {
@@ -117,6 +154,7 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
     gw.revoke_key("soon-revoked")
     one_rpm_key = gw.wait_for_key(gw.create_key("one-rpm", "--rpm", "1"))
     wrong_key = client_key[:-6] + "XXXXXX"
+    wrong_admin_key = ADMIN_KEY[:-6] + "XXXXXX"
     echo = _echo_everything(client_key)
     leak_headers = {
         "x-debug-authorization": f"Bearer {PLAIN_UPSTREAM_KEY}",
@@ -124,6 +162,7 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
     }
     scan = Scanner()
     auth = {"authorization": f"Bearer {client_key}"}
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
 
     with httpx.Client(base_url=gw.url, timeout=30) as http:
 
@@ -156,6 +195,42 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
         scan.http("models, wrong key", http.get("/v1/models", headers={"authorization": wrong_key}))
         scan.http("model named like a key", http.get(f"/v1/models/{client_key}", headers=auth))
         scan.http("unknown path with key", http.get(f"/v1/{client_key}", headers=auth))
+
+        # The admin API: no key, a client key, a wrong admin key, keys pasted into its fields.
+        def admin_call(what: str, method: str, path: str = "", **kw) -> httpx.Response:
+            kw.setdefault("headers", admin)
+            return scan.http(what, http.request(method, f"{KEYS}{path}", **kw))
+
+        admin_call("admin, no key", "GET", headers={})
+        admin_call("admin, client key", "POST", json={"name": "mine"}, headers=auth)
+        admin_call("admin, client key revoking", "DELETE", "/secret-client", headers=auth)
+        wrong_admin = {"authorization": f"Bearer {wrong_admin_key}"}
+        admin_call("admin, wrong admin key", "GET", headers=wrong_admin)
+        admin_call("admin, admin key as client key", "GET", headers={"authorization": ADMIN_KEY})
+        admin_call("admin, admin key as name", "GET", f"/{ADMIN_KEY}")
+        admin_call("admin, client key as name", "GET", f"/{client_key}/usage")
+        admin_call("admin, client key patched", "PATCH", f"/{client_key}", json={"rpm": 1})
+        admin_call(
+            "admin, keys as models",
+            "POST",
+            json={"name": "pasted", "models": [ADMIN_KEY, client_key, PLAIN_UPSTREAM_KEY]},
+        )
+        admin_call("admin, key as expiry", "POST", json={"name": "x", "expires_in": client_key})
+        admin_call("admin, malformed body", "POST", content=f'{{"name": "{ADMIN_KEY}"')
+        post("admin key on chat", headers=admin)
+        # The one answer that shows a key: its creation. The key then works, and is scanned
+        # for everywhere else, the log included.
+        created = http.post(KEYS, json={"name": "made-by-admin"}, headers=admin)
+        assert created.status_code == 200, created.text
+        new_key = created.json()["key"]
+        scan.http("admin create", created, shows=new_key)
+        new_auth = {"authorization": f"Bearer {new_key}"}
+        admin_call("admin, created key as admin key", "GET", headers=new_auth)
+        post("created key, unknown model", chat_body("no-such-model"), headers=new_auth)
+        failing(401, Reply.json(401, _echo_everything(new_key), headers=leak_headers))
+        post("created key, upstream 401 echo", headers=new_auth)
+        admin_call("admin, list after create", "GET")
+        admin_call("admin, get after create", "GET", "/made-by-admin")
 
         # Upstream failures, each echoing the upstream key, the client key and a stack trace.
         for status in (400, 401, 403, 404, 422, 429, 500, 502, 503):
@@ -194,14 +269,7 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
         params = chat_pb2.ChatCompletionParams(model="gpt-4o", messages=[question])
         metadata = (("authorization", f"Bearer {client_key}"),)
 
-        def call(what: str, rpc: Callable[[], object]) -> None:
-            try:
-                rpc()
-            except grpc.RpcError as error:
-                scan.grpc_error(what, error)
-            else:
-                pytest.fail(f"{what}: expected an error")
-
+        call = scan.grpc_call
         unary = chat_pb2.CreateChatCompletionRequest(params=params)
         call(
             "grpc wrong key",
@@ -236,6 +304,21 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
             "grpc stream error event",
             lambda: list(stub.StreamChatCompletion(streamed, metadata=metadata, timeout=10)),
         )
+        admin_stub = keys_pb2_grpc.KeyServiceStub(channel)
+        for what, key in (("client", client_key), ("wrong admin", wrong_admin_key)):
+            call(
+                f"grpc admin, {what} key",
+                lambda key=key: admin_stub.ListKeys(
+                    keys_pb2.ListKeysRequest(), metadata=(("authorization", f"Bearer {key}"),)
+                ),
+            )
+        call(
+            "grpc admin, key as name",
+            lambda: admin_stub.GetKey(
+                keys_pb2.GetKeyRequest(name=ADMIN_KEY),
+                metadata=(("authorization", f"Bearer {ADMIN_KEY}"),),
+            ),
+        )
 
     assert len(scan.seen) > 50
     secrets = [
@@ -245,6 +328,9 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
         *fragments(wrong_key),
         *fragments(revoked_key),
         *fragments(one_rpm_key),
+        *fragments(new_key),
+        *fragments(ADMIN_KEY),
+        *fragments(wrong_admin_key),
     ]
     assert scan.hits(secrets) == []
     # The upstreams really did get (and echo) both keys: the scan had something to find.
@@ -253,8 +339,32 @@ def test_no_key_reaches_a_client_or_a_log_line(leaky, upstream) -> None:
 
     log = gw.log()  # both the server and Envoy write their lines as they go
     assert "debug" in log.lower() and "authorization" in log.lower()  # Envoy did log headers
-    leaks = [secret for secret in secrets if secret in log]
-    assert leaks == [], [line for line in log.splitlines() if any(s in line for s in leaks)][:5]
+    assert "KeyService/CreateKey" in log  # the admin API's requests were logged too
+    assert_log_is_clean(log, secrets)
+
+
+def test_admin_api_off_leaks_nothing(admin_off) -> None:
+    gw, client_key = admin_off
+    scan = Scanner()
+    with httpx.Client(base_url=gw.url, timeout=30) as http:
+        for who, key in (("no", None), ("client", client_key), ("admin", ADMIN_KEY)):
+            headers = {} if key is None else {"authorization": f"Bearer {key}"}
+            for method, path in (("GET", KEYS), ("POST", KEYS), ("DELETE", f"{KEYS}/off-client")):
+                response = http.request(method, path, headers=headers, json={"name": ADMIN_KEY})
+                assert scan.http(f"admin off, {who} key, {method}", response).status_code == 403
+    with grpc.insecure_channel(gw.grpc_target) as channel:
+        stub = keys_pb2_grpc.KeyServiceStub(channel)
+        scan.grpc_call(
+            "grpc admin off",
+            lambda: stub.ListKeys(
+                keys_pb2.ListKeysRequest(), metadata=(("authorization", f"Bearer {ADMIN_KEY}"),)
+            ),
+        )
+    secrets = [*fragments(client_key), *fragments(ADMIN_KEY)]
+    assert scan.hits(secrets) == []
+    log = gw.log()
+    assert "admin API off" in log and "authorization" in log.lower()
+    assert_log_is_clean(log, secrets)
 
 
 def test_stream_answer_echoing_the_key_is_redacted(leaky, upstream) -> None:

@@ -1,45 +1,27 @@
-"""The key stores — SQLite and a real PostgreSQL — held to the same behaviour, and the SQLite
-migration from the first release's schema."""
+"""The key stores — SQLite and a real PostgreSQL — held to the same behaviour, the SQLite
+migration from the first release's schema, backups, and the stores' readiness check."""
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from typegpt_gateway.keys import hash_key
 from typegpt_gateway.pgstore import PostgresKeyStore
-from typegpt_gateway.store import KeyExistsError, KeyNotFoundError, KeyStore, Store, UsageRow
+from typegpt_gateway.readiness import key_store_check
+from typegpt_gateway.store import (
+    BackupUnsupportedError,
+    KeyExistsError,
+    KeyNotFoundError,
+    KeyStore,
+    Store,
+    UsageRow,
+)
 
 DAY = dt.date(2026, 5, 1)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_factory(request, tmp_path) -> Iterator:
-    """Opens connections to one store (several, as the CLI and the server do)."""
-    if request.param == "sqlite":
-        path = tmp_path / "keys.db"
-
-        def factory() -> Store:
-            return KeyStore(path)
-    else:
-        url = request.getfixturevalue("postgres_server").new_database()
-
-        def factory() -> Store:
-            return PostgresKeyStore(url)
-
-    opened: list[Store] = []
-
-    def opening() -> Store:
-        opened.append(factory())
-        return opened[-1]
-
-    yield opening
-    for store in opened:
-        store.close()
 
 
 def test_create_get_update_revoke(store_factory):
@@ -213,5 +195,55 @@ def test_postgres_reconnects_after_the_connection_drops(postgres_server):
         with pytest.raises(psycopg.OperationalError):
             store.get("y")  # the call that finds the connection dead fails...
         assert store.get("y").name == "y"  # ...and the next one reconnects
+    finally:
+        store.close()
+
+
+def test_sqlite_backup_is_a_working_copy_and_postgres_names_its_tool(store_factory, tmp_path):
+    store = store_factory()
+    record, _ = store.create("kept", rpm=5)
+    store.add_usage([("kept", UsageRow(DAY, "gpt-4o", requests=2))])
+    copy = tmp_path / "copy.db"
+    if not isinstance(store, KeyStore):
+        with pytest.raises(BackupUnsupportedError, match="pg_dump"):
+            store.backup(copy)
+        assert not copy.exists()
+        return
+    store.backup(copy)
+    restored = KeyStore(copy)
+    try:
+        assert restored.get("kept") == record
+        assert restored.usage("kept") == [UsageRow(DAY, "gpt-4o", requests=2)]
+    finally:
+        restored.close()
+
+
+def test_readiness_sees_a_sqlite_file_gone(tmp_path):
+    store = KeyStore(tmp_path / "keys.db")
+    check = key_store_check(store)
+    try:
+        assert check() is None
+        (tmp_path / "keys.db").rename(tmp_path / "moved.db")
+        assert "cannot be read" in (check() or "")
+    finally:
+        store.close()
+
+
+def test_readiness_sees_a_lost_postgres_connection_and_its_return(postgres_server):
+    import psycopg
+
+    url = postgres_server.new_database()
+    store = PostgresKeyStore(url)
+    check = key_store_check(store)
+    try:
+        assert check() is None
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        problem = check() or ""
+        assert problem.startswith("the key store cannot be reached (") and url not in problem
+        assert check() is None  # reconnected
     finally:
         store.close()

@@ -3,6 +3,7 @@ upstream is called, then settled exactly once into the limiter and the usage led
 
 from __future__ import annotations
 
+from . import observe
 from .errors import GatewayError
 from .keys import KeyRecord
 from .ledger import UsageLedger
@@ -32,6 +33,8 @@ class Account:
         if self._settled:
             return
         self._settled = True
+        if usage is not None:
+            observe.current().used(usage)
         self._ledger.record(self._name, self._model, usage, error=error)
         self._ticket.finish(usage.total if usage is not None else 0)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
+from . import observe
 from .accounting import Account, Accounting
 from .catalog import Catalog
 from .errors import GatewayError, scrub
@@ -149,16 +150,17 @@ class Stream:
                     if self._stopping.done():
                         raise shutting_down()
                     if loop.time() >= due:
-                        raise late
+                        raise observe.upstream_failed(late)
                     yield []
                 try:
                     chunk = pending.result()
                 except StopAsyncIteration:
-                    raise GatewayError(
+                    ended = GatewayError(
                         502,
                         "The upstream API ended the stream before it was complete.",
                         "api_error",
-                    ) from None
+                    )
+                    raise observe.upstream_failed(ended) from None
                 self._deadlines.got_bytes()
                 batch = []
                 for data in reader.feed(chunk):
@@ -170,7 +172,7 @@ class Stream:
                     if is_error_event(data):
                         if batch:
                             yield batch
-                        raise self._in_band_error(data)
+                        raise observe.upstream_failed(self._in_band_error(data))
                     if self._account.meter.see_chunk(data):
                         batch.append(redact_bytes(data))
                 if batch:
@@ -179,9 +181,10 @@ class Stream:
             failed = False  # the client went away: its choice, not an error
             raise
         except httpx.HTTPError as exc:
-            raise GatewayError(
+            broke = GatewayError(
                 502, f"The upstream API stream broke ({type(exc).__name__}).", "api_error"
-            ) from exc
+            )
+            raise observe.upstream_failed(broke) from exc
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
@@ -229,16 +232,18 @@ async def read_answer(response: httpx.Response, deadlines: Deadlines) -> bytes:
             except StopAsyncIteration:
                 break
             except TimeoutError:
-                raise late from None
+                raise observe.upstream_failed(late) from None
             deadlines.got_bytes()
     except httpx.HTTPError as exc:
-        raise GatewayError(
+        broke = GatewayError(
             502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
-        ) from exc
+        )
+        raise observe.upstream_failed(broke) from exc
     finally:
         await response.aclose()
     if not answer.lstrip().startswith(b"{"):
-        raise GatewayError(502, "The upstream API answered with something not JSON.")
+        not_json = GatewayError(502, "The upstream API answered with something not JSON.")
+        raise observe.upstream_failed(not_json)
     # An upstream that echoes our key (a debugging proxy, say) must not hand it out.
     return redact_bytes(bytes(answer))
 
@@ -265,8 +270,11 @@ class ChatPipeline:
         return await self.keys.authenticate(authorization)
 
     async def start(self, body: bytes, authorization: str | None) -> Answer:
+        exchange = observe.current()
         key = await self.authenticate(authorization)
+        exchange.key = key.name
         request = parse_chat_request(body)
+        exchange.model, exchange.stream = request.model, request.stream
         self.catalog.resolve(request.model, key)
         # A stream reports usage only if asked: the gateway asks when the client did not.
         ask_usage = request.stream and request.include_usage is None

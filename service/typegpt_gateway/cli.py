@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import logging
 import sys
-import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
+from .errors import GatewayError
+from .keyadmin import KeyAdmin
 from .keys import KeyRecord, parse_duration
 from .redaction import install_log_redaction
 from .settings import Settings
-from .store import BUDGET_PERIODS, KeyExistsError, KeyNotFoundError, Store, open_store
+from .store import BackupUnsupportedError, open_store
 
 app = typer.Typer(help="OpenAI-compatible gateway in front of TypeGPT.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage client API keys (stored hashed).", no_args_is_help=True)
@@ -78,22 +81,35 @@ def serve(
             "elsewhere (docker compose).",
         ),
     ] = True,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus /metrics port (default 9464; 0: off).")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain: HTTPS on the HTTP port.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
 ) -> None:
     """Run the gateway: the gRPC server and the Envoy sidecar on the HTTP port."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # httpx logs every upstream request at INFO: noise, and a place secrets could leak into.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from .logs import configure
+
+    configure(logging.INFO)
     install_log_redaction()
-    settings = _settings(
-        http_port=http_port,
-        grpc_port=grpc_port,
-        host=host,
-        grpc_host=grpc_host,
-        db=db,
-        config=config,
-    )
+    try:
+        settings = _settings(
+            http_port=http_port,
+            grpc_port=grpc_port,
+            host=host,
+            grpc_host=grpc_host,
+            db=db,
+            config=config,
+            metrics_port=metrics_port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(error["msg"] for error in exc.errors())
+        typer.echo(f"error: invalid settings: {problems}", err=True)
+        raise typer.Exit(2) from None
     sys.exit(_run(_serve(settings, with_envoy=envoy)))
 
 
@@ -163,51 +179,45 @@ def _when(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _open(db: Path | None) -> Store:
-    return open_store(_settings(db=db))
+@contextlib.contextmanager
+def _key_admin(db: Path | None) -> Iterator[KeyAdmin]:
+    """The key admin core on the local store; its refusals become CLI errors."""
+    settings = _settings(db=db)
+    store = open_store(settings)
+    try:
+        yield KeyAdmin(store, settings.models)
+    except GatewayError as error:
+        if error.status == 400 and error.param is not None:
+            hint = "--" + error.param.replace("_", "-")
+            raise typer.BadParameter(error.message, param_hint=hint) from None
+        typer.echo(f"error: {error.message}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
 
 
 LIMIT_OPTIONS = ("models", "rpm", "tpm", "max_concurrent", "budget_tokens", "budget_period")
+# The words that lift a limit (None to the key admin core); for the counts, 'unlimited'.
+_NO_LIMIT = {"models": ("all",), "expires_in": ("never",), "budget_period": ()}
 
 
-def _limit(value: str | None, hint: str) -> int | None:
-    if value is None or value.strip().lower() in ("unlimited", "none"):
-        return None
-    if not value.strip().isdigit() or int(value) < 1:
-        raise typer.BadParameter("a positive number or 'unlimited'", param_hint=hint)
-    return int(value)
-
-
-def _given_limits(settings: Settings, *values: str | None) -> dict[str, object]:
+def _given_limits(*values: str | None, expires_in: str | None) -> dict[str, object]:
     """The limits named on the command line (an option not given is left out), from the
-    options in the order of LIMIT_OPTIONS."""
+    options in the order of LIMIT_OPTIONS, as the key admin core takes them; the core checks
+    them."""
+    given = dict(zip(LIMIT_OPTIONS, values, strict=True)) | {"expires_in": expires_in}
     limits: dict[str, object] = {}
-    for field, value in zip(LIMIT_OPTIONS, values, strict=True):
+    for field, value in given.items():
         if value is None:
             continue
-        hint = "--" + field.replace("_", "-")
-        if field == "models" and value.strip().lower() == "all":
+        text = value.strip()
+        if text.lower() in _NO_LIMIT.get(field, ("unlimited", "none")):
             limits[field] = None
         elif field == "models":
-            models = [m.strip() for m in value.split(",") if m.strip()]
-            unknown = ", ".join(sorted(set(models) - set(settings.models)))
-            if unknown:
-                raise typer.BadParameter(f"not in the catalog: {unknown}", param_hint=hint)
-            limits[field] = models
-        elif field == "budget_period":
-            if value not in BUDGET_PERIODS:
-                raise typer.BadParameter("day or month", param_hint=hint)
-            limits[field] = value
+            limits[field] = text.split(",")
         else:
-            limits[field] = _limit(value, hint)
+            limits[field] = int(text) if text.isdigit() else text
     return limits
-
-
-def _lifetime(expires_in: str | None) -> float | None:
-    try:
-        return parse_duration(expires_in) if expires_in is not None else None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--expires-in") from exc
 
 
 def _unlimited(value: object) -> str:
@@ -242,17 +252,11 @@ def keys_create(
     db: DbOption = None,
 ) -> None:
     """Create a key. It is printed once, alone on the last line, and never stored."""
-    settings = _settings(db=db)
-    limits = _given_limits(settings, models, rpm, tpm, max_concurrent, budget_tokens, budget_period)
-    lifetime = _lifetime(expires_in)
-    store = open_store(settings)
-    try:
-        record, key = store.create(name, expires_in=lifetime, **limits)  # type: ignore[arg-type]
-    except KeyExistsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
+    limits = _given_limits(
+        models, rpm, tpm, max_concurrent, budget_tokens, budget_period, expires_in=expires_in
+    )
+    with _key_admin(db) as admin:
+        record, key = admin.create(name, limits)
     typer.echo(f"Created key {record.name!r}: {_describe(record)}")
     typer.echo("Copy it now; it cannot be shown again:")
     typer.echo(key)
@@ -276,30 +280,19 @@ def keys_update(
 ) -> None:
     """Change the limits of a live key in place (the key itself stays the same); a running
     gateway applies them within a second. Options not given are left as they are."""
-    settings = _settings(db=db)
-    limits = _given_limits(settings, models, rpm, tpm, max_concurrent, budget_tokens, budget_period)
-    if expires_in is not None:
-        never = expires_in.strip().lower() == "never"
-        limits["expires_at"] = None if never else time.time() + (_lifetime(expires_in) or 0)
-    store = open_store(settings)
-    try:
-        record = store.update(name, **limits)
-    except (KeyNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
+    limits = _given_limits(
+        models, rpm, tpm, max_concurrent, budget_tokens, budget_period, expires_in=expires_in
+    )
+    with _key_admin(db) as admin:
+        record = admin.update(name, limits)
     typer.echo(f"Updated key {record.name!r}: {_describe(record)}")
 
 
 @keys_app.command("list")
 def keys_list(db: DbOption = None) -> None:
     """List keys: names, prefixes, limits and dates; never a key."""
-    store = _open(db)
-    try:
-        records = store.records()
-    finally:
-        store.close()
+    with _key_admin(db) as admin:
+        records = admin.list()
     header = (
         "NAME", "PREFIX", "MODELS", "RPM", "TPM", "CONCURRENT", "BUDGET", "CREATED", "EXPIRES",
         "REVOKED",
@@ -331,15 +324,27 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 @keys_app.command("revoke")
 def keys_revoke(name: str, db: DbOption = None) -> None:
     """Revoke the live key of that name; a running gateway refuses it within a second."""
-    store = _open(db)
-    try:
-        store.revoke(name)
-    except KeyNotFoundError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
+    with _key_admin(db) as admin:
+        admin.revoke(name)
     typer.echo(f"Revoked key {name!r}.")
+
+
+@keys_app.command("backup")
+def keys_backup(
+    destination: Annotated[Path, typer.Argument(help="The copy to write (must not exist).")],
+    db: DbOption = None,
+) -> None:
+    """Copy the key store consistently, even while the gateway runs (SQLite online backup)."""
+    if destination.exists():
+        typer.echo(f"error: {destination} exists; pick a new file", err=True)
+        raise typer.Exit(1)
+    with _key_admin(db) as admin:
+        try:
+            admin.store.backup(destination)
+        except BackupUnsupportedError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"Backed up the key store to {destination}.")
 
 
 def _since(text: str | None) -> dt.date | None:
@@ -370,11 +375,8 @@ def keys_usage(
     """Requests, tokens and errors of a key per UTC day and model (the running gateway
     writes them every couple of seconds and on shutdown)."""
     first_day = _since(since)
-    store = _open(db)
-    try:
-        rows = store.usage(name, first_day)
-    finally:
-        store.close()
+    with _key_admin(db) as admin:
+        rows = admin.usage(name, first_day)
     if as_json:
         typer.echo(
             json.dumps(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import sys
@@ -21,6 +22,10 @@ LUA_FILTER = "openai_errors.lua"
 DESCRIPTOR = "gateway.pb"
 # Longest Envoy log line read at once (a debug line can quote large headers).
 LOG_LINE_LIMIT = 1024 * 1024
+# Envoy's log lines as JSON objects like the gateway's own (logs.py): one format on stderr.
+LOG_FORMAT = (
+    '{"time":"%Y-%m-%dT%T.%f%z","level":"%l","logger":"envoy","component":"%n","message":"%j"}'
+)
 
 
 def assets_dir() -> Path:
@@ -68,6 +73,7 @@ def render_config(
         request_timeout=_duration(settings.request_body_timeout),
         cors_filter=cors_filter,
         cors_policy=cors_policy,
+        transport_socket=transport_socket(settings.tls_cert, settings.tls_key),
     )
 
 
@@ -80,6 +86,30 @@ def stream_idle_timeout(settings: Settings) -> int:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
+
+
+def transport_socket(cert: Path | None, key: Path | None) -> str:
+    """The HTTP listener's TLS setting, one line of YAML, or a comment when there is none."""
+    if cert is None or key is None:
+        return "# Plain HTTP: no TLS certificate configured (--tls-cert/--tls-key)."
+    files = {
+        "certificate_chain": {"filename": str(cert.expanduser().resolve())},
+        "private_key": {"filename": str(key.expanduser().resolve())},
+    }
+    tls = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            # h2 for native gRPC clients, http/1.1 for everyone else.
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [files],
+            },
+        },
+    }
+    # JSON is YAML: one line that needs no indentation care.
+    return f"transport_socket: {json.dumps(tls)}"
 
 
 def binary() -> Path:
@@ -102,6 +132,8 @@ async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subproce
         str(admin_address_file(config_path)),
         "--log-level",
         settings.envoy_log_level,
+        "--log-format",
+        LOG_FORMAT,
         # Several gateways on one host must not share hot-restart memory.
         "--disable-hot-restart",
     ]
@@ -137,12 +169,13 @@ def connect_host(settings: Settings) -> str:
 
 
 class EnvoyAdmin:
-    """Envoy's admin interface (on 127.0.0.1), for a graceful stop."""
+    """Envoy's admin interface (on 127.0.0.1), for a graceful stop and Envoy's statistics."""
 
     def __init__(self, address_file: Path) -> None:
         self._address_file = address_file
 
-    def _url(self, path: str) -> str | None:
+    def url(self, path: str) -> str | None:
+        """None until Envoy has written its address."""
         try:
             address = self._address_file.read_text().strip()
         except OSError:
@@ -151,7 +184,7 @@ class EnvoyAdmin:
 
     async def stop_listening(self) -> bool:
         """Closes Envoy's listeners: new connections are refused, open ones carry on."""
-        url = self._url("/drain_listeners")
+        url = self.url("/drain_listeners")
         if url is None:
             return False
         try:
@@ -163,7 +196,7 @@ class EnvoyAdmin:
     async def wait_idle(self) -> None:
         """Returns once Envoy has no client request left to finish writing (bound it with
         asyncio.timeout)."""
-        url = self._url("/stats?filter=^http\\.http\\.downstream_rq_active$")
+        url = self.url("/stats?filter=^http\\.http\\.downstream_rq_active$")
         if url is None:
             return
         async with httpx.AsyncClient(timeout=1.0) as client:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import httpx
 
+from . import observe
 from .config import UpstreamSpec, upstream_specs
 from .errors import GatewayError
 from .retry import AttemptFailed, RetryPolicy, retrying
@@ -78,6 +79,21 @@ class Failover:
     async def aclose(self) -> None:
         await asyncio.gather(*(upstream.aclose() for upstream in self.upstreams))
 
+    def readiness_check(self) -> Callable[[], str | None]:
+        """For readiness: ready while at least one upstream can take a request now."""
+        loop = asyncio.get_running_loop()
+
+        def upstreams() -> str | None:
+            routes = self.router.routes
+            if not routes:
+                return "no upstream has an API key"
+            now = loop.time()
+            if all(self.router.cooling_until(route.name) > now for route in routes):
+                return "every upstream is cooling down after failures"
+            return None
+
+        return upstreams
+
     def deadlines(self) -> Deadlines:
         return Deadlines(self.timeouts, asyncio.get_running_loop().time())
 
@@ -115,6 +131,7 @@ class Failover:
             raise self._all_cooling(model, self.router.ready_in(model, now))
         upstream = self._by_name[route.name]
         tried.append(route.name)
+        observe.retrying_on(route.name)
         deadlines.attempt(now)
         due, late = deadlines.first_byte()
         try:
@@ -123,6 +140,7 @@ class Failover:
             )
         except AttemptFailed as failure:
             logger.warning("upstream %r failed: %s", upstream.name, failure.error)
+            observe.upstream_failed(failure.error)
             if failure.cools:
                 self.router.failed(route.name, loop.time(), failure.retry_after)
             raise

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from .store import SqlStore
+from .store import BackupUnsupportedError, SqlStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -89,5 +90,14 @@ class PostgresKeyStore(SqlStore):
         with self._lock:
             return int(self._execute("SELECT version FROM keys_version WHERE id = 1").fetchone()[0])
 
+    def backup(self, destination: Path) -> None:
+        raise BackupUnsupportedError(
+            "a PostgreSQL key store is backed up with PostgreSQL's own tools, e.g. "
+            "`pg_dump --table keys --table usage --table keys_version $DATABASE_URL`"
+        )
+
     def close(self) -> None:
-        self._conn.close()
+        # Not while a worker thread is still using the connection (the key refresher, at
+        # shutdown): closing it under a running statement crashes SQLite.
+        with self._lock:
+            self._conn.close()

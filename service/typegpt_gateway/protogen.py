@@ -12,7 +12,11 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO_ROOT / "protos"
-PROTO_FILES = ("typegpt/gateway/v1/chat.proto", "typegpt/gateway/v1/status.proto")
+PROTO_FILES = (
+    "typegpt/gateway/v1/chat.proto",
+    "typegpt/gateway/v1/keys.proto",
+    "typegpt/gateway/v1/status.proto",
+)
 STUBS_ROOT = REPO_ROOT / "service"
 DESCRIPTOR = REPO_ROOT / "envoy" / "gateway.pb"
 

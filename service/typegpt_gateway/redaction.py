@@ -8,6 +8,7 @@ covers client keys: the gateway only ever holds their hashes, so it cannot know 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -37,8 +38,11 @@ def register_secret(secret: str | None) -> None:
     global _secrets
     if secret is None or len(secret) < MIN_SECRET_CHARS:
         return
+    # Log lines are JSON (the gateway's and Envoy's), where a quote, a backslash or a
+    # non-ASCII character of the secret appears escaped.
+    forms = {secret, *(json.dumps(secret, ensure_ascii=a)[1:-1] for a in (True, False))}
     with _lock:
-        _secrets = _secrets | {secret}
+        _secrets = _secrets | forms
 
 
 def register_url_password(url: str) -> None:

@@ -26,6 +26,7 @@ from .envoy import (
     render_config,
     start_envoy,
 )
+from .metrics import MetricsServer
 from .server import Backend, start_backend
 from .settings import Settings
 
@@ -37,7 +38,8 @@ STOP_GRACE = 5.0
 
 async def _wait_until_healthy(url: str, envoy: asyncio.subprocess.Process) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT
-    async with httpx.AsyncClient(timeout=1.0) as client:
+    # Our own listener over loopback: its certificate need not name 127.0.0.1.
+    async with httpx.AsyncClient(timeout=1.0, verify=False) as client:  # noqa: S501
         while time.monotonic() < deadline and envoy.returncode is None:
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get(url)).status_code == 200:
@@ -106,13 +108,53 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         )
         return 1
     _warn_missing_keys(backend)
+    if settings.admin_token is None:
+        logger.info("admin API off: set GATEWAY_ADMIN_KEY to manage keys over REST and gRPC")
+    with tempfile.TemporaryDirectory(prefix="typegpt-gateway-") as workdir:
+        config_path = Path(workdir) / "envoy.yaml"
+        envoy_admin = EnvoyAdmin(admin_address_file(config_path)) if with_envoy else None
+        try:
+            metrics = _start_metrics(settings, envoy_admin)
+        except OSError as exc:
+            logger.error(
+                "metrics server could not start on %s:%s: %s (pick another --metrics-port, "
+                "or 0 to turn metrics off)",
+                settings.metrics_host,
+                settings.metrics_port,
+                exc,
+            )
+            await backend.stop(0)
+            return 1
+        try:
+            return await _supervise(settings, backend, config_path, envoy_admin)
+        finally:
+            if metrics is not None:
+                metrics.close()
+
+
+def _start_metrics(settings: Settings, envoy_admin: EnvoyAdmin | None) -> MetricsServer | None:
+    if settings.metrics_port == 0:
+        return None
+    metrics = MetricsServer(settings.metrics_host, settings.metrics_port, envoy_admin)
+    logger.info(
+        "metrics on http://%s:%s/metrics (Envoy's at /metrics/envoy)",
+        _url_host(settings.metrics_host),
+        metrics.port,
+    )
+    return metrics
+
+
+async def _supervise(
+    settings: Settings, backend: Backend, config_path: Path, envoy_admin: EnvoyAdmin | None
+) -> int:
     refresher = asyncio.create_task(backend.keys.run_refresher())
+    backend.tasks.append(refresher)  # stopped by Backend.stop, before the store it reads closes
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    if not with_envoy:
+    if envoy_admin is None:
         logger.info(
             "gRPC backend serving on %s:%s (no Envoy here)", settings.grpc_host, backend.port
         )
@@ -121,45 +163,45 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         _report_leftovers(refresher)
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="typegpt-gateway-") as workdir:
-        config_path = Path(workdir) / "envoy.yaml"
-        config_path.write_text(render_config(settings, grpc_port=backend.port))
-        envoy = await start_envoy(settings, config_path)
-        assert envoy.stdout is not None
-        relay = asyncio.create_task(relay_output(envoy.stdout))
-        base = f"http://{_url_host(connect_host(settings))}:{settings.http_port}"
-        if await _wait_until_healthy(f"{base}/healthz", envoy) and not stop.is_set():
-            logger.info(
-                "typegpt-gateway ready: POST %s/v1/chat/completions (OpenAI base URL %s/v1); "
-                "gRPC on %s:%s; listening on %s",
-                base,
-                base,
-                settings.grpc_host,
-                backend.port,
-                settings.host,
-            )
-        elif envoy.returncode is None:
-            logger.error("gateway did not become healthy within %.0fs", READY_TIMEOUT)
-            stop.set()
+    config = render_config(settings, grpc_port=backend.local_port)
+    await asyncio.to_thread(config_path.write_text, config)
+    envoy = await start_envoy(settings, config_path)
+    assert envoy.stdout is not None
+    relay = asyncio.create_task(relay_output(envoy.stdout))
+    scheme = "https" if settings.tls_cert is not None else "http"
+    base = f"{scheme}://{_url_host(connect_host(settings))}:{settings.http_port}"
+    if await _wait_until_healthy(f"{base}/healthz", envoy) and not stop.is_set():
+        logger.info(
+            "typegpt-gateway ready: POST %s/v1/chat/completions (OpenAI base URL %s/v1); "
+            "gRPC on %s:%s; listening on %s",
+            base,
+            base,
+            settings.grpc_host,
+            backend.port,
+            settings.host,
+        )
+    elif envoy.returncode is None:
+        logger.error("gateway did not become healthy within %.0fs", READY_TIMEOUT)
+        stop.set()
 
-        stopped = asyncio.create_task(stop.wait())
-        envoy_exit = asyncio.create_task(envoy.wait())
-        await asyncio.wait((stopped, envoy_exit), return_when=asyncio.FIRST_COMPLETED)
-        code = 0
-        if envoy_exit.done():
-            logger.error("Envoy exited with code %s; stopping the gateway", envoy.returncode)
-            code = 1
-            await backend.stop(STOP_GRACE)
-        else:
-            await _drain(backend, settings, EnvoyAdmin(admin_address_file(config_path)))
-            logger.info("stopping Envoy")
-            envoy.terminate()
-            try:
-                await asyncio.wait_for(envoy_exit, STOP_GRACE)
-            except TimeoutError:
-                envoy.kill()
-                await envoy_exit
-        stopped.cancel()
-        await relay  # Envoy has exited: its last lines are in the pipe
-        _report_leftovers(refresher, stopped, envoy_exit)
+    stopped = asyncio.create_task(stop.wait())
+    envoy_exit = asyncio.create_task(envoy.wait())
+    await asyncio.wait((stopped, envoy_exit), return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if envoy_exit.done():
+        logger.error("Envoy exited with code %s; stopping the gateway", envoy.returncode)
+        code = 1
+        await backend.stop(STOP_GRACE)
+    else:
+        await _drain(backend, settings, envoy_admin)
+        logger.info("stopping Envoy")
+        envoy.terminate()
+        try:
+            await asyncio.wait_for(envoy_exit, STOP_GRACE)
+        except TimeoutError:
+            envoy.kill()
+            await envoy_exit
+    stopped.cancel()
+    await relay  # Envoy has exited: its last lines are in the pipe
+    _report_leftovers(refresher, stopped, envoy_exit)
     return code

@@ -12,17 +12,27 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
+from typegpt.gateway.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+)
 
 from .accounting import Accounting
 from .catalog import Catalog
 from .chat import ChatPipeline
 from .failover import Failover
+from .keyadmin import KeyAdmin
+from .keyservice import KeyServicer
 from .ledger import UsageLedger
 from .limits import Backend as LimiterBackend
 from .limits import InProcessBackend, Limiter
+from .readiness import ReadinessProbe, key_store_check
 from .redaction import register_url_password
-from .servicer import ChatServicer, ReadinessProbe, StatusServicer
+from .servicer import ChatServicer, StatusServicer
 from .settings import MiB, Settings
 from .store import KeyCache, Store, open_store
 
@@ -35,6 +45,7 @@ LAST_WORDS = 1.0
 SERVICE_NAMES = (
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
     status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
+    keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
 )
 
 
@@ -49,6 +60,9 @@ class Backend:
     readiness: ReadinessProbe
     port: int
     accounting: Accounting
+    # Where an Envoy on this host reaches the server: `port`, or a loopback port in the clear
+    # when `port` has TLS.
+    local_port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def begin_drain(self) -> None:
@@ -113,7 +127,10 @@ async def start_backend(settings: Settings) -> Backend:
     pipeline = ChatPipeline(
         keys, catalog, upstreams, accounting, keepalive=settings.sse_keepalive_interval
     )
-    readiness = ReadinessProbe()
+    readiness = ReadinessProbe(key_store_check(store), upstreams.readiness_check())
+    # The admin API writes through the server's own store: the key cache sees each change at
+    # once (data_version counts this connection's writes too).
+    admin = KeyAdmin(store, settings.models)
 
     # Room for a whole 32 MiB body plus the protobuf framing around it.
     message_limit = settings.max_body_bytes + MiB
@@ -128,7 +145,12 @@ async def start_backend(settings: Settings) -> Backend:
             ("grpc.so_reuseport", 0),
         ]
     )
-    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(pipeline, catalog), server)
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(
+        ChatServicer(pipeline, catalog, log_bodies=settings.log_bodies), server
+    )
+    keys_pb2_grpc.add_KeyServiceServicer_to_server(
+        KeyServicer(admin, settings.admin_token, keys), server
+    )
     status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(readiness), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -140,7 +162,15 @@ async def start_backend(settings: Settings) -> Backend:
         ),
         server,
     )
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if settings.grpc_tls_cert is not None and settings.grpc_tls_key is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())]
+        )
+        port = server.add_secure_port(address, credentials)
+        local_port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = local_port = server.add_insecure_port(address)
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -155,5 +185,6 @@ async def start_backend(settings: Settings) -> Backend:
         readiness,
         port,
         accounting,
+        local_port,
         [ledger_writer],
     )

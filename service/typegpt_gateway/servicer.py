@@ -15,10 +15,11 @@ from google.api import httpbody_pb2
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
 
-from . import typed
+from . import observe, typed
 from .catalog import Catalog, Model
 from .chat import Answer, ChatPipeline, Stream
 from .errors import GatewayError
+from .readiness import ReadinessProbe
 from .sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
 
 async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> None:
     """Ends the RPC with `error`; never returns."""
+    exchange = observe.current()
+    exchange.failed(error)
     await context.abort(
         error.grpc_code,
         error.message,
@@ -43,6 +46,7 @@ async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> None:
             ("x-openai-error", error.to_json()),
             ("x-http-status", str(error.status)),
             *error.headers,
+            (observe.REQUEST_ID, exchange.request_id),
         ),
     )
 
@@ -62,9 +66,10 @@ def _model_message(model: Model) -> chat_pb2.Model:
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    def __init__(self, pipeline: ChatPipeline, catalog: Catalog) -> None:
+    def __init__(self, pipeline: ChatPipeline, catalog: Catalog, *, log_bodies: bool) -> None:
         self._pipeline = pipeline
         self._catalog = catalog
+        self._log_bodies = log_bodies
 
     async def _start(
         self, body: bytes | Callable[[], bytes], context: grpc.aio.ServicerContext
@@ -74,41 +79,50 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         try:
             if callable(body):
                 body = body()
+            if self._log_bodies:
+                observe.current().body = body
             answer: Answer = await self._pipeline.start(body, _authorization(context))
         except Exception as exc:
             await abort(context, _as_gateway_error(exc))
             raise AssertionError("unreachable: abort raises") from exc
         try:
-            if answer.headers:
-                await context.send_initial_metadata(answer.headers)
+            await observe.send_headers(context, answer.headers)
         except BaseException:
             await answer.aclose()
             raise
         return answer.body
 
+    @observe.rpc("ChatService/CreateChatCompletionHttp")
     async def CreateChatCompletionHttp(
         self,
         request: chat_pb2.CreateChatCompletionHttpRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[chat_pb2.CreateChatCompletionHttpResponse]:
         answer = await self._start(request.http_body.data, context)
+        exchange = observe.current()
         if isinstance(answer, bytes):
+            exchange.sent_first_byte()
             yield _http_message(answer, JSON)
             return
         # The first message's content type becomes the HTTP Content-Type.
         content_type = EVENT_STREAM
-        try:
-            async with contextlib.aclosing(answer.batches()) as batches:
-                async for batch in batches:
-                    frames = b"".join(map(data_frame, batch)) if batch else KEEPALIVE_FRAME
-                    yield _http_message(frames, content_type)
-                    content_type = ""
-            tail = DONE_FRAME
-        except Exception as exc:
-            # Headers are gone: only an in-band error frame can tell the client.
-            tail = data_frame(_as_gateway_error(exc).to_json().encode())
-        yield _http_message(tail, content_type)
+        with observe.streaming(exchange):
+            try:
+                async with contextlib.aclosing(answer.batches()) as batches:
+                    async for batch in batches:
+                        frames = b"".join(map(data_frame, batch)) if batch else KEEPALIVE_FRAME
+                        exchange.sent_first_byte()
+                        yield _http_message(frames, content_type)
+                        content_type = ""
+                tail = DONE_FRAME
+            except Exception as exc:
+                # Headers are gone: only an in-band error frame can tell the client.
+                error = _as_gateway_error(exc)
+                exchange.failed(error)
+                tail = data_frame(error.to_json().encode())
+            yield _http_message(tail, content_type)
 
+    @observe.rpc("ChatService/CreateChatCompletion")
     async def CreateChatCompletion(
         self, request: chat_pb2.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.CreateChatCompletionResponse:
@@ -123,6 +137,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             await abort(context, _as_gateway_error(exc))
         raise AssertionError("unreachable: abort raises")
 
+    @observe.rpc("ChatService/StreamChatCompletion")
     async def StreamChatCompletion(
         self, request: chat_pb2.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
@@ -134,14 +149,18 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         )
         if isinstance(answer, bytes):
             raise AssertionError("unreachable: the body says stream: true")
-        try:
-            async with contextlib.aclosing(answer.batches()) as batches:
-                async for batch in batches:
-                    for data in batch:
-                        yield typed.parse_answer(data, chat_pb2.StreamChatCompletionResponse())
-        except Exception as exc:
-            await abort(context, _as_gateway_error(exc))
+        exchange = observe.current()
+        with observe.streaming(exchange):
+            try:
+                async with contextlib.aclosing(answer.batches()) as batches:
+                    async for batch in batches:
+                        for data in batch:
+                            exchange.sent_first_byte()
+                            yield typed.parse_answer(data, chat_pb2.StreamChatCompletionResponse())
+            except Exception as exc:
+                await abort(context, _as_gateway_error(exc))
 
+    @observe.rpc("ChatService/ListModels")
     async def ListModels(
         self, request: chat_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.ListModelsResponse:
@@ -154,6 +173,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             object="list", data=[_model_message(model) for model in self._catalog.visible_to(key)]
         )
 
+    @observe.rpc("ChatService/GetModel")
     async def GetModel(
         self, request: chat_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.Model:
@@ -186,17 +206,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     async def GetReadiness(
         self, request: status_pb2.GetReadinessRequest, context: grpc.aio.ServicerContext
     ) -> status_pb2.GetReadinessResponse:
-        problem = self._ready()
+        problem = await self._ready.problem()
         if problem is not None:
             await abort(context, GatewayError(503, f"Not ready: {problem}", "api_error"))
         return status_pb2.GetReadinessResponse(status="ready")
-
-
-class ReadinessProbe:
-    """Callable returning None when ready, or what is wrong."""
-
-    def __init__(self) -> None:
-        self.draining = False
-
-    def __call__(self) -> str | None:
-        return "draining" if self.draining else None

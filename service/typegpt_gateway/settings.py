@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .cors import parse_origins
@@ -103,6 +103,21 @@ class Settings(BaseSettings):
     # How often the key store is checked for keys created or revoked by another process.
     key_refresh_interval: float = 0.5
 
+    # Operations (admin API, metrics, logs, TLS).
+    # The admin API's bearer key; unset or empty turns the admin API off (never open).
+    admin_key: SecretStr | None = None
+    # Prometheus metrics on their own port, never the public HTTP port; 0 turns them off.
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other hosts
+    metrics_port: int = 9464
+    # Request bodies (prompts) in the request log: for debugging only.
+    log_bodies: bool = False
+    # HTTPS on the HTTP port: PEM certificate chain and private key, both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # TLS on the direct gRPC port too (Envoy still reaches the backend over loopback).
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
@@ -124,6 +139,20 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        for cert, key in (("tls_cert", "tls_key"), ("grpc_tls_cert", "grpc_tls_key")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"{cert} and {key} go together: set both or neither")
+        return self
+
+    @property
+    def admin_token(self) -> str | None:
+        # Not cached, like upstream_key: no plain-text copy in the object's __dict__.
+        if self.admin_key is None:
+            return None
+        return self.admin_key.get_secret_value().strip() or None
 
     @property
     def upstream_key(self) -> str | None:

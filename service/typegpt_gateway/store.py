@@ -83,6 +83,10 @@ class KeyNotFoundError(Exception):
     pass
 
 
+class BackupUnsupportedError(Exception):
+    """This store is backed up with its database server's own tools."""
+
+
 @dataclass(frozen=True, slots=True)
 class UsageRow:
     """One key's use of one model on one UTC day."""
@@ -109,6 +113,7 @@ class Store(Protocol):
     def data_version(self) -> int: ...
     def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]: ...
     def add_usage(self, entries: Iterable[tuple[str, UsageRow]]) -> None: ...
+    def backup(self, destination: Path) -> None: ...
     def close(self) -> None: ...
 
 
@@ -347,7 +352,15 @@ class KeyStore(SqlStore):
         self._own_writes += 1
 
     def close(self) -> None:
-        self._db.close()
+        # Not while a worker thread is still using the connection (the key refresher, at
+        # shutdown): closing it under a running statement crashes SQLite.
+        with self._lock:
+            self._db.close()
+
+    def backup(self, destination: Path) -> None:
+        """A consistent copy through SQLite's online backup: safe while the gateway runs."""
+        with self._lock, contextlib.closing(sqlite3.connect(destination)) as target:
+            self._db.backup(target)
 
     def data_version(self) -> int:
         """Changes whenever a connection commits: a cheap 'did anything change?'."""

@@ -11,6 +11,7 @@ import time
 import httpx
 import orjson
 
+from . import observe
 from .config import UpstreamSpec
 from .errors import GatewayError, scrub
 from .model_mapping import replace_model
@@ -70,6 +71,7 @@ class Upstream:
                 "authorization": f"Bearer {self.spec.api_key}",
                 "content-type": "application/json",
                 "accept": "text/event-stream" if stream else "application/json",
+                observe.REQUEST_ID: observe.current().request_id,
             },
         )
         try:

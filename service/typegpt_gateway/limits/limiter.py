@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from .. import metrics
 from ..errors import GatewayError
 from ..keys import KeyRecord
 from .rules import Decision, Limits, period_bounds
@@ -98,16 +99,17 @@ class Limiter:
         if not limits.any:
             return UNLIMITED
         if self._down_until is not None and time.monotonic() < self._down_until:
-            return self._unavailable()
+            return self._unavailable(record.name)
         lease = uuid.uuid4().hex
         try:
             seed = await self._seed(record.name, limits)
             decision = await self._backend.acquire(record.name, limits, lease, seed)
         except LimiterUnavailableError as exc:
             self._went_down(exc)
-            return self._unavailable()
+            return self._unavailable(record.name)
         self._came_back()
         if decision.error is not None:
+            metrics.LIMITER_REJECTIONS.labels(record.name, decision.refused or "").inc()
             raise decision.error
         return Ticket(self, record.name, limits, lease, decision.headers)
 
@@ -141,9 +143,10 @@ class Limiter:
             self._seeds[(name, start)] = cached
         return cached
 
-    def _unavailable(self) -> Ticket:
+    def _unavailable(self, name: str) -> Ticket:
         if self._fail_open:
             return UNLIMITED
+        metrics.LIMITER_REJECTIONS.labels(name, "unavailable").inc()
         raise GatewayError(
             503,
             "The gateway's rate limiter is unavailable; try again shortly.",

@@ -1,0 +1,45 @@
+"""Who may use the admin API: whoever presents GATEWAY_ADMIN_KEY, and nobody when it is unset."""
+
+from __future__ import annotations
+
+import hmac
+
+from .errors import GatewayError
+from .keys import bearer_token, hash_key
+from .store import KeyCache
+
+ADMIN_OFF = GatewayError(
+    403,
+    "The admin API is off: this gateway has no admin key. The operator enables it by setting "
+    "GATEWAY_ADMIN_KEY.",
+    "permission_error",
+)
+
+
+def is_admin_key(presented: str, admin_key: str) -> bool:
+    """Constant-time: digests of equal length are compared, so even the length stays hidden."""
+    return hmac.compare_digest(hash_key(presented), hash_key(admin_key))
+
+
+async def authorize_admin(authorization: str | None, admin_key: str | None, keys: KeyCache) -> None:
+    """Returns when `authorization` carries the admin key; otherwise raises the client's error."""
+    if admin_key is None:
+        raise ADMIN_OFF
+    presented = bearer_token(authorization)
+    if presented is None:
+        raise GatewayError(
+            401,
+            "Missing admin key. Send it as 'Authorization: Bearer <GATEWAY_ADMIN_KEY>'.",
+            "authentication_error",
+        )
+    if is_admin_key(presented, admin_key):
+        return
+    try:
+        await keys.authenticate(authorization)
+    except GatewayError:
+        raise GatewayError(403, "Invalid admin key", "authentication_error") from None
+    raise GatewayError(
+        403,
+        "A client API key cannot use the admin API; it needs the admin key (GATEWAY_ADMIN_KEY).",
+        "permission_error",
+    )

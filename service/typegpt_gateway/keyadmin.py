@@ -1,0 +1,203 @@
+"""Key administration: the one core behind the `keys` CLI and the KeyService admin API.
+
+It checks what an operator asks for (names, models, limits, lifetimes) and applies it to the
+key store. Both front ends only translate their inputs and outputs; every rule lives here and
+fails with a GatewayError (400 with the offending `param`, 404, 409) that each front end shows
+its own way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import time
+from collections.abc import Collection, Mapping
+from typing import Literal
+
+from .errors import GatewayError
+from .keys import KeyRecord, parse_duration
+from .store import (
+    BUDGET_PERIODS,
+    LIMIT_FIELDS,
+    KeyExistsError,
+    KeyNotFoundError,
+    Store,
+    UsageRow,
+)
+
+# A name travels in admin URLs (/v1/admin/keys/{name}), metrics labels and log lines.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
+# Limits set as whole numbers of at least 1, up to what the admin API's JSON can carry
+# exactly (uint32 fields; budget_tokens is a double, exact to 2^53).
+COUNT_LIMITS = ("rpm", "tpm", "max_concurrent", "budget_tokens")
+_MAX_COUNTS = {"budget_tokens": 2**53}
+_MAX_COUNT = 2**32 - 1
+# The last expiry time the admin API's uint32 Unix seconds can carry (2106-02-07): a later
+# one would be stored, then fail every answer that shows the record.
+_LAST_EXPIRY = 2**32 - 1
+# What create and update accept: the stored limits, with a lifetime instead of a date.
+LIMIT_PARAMS = (*(field for field in LIMIT_FIELDS if field != "expires_at"), "expires_in")
+
+Status = Literal["active", "expired", "revoked"]
+
+
+def _invalid(message: str, param: str) -> GatewayError:
+    return GatewayError(400, message, "invalid_request_error", param)
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise _invalid(
+            "A key name is 1-64 characters: letters, digits and . _ @ : - "
+            "(starting with a letter or digit).",
+            "name",
+        )
+    return name
+
+
+def check_models(models: object, catalog: Collection[str]) -> tuple[str, ...]:
+    if not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
+        raise _invalid("'models' must be a list of model names (null for all models).", "models")
+    wanted = tuple(sorted({model.strip() for model in models if model.strip()}))
+    if not wanted:
+        raise _invalid("'models' must name at least one model (null for all models).", "models")
+    unknown = [model for model in wanted if model not in catalog]
+    if unknown:
+        raise _invalid(f"Not in the model catalog: {', '.join(unknown)}.", "models")
+    return wanted
+
+
+def check_count(param: str, value: object) -> int:
+    most = _MAX_COUNTS.get(param, _MAX_COUNT)
+    # bool is an int in Python; JSON numbers arrive as floats (60.0) through the transcoder.
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value != int(value) or not 1 <= value <= most:
+        raise _invalid(f"'{param}' must be a whole number from 1 to {most}.", param)
+    return int(value)
+
+
+def check_budget_period(value: object) -> str:
+    if value not in BUDGET_PERIODS:
+        raise _invalid(
+            f"'budget_period' must be one of {', '.join(BUDGET_PERIODS)}.", "budget_period"
+        )
+    return str(value)
+
+
+def lifetime_seconds(value: object) -> float:
+    """'30d', '12h', '90m', '45s', '2w', or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value <= 0:
+            raise _invalid("'expires_in' must be positive.", "expires_in")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(parse_duration(value))
+        except ValueError as exc:
+            raise _invalid(f"'expires_in': {exc}.", "expires_in") from None
+    raise _invalid(
+        "'expires_in' must be a duration such as 30d or a number of seconds.", "expires_in"
+    )
+
+
+def check_limits(
+    limits: Mapping[str, object], catalog: Collection[str], now: float
+) -> dict[str, object]:
+    """The store's fields for the given limits (a None value removes that limit). Pure."""
+    unknown = set(limits) - set(LIMIT_PARAMS)
+    if unknown:
+        raise _invalid(f"Unknown limit: {', '.join(sorted(unknown))}.", sorted(unknown)[0])
+    fields: dict[str, object] = {}
+    for param, value in limits.items():
+        if value is None:
+            fields["expires_at" if param == "expires_in" else param] = None
+        elif param == "models":
+            fields[param] = check_models(value, catalog)
+        elif param == "budget_period":
+            fields[param] = check_budget_period(value)
+        elif param == "expires_in":
+            fields["expires_at"] = expires_at = now + lifetime_seconds(value)
+            if not expires_at <= _LAST_EXPIRY:
+                raise _invalid("'expires_in' is too long: keys expire by 2106.", param)
+        else:
+            fields[param] = check_count(param, value)
+    return fields
+
+
+def status(record: KeyRecord, now: float) -> Status:
+    if record.revoked_at is not None:
+        return "revoked"
+    if record.expires_at is not None and now >= record.expires_at:
+        return "expired"
+    return "active"
+
+
+def parse_day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise _invalid("'since' must be a date such as 2025-01-31.", "since") from None
+
+
+def _not_found(name: str, live: bool = False) -> GatewayError:
+    which = "live key" if live else "key"
+    return GatewayError(404, f"There is no {which} named {name!r}.", "not_found_error", "name")
+
+
+class KeyAdmin:
+    """Key operations on one store, checked against the model catalog. Blocking (SQLite or
+    PostgreSQL): the server calls it from a worker thread."""
+
+    def __init__(self, store: Store, catalog: Collection[str]) -> None:
+        self.store = store
+        self._catalog = catalog
+
+    def create(self, name: str, limits: Mapping[str, object]) -> tuple[KeyRecord, str]:
+        """The new record and the key itself, which is shown once and never stored."""
+        check_name(name)
+        now = time.time()
+        fields = check_limits(limits, self._catalog, now)
+        expires_at = fields.pop("expires_at", None)
+        lifetime = expires_at - now if isinstance(expires_at, float) else None
+        try:
+            return self.store.create(name, expires_in=lifetime, **fields)
+        except KeyExistsError:
+            raise GatewayError(
+                409,
+                f"A live key named {name!r} already exists; revoke it first or pick another name.",
+                "invalid_request_error",
+                "name",
+            ) from None
+
+    def list(self) -> list[KeyRecord]:
+        return self.store.records()
+
+    def get(self, name: str) -> KeyRecord:
+        """The live key of that name, else the last one revoked."""
+        try:
+            return self.store.get(name)
+        except KeyNotFoundError:
+            pass
+        revoked = [record for record in self.store.records() if record.name == name]
+        if not revoked:
+            raise _not_found(name)
+        return revoked[-1]  # records() is oldest first
+
+    def update(self, name: str, limits: Mapping[str, object]) -> KeyRecord:
+        fields = check_limits(limits, self._catalog, time.time())
+        try:
+            return self.store.update(name, **fields)
+        except KeyNotFoundError:
+            raise _not_found(name, live=True) from None
+
+    def revoke(self, name: str) -> KeyRecord:
+        try:
+            self.store.revoke(name)
+        except KeyNotFoundError:
+            raise _not_found(name, live=True) from None
+        return self.get(name)
+
+    def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]:
+        self.get(name)  # 404 for a name that never existed
+        return self.store.usage(name, since)

@@ -1,0 +1,164 @@
+"""KeyService, the admin API over gRPC, which Envoy also serves as REST under /v1/admin/keys.
+
+Each RPC: admin auth → the key admin core, in a worker thread since SQLite blocks → the
+record as an ApiKey message. After a change the server's key cache is reloaded at once, so a
+new key works, and a revoked one is refused, from the next request on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
+
+from . import observe
+from .adminauth import authorize_admin
+from .keyadmin import COUNT_LIMITS, LIMIT_PARAMS, KeyAdmin, parse_day, status
+from .keys import KeyRecord
+from .redaction import register_secret
+from .servicer import _as_gateway_error, _authorization, abort
+from .store import KeyCache, UsageRow
+
+T = TypeVar("T")
+ADMIN = "admin"  # the key name requests made with the admin key are logged and counted under
+
+
+def api_key_message(record: KeyRecord, now: float, key: str | None = None) -> keys_pb2.ApiKey:
+    message = keys_pb2.ApiKey(
+        name=record.name,
+        prefix=record.prefix,
+        status=status(record, now),
+        created_at=int(record.created_at),
+    )
+    if record.models is None:
+        message.models.null_value = struct_pb2.NULL_VALUE
+    else:
+        message.models.list_value.extend(record.models)
+    for field in (*COUNT_LIMITS, "budget_period"):
+        value = getattr(record, field)
+        if value is not None:
+            setattr(message, field, value)
+    if record.expires_at is not None:
+        message.expires_at = int(record.expires_at)
+    if record.revoked_at is not None:
+        message.revoked_at = int(record.revoked_at)
+    if key is not None:
+        message.key = key
+    return message
+
+
+def usage_message(row: UsageRow) -> keys_pb2.KeyUsage:
+    return keys_pb2.KeyUsage(
+        day=row.day.isoformat(),
+        model=row.model,
+        requests=row.requests,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        errors=row.errors,
+    )
+
+
+def create_limits(request: keys_pb2.CreateKeyRequest) -> dict[str, object]:
+    """The limits a CreateKeyRequest sets; absent and null alike mean no limit."""
+    limits: dict[str, object] = {}
+    if request.models:
+        limits["models"] = list(request.models)
+    for field in (*COUNT_LIMITS, "budget_period"):
+        if request.HasField(field):
+            limits[field] = getattr(request, field)
+    if request.HasField("expires_in"):
+        limits["expires_in"] = json_format.MessageToDict(request.expires_in)
+    return {name: value for name, value in limits.items() if value is not None}
+
+
+def update_limits(request: keys_pb2.UpdateKeyRequest) -> dict[str, object]:
+    """The limits an UpdateKeyRequest changes: present fields only, None removing a limit."""
+    return {
+        field: json_format.MessageToDict(getattr(request, field))
+        for field in LIMIT_PARAMS
+        if request.HasField(field)
+    }
+
+
+class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
+    def __init__(self, admin: KeyAdmin, admin_key: str | None, keys: KeyCache) -> None:
+        self._admin = admin
+        self._admin_key = admin_key
+        self._keys = keys
+        register_secret(admin_key)
+
+    async def _run(
+        self, context: grpc.aio.ServicerContext, operation: Callable[[], T], *, writes: bool
+    ) -> T:
+        """Authorizes the caller, then runs `operation` off the event loop; errors abort."""
+        try:
+            await authorize_admin(_authorization(context), self._admin_key, self._keys)
+            observe.current().key = ADMIN
+            result = await asyncio.to_thread(operation)
+            if writes:
+                await asyncio.to_thread(self._keys.refresh_if_changed)
+            return result
+        except Exception as exc:
+            await abort(context, _as_gateway_error(exc))
+        raise AssertionError("unreachable: abort raises")
+
+    @observe.rpc("KeyService/CreateKey")
+    async def CreateKey(
+        self, request: keys_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.ApiKey:
+        record, key = await self._run(
+            context, lambda: self._admin.create(request.name, create_limits(request)), writes=True
+        )
+        return api_key_message(record, time.time(), key)
+
+    @observe.rpc("KeyService/ListKeys")
+    async def ListKeys(
+        self, request: keys_pb2.ListKeysRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.ListKeysResponse:
+        records = await self._run(context, self._admin.list, writes=False)
+        now = time.time()
+        return keys_pb2.ListKeysResponse(
+            object="list", data=[api_key_message(record, now) for record in records]
+        )
+
+    @observe.rpc("KeyService/GetKey")
+    async def GetKey(
+        self, request: keys_pb2.GetKeyRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.ApiKey:
+        record = await self._run(context, lambda: self._admin.get(request.name), writes=False)
+        return api_key_message(record, time.time())
+
+    @observe.rpc("KeyService/UpdateKey")
+    async def UpdateKey(
+        self, request: keys_pb2.UpdateKeyRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.ApiKey:
+        record = await self._run(
+            context, lambda: self._admin.update(request.name, update_limits(request)), writes=True
+        )
+        return api_key_message(record, time.time())
+
+    @observe.rpc("KeyService/RevokeKey")
+    async def RevokeKey(
+        self, request: keys_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.ApiKey:
+        record = await self._run(context, lambda: self._admin.revoke(request.name), writes=True)
+        return api_key_message(record, time.time())
+
+    @observe.rpc("KeyService/GetKeyUsage")
+    async def GetKeyUsage(
+        self, request: keys_pb2.GetKeyUsageRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.GetKeyUsageResponse:
+        def usage() -> list[UsageRow]:
+            since = parse_day(request.since) if request.since else None
+            return self._admin.usage(request.name, since)
+
+        rows = await self._run(context, usage, writes=False)
+        return keys_pb2.GetKeyUsageResponse(
+            object="list", name=request.name, data=[usage_message(row) for row in rows]
+        )

@@ -1,0 +1,46 @@
+"""Logging: one JSON object per line on stderr, for log shippers and `jq` alike.
+
+Every line has time, level, logger and message; a line logged while a request is handled also
+has its request_id. The per-request line (logger `typegpt_gateway.requests`) is written by
+observe.Exchange. Keys never reach a log line: only key names do.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pythonjsonlogger.json import JsonFormatter
+
+from . import observe
+
+
+class _RequestId(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            exchange = observe.running()
+            if exchange is not None:
+                record.request_id = exchange.request_id
+        return True
+
+
+def json_handler() -> logging.Handler:
+    """A stderr handler writing each record as one JSON object."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter(
+            "{levelname}{name}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",
+        )
+    )
+    handler.addFilter(_RequestId())
+    return handler
+
+
+def configure(level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    root.handlers[:] = [json_handler()]
+    root.setLevel(level)
+    # httpx logs every upstream request at INFO: noise, and a place secrets could leak into.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
