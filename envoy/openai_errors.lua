@@ -1,6 +1,7 @@
 -- Envoy Lua filter of typegpt-gateway. It sits before grpc_json_transcoder, so:
 --  * on the way in it strips gRPC control headers that plain HTTP clients must not be able to
---    set (grpc-timeout would become a server deadline, a bad *-bin header a 500);
+--    set (grpc-timeout would become a server deadline, a bad *-bin header a 500), and headers
+--    whose names gRPC metadata cannot carry;
 --  * on the way out it sees the transcoded response and every local reply, and makes each
 --    error an OpenAI-shaped JSON body: {"error": {"message", "type", "param", "code"}}.
 -- Native gRPC traffic (application/grpc) passes untouched both ways.
@@ -15,7 +16,9 @@ local ERROR_TYPES = {
   [403] = "authentication_error",
   [404] = "invalid_request_error",
   [405] = "invalid_request_error",
+  [408] = "timeout_error",
   [413] = "invalid_request_error",
+  [431] = "invalid_request_error",
   [429] = "rate_limit_error",
   [504] = "timeout_error",
 }
@@ -24,10 +27,56 @@ local ERROR_TYPES = {
 local LOCAL_MESSAGES = {
   [404] = "Unknown request URL. This gateway serves POST /v1/chat/completions, "
     .. "GET /v1/models, GET /v1/models/{model} and the admin API under /v1/admin/keys.",
+  [408] = "The request was not received in time.",
   [413] = "Request body too large for this gateway.",
   [431] = "Request headers too large.",
   [503] = "The gateway's backend is not available right now; try again shortly.",
 }
+
+-- The second byte a UTF-8 lead byte allows, where it is narrower than 80-BF (no overlong
+-- forms, no surrogates, nothing past U+10FFFF).
+local SECOND_BYTE = {[0xE0] = {0xA0, 0xBF}, [0xED] = {0x80, 0x9F}, [0xF0] = {0x90, 0xBF},
+  [0xF4] = {0x80, 0x8F}}
+
+local function utf8_length(s, i)
+  local c = string.byte(s, i)
+  local length = (c < 0x80 and 1) or (c >= 0xC2 and c <= 0xDF and 2)
+    or (c >= 0xE0 and c <= 0xEF and 3) or (c >= 0xF0 and c <= 0xF4 and 4) or 0
+  if length < 2 then
+    return length
+  end
+  for j = 1, length - 1 do
+    local b = string.byte(s, i + j)
+    local low, high = 0x80, 0xBF
+    if j == 1 and SECOND_BYTE[c] then
+      low, high = SECOND_BYTE[c][1], SECOND_BYTE[c][2]
+    end
+    if b == nil or b < low or b > high then
+      return 0
+    end
+  end
+  return length
+end
+
+-- A JSON body must be UTF-8, but a message may quote a client's stray bytes (the transcoder
+-- does, for a body that is not UTF-8): each byte that is not part of a character becomes U+FFFD.
+local function valid_utf8(s)
+  if not string.find(s, "[\128-\255]") then
+    return s
+  end
+  local out, i = {}, 1
+  while i <= #s do
+    local length = utf8_length(s, i)
+    if length == 0 then
+      out[#out + 1] = "\\ufffd"
+      i = i + 1
+    else
+      out[#out + 1] = string.sub(s, i, i + length - 1)
+      i = i + length
+    end
+  end
+  return table.concat(out)
+end
 
 local function json_string(s)
   s = string.gsub(s, '[%c"\\]', function(c)
@@ -36,7 +85,7 @@ local function json_string(s)
     if c == "\n" then return "\\n" end
     return string.format("\\u%04x", string.byte(c))
   end)
-  return '"' .. s .. '"'
+  return '"' .. valid_utf8(s) .. '"'
 end
 
 local function percent_decode(s)
@@ -51,6 +100,10 @@ function envoy_on_request(handle)
   local unwanted = {}
   for name, _ in pairs(headers) do
     if string.sub(name, 1, 5) == "grpc-" or string.sub(name, -4) == "-bin" then
+      unwanted[#unwanted + 1] = name
+    elseif string.sub(name, 1, 1) ~= ":" and not string.match(name, "^[%l%d_%.%-]+$") then
+      -- Legal in HTTP (e.g. "x-a'b", "x!"), but not a gRPC metadata key: the backend would
+      -- refuse the whole call with a 500.
       unwanted[#unwanted + 1] = name
     end
   end

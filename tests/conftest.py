@@ -100,3 +100,12 @@ def _throwaway(server: RedisServer | PostgresServer) -> Iterator:
         yield server.start()
     finally:
         server.cleanup()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    import fuzz_stats  # filled in by test_fuzz.py, when it ran
+
+    text = fuzz_stats.summary()
+    if text:
+        terminalreporter.write_sep("-", "fuzzing")
+        terminalreporter.write_line(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,3 +180,13 @@ class Gateway:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(workdir: Path, upstream_url: str, **settings: object) -> Iterator[Gateway]:
+    """A started gateway with its own settings (Gateway fields), stopped on leaving."""
+    gw = Gateway(workdir, upstream_url, **settings).start()  # type: ignore[arg-type]
+    try:
+        yield gw
+    finally:
+        gw.stop()

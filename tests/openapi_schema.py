@@ -38,7 +38,7 @@ def validate(instance: Any, schema_name: str) -> None:
 
 
 def schema_names() -> list[str]:
-    return sorted(_components())
+    return sorted(components())
 
 
 @functools.cache
@@ -52,13 +52,14 @@ def _registry() -> Registry:
     return Registry().with_resource(_SPEC_URI, resource)
 
 
-def _components() -> dict[str, Any]:
+def components() -> dict[str, Any]:
+    """The schemas, with `nullable` already rewritten into JSON Schema terms."""
     return _registry().contents(_SPEC_URI)["components"]["schemas"]
 
 
 @functools.cache
 def _validator(schema_name: str) -> Draft202012Validator:
-    if schema_name not in _components():
+    if schema_name not in components():
         raise KeyError(f"no schema named {schema_name!r} in {SPEC_PATH}")
     return Draft202012Validator(
         {"$ref": f"{_SPEC_URI}#/components/schemas/{schema_name}"},

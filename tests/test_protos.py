@@ -16,7 +16,9 @@ BUF = REPO / "tests" / "js" / "node_modules" / ".bin" / "buf"
 
 def test_generated_code_is_fresh(tmp_path):
     protogen.generate(stubs_root=tmp_path / "stubs", descriptor=tmp_path / "gateway.pb")
-    generated = sorted(p.relative_to(tmp_path / "stubs") for p in (tmp_path / "stubs").rglob("*.py*"))
+    generated = sorted(
+        p.relative_to(tmp_path / "stubs") for p in (tmp_path / "stubs").rglob("*.py*")
+    )
     assert generated, "protoc produced nothing"
     for relative in generated:
         committed = protogen.STUBS_ROOT / relative

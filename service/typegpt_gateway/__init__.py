@@ -2,8 +2,9 @@
 
 import os
 
-# Before grpc is imported: the gateway never runs gRPC in a forked child, and with fork
-# support on, grpc prints a plain-text line into the JSON log whenever Envoy is spawned.
+# Before anything imports grpc, which reads it once. The gateway forks only to exec Envoy, so
+# gRPC's fork handlers have nothing to do; left on, they print a plain-text line on stderr
+# under uvloop, where every line is JSON.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 __version__ = "0.1.0"

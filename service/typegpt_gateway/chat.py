@@ -23,6 +23,7 @@ from .catalog import Catalog
 from .errors import GatewayError, scrub
 from .failover import Failover
 from .keys import KeyRecord
+from .redaction import redact_bytes
 from .sse import DONE, EventReader, is_error_event
 from .store import KeyCache
 from .timeouts import Deadlines
@@ -173,7 +174,7 @@ class Stream:
                             yield batch
                         raise observe.upstream_failed(self._in_band_error(data))
                     if self._account.meter.see_chunk(data):
-                        batch.append(data)
+                        batch.append(redact_bytes(data))
                 if batch:
                     yield batch
         except (GeneratorExit, asyncio.CancelledError):
@@ -243,7 +244,8 @@ async def read_answer(response: httpx.Response, deadlines: Deadlines) -> bytes:
     if not answer.lstrip().startswith(b"{"):
         not_json = GatewayError(502, "The upstream API answered with something not JSON.")
         raise observe.upstream_failed(not_json)
-    return bytes(answer)
+    # An upstream that echoes our key (a debugging proxy, say) must not hand it out.
+    return redact_bytes(bytes(answer))
 
 
 class ChatPipeline:

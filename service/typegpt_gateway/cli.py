@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from .errors import GatewayError
 from .keyadmin import KeyAdmin
 from .keys import KeyRecord, parse_duration
+from .redaction import install_log_redaction
 from .settings import Settings
 from .store import BackupUnsupportedError, open_store
 
@@ -92,6 +93,7 @@ def serve(
     from .logs import configure
 
     configure(logging.INFO)
+    install_log_redaction()
     try:
         settings = _settings(
             http_port=http_port,

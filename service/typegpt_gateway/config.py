@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -70,7 +70,8 @@ class UpstreamSpec:
 
     name: str
     base_url: str
-    api_key: str | None
+    # Kept out of repr: a spec printed in a log or a traceback must not carry the key.
+    api_key: str | None = field(repr=False)
     # The setting an operator must set when the key is missing.
     key_setting: str
     models: frozenset[str] | None
@@ -85,7 +86,8 @@ def load_config(path: Path) -> GatewayConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        # Not str(exc), nor chained: it quotes the offending line, which may hold an api_key.
+        raise ConfigError(f"{path} is not valid YAML: {_where(exc)}") from None
     try:
         return GatewayConfig.model_validate(document)
     except ValidationError as exc:
@@ -94,6 +96,14 @@ def load_config(path: Path) -> GatewayConfig:
             for error in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
+
+
+def _where(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or type(error).__name__
+    if mark is None:
+        return problem
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
 
 
 def _key(value: str | None) -> str | None:

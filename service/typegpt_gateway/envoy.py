@@ -6,17 +6,22 @@ import asyncio
 import json
 import math
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 from string import Template
 
 import httpx
 
+from . import cors
+from .redaction import redact
 from .settings import MiB, Settings
 
 CONFIG_TEMPLATE = "envoy.yaml.in"
 LUA_FILTER = "openai_errors.lua"
 DESCRIPTOR = "gateway.pb"
+# Longest Envoy log line read at once (a debug line can quote large headers).
+LOG_LINE_LIMIT = 1024 * 1024
 # Envoy's log lines as JSON objects like the gateway's own (logs.py): one format on stderr.
 LOG_FORMAT = (
     '{"time":"%Y-%m-%dT%T.%f%z","level":"%l","logger":"envoy","component":"%n","message":"%j"}'
@@ -50,6 +55,7 @@ def render_config(
     assets = assets or assets_dir()
     # The template is always read here; `assets` is where Envoy will find the files.
     template = Template((assets_dir() / CONFIG_TEMPLATE).read_text())
+    cors_filter, cors_policy = cors.envoy_config(settings.cors_origins)
     return template.substitute(
         admin_port=settings.envoy_admin_port,
         http_host=settings.host,
@@ -63,6 +69,10 @@ def render_config(
         # A little over the body limit: headers and framing share the connection buffer.
         buffer_limit_bytes=settings.max_body_bytes + MiB,
         stream_idle_timeout=f"{stream_idle_timeout(settings)}s",
+        request_headers_timeout=_duration(settings.request_headers_timeout),
+        request_timeout=_duration(settings.request_body_timeout),
+        cors_filter=cors_filter,
+        cors_policy=cors_policy,
         transport_socket=transport_socket(settings.tls_cert, settings.tls_key),
     )
 
@@ -72,6 +82,10 @@ def stream_idle_timeout(settings: Settings) -> int:
     complete, which the gateway bounds by the upstream total timeout; a minute more lets the
     gateway's own 504 arrive first."""
     return math.ceil(settings.upstream_total_timeout) + 60
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
 
 
 def transport_socket(cert: Path | None, key: Path | None) -> str:
@@ -126,8 +140,27 @@ async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subproce
     if settings.envoy_concurrency > 0:
         args += ["--concurrency", str(settings.envoy_concurrency)]
     return await asyncio.create_subprocess_exec(
-        *args, stdin=asyncio.subprocess.DEVNULL, env=os.environ.copy()
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        # Through relay_output: at debug level Envoy prints request headers, keys included.
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=os.environ.copy(),
+        limit=LOG_LINE_LIMIT,
     )
+
+
+async def relay_output(output: asyncio.StreamReader) -> None:
+    """Copies Envoy's log lines to our stderr with credentials redacted, until Envoy exits."""
+    while True:
+        try:
+            line = await output.readline()
+        except ValueError:  # a line over the limit, which asyncio has dropped
+            continue
+        if not line:
+            return
+        sys.stderr.write(redact(line.decode("utf-8", "replace")))
+        sys.stderr.flush()
 
 
 def connect_host(settings: Settings) -> str:

@@ -7,10 +7,11 @@ Envoy's Lua filter turns that into the HTTP response.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 import grpc
+
+from .redaction import redact
 
 _GRPC_CODES: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -90,10 +91,12 @@ class GatewayError(Exception):
     def __post_init__(self) -> None:
         if not self.type:
             object.__setattr__(self, "type", default_error_type(self.status))
-        object.__setattr__(self, "message", bound_message(self.message))
-        object.__setattr__(self, "type", self.type[:MAX_FIELD_CHARS])
+        # Every message a client sees is built here: the last place to catch a credential,
+        # e.g. one an upstream echoed into a parse error.
+        object.__setattr__(self, "message", bound_message(redact(self.message)))
+        object.__setattr__(self, "type", redact(self.type)[:MAX_FIELD_CHARS])
         if self.param is not None:
-            object.__setattr__(self, "param", self.param[:MAX_FIELD_CHARS])
+            object.__setattr__(self, "param", redact(self.param)[:MAX_FIELD_CHARS])
 
     def __str__(self) -> str:
         return f"{self.status} {self.type}: {self.message}"
@@ -117,16 +120,6 @@ class GatewayError(Exception):
         return json.dumps(self.payload(), ensure_ascii=True, separators=(",", ":"))
 
 
-_SECRET_PATTERNS = (
-    re.compile(r"sk-[A-Za-z0-9_\-]{6,}"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=:/+]{6,}"),
-)
-
-
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Removes credentials from text that came from elsewhere (e.g. an upstream error body)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    text = _SECRET_PATTERNS[0].sub("sk-[redacted]", text)
-    return _SECRET_PATTERNS[1].sub(r"\1[redacted]", text)
+    return redact(text, secrets)

@@ -33,6 +33,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
 COUNT_LIMITS = ("rpm", "tpm", "max_concurrent", "budget_tokens")
 _MAX_COUNTS = {"budget_tokens": 2**53}
 _MAX_COUNT = 2**32 - 1
+# The last expiry time the admin API's uint32 Unix seconds can carry (2106-02-07): a later
+# one would be stored, then fail every answer that shows the record.
+_LAST_EXPIRY = 2**32 - 1
 # What create and update accept: the stored limits, with a lifetime instead of a date.
 LIMIT_PARAMS = (*(field for field in LIMIT_FIELDS if field != "expires_at"), "expires_in")
 
@@ -114,7 +117,9 @@ def check_limits(
         elif param == "budget_period":
             fields[param] = check_budget_period(value)
         elif param == "expires_in":
-            fields["expires_at"] = now + lifetime_seconds(value)
+            fields["expires_at"] = expires_at = now + lifetime_seconds(value)
+            if not expires_at <= _LAST_EXPIRY:
+                raise _invalid("'expires_in' is too long: keys expire by 2106.", param)
         else:
             fields[param] = check_count(param, value)
     return fields

@@ -21,6 +21,7 @@ from . import observe
 from .adminauth import authorize_admin
 from .keyadmin import COUNT_LIMITS, LIMIT_PARAMS, KeyAdmin, parse_day, status
 from .keys import KeyRecord
+from .redaction import register_secret
 from .servicer import _as_gateway_error, _authorization, abort
 from .store import KeyCache, UsageRow
 
@@ -90,6 +91,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         self._admin = admin
         self._admin_key = admin_key
         self._keys = keys
+        register_secret(admin_key)
 
     async def _run(
         self, context: grpc.aio.ServicerContext, operation: Callable[[], T], *, writes: bool

@@ -23,7 +23,8 @@ class _RequestId(logging.Filter):
         return True
 
 
-def configure(level: int = logging.INFO) -> None:
+def json_handler() -> logging.Handler:
+    """A stderr handler writing each record as one JSON object."""
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonFormatter(
@@ -34,8 +35,12 @@ def configure(level: int = logging.INFO) -> None:
         )
     )
     handler.addFilter(_RequestId())
+    return handler
+
+
+def configure(level: int = logging.INFO) -> None:
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [json_handler()]
     root.setLevel(level)
     # httpx logs every upstream request at INFO: noise, and a place secrets could leak into.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -99,6 +99,9 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 ENVOY_STATS_PATH = "/metrics/envoy"
 
 
+SERVER_NAME = "typegpt-gateway"
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not worth a log line each."""
@@ -132,9 +135,14 @@ class MetricsServer:
         envoy = _envoy_app(envoy_admin)
 
         def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            def unbranded(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+                # Our own Server header, so that wsgiref does not announce its and Python's
+                # versions.
+                return start_response(status, [*headers, ("Server", SERVER_NAME)], *exc_info)
+
             if environ.get("PATH_INFO") == ENVOY_STATS_PATH:
-                return envoy(environ, start_response)
-            return gateway(environ, start_response)
+                return envoy(environ, unbranded)
+            return gateway(environ, unbranded)
 
         class Server(ThreadingWSGIServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -97,4 +97,7 @@ class PostgresKeyStore(SqlStore):
         )
 
     def close(self) -> None:
-        self._conn.close()
+        # Not while a worker thread is still using the connection (the key refresher, at
+        # shutdown): closing it under a running statement crashes SQLite.
+        with self._lock:
+            self._conn.close()

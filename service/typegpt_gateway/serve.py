@@ -18,7 +18,14 @@ from pathlib import Path
 import httpx
 
 from .config import ConfigError
-from .envoy import EnvoyAdmin, admin_address_file, connect_host, render_config, start_envoy
+from .envoy import (
+    EnvoyAdmin,
+    admin_address_file,
+    connect_host,
+    relay_output,
+    render_config,
+    start_envoy,
+)
 from .metrics import MetricsServer
 from .server import Backend, start_backend
 from .settings import Settings
@@ -141,6 +148,7 @@ async def _supervise(
     settings: Settings, backend: Backend, config_path: Path, envoy_admin: EnvoyAdmin | None
 ) -> int:
     refresher = asyncio.create_task(backend.keys.run_refresher())
+    backend.tasks.append(refresher)  # stopped by Backend.stop, before the store it reads closes
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -158,6 +166,8 @@ async def _supervise(
     config = render_config(settings, grpc_port=backend.local_port)
     await asyncio.to_thread(config_path.write_text, config)
     envoy = await start_envoy(settings, config_path)
+    assert envoy.stdout is not None
+    relay = asyncio.create_task(relay_output(envoy.stdout))
     scheme = "https" if settings.tls_cert is not None else "http"
     base = f"{scheme}://{_url_host(connect_host(settings))}:{settings.http_port}"
     if await _wait_until_healthy(f"{base}/healthz", envoy) and not stop.is_set():
@@ -192,5 +202,6 @@ async def _supervise(
             envoy.kill()
             await envoy_exit
     stopped.cancel()
+    await relay  # Envoy has exited: its last lines are in the pipe
     _report_leftovers(refresher, stopped, envoy_exit)
     return code

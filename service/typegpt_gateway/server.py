@@ -31,12 +31,14 @@ from .ledger import UsageLedger
 from .limits import Backend as LimiterBackend
 from .limits import InProcessBackend, Limiter
 from .readiness import ReadinessProbe, key_store_check
+from .redaction import register_url_password
 from .servicer import ChatServicer, StatusServicer
 from .settings import MiB, Settings
 from .store import KeyCache, Store, open_store
 
 logger = logging.getLogger(__name__)
 
+METADATA_LIMIT = 64 * 1024
 # After the drain time, how long streams get to write their error frame before being cut.
 LAST_WORDS = 1.0
 
@@ -94,7 +96,9 @@ def _limiter_backend(settings: Settings) -> LimiterBackend:
         return InProcessBackend()
     from .limits.redis_backend import RedisBackend
 
-    return RedisBackend(settings.redis_url.get_secret_value(), timeout=settings.redis_timeout)
+    url = settings.redis_url.get_secret_value()
+    register_url_password(url)
+    return RedisBackend(url, timeout=settings.redis_timeout)
 
 
 def _accounting(settings: Settings, store: Store) -> Accounting:
@@ -134,6 +138,10 @@ async def start_backend(settings: Settings) -> Backend:
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
+            # Above what Envoy lets through (32 KiB of headers): gRPC's default 8 KiB would
+            # refuse a client's large headers as RESOURCE_EXHAUSTED, a misleading 429.
+            ("grpc.max_metadata_size", METADATA_LIMIT),
+            ("grpc.absolute_max_metadata_size", METADATA_LIMIT),
             ("grpc.so_reuseport", 0),
         ]
     )

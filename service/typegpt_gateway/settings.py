@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .cors import parse_origins
 
 DEFAULT_MODELS = (
     "gpt-4o",
@@ -69,6 +70,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 32 * MiB
     # Open client connections Envoy accepts before refusing new ones.
     max_connections: int = 50_000
+    # Slow clients: seconds to send all request headers, then the whole request. Neither
+    # limits a response, so streams are never cut by them.
+    request_headers_timeout: float = 15.0
+    request_body_timeout: float = 300.0
+    # Browser origins allowed to call the API (CORS); none by default, so CORS is off.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     # Seconds without a byte on a stream before an SSE keepalive comment is sent.
     sse_keepalive_interval: float = 15.0
     # A YAML file listing several upstreams (see config.py); without it, the one upstream
@@ -118,6 +125,11 @@ class Settings(BaseSettings):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return parse_origins(value) if isinstance(value, str) else value
+
     @field_validator("database_url", "redis_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -135,14 +147,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"{cert} and {key} go together: set both or neither")
         return self
 
-    @cached_property
+    @property
     def admin_token(self) -> str | None:
+        # Not cached, like upstream_key: no plain-text copy in the object's __dict__.
         if self.admin_key is None:
             return None
         return self.admin_key.get_secret_value().strip() or None
 
-    @cached_property
+    @property
     def upstream_key(self) -> str | None:
+        # Not cached: a cached copy would sit in plain text in the object's __dict__.
         if self.typegpt_api_key is None:
             return None
         return self.typegpt_api_key.get_secret_value().strip() or None

@@ -8,7 +8,10 @@ from collections.abc import Iterator
 DONE = b"[DONE]"
 DONE_FRAME = b"data: [DONE]\n\n"
 KEEPALIVE_FRAME = b": keepalive\n\n"
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+# A blank line ends an event: two line ends in a row, each CRLF, LF or CR, mixed as they come.
+# A CR is a line end of its own unless an LF follows; one at the very end of the buffer counts
+# as a line end now (were an LF to follow, it would only add an empty line, which is harmless).
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n){2}")
 _LINE_END = re.compile(rb"\r\n|\n|\r")
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import GatewayError
 from .keys import SHOWN_PREFIX_CHARS, KeyRecord, authenticate, hash_key, new_key
+from .redaction import register_url_password
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -121,7 +122,9 @@ def open_store(settings: Settings) -> Store:
     if settings.database_url is not None:
         from .pgstore import PostgresKeyStore
 
-        return PostgresKeyStore(settings.database_url.get_secret_value())
+        url = settings.database_url.get_secret_value()
+        register_url_password(url)
+        return PostgresKeyStore(url)
     return KeyStore(settings.db)
 
 
@@ -349,7 +352,10 @@ class KeyStore(SqlStore):
         self._own_writes += 1
 
     def close(self) -> None:
-        self._db.close()
+        # Not while a worker thread is still using the connection (the key refresher, at
+        # shutdown): closing it under a running statement crashes SQLite.
+        with self._lock:
+            self._db.close()
 
     def backup(self, destination: Path) -> None:
         """A consistent copy through SQLite's online backup: safe while the gateway runs."""

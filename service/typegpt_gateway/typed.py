@@ -15,9 +15,13 @@ from .errors import GatewayError
 M = TypeVar("M", bound=Message)
 
 
+# Past 2^53 a double is no longer exactly an integer (and past 2^64 JSON encoders refuse it).
+_EXACT_INTEGERS = 2**53
+
+
 def _integral_floats_to_int(value: Any) -> Any:
     # google.protobuf.Value holds every number as a double; OpenAI wants 5, not 5.0.
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_INTEGERS:
         return int(value)
     if isinstance(value, dict):
         return {key: _integral_floats_to_int(item) for key, item in value.items()}

@@ -15,6 +15,7 @@ from . import observe
 from .config import UpstreamSpec
 from .errors import GatewayError, scrub
 from .model_mapping import replace_model
+from .redaction import register_secret
 from .retry import RETRYABLE_STATUSES, AttemptFailed
 from .timeouts import timeout_error
 
@@ -26,6 +27,7 @@ class Upstream:
     def __init__(self, spec: UpstreamSpec, *, connect_timeout: float) -> None:
         self.spec = spec
         self.name = spec.name
+        register_secret(spec.api_key)
         self._chat_url = f"{spec.base_url}/chat/completions"
         self._client = httpx.AsyncClient(
             # Reads are bounded by the caller's deadlines (first byte, idle, total).

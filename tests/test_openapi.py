@@ -1,0 +1,494 @@
+"""openapi/gateway.yaml against what the live gateway really answers, so the two cannot drift.
+
+Every operation and every status the description declares is produced for real (Envoy, the
+gRPC server, the fake upstream; an Envoy whose backend is down for the 503s; keys with tiny
+limits for the 429s; a gateway whose only upstream is unreachable for the cooldown 503), and
+each answer must carry a declared status and content type, validate against the declared
+schema and carry its required headers, each fitting its declared schema. Every declared header
+is seen on some answer. The reverse holds too: every HTTP route the protos bind is described.
+The admin API is driven with the admin key, a client key, a wrong key and none, and on a
+gateway without an admin key (the cooling one) for its 403.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import gateway_openapi
+import httpx
+import openapi_schema
+import pytest
+import schemathesis
+from fake_upstream import Reply, make_chunk
+from gateway_process import ADMIN_KEY, SCRIPTED_FAILURES, Gateway, free_port, running
+from google.api import annotations_pb2
+from openai_shape import chat_body, sse_payloads
+
+from typegpt.gateway.v1 import chat_pb2, keys_pb2, status_pb2
+from typegpt_gateway.envoy import binary, render_config
+from typegpt_gateway.settings import Settings
+
+MAX_BODY = 64 * 1024
+FIRST_BYTE_TIMEOUT = 2
+RATE_LIMIT_HEADERS = frozenset(
+    f"x-ratelimit-{what}-{unit}"
+    for what in ("limit", "remaining", "reset")
+    for unit in ("requests", "tokens")
+)
+
+
+@dataclass
+class World:
+    gw: Gateway
+    key: str
+    limited_key: str  # gpt-4o only
+    metered_key: str  # per-minute limits never reached: x-ratelimit-* headers on each answer
+    one_rpm_key: str  # one request a minute
+    budget_key: str  # a budget of one token a day
+    down_url: str  # an Envoy whose gRPC backend is not running
+    # A gateway (and key) whose one upstream is unreachable; it has no admin key either.
+    cooling: tuple[Gateway, str]
+    upstream: object
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"authorization": f"Bearer {key or self.key}"}
+
+
+@pytest.fixture(scope="module")
+def down_url(tmp_path_factory) -> Iterator[str]:
+    workdir = tmp_path_factory.mktemp("down")
+    port = free_port()
+    config = workdir / "envoy.yaml"
+    config.write_text(
+        render_config(Settings(http_port=port, host="127.0.0.1"), grpc_port=free_port())
+    )
+    envoy = subprocess.Popen(
+        [str(binary()), "-c", str(config), "--disable-hot-restart", "--log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and envoy.poll() is None, "Envoy did not start"
+                time.sleep(0.1)
+        yield url
+    finally:
+        envoy.terminate()
+        envoy.wait(15)
+
+
+@pytest.fixture(scope="module")
+def cooling(tmp_path_factory) -> Iterator[tuple[Gateway, str]]:
+    # One failure cools the only upstream for a minute: the next request is the 503. Without
+    # an admin key, its admin API is off: the admin API's other 403.
+    with running(
+        tmp_path_factory.mktemp("cooling"),
+        f"http://127.0.0.1:{free_port()}/v1",
+        admin_key=None,
+        extra_env={
+            "GATEWAY_UPSTREAM_MAX_ATTEMPTS": "1",
+            "GATEWAY_UPSTREAM_COOLDOWN_AFTER": "1",
+            "GATEWAY_UPSTREAM_COOLDOWN": "60",
+        },
+    ) as gw:
+        yield gw, gw.wait_for_key(gw.create_key("cooling"))
+
+
+@pytest.fixture(scope="module")
+def world(upstream, tmp_path_factory, down_url, cooling) -> Iterator[World]:
+    with running(
+        tmp_path_factory.mktemp("described"),
+        upstream.base_url,
+        extra_env={
+            **SCRIPTED_FAILURES,
+            "GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
+            "GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT": str(FIRST_BYTE_TIMEOUT),
+        },
+    ) as gw:
+        keys = [
+            gw.create_key("described"),
+            gw.create_key("limited", "--models", "gpt-4o"),
+            gw.create_key("metered", "--rpm", "1000", "--tpm", "10000000"),
+            gw.create_key("one-rpm", "--rpm", "1", "--tpm", "10000000"),
+            gw.create_key("budget", "--budget-tokens", "1", "--budget-period", "day"),
+        ]
+        for key in keys:
+            gw.wait_for_key(key)
+        yield World(gw, *keys, down_url, cooling, upstream)
+
+
+CHAT = "/v1/chat/completions"
+KEYS = "/v1/admin/keys"
+BIG_HEADER = {"x-big": "a" * 40_000}
+
+
+def _chat(w: World, body: object = None, headers: dict | None = None, **kw) -> httpx.Response:
+    return httpx.post(
+        f"{w.gw.url}{CHAT}",
+        json=chat_body() if body is None else body,
+        headers=w.auth() if headers is None else headers,
+        timeout=30,
+        **kw,
+    )
+
+
+def _second(first: Callable[[World], httpx.Response]) -> Callable[[World], httpx.Response]:
+    """The answer to the same request made twice: the first one uses up a limit."""
+
+    def trigger(w: World) -> httpx.Response:
+        first(w)
+        return first(w)
+
+    return trigger
+
+
+def _as(key: str, body: dict | None = None) -> Callable[[World], httpx.Response]:
+    return lambda w: _chat(w, body, w.auth(getattr(w, key)))
+
+
+def _cooling(w: World) -> httpx.Response:
+    gw, key = w.cooling
+    return httpx.post(
+        f"{gw.url}{CHAT}", json=chat_body(), headers={"authorization": f"Bearer {key}"}, timeout=30
+    )
+
+
+def _queued(reply: Reply, then: Callable[[World], httpx.Response]) -> Callable:
+    def trigger(w: World) -> httpx.Response:
+        w.upstream.enqueue(reply)  # type: ignore[attr-defined]
+        return then(w)
+
+    return trigger
+
+
+def _get(path: str, auth: str | None = "key") -> Callable[[World], httpx.Response]:
+    def trigger(w: World) -> httpx.Response:
+        headers = {
+            "key": w.auth(),
+            "limited": w.auth(w.limited_key),
+            None: {},
+            "wrong": w.auth("sk-wrong-key-0000000000"),
+        }[auth]
+        return httpx.get(f"{w.gw.url}{path}", headers=headers, timeout=30)
+
+    return trigger
+
+
+def _down(method: str, path: str) -> Callable[[World], httpx.Response]:
+    def trigger(w: World) -> httpx.Response:
+        headers = {"authorization": f"Bearer {ADMIN_KEY}"} if path.startswith(KEYS) else w.auth()
+        return httpx.request(
+            method, f"{w.down_url}{path}", json=chat_body(), headers=headers, timeout=30
+        )
+
+    return trigger
+
+
+def _big_header(method: str, path: str) -> Callable[[World], httpx.Response]:
+    def trigger(w: World) -> httpx.Response:
+        return httpx.request(
+            method,
+            f"{w.gw.url}{path}",
+            json=chat_body(),
+            headers={**w.auth(), **BIG_HEADER},
+            timeout=30,
+        )
+
+    return trigger
+
+
+def _fresh_name() -> str:
+    return f"admin-{uuid.uuid4().hex[:8]}"
+
+
+def _admin_call(
+    w: World,
+    method: str,
+    path: str,
+    body: object = None,
+    auth: str | None = "admin",
+    *,
+    gateway: Gateway | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Response:
+    token = {"admin": ADMIN_KEY, "client": w.key, "wrong": f"{ADMIN_KEY}x", None: None}[auth]
+    headers = {} if token is None else {"authorization": f"Bearer {token}"}
+    return httpx.request(
+        method,
+        f"{(gateway or w.gw).url}{KEYS}{path}",
+        json=body,
+        params=params,
+        headers=headers,
+        timeout=30,
+    )
+
+
+def _admin(
+    method: str,
+    path: str = "",
+    body: dict | None = None,
+    auth: str | None = "admin",
+    *,
+    admin_off: bool = False,
+    revoked: bool = False,
+    params: dict[str, str] | None = None,
+) -> Callable[[World], httpx.Response]:
+    """An admin API request. `{name}` in `path` is a key made for it (and revoked first, if
+    asked); a body `name` of "{name}" is a fresh name."""
+
+    def trigger(w: World) -> httpx.Response:
+        name = _fresh_name()
+        if "{name}" in path:
+            assert _admin_call(w, "POST", "", {"name": name}).status_code == 200
+        if revoked:
+            assert _admin_call(w, "DELETE", f"/{name}").status_code == 200
+        if body is not None and body.get("name") == "{name}":
+            payload: dict | None = {**body, "name": name}
+        else:
+            payload = body
+        gateway = w.cooling[0] if admin_off else None
+        return _admin_call(
+            w, method, path.format(name=name), payload, auth, gateway=gateway, params=params
+        )
+
+    return trigger
+
+
+def _admin_refusals(method: str, path: str, body: dict | None = None) -> list[Scenario]:
+    """One admin operation's 401, its 403s (a client key, a wrong admin key, a gateway whose
+    admin API is off), its 503 (backend down) and a 431; aimed at the World's own key, which
+    must survive them all."""
+    operation_id = {
+        (op_method, op_path): operation_id
+        for operation_id, (op_path, op_method, _) in gateway_openapi.operations().items()
+    }[method.lower(), f"{KEYS}{path}"]
+    path = path.format(name="described")
+    return [
+        Scenario(operation_id, 401, _admin(method, path, body, None)),
+        Scenario(operation_id, 403, _admin(method, path, body, "client")),
+        Scenario(operation_id, 403, _admin(method, path, body, "wrong")),
+        Scenario(operation_id, 403, _admin(method, path, body, admin_off=True)),
+        Scenario(operation_id, 503, _down(method, f"{KEYS}{path}")),
+        Scenario(operation_id, 431, _big_header(method, f"{KEYS}{path}")),
+    ]
+
+
+class Scenario(NamedTuple):
+    operation_id: str
+    status: int
+    # How to make the live gateway answer it.
+    trigger: Callable[[World], httpx.Response]
+    # Declared headers the answer must carry (beyond the required ones).
+    headers: frozenset[str] = frozenset()
+
+
+LIMIT_429_HEADERS = frozenset({"retry-after", "retry-after-ms"})
+SCENARIOS: list[Scenario] = [
+    Scenario("createChatCompletion", 200, lambda w: _chat(w)),
+    Scenario("createChatCompletion", 200, _as("metered_key"), RATE_LIMIT_HEADERS),
+    Scenario(
+        "createChatCompletion",
+        200,
+        _as("metered_key", chat_body(stream=True)),
+        RATE_LIMIT_HEADERS,
+    ),
+    Scenario("createChatCompletion", 200, lambda w: _chat(w, chat_body(stream=True))),
+    Scenario(
+        "createChatCompletion",
+        200,
+        _queued(
+            Reply.stream([make_chunk({"content": "hi"}, include_usage=True)]),
+            lambda w: _chat(w, chat_body(stream=True, stream_options={"include_usage": True})),
+        ),
+    ),
+    Scenario("createChatCompletion", 400, lambda w: _chat(w, content=b'{"model": ')),
+    Scenario(
+        "createChatCompletion", 400, lambda w: _chat(w, {"model": "gpt-4o", "messages": []})
+    ),
+    Scenario("createChatCompletion", 401, lambda w: _chat(w, headers={})),
+    Scenario(
+        "createChatCompletion", 403, lambda w: _chat(w, headers=w.auth("sk-wrong-key-0000000000"))
+    ),
+    Scenario("createChatCompletion", 403, _as("limited_key", chat_body("o3"))),
+    Scenario("createChatCompletion", 404, lambda w: _chat(w, chat_body("no-such-model"))),
+    Scenario("createChatCompletion", 413, lambda w: _chat(w, chat_body(pad="x" * MAX_BODY))),
+    Scenario(
+        "createChatCompletion",
+        429,
+        _queued(Reply.json(429, headers={"Retry-After": "2"}), _chat),
+        frozenset({"retry-after"}),
+    ),
+    Scenario(
+        "createChatCompletion",
+        429,
+        _second(_as("one_rpm_key")),
+        LIMIT_429_HEADERS | RATE_LIMIT_HEADERS,
+    ),
+    Scenario(
+        "createChatCompletion",
+        429,
+        _second(_as("budget_key")),
+        LIMIT_429_HEADERS | {"x-should-retry"},
+    ),
+    Scenario("createChatCompletion", 502, _queued(Reply.json(500), _chat)),
+    Scenario("createChatCompletion", 503, _down("POST", CHAT)),
+    Scenario("createChatCompletion", 503, _second(_cooling), frozenset({"retry-after"})),
+    Scenario("createChatCompletion", 504, _queued(Reply.hang(FIRST_BYTE_TIMEOUT + 5), _chat)),
+    Scenario("createChatCompletion", 431, _big_header("POST", CHAT)),
+    Scenario("listModels", 200, _get("/v1/models")),
+    Scenario("listModels", 401, _get("/v1/models", None)),
+    Scenario("listModels", 403, _get("/v1/models", "wrong")),
+    Scenario("listModels", 503, _down("GET", "/v1/models")),
+    Scenario("listModels", 431, _big_header("GET", "/v1/models")),
+    Scenario("retrieveModel", 200, _get("/v1/models/gpt-4o")),
+    Scenario("retrieveModel", 401, _get("/v1/models/gpt-4o", None)),
+    Scenario("retrieveModel", 403, _get("/v1/models/o3", "limited")),
+    Scenario("retrieveModel", 404, _get("/v1/models/no/such-model")),
+    Scenario("retrieveModel", 503, _down("GET", "/v1/models/gpt-4o")),
+    Scenario("retrieveModel", 431, _big_header("GET", "/v1/models/gpt-4o")),
+    Scenario("getHealth", 200, _get("/healthz", None)),
+    Scenario("getHealth", 503, _down("GET", "/healthz")),
+    Scenario("getHealth", 431, _big_header("GET", "/healthz")),
+    Scenario("getReadiness", 200, _get("/readyz", None)),
+    Scenario("getReadiness", 503, _down("GET", "/readyz")),
+    Scenario("getReadiness", 431, _big_header("GET", "/readyz")),
+    Scenario("createKey", 200, _admin("POST", "", {"name": "{name}", "expires_in": "30d"})),
+    Scenario("createKey", 400, _admin("POST", "", {"name": "has space"})),
+    Scenario("createKey", 400, _admin("POST", "", {"name": "{name}", "expires_in": 2**40})),
+    Scenario("createKey", 409, _second(_admin("POST", "", {"name": "taken"}))),
+    *_admin_refusals("POST", "", {"name": "never-made"}),
+    Scenario("listKeys", 200, _admin("GET")),
+    *_admin_refusals("GET", ""),
+    Scenario("getKey", 200, _admin("GET", "/{name}")),
+    Scenario("getKey", 200, _admin("GET", "/described")),  # made by the CLI
+    Scenario("getKey", 404, _admin("GET", "/nobody")),
+    *_admin_refusals("GET", "/{name}"),
+    Scenario("updateKey", 200, _admin("PATCH", "/{name}", {"rpm": 5, "models": ["gpt-4o"]})),
+    Scenario("updateKey", 400, _admin("PATCH", "/{name}", {"rpm": 0})),
+    Scenario("updateKey", 404, _admin("PATCH", "/nobody", {"rpm": 5})),
+    *_admin_refusals("PATCH", "/{name}", {"rpm": 1}),
+    Scenario("revokeKey", 200, _admin("DELETE", "/{name}")),
+    Scenario("revokeKey", 404, _admin("DELETE", "/{name}", revoked=True)),
+    *_admin_refusals("DELETE", "/{name}"),
+    Scenario("getKeyUsage", 200, _admin("GET", "/described/usage")),
+    Scenario("getKeyUsage", 200, _admin("GET", "/{name}/usage", params={"since": "2025-01-31"})),
+    Scenario("getKeyUsage", 400, _admin("GET", "/{name}/usage", params={"since": "soon"})),
+    Scenario("getKeyUsage", 404, _admin("GET", "/nobody/usage")),
+    *_admin_refusals("GET", "/{name}/usage"),
+]
+
+
+def check_answer(operation_id: str, response: httpx.Response) -> set[str]:
+    """The answer is one the description declares: status, content type, body and headers.
+    Returns the declared headers it carries."""
+    status = response.status_code
+    headers = gateway_openapi.validate_headers(operation_id, status, response.headers)
+    media_type = response.headers.get("content-type", "").split(";")[0].strip()
+    if media_type == "text/event-stream":
+        payloads = sse_payloads(response.text)
+        assert payloads[-1] == "[DONE]"
+        for payload in payloads:
+            gateway_openapi.validate_body(operation_id, status, media_type, {"data": payload})
+        for payload in payloads[:-1]:
+            gateway_openapi.validate_schema(
+                "CreateChatCompletionStreamResponse", json.loads(payload)
+            )
+        return headers
+    body = response.json()
+    gateway_openapi.validate_body(operation_id, status, media_type, body)
+    if status >= 400:
+        assert body["error"]["code"] == status
+    return headers
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    SCENARIOS,
+    ids=[f"{scenario.operation_id}-{scenario.status}-{i}" for i, scenario in enumerate(SCENARIOS)],
+)
+def test_live_answer_matches_the_description(world, scenario: Scenario) -> None:
+    response = scenario.trigger(world)
+    assert response.status_code == scenario.status, response.text[:500]
+    carried = check_answer(scenario.operation_id, response)
+    assert scenario.headers <= carried, (scenario.headers - carried, dict(response.headers))
+
+
+def test_refused_admin_calls_left_the_key_they_aimed_at_alone(world) -> None:
+    record = _admin_call(world, "GET", "/described").json()
+    assert record["status"] == "active" and "rpm" not in record, record
+
+
+def test_every_declared_status_is_exercised() -> None:
+    declared = {
+        (operation_id, key)
+        for operation_id, (_, _, operation) in gateway_openapi.operations().items()
+        for key in operation["responses"]
+    }
+    exercised = {
+        (
+            operation_id,
+            gateway_openapi.response_for(gateway_openapi.operations()[operation_id][2], status)[0],
+        )
+        for operation_id, status, *_ in SCENARIOS
+    }
+    assert declared == exercised
+
+
+def test_every_declared_header_is_exercised() -> None:
+    declared = {
+        (operation_id, status, header)
+        for operation_id, status, *_ in SCENARIOS
+        for header in gateway_openapi.declared_headers(operation_id, status)
+    }
+    exercised = {
+        (scenario.operation_id, scenario.status, header)
+        for scenario in SCENARIOS
+        for header in scenario.headers
+    }
+    assert declared == exercised
+
+
+def _http_routes() -> set[tuple[str, str]]:
+    """(method, path template) of every google.api.http binding in the protos."""
+    routes = set()
+    for file in (chat_pb2.DESCRIPTOR, status_pb2.DESCRIPTOR, keys_pb2.DESCRIPTOR):
+        for service in file.services_by_name.values():
+            for method in service.methods:
+                rule = method.GetOptions().Extensions[annotations_pb2.http]
+                verb = rule.WhichOneof("pattern")
+                if verb:
+                    path = getattr(rule, verb).replace("=**}", "}")
+                    routes.add((verb, path))
+    return routes
+
+
+def test_every_http_route_is_described_and_nothing_else() -> None:
+    described = {(method, path) for path, method, _ in gateway_openapi.operations().values()}
+    assert _http_routes() == described
+
+
+def test_description_is_valid_openapi_3_1() -> None:
+    schema = schemathesis.openapi.from_path(str(gateway_openapi.SPEC_PATH))
+    schema.validate()
+    assert gateway_openapi.spec()["openapi"] == "3.1.0"
+    assert "$ref: http" not in gateway_openapi.SPEC_PATH.read_text()  # self-contained
+
+
+@pytest.mark.skipif(not openapi_schema.spec_available(), reason="OpenAI's spec not present")
+def test_vendored_openai_schemas_are_current() -> None:
+    assert gateway_openapi.SPEC_PATH.read_text() == gateway_openapi.current_text(), (
+        "openapi/gateway.yaml's copy of OpenAI's schemas is stale: "
+        "python tests/gateway_openapi.py --write"
+    )

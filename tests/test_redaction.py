@@ -1,0 +1,203 @@
+"""Keys stay out of reprs, exception messages, tracebacks and log lines. In process, no server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import traceback
+from urllib.parse import unquote
+
+import pytest
+from gateway_process import free_port
+
+from typegpt_gateway.config import ConfigError, UpstreamSpec, load_config
+from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.keys import KeyRecord, hash_key, new_key
+from typegpt_gateway.logs import json_handler
+from typegpt_gateway.redaction import (
+    install_log_redaction,
+    redact,
+    redact_bytes,
+    register_secret,
+    register_url_password,
+)
+from typegpt_gateway.retry import AttemptFailed
+from typegpt_gateway.settings import Settings
+from typegpt_gateway.upstream import Upstream, upstream_error
+
+# Not shaped like a key: only registration can catch it.
+SECRET = "tgp-unit-R4nd0mLooking7Secret9Zq"
+
+
+def test_settings_repr_and_dump_hide_the_upstream_key(monkeypatch) -> None:
+    monkeypatch.setenv("TYPEGPT_API_KEY", SECRET)
+    settings = Settings()
+    assert settings.upstream_key == SECRET
+    for text in (repr(settings), str(settings), settings.model_dump_json(), str(vars(settings))):
+        assert SECRET not in text
+
+
+def test_key_record_repr_shows_neither_key_nor_hash() -> None:
+    key = new_key()
+    record = KeyRecord(name="alice", key_hash=hash_key(key), prefix=key[:10], created_at=0.0)
+    text = repr(record) + str(record)
+    assert key not in text and hash_key(key).hex() not in text and repr(hash_key(key)) not in text
+    assert "alice" in text
+
+
+def _spec(base_url: str, api_key: str | None) -> UpstreamSpec:
+    return UpstreamSpec(
+        name="typegpt",
+        base_url=base_url,
+        api_key=api_key,
+        key_setting="TYPEGPT_API_KEY",
+        models=None,
+        priority=0,
+        weight=1.0,
+        model_map={},
+    )
+
+
+def test_upstream_repr_and_connection_errors_hide_the_key() -> None:
+    async def scenario() -> AttemptFailed:
+        spec = _spec(f"http://127.0.0.1:{free_port()}/v1", SECRET)
+        assert SECRET not in repr(spec) + str(spec)
+        upstream = Upstream(spec, connect_timeout=2)
+        assert SECRET not in repr(upstream) + str(upstream)
+        due = asyncio.get_running_loop().time() + 10
+        try:
+            with pytest.raises(AttemptFailed) as caught:
+                await upstream.open_chat(
+                    b'{"model": "m", "messages": []}',
+                    stream=False,
+                    headers_due=due,
+                    late=GatewayError(504, "late"),
+                )
+        finally:
+            await upstream.aclose()
+        return caught.value
+
+    failure = asyncio.run(scenario())
+    error = failure.error
+    assert error.status == 502
+    cause = failure.__cause__
+    assert cause is not None  # the httpx exception, with its request
+    texts = [str(failure), repr(failure), str(error), repr(error), error.to_json()]
+    texts += [str(cause), repr(cause), "".join(traceback.format_exception(failure))]
+    texts.append(repr(cause.request) + repr(cause.request.headers))  # type: ignore[attr-defined]
+    assert cause.request.headers["authorization"] == f"Bearer {SECRET}"  # type: ignore[attr-defined]
+    for text in texts:
+        assert SECRET not in text
+
+
+def test_a_broken_config_file_is_reported_without_quoting_it(tmp_path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"upstreams:\n  - name: a\n    base_url: http://x\n    api_key: {SECRET}: oops\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    text = str(caught.value) + "".join(traceback.format_exception(caught.value))
+    assert "not valid YAML" in text and "line 4" in text
+    assert SECRET not in text
+
+
+def test_database_and_redis_passwords_are_registered_where_they_are_used() -> None:
+    password = "pg-Pa55w0rd%40home"  # percent-encoded "@"
+    url = f"postgresql://gateway:{password}@127.0.0.1:1/keys"
+    register_url_password(url)
+    text = f"could not connect to {url} (password {unquote(password)})"
+    assert redact(text) == (
+        "could not connect to postgresql://gateway:[redacted]@127.0.0.1:1/keys "
+        "(password [redacted])"
+    )
+    register_url_password("redis://127.0.0.1:6379/0")  # no password: nothing to register
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_gateway_error_redacts_registered_secrets_and_key_shapes() -> None:
+    register_secret(SECRET)
+    client_key = new_key()
+    error = GatewayError(
+        400, f"bad {SECRET} and {client_key} and Bearer abc123def456", f"t {SECRET}", SECRET
+    )
+    text = str(error) + repr(error) + error.to_json()
+    assert SECRET not in text and client_key not in text and "abc123def456" not in text
+    # The guide's placeholder is not a key.
+    assert "Bearer YOUR_CLIENT_API_KEY" in GatewayError(401, "Bearer YOUR_CLIENT_API_KEY").message
+
+
+def test_upstream_error_echo_is_scrubbed() -> None:
+    body = f'{{"error": {{"message": "key {SECRET}", "param": "{SECRET}"}}}}'.encode()
+    for status in (400, 401, 422, 429, 500):
+        error = upstream_error(status, body, {}, secrets=(SECRET,))
+        assert SECRET not in error.to_json()
+
+
+def test_redact_bytes_replaces_only_registered_secrets() -> None:
+    register_secret(SECRET)
+    data = f'{{"content": "{SECRET} sk-abcdefghijkl"}}'.encode()
+    assert redact_bytes(data) == b'{"content": "[redacted] sk-abcdefghijkl"}'
+    assert redact_bytes(b"nothing here") == b"nothing here"
+
+
+def test_short_secrets_are_not_registered() -> None:
+    register_secret("abc")
+    assert redact("abc abc") == "abc abc"
+
+
+def test_log_lines_and_tracebacks_are_redacted() -> None:
+    register_secret(SECRET)
+    client_key = new_key()
+    stream = io.StringIO()
+    logger = logging.getLogger("test_redaction")
+    logger.propagate = False
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    try:
+        install_log_redaction(logger)
+        install_log_redaction(logger)  # idempotent
+        logger.warning("upstream key %s, client key %s", SECRET, client_key)
+        try:
+            raise RuntimeError(f"header was Bearer {SECRET}")
+        except RuntimeError:
+            logger.exception("failed with %r", {"authorization": f"Bearer {client_key}"})
+    finally:
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+    assert "WARNING upstream key [redacted], client key sk-[redacted]" in output
+    assert "Traceback" in output and "RuntimeError" in output
+    assert SECRET not in output and client_key not in output
+
+
+def test_json_log_lines_are_redacted_and_stay_json() -> None:
+    # A quote, a backslash and non-ASCII letters: JSON writes them escaped.
+    secret = 'tgp-"quoted\\back-\u00fcn\u00ef-9Zq8'
+    register_secret(secret)
+    client_key = new_key()
+    stream = io.StringIO()
+    logger = logging.getLogger("test_redaction.json")
+    logger.propagate = False
+    handler = json_handler()
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    try:
+        install_log_redaction(logger)
+        logger.warning("upstream key %s, client key %s", secret, client_key)
+        envoy_line = json.dumps({"message": f"'authorization', 'Bearer {secret}'"})
+        relayed = redact(envoy_line)  # Envoy's lines, relayed by serve
+    finally:
+        logger.removeHandler(handler)
+    record = json.loads(stream.getvalue())
+    assert record["message"] == "upstream key [redacted], client key sk-[redacted]"
+    assert json.loads(relayed)["message"] == "'authorization', 'Bearer [redacted]'"
+    for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        assert form not in stream.getvalue() and form not in relayed
+
+
+def test_words_that_merely_contain_sk_dash_are_left_alone() -> None:
+    assert redact("model task-manager-v2") == "model task-manager-v2"
+    assert redact("key sk-proj-abc123def456") == "key sk-[redacted]"
