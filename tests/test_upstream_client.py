@@ -1,7 +1,7 @@
-"""The upstream key stays out of what aiohttp's errors could leak.
+"""The upstream HTTP client (aiohttp) where its behaviour is easy to get wrong.
 
 aiohttp's errors about a response (ClientResponseError and its kin) carry `request_info`, with
-the request's headers, Authorization included. These tests make aiohttp raise them for real
+the request's headers, Authorization included. The first tests make aiohttp raise them for real
 (an upstream that answers something not HTTP, and one that refuses the connection) and check
 that neither the client's answer nor a log line nor a formatted traceback holds the key.
 """
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import socketserver
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 
@@ -147,3 +149,45 @@ def test_a_gateway_whose_upstream_speaks_no_http_answers_502_without_the_key(
     log = gw.log()
     assert "failed" in log
     assert UPSTREAM_KEY not in log
+
+
+def test_a_connect_timeout_is_a_retryable_502_not_a_late_answer() -> None:
+    # aiohttp's connect timeout is also a TimeoutError, the type of a late answer (504, not
+    # retried). A listener that never accepts, its backlog full, leaves a connect hanging.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []
+    for _ in range(3):
+        client = socket.socket()
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+        queued.append(client)
+
+    async def attempt() -> tuple[AttemptFailed, float]:
+        settings = _settings(f"http://127.0.0.1:{port}/v1")
+        settings = settings.model_copy(
+            update={"upstream_connect_timeout": 0.5, "upstream_first_byte_timeout": 5.0}
+        )
+        failover = Failover.from_settings(settings)
+        try:
+            due, late = failover.deadlines().first_byte()
+            started = time.monotonic()
+            with pytest.raises(AttemptFailed) as failed:
+                await failover.upstreams[0].open_chat(
+                    CHAT_BODY, stream=False, headers_due=due, late=late
+                )
+            return failed.value, time.monotonic() - started
+        finally:
+            await failover.aclose()
+
+    try:
+        failure, waited = asyncio.run(asyncio.wait_for(attempt(), 10))
+    finally:
+        for sock in (*queued, listener):
+            sock.close()
+    assert failure.error.status == 502, failure.error
+    assert "ConnectionTimeoutError" in failure.error.message
+    assert failure.retryable and failure.cools
+    assert waited < 4
