@@ -60,7 +60,7 @@ class Upstream:
         return self._session
 
     def __repr__(self) -> str:
-        return f"Upstream({self.name!r}, {self._chat_url!r})"
+        return f"Upstream({self.name!r}, {str(self._chat_url)!r})"
 
     @property
     def configured(self) -> bool:
