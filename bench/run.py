@@ -256,8 +256,9 @@ def run_loads(
     gw_sse: Gateway,
 ) -> list[tuple[str, str, str]]:
     script = workdir / "post.lua"
-    key = gw_json.create_key("bench")
-    sse_key = gw_sse.create_key("bench")
+    # Loaded by the running gateways before the first request: a refused one fails the run.
+    key = gw_json.wait_for_key(gw_json.create_key("bench"))
+    sse_key = gw_sse.wait_for_key(gw_sse.create_key("bench"))
     direct = f"http://127.0.0.1:{json_port}/v1/chat/completions"
     via = f"{gw_json.url}/v1/chat/completions"
     wrk(via, script, 16, 2, key)  # warm-up: pools, caches, JIT-free but lazy imports

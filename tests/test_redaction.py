@@ -83,11 +83,10 @@ def test_upstream_repr_and_connection_errors_hide_the_key() -> None:
     error = failure.error
     assert error.status == 502
     cause = failure.__cause__
-    assert cause is not None  # the httpx exception, with its request
+    assert cause is not None  # the aiohttp exception (tests/test_upstream_client.py covers
+    # the ones that carry the request's headers)
     texts = [str(failure), repr(failure), str(error), repr(error), error.to_json()]
     texts += [str(cause), repr(cause), "".join(traceback.format_exception(failure))]
-    texts.append(repr(cause.request) + repr(cause.request.headers))  # type: ignore[attr-defined]
-    assert cause.request.headers["authorization"] == f"Bearer {SECRET}"  # type: ignore[attr-defined]
     for text in texts:
         assert SECRET not in text
 

@@ -141,6 +141,15 @@ def test_event_reader_keeps_an_unterminated_tail():
     assert reader.pending() == b'data: {"b"'
 
 
+def test_event_reader_left_mid_read_goes_on_from_the_first_unread_event():
+    reader = sse.EventReader()
+    events = reader.feed(b"data: 1\n\ndata: 2\n\ndata: 3")
+    assert next(events) == b"1"
+    assert reader.pending() == b"data: 2\n\ndata: 3"
+    assert list(reader.feed(b"\r\r")) == [b"2", b"3"]
+    assert reader.pending() == b""
+
+
 def test_frames():
     assert sse.data_frame(b"{}") == b"data: {}\n\n"
     assert sse.DONE_FRAME == b"data: [DONE]\n\n"

@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 import orjson
 
 from . import observe
@@ -27,6 +27,7 @@ from .redaction import redact_bytes
 from .sse import DONE, EventReader, is_error_event
 from .store import KeyCache
 from .timeouts import Deadlines
+from .upstream import finish, read_available
 from .usage import UsageMeter, prompt_chars, rejects_stream_options, with_include_usage
 
 
@@ -109,7 +110,7 @@ class Stream:
 
     def __init__(
         self,
-        response: httpx.Response,
+        response: aiohttp.ClientResponse,
         deadlines: Deadlines,
         *,
         keepalive: float,
@@ -131,30 +132,34 @@ class Stream:
         the client must not mistake any of that for success."""
         loop = asyncio.get_running_loop()
         reader = EventReader()
-        chunks = self._response.aiter_bytes().__aiter__()
+        content = self._response.content
         pending: asyncio.Future[bytes] | None = None
         failed = True
         try:
             while True:
-                pending = asyncio.ensure_future(chunks.__anext__())
-                due, late = self._deadlines.next_read(loop.time())
-                while True:
-                    silence = min(self._keepalive, due - loop.time())
-                    done, _ = await asyncio.wait(
-                        (pending, self._stopping),
-                        timeout=max(silence, 0.0),
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    if pending in done:
-                        break
-                    if self._stopping.done():
-                        raise shutting_down()
-                    if loop.time() >= due:
-                        raise observe.upstream_failed(late)
-                    yield []
-                try:
+                # What has arrived already is read without a task or a timer; only an empty
+                # buffer means waiting for the network.
+                chunk = read_available(self._response)
+                if not chunk and not content.at_eof():
+                    pending = asyncio.ensure_future(content.readany())
+                    due, late = self._deadlines.next_read(loop.time())
+                    while True:
+                        silence = min(self._keepalive, due - loop.time())
+                        done, _ = await asyncio.wait(
+                            (pending, self._stopping),
+                            timeout=max(silence, 0.0),
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        if pending in done:
+                            break
+                        if self._stopping.done():
+                            raise shutting_down()
+                        if loop.time() >= due:
+                            raise observe.upstream_failed(late)
+                        yield []
                     chunk = pending.result()
-                except StopAsyncIteration:
+                    pending = None
+                if not chunk:
                     ended = GatewayError(
                         502,
                         "The upstream API ended the stream before it was complete.",
@@ -180,21 +185,24 @@ class Stream:
         except (GeneratorExit, asyncio.CancelledError):
             failed = False  # the client went away: its choice, not an error
             raise
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             broke = GatewayError(
                 502, f"The upstream API stream broke ({type(exc).__name__}).", "api_error"
             )
             raise observe.upstream_failed(broke) from exc
         finally:
-            if pending is not None and not pending.done():
+            if pending is not None:
                 pending.cancel()
+                # A read that failed just as it was given up: not logged as never retrieved.
+                if pending.done() and not pending.cancelled():
+                    pending.exception()
             await self.aclose(failed=failed)
 
     async def aclose(self, *, failed: bool = False) -> None:
         """Ends the stream; it is counted with the upstream's usage if it arrived, else with
         the estimate of what was delivered so far (see `usage`)."""
         self._account.settle(error=failed, usage=self._account.meter.usage())
-        await self._response.aclose()
+        finish(self._response)
 
     def _in_band_error(self, data: bytes) -> GatewayError:
         try:
@@ -218,29 +226,35 @@ class Answer:
             await self.body.aclose()
 
 
-async def read_answer(response: httpx.Response, deadlines: Deadlines) -> bytes:
+async def read_answer(response: aiohttp.ClientResponse, deadlines: Deadlines) -> bytes:
     """A whole non-streamed answer, each read bounded by the deadlines."""
     loop = asyncio.get_running_loop()
     answer = bytearray()
-    chunks = response.aiter_bytes().__aiter__()
+    content = response.content
     try:
         while True:
-            due, late = deadlines.next_read(loop.time())
-            try:
-                async with asyncio.timeout_at(due):
-                    answer += await chunks.__anext__()
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise observe.upstream_failed(late) from None
+            # Often the whole answer came with the headers: no wait, no timer.
+            chunk = read_available(response)
+            if not chunk:
+                if content.at_eof():
+                    break
+                due, late = deadlines.next_read(loop.time())
+                try:
+                    async with asyncio.timeout_at(due):
+                        chunk = await content.readany()
+                except TimeoutError:
+                    raise observe.upstream_failed(late) from None
+                if not chunk:
+                    break
+            answer += chunk
             deadlines.got_bytes()
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         broke = GatewayError(
             502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
         )
         raise observe.upstream_failed(broke) from exc
     finally:
-        await response.aclose()
+        finish(response)
     if not answer.lstrip().startswith(b"{"):
         not_json = GatewayError(502, "The upstream API answered with something not JSON.")
         raise observe.upstream_failed(not_json)
@@ -313,7 +327,7 @@ class ChatPipeline:
         ask_usage: bool,
         meter: UsageMeter,
         deadlines: Deadlines,
-    ) -> httpx.Response:
+    ) -> aiohttp.ClientResponse:
         if not ask_usage:
             return await self.upstreams.open(
                 request.model, body, stream=request.stream, deadlines=deadlines

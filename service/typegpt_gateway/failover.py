@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-import httpx
+import aiohttp
 
 from . import observe
 from .config import UpstreamSpec, upstream_specs
@@ -99,7 +99,7 @@ class Failover:
 
     async def open(
         self, model: str, body: bytes, *, stream: bool, deadlines: Deadlines
-    ) -> httpx.Response:
+    ) -> aiohttp.ClientResponse:
         """The first 2xx answer's open response, or raises the GatewayError the client gets."""
         if not self.router.serves(model):
             raise self._not_served(model)
@@ -123,7 +123,7 @@ class Failover:
 
     async def _attempt(
         self, model: str, body: bytes, stream: bool, deadlines: Deadlines, tried: list[str]
-    ) -> httpx.Response:
+    ) -> aiohttp.ClientResponse:
         loop = asyncio.get_running_loop()
         now = loop.time()
         route = self.router.pick(model, now, avoid=tried)

@@ -38,11 +38,6 @@ class KeyRecord:
     budget_period: str | None = None  # "day" or "month", with budget_tokens
     expires_at: float | None = None
     revoked_at: float | None = None
-    # Limits of the rate-limit work (issue 3), stored and administered here.
-    tpm: int | None = None
-    max_concurrent: int | None = None
-    budget_tokens: int | None = None
-    budget_period: str | None = None
 
     def __repr__(self) -> str:
         # The hash is not the key, but it still has no place in logs.

@@ -168,7 +168,9 @@ def observed(
     metrics.INFLIGHT_REQUESTS.inc()
     try:
         yield exchange
-    except asyncio.CancelledError:
+    # A stream's RPC cancelled while gRPC was sending a message, not waiting on ours, leaves
+    # it suspended at a yield, closed later with GeneratorExit: its client left all the same.
+    except (asyncio.CancelledError, GeneratorExit):
         exchange.status = CLIENT_CLOSED
         raise
     except BaseException:

@@ -28,27 +28,33 @@ class EventReader:
 
     def __init__(self) -> None:
         self._buffer = b""
+        # Where the events not yet read start in `_buffer`: a read with many events then
+        # copies the buffer once, not once per event.
+        self._start = 0
 
     def feed(self, chunk: bytes) -> Iterator[bytes]:
-        self._buffer += chunk
+        self._buffer = self._buffer[self._start :] + chunk
+        self._start = 0
         while True:
-            match = _EVENT_END.search(self._buffer)
+            match = _EVENT_END.search(self._buffer, self._start)
             if match is None:
                 return
-            event = self._buffer[: match.start()]
-            self._buffer = self._buffer[match.end() :]
+            event = self._buffer[self._start : match.start()]
+            self._start = match.end()
             data = _event_data(event)
             if data is not None:
                 yield data
 
     def pending(self) -> bytes:
         """Bytes of an event not yet terminated (left over when the stream ends)."""
-        return self._buffer
+        return self._buffer[self._start :]
 
 
 def _event_data(event: bytes) -> bytes | None:
     lines = []
-    for line in _LINE_END.split(event):
+    # Most events are one `data:` line: no need to split them.
+    one_line = b"\n" not in event and b"\r" not in event
+    for line in (event,) if one_line else _LINE_END.split(event):
         if line.startswith(b"data:"):
             value = line[5:]
             lines.append(value[1:] if value.startswith(b" ") else value)

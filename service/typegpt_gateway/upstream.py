@@ -7,9 +7,13 @@ import asyncio
 import email.utils
 import math
 import time
+import urllib.request
+from collections.abc import Mapping
 
+import aiohttp
 import httpx
 import orjson
+from yarl import URL
 
 from . import observe
 from .config import UpstreamSpec
@@ -28,18 +32,37 @@ class Upstream:
         self.spec = spec
         self.name = spec.name
         register_secret(spec.api_key)
-        self._chat_url = f"{spec.base_url}/chat/completions"
-        self._client = httpx.AsyncClient(
+        self._chat_url = URL(f"{spec.base_url}/chat/completions")
+        self._connect_timeout = connect_timeout
+        # Made on first use: a session belongs to the running event loop.
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        # Client headers never travel upstream: only what is set here and in open_chat.
+        headers = {"user-agent": "typegpt-gateway", "content-type": "application/json"}
+        if self.spec.api_key is not None:
+            headers["authorization"] = f"Bearer {self.spec.api_key}"
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=0,
+                # The CA bundle httpx trusts (certifi, or SSL_CERT_FILE / SSL_CERT_DIR).
+                ssl=httpx.create_ssl_context(),
+                # Fresh DNS answers for a failed-over or re-pointed host, as with httpx.
+                use_dns_cache=False,
+                keepalive_timeout=5.0,
+            ),
+            headers=headers,
             # Reads are bounded by the caller's deadlines (first byte, idle, total).
-            timeout=httpx.Timeout(None, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-            # Client headers never travel upstream: only what is set here.
-            headers={"user-agent": "typegpt-gateway"},
-            follow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout),
+            proxy=_env_proxy(self._chat_url),
+            # Headers up to what httpx (h11) accepted.
+            max_field_size=16 * 1024,
+            max_line_size=16 * 1024,
         )
+        return self._session
 
     def __repr__(self) -> str:
-        return f"Upstream({self.name!r}, {self._chat_url!r})"
+        return f"Upstream({self.name!r}, {str(self._chat_url)!r})"
 
     @property
     def configured(self) -> bool:
@@ -51,7 +74,8 @@ class Upstream:
         return (self.spec.api_key,) if self.spec.api_key else ()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def body_for(self, model: str, body: bytes) -> bytes:
         """The client's bytes, with the model renamed if this upstream knows it by another name."""
@@ -60,47 +84,84 @@ class Upstream:
 
     async def open_chat(
         self, body: bytes, *, stream: bool, headers_due: float, late: GatewayError
-    ) -> httpx.Response:
+    ) -> aiohttp.ClientResponse:
         """Sends `body`; returns the open 2xx response, or raises AttemptFailed (`late` when
         the response headers have not arrived by `headers_due`, on the loop's clock)."""
-        request = self._client.build_request(
-            "POST",
-            self._chat_url,
-            content=body,
-            headers={
-                "authorization": f"Bearer {self.spec.api_key}",
-                "content-type": "application/json",
-                "accept": "text/event-stream" if stream else "application/json",
-                observe.REQUEST_ID: observe.current().request_id,
-            },
-        )
+        session = self._session or self._open_session()
+        headers = {
+            "accept": "text/event-stream" if stream else "application/json",
+            observe.REQUEST_ID: observe.current().request_id,
+        }
         try:
             async with asyncio.timeout_at(headers_due):
-                response = await self._client.send(request, stream=True)
-        except TimeoutError as exc:
-            # The request may be running upstream: another try could run (and bill) it twice.
-            raise AttemptFailed(late, retryable=False, cools=False) from exc
-        except httpx.TransportError as exc:
-            # Refused, reset or dropped before any answer: nothing reached the client.
+                response = await session.post(
+                    self._chat_url, data=body, headers=headers, allow_redirects=False
+                )
+        # Before TimeoutError: aiohttp's connect timeout is a TimeoutError too, and retryable.
+        except aiohttp.ClientError as exc:
+            # Refused, reset or dropped before any answer: nothing reached the client. Only
+            # the type is told: aiohttp errors carry the request's headers, with the key.
             error = GatewayError(
                 502, f"Could not reach the upstream API ({type(exc).__name__}).", "api_error"
             )
             raise AttemptFailed(error, retryable=True, cools=True) from exc
-        if response.status_code >= 400:
+        except TimeoutError as exc:
+            # The request may be running upstream: another try could run (and bill) it twice.
+            raise AttemptFailed(late, retryable=False, cools=False) from exc
+        if response.status >= 400:
             try:
                 error_body = await _read_bounded(response)
-            except httpx.HTTPError:
+            except aiohttp.ClientError:
                 error_body = b""
             finally:
-                await response.aclose()
+                finish(response)
             raise attempt_failure(
-                response.status_code, error_body, response.headers, secrets=self.secrets
+                response.status, error_body, response.headers, secrets=self.secrets
             )
         return response
 
 
+def finish(response: aiohttp.ClientResponse) -> None:
+    """Done with `response`: its connection goes back to the pool if the body was read to
+    the end, else it is closed at once (so that an upstream sees a client that left)."""
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()
+
+
+def read_available(response: aiohttp.ClientResponse) -> bytes:
+    """The body bytes that have arrived and not been read yet (b"" if none have).
+
+    When the connection broke, aiohttp raises the error before handing out the bytes that
+    came before it; here those bytes come first (as with httpx: the client gets every chunk
+    that arrived), and the error on the next call."""
+    content = response.content
+    error = content.exception()
+    if error is None:
+        return content.read_nowait()
+    # No public way to read past a stored error: set it aside for one read.
+    content._exception = None  # type: ignore[attr-defined]
+    try:
+        data = content.read_nowait()
+    finally:
+        content._exception = error  # type: ignore[attr-defined]
+    if data:
+        return data
+    raise error
+
+
+def _env_proxy(url: URL) -> str | None:
+    """The proxy httpx would use for `url` (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY),
+    looked up once rather than per request."""
+    if url.host is None or urllib.request.proxy_bypass(url.host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(url.scheme) or proxies.get("all")
+
+
 def attempt_failure(
-    status: int, body: bytes, headers: httpx.Headers | dict[str, str], secrets: tuple[str, ...]
+    status: int, body: bytes, headers: Mapping[str, str], secrets: tuple[str, ...]
 ) -> AttemptFailed:
     """An upstream error answer: what the client would see, and whether to try again. Pure."""
     return AttemptFailed(
@@ -112,17 +173,15 @@ def attempt_failure(
     )
 
 
-async def _read_bounded(response: httpx.Response) -> bytes:
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
     body = b""
-    async for chunk in response.aiter_bytes():
+    while len(body) < _MAX_ERROR_BODY and (chunk := await response.content.readany()):
         body += chunk
-        if len(body) >= _MAX_ERROR_BODY:
-            break
     return body
 
 
 def upstream_error(
-    status: int, body: bytes, headers: httpx.Headers | dict[str, str], secrets: tuple[str, ...]
+    status: int, body: bytes, headers: Mapping[str, str], secrets: tuple[str, ...]
 ) -> GatewayError:
     """What the client sees when the upstream answers `status`. Pure."""
     message, error_type, param = _error_fields(body)
@@ -179,7 +238,7 @@ def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None]:
     )
 
 
-def parse_retry_after(headers: httpx.Headers | dict[str, str]) -> float | None:
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from Retry-After (seconds or HTTP date) or retry-after-ms; None when absent."""
     lowered = {key.lower(): value for key, value in headers.items()}
     value = lowered.get("retry-after")
@@ -202,7 +261,7 @@ def parse_retry_after(headers: httpx.Headers | dict[str, str]) -> float | None:
     return None
 
 
-def retry_after_seconds(headers: httpx.Headers | dict[str, str], default: int = 1) -> int:
+def retry_after_seconds(headers: Mapping[str, str], default: int = 1) -> int:
     """Whole seconds for a Retry-After header of our own."""
     seconds = parse_retry_after(headers)
     if seconds is None or not math.isfinite(seconds):
