@@ -22,7 +22,7 @@ from .adminauth import authorize_admin
 from .keyadmin import COUNT_LIMITS, LIMIT_PARAMS, KeyAdmin, parse_day, status
 from .keys import KeyRecord
 from .redaction import register_secret
-from .servicer import _as_gateway_error, _authorization, abort
+from .servicer import abort, as_gateway_error, authorization_of
 from .store import KeyCache, UsageRow
 
 T = TypeVar("T")
@@ -98,14 +98,14 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     ) -> T:
         """Authorizes the caller, then runs `operation` off the event loop; errors abort."""
         try:
-            await authorize_admin(_authorization(context), self._admin_key, self._keys)
+            await authorize_admin(authorization_of(context), self._admin_key, self._keys)
             observe.current().key = ADMIN
             result = await asyncio.to_thread(operation)
             if writes:
                 await asyncio.to_thread(self._keys.refresh_if_changed)
             return result
         except Exception as exc:
-            await abort(context, _as_gateway_error(exc))
+            await abort(context, as_gateway_error(exc))
         raise AssertionError("unreachable: abort raises")
 
     @observe.rpc("KeyService/CreateKey")

@@ -28,7 +28,7 @@ JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 
 
-def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+def authorization_of(context: grpc.aio.ServicerContext) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             return value if isinstance(value, str) else None
@@ -51,7 +51,7 @@ async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> None:
     )
 
 
-def _as_gateway_error(exc: Exception) -> GatewayError:
+def as_gateway_error(exc: Exception) -> GatewayError:
     """What the client sees: a GatewayError as it is, anything else as a logged 500."""
     if isinstance(exc, GatewayError):
         return exc
@@ -81,9 +81,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 body = body()
             if self._log_bodies:
                 observe.current().body = body
-            answer: Answer = await self._pipeline.start(body, _authorization(context))
+            answer: Answer = await self._pipeline.start(body, authorization_of(context))
         except Exception as exc:
-            await abort(context, _as_gateway_error(exc))
+            await abort(context, as_gateway_error(exc))
             raise AssertionError("unreachable: abort raises") from exc
         try:
             await observe.send_headers(context, answer.headers)
@@ -117,7 +117,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 tail = DONE_FRAME
             except Exception as exc:
                 # Headers are gone: only an in-band error frame can tell the client.
-                error = _as_gateway_error(exc)
+                error = as_gateway_error(exc)
                 exchange.failed(error)
                 tail = data_frame(error.to_json().encode())
             yield _http_message(tail, content_type)
@@ -134,7 +134,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         try:
             return typed.parse_answer(answer, chat_pb2.CreateChatCompletionResponse())
         except Exception as exc:
-            await abort(context, _as_gateway_error(exc))
+            await abort(context, as_gateway_error(exc))
         raise AssertionError("unreachable: abort raises")
 
     @observe.rpc("ChatService/StreamChatCompletion")
@@ -158,14 +158,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                             exchange.sent_first_byte()
                             yield typed.parse_answer(data, chat_pb2.StreamChatCompletionResponse())
             except Exception as exc:
-                await abort(context, _as_gateway_error(exc))
+                await abort(context, as_gateway_error(exc))
 
     @observe.rpc("ChatService/ListModels")
     async def ListModels(
         self, request: chat_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.ListModelsResponse:
         try:
-            key = await self._pipeline.authenticate(_authorization(context))
+            key = await self._pipeline.authenticate(authorization_of(context))
         except GatewayError as error:
             await abort(context, error)
             raise
@@ -178,7 +178,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self, request: chat_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.Model:
         try:
-            key = await self._pipeline.authenticate(_authorization(context))
+            key = await self._pipeline.authenticate(authorization_of(context))
             model = self._catalog.resolve(request.model, key)
         except GatewayError as error:
             await abort(context, error)
