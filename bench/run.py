@@ -1,11 +1,14 @@
 """Benchmark: the gateway against direct calls to the same upstream, in one run.
 
-Starts nginx (canned chat completion, and a canned 20-chunk SSE stream), two gateways (one per
-upstream kind), and drives bounded loads on 127.0.0.1 with wrk and a small asyncio streaming
-client. Prints a table: requests/s, p50/p99, added latency vs direct, CPU ms per request of all
-gateway processes (from /proc), their RSS, and streaming time-to-first-byte overhead.
+Starts nginx (canned chat completion, and a canned 20-chunk SSE stream), three gateways (JSON
+upstream, SSE upstream, and one whose store holds --keys keys), the architecture's floor
+(floor_backend.py behind the same Envoy config), and drives bounded loads on 127.0.0.1 with
+wrk and a small asyncio streaming client. Prints a table: requests/s, p50/p99, added latency
+vs direct, CPU ms per request of all gateway processes (from /proc), their RSS, the cost of a
+large prompt and of many keys, and streaming time-to-first-byte overhead. The gateways run
+with the default settings.
 
-    python bench/run.py [--duration 10] [--streams 16] [--stream-rounds 30]
+    python bench/run.py [--duration 10] [--streams 16] [--stream-rounds 30] [--keys 100000]
 
 Needs nginx and wrk (Debian packages `nginx-light` or `nginx`, and `wrk`).
 """
@@ -26,14 +29,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from gateway_process import Gateway, free_port  # noqa: E402
 
+from typegpt_gateway import envoy  # noqa: E402
+from typegpt_gateway.settings import Settings  # noqa: E402
+from typegpt_gateway.store import KeyStore  # noqa: E402
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 REQUEST = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello, how are you?"}]}
+LARGE_PROMPT_BYTES = 64 * 1024
+# The test harness speeds these up; a benchmark runs what users run.
+DEFAULTS = {
+    f"GATEWAY_{name.upper()}": str(Settings.model_fields[name].default)
+    for name in ("key_refresh_interval", "usage_flush_interval", "sse_keepalive_interval")
+}
 COMPLETION = {
     "id": "chatcmpl-bench",
     "object": "chat.completion",
@@ -87,6 +102,7 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     keepalive_requests 1000000;
+    client_body_buffer_size 1m;
     client_body_temp_path {workdir}/body;
     server {{
         listen 127.0.0.1:{json_port} backlog=4096;
@@ -149,6 +165,77 @@ def wrk(url: str, script: Path, connections: int, seconds: int, key: str | None)
     )
 
 
+def wrk_script(path: Path, request: dict[str, object]) -> Path:
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{json.dumps(request)}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        'local key = os.getenv("BENCH_KEY")\n'
+        'if key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end\n'
+    )
+    return path
+
+
+def fill_store(db: Path, count: int) -> None:
+    """`count` keys in the store at `db`, before its gateway starts."""
+    store = KeyStore(db)
+    try:
+        for index in range(count):
+            store.create(f"filler-{index}")
+    finally:
+        store.close()
+
+
+class Floor:
+    """floor_backend.py behind an Envoy with the gateway's own config."""
+
+    def __init__(self, workdir: Path, upstream: str) -> None:
+        self.http_port, grpc_port = free_port(), free_port()
+        settings = Settings(host="127.0.0.1", http_port=self.http_port)
+        config = workdir / "envoy.yaml"
+        config.write_text(envoy.render_config(settings, grpc_port=grpc_port))
+        self.backend = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "bench" / "floor_backend.py"),
+                "--grpc-port",
+                str(grpc_port),
+                "--upstream",
+                upstream,
+            ]
+        )
+        self.envoy = subprocess.Popen(
+            envoy.command(settings, config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.url = f"http://127.0.0.1:{self.http_port}/v1/chat/completions"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._answers():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("the floor backend did not answer within 30 s")
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.post(self.url, json=REQUEST, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.backend.pid, self.envoy.pid]
+
+    def stop(self) -> None:
+        for process in (self.envoy, self.backend):
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def process_tree(pid: int) -> list[int]:
     pids, pending = [], [pid]
     while pending:
@@ -158,6 +245,10 @@ def process_tree(pid: int) -> list[int]:
             children = (task / "children").read_text().split()
             pending.extend(int(child) for child in children)
     return pids
+
+
+def is_envoy(pid: int) -> bool:
+    return Path(f"/proc/{pid}/comm").read_text().strip() == "envoy"
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -213,6 +304,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams")
     parser.add_argument("--stream-rounds", type=int, default=30, help="rounds of streams")
+    parser.add_argument("--keys", type=int, default=100_000, help="keys in the many-keys store")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -223,28 +315,55 @@ def main() -> None:
         (workdir / "body").mkdir()
         json_port, sse_port = free_port(), free_port()
         (workdir / "nginx.conf").write_text(nginx_config(workdir, json_port, sse_port))
-        (workdir / "post.lua").write_text(
-            'wrk.method = "POST"\n'
-            f"wrk.body = '{json.dumps(REQUEST)}'\n"
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            'local key = os.getenv("BENCH_KEY")\n'
-            'if key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end\n'
-        )
         nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
         nginx = subprocess.Popen([nginx_bin, "-c", str(workdir / "nginx.conf"), "-p", tmp])
         time.sleep(0.5)
+        json_upstream = f"http://127.0.0.1:{json_port}/v1"
+        many = Gateway(workdir / "gw-many", json_upstream, extra_env=DEFAULTS)
+        many.workdir.mkdir(parents=True)
+        fill_store(many.db, args.keys)
         gateways = [
-            Gateway(workdir / "gw-json", f"http://127.0.0.1:{json_port}/v1").start(),
-            Gateway(workdir / "gw-sse", f"http://127.0.0.1:{sse_port}/v1").start(),
+            Gateway(workdir / "gw-json", json_upstream, extra_env=DEFAULTS).start(),
+            Gateway(
+                workdir / "gw-sse", f"http://127.0.0.1:{sse_port}/v1", extra_env=DEFAULTS
+            ).start(),
+            many.start(),
         ]
+        (workdir / "floor").mkdir()
+        floor = Floor(workdir / "floor", json_upstream)
         try:
-            rows = run_loads(args, workdir, json_port, sse_port, *gateways)
+            rows = run_loads(args, workdir, json_port, sse_port, *gateways, floor)
         finally:
+            floor.stop()
             for gateway in gateways:
                 gateway.stop()
             nginx.terminate()
             nginx.wait()
     print_table(rows)
+
+
+@dataclass
+class Measured:
+    load: Load
+    cpu_ms: float
+    envoy_cpu_ms: float
+    rss_mb: float
+
+
+def measured_load(
+    url: str, script: Path, key: str | None, pids: list[int], seconds: int
+) -> Measured:
+    """A 16-connection load, with the CPU per request and the RSS of `pids` under it."""
+    envoys = [pid for pid in pids if is_envoy(pid)]
+    cpu_before, envoy_before = cpu_seconds(pids), cpu_seconds(envoys)
+    load = wrk(url, script, 16, seconds, key)
+    rss = rss_mb(pids)
+    return Measured(
+        load,
+        (cpu_seconds(pids) - cpu_before) * 1000 / load.requests,
+        (cpu_seconds(envoys) - envoy_before) * 1000 / load.requests,
+        rss,
+    )
 
 
 def run_loads(
@@ -254,23 +373,33 @@ def run_loads(
     sse_port: int,
     gw_json: Gateway,
     gw_sse: Gateway,
+    gw_many: Gateway,
+    floor: Floor,
 ) -> list[tuple[str, str, str]]:
-    script = workdir / "post.lua"
+    script = wrk_script(workdir / "post.lua", REQUEST)
+    large = {**REQUEST, "messages": [{"role": "user", "content": "x" * LARGE_PROMPT_BYTES}]}
+    large_script = wrk_script(workdir / "large.lua", large)
     # Loaded by the running gateways before the first request: a refused one fails the run.
     key = gw_json.wait_for_key(gw_json.create_key("bench"))
     sse_key = gw_sse.wait_for_key(gw_sse.create_key("bench"))
+    many_key = gw_many.wait_for_key(gw_many.create_key("bench"), timeout=30)
     direct = f"http://127.0.0.1:{json_port}/v1/chat/completions"
     via = f"{gw_json.url}/v1/chat/completions"
-    wrk(via, script, 16, 2, key)  # warm-up: pools, caches, JIT-free but lazy imports
+    via_many = f"{gw_many.url}/v1/chat/completions"
+    # Warm-up: pools, caches, lazy imports.
+    for url, warm_key in ((via, key), (via_many, many_key), (floor.url, None)):
+        wrk(url, script, 16, 2, warm_key)
     pids = process_tree(gw_json.process.pid)  # type: ignore[union-attr]
 
     direct16 = wrk(direct, script, 16, args.duration, None)
-    cpu_before = cpu_seconds(pids)
-    via16 = wrk(via, script, 16, args.duration, key)
-    cpu_ms = (cpu_seconds(pids) - cpu_before) * 1000 / via16.requests
-    rss = rss_mb(pids)
+    gateway = measured_load(via, script, key, pids, args.duration)
+    base = measured_load(floor.url, script, None, floor.pids, args.duration)
+    many_pids = process_tree(gw_many.process.pid)  # type: ignore[union-attr]
+    with_keys = measured_load(via_many, script, many_key, many_pids, args.duration)
+    prompt = measured_load(via, large_script, key, pids, args.duration)
     direct1 = wrk(direct, script, 1, args.duration, None)
     via1 = wrk(via, script, 1, args.duration, key)
+    floor1 = wrk(floor.url, script, 1, args.duration, None)
 
     asyncio.run(streams(gw_sse.http_port, "/v1/chat/completions", sse_key, args.streams, 2))
     sse_pids = process_tree(gw_sse.process.pid)  # type: ignore[union-attr]
@@ -287,22 +416,40 @@ def run_loads(
     return [
         (
             "Non-stream, 16 connections: requests/s",
-            f"{via16.rps:,.0f}",
-            f"direct {direct16.rps:,.0f}",
+            f"{gateway.load.rps:,.0f}",
+            f"direct {direct16.rps:,.0f}; floor {base.load.rps:,.0f}; target ≥ 2,200",
         ),
         (
             "Non-stream, 16 connections: p50 / p99 ms",
-            f"{via16.p50_ms:.2f} / {via16.p99_ms:.2f}",
+            f"{gateway.load.p50_ms:.2f} / {gateway.load.p99_ms:.2f}",
             f"direct {direct16.p50_ms:.2f} / {direct16.p99_ms:.2f}",
         ),
         ("One connection: p50 ms", f"{via1.p50_ms:.3f}", f"direct {direct1.p50_ms:.3f}"),
         (
             "One connection: added median latency ms",
             f"{via1.p50_ms - direct1.p50_ms:.3f}",
-            "target ≤ 1.0",
+            f"floor {floor1.p50_ms - direct1.p50_ms:.3f}; target ≤ 1.0",
         ),
-        ("CPU per request, all gateway processes (ms)", f"{cpu_ms:.3f}", "target ≤ 0.5"),
-        ("RSS of all gateway processes (MB)", f"{rss:.0f}", "target ≤ 150"),
+        (
+            "CPU per request, all gateway processes (ms)",
+            f"{gateway.cpu_ms:.3f} (Envoy {gateway.envoy_cpu_ms:.3f})",
+            f"floor {base.cpu_ms:.3f} (Envoy {base.envoy_cpu_ms:.3f}); target ≤ 0.5",
+        ),
+        (
+            "RSS of all gateway processes (MB)",
+            f"{gateway.rss_mb:.0f}",
+            f"floor {base.rss_mb:.0f}; target ≤ 150",
+        ),
+        (
+            f"{args.keys:,} keys in the store: requests/s, CPU ms per request",
+            f"{with_keys.load.rps:,.0f}, {with_keys.cpu_ms:.3f}",
+            f"1 key: {gateway.load.rps:,.0f}, {gateway.cpu_ms:.3f}",
+        ),
+        (
+            f"{LARGE_PROMPT_BYTES // 1024} KiB prompt: requests/s, CPU ms per request",
+            f"{prompt.load.rps:,.0f}, {prompt.cpu_ms:.3f}",
+            f"{len(json.dumps(REQUEST))} B: {gateway.load.rps:,.0f}, {gateway.cpu_ms:.3f}",
+        ),
         (
             f"Streams ({args.streams} concurrent x {STREAM_CHUNKS} chunks): added median TTFB ms",
             f"{ttfb_added:.2f}",

@@ -25,6 +25,7 @@ from typegpt_gateway.redaction import (
 )
 from typegpt_gateway.retry import AttemptFailed
 from typegpt_gateway.settings import Settings
+from typegpt_gateway.timeouts import Due
 from typegpt_gateway.upstream import Upstream, upstream_error
 
 # Not shaped like a key: only registration can catch it.
@@ -66,14 +67,13 @@ def test_upstream_repr_and_connection_errors_hide_the_key() -> None:
         assert SECRET not in repr(spec) + str(spec)
         upstream = Upstream(spec, connect_timeout=2)
         assert SECRET not in repr(upstream) + str(upstream)
-        due = asyncio.get_running_loop().time() + 10
+        due = Due(asyncio.get_running_loop().time() + 10, "late")
         try:
             with pytest.raises(AttemptFailed) as caught:
                 await upstream.open_chat(
                     b'{"model": "m", "messages": []}',
                     stream=False,
-                    headers_due=due,
-                    late=GatewayError(504, "late"),
+                    due=due,
                 )
         finally:
             await upstream.aclose()

@@ -14,7 +14,7 @@ import pytest
 from typegpt_gateway.config import ConfigError, load_config, upstream_specs
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.model_mapping import replace_model
-from typegpt_gateway.retry import AttemptFailed, RetryPolicy, backoff_wait, retrying
+from typegpt_gateway.retry import AttemptFailed, RetryPolicy, backoff_wait, call_with_retries
 from typegpt_gateway.routing import CooldownPolicy, Route, Router
 from typegpt_gateway.settings import Settings
 from typegpt_gateway.timeouts import Deadlines, Timeouts
@@ -27,21 +27,22 @@ TIMEOUTS = Timeouts(connect=1, first_byte=60, idle=10, total=100)
 
 def test_first_byte_then_idle_deadlines():
     deadlines = Deadlines(TIMEOUTS, now=1000)
-    due, late = deadlines.next_read(now=1030)
-    assert due == 1060 and late.status == 504 and "no answer within 60 s" in late.message
+    due = deadlines.next_read(now=1030)
+    late = due.error()
+    assert due.at == 1060 and late.status == 504 and "no answer within 60 s" in late.message
     deadlines.got_bytes()
-    due, late = deadlines.next_read(now=1070)
-    assert due == 1080 and "silent for 10 s" in late.message
+    due = deadlines.next_read(now=1070)
+    assert due.at == 1080 and "silent for 10 s" in due.error().message
 
 
 def test_total_deadline_caps_the_others():
     deadlines = Deadlines(TIMEOUTS, now=1000)
     deadlines.got_bytes()
-    due, late = deadlines.next_read(now=1095)
-    assert due == 1100 and "not finished within 100 s" in late.message
+    due = deadlines.next_read(now=1095)
+    assert due.at == 1100 and "not finished within 100 s" in due.error().message
     deadlines.attempt(now=1050)  # a retry: the first byte is due again, but within the total
-    due, late = deadlines.first_byte()
-    assert due == 1100 and late.type == "timeout_error"
+    due = deadlines.first_byte()
+    assert due.at == 1100 and due.error().type == "timeout_error"
 
 
 # --- routing and cooldowns -------------------------------------------------------------------
@@ -149,16 +150,20 @@ def run_retries(
         waits.append(seconds)
 
     async def main() -> object:
-        nonlocal attempts
         script = iter(outcomes)
-        async for attempt in retrying(policy, lambda _: (failover_ready, 0.0), sleep):
-            with attempt:
-                attempts += 1
-                outcome = next(script)
-                if isinstance(outcome, AttemptFailed):
-                    raise outcome
-                return outcome
-        raise AssertionError("unreachable")
+
+        async def call() -> object:
+            nonlocal attempts
+            attempts += 1
+            outcome = next(script)
+            if isinstance(outcome, AttemptFailed):
+                raise outcome
+            return outcome
+
+        loop = asyncio.get_running_loop()
+        return await call_with_retries(
+            call, policy, lambda _: (failover_ready, 0.0), loop.time, sleep
+        )
 
     try:
         result: object = asyncio.run(main())

@@ -576,6 +576,39 @@ def test_http_rpc_is_byte_for_byte(upstream: FakeUpstream, keys: Keys) -> None:
     assert upstream.last_request().body == request
 
 
+def test_http_rpc_request_id_goes_in_trailers_unless_there_are_headers(
+    upstream: FakeUpstream, keys: Keys
+) -> None:
+    # Behind Envoy the REST client gets x-request-id from Envoy; a gRPC caller of this RPC
+    # finds it in the trailers, or with the rate-limit headers when there are some.
+    store = KeyStore(keys.db)
+    try:
+        _, rpm_key = store.create("unit-rpm", rpm=5)
+    finally:
+        store.close()
+    request = b'{"model":"gpt-4o","messages":[{"role":"user","content":"Hi"}]}'
+    for _ in range(2):
+        upstream.enqueue(Reply.json(200, json.dumps(make_completion()).encode()))
+
+    async def scenario(h: Harness) -> None:
+        plain = h.chat.CreateChatCompletionHttp(
+            http_request(request), metadata=(*auth(keys.full), ("x-request-id", "id-plain"))
+        )
+        assert len([reply async for reply in plain]) == 1
+        assert "x-request-id" not in dict(await plain.initial_metadata())
+        assert dict(await plain.trailing_metadata())["x-request-id"] == "id-plain"
+
+        limited = h.chat.CreateChatCompletionHttp(
+            http_request(request), metadata=(*auth(rpm_key), ("x-request-id", "id-rpm"))
+        )
+        assert len([reply async for reply in limited]) == 1
+        initial = dict(await limited.initial_metadata())
+        assert initial["x-request-id"] == "id-rpm"
+        assert initial["x-ratelimit-limit-requests"] == "5"
+
+    drive(make_settings(upstream, keys), scenario)
+
+
 def test_http_rpc_stream_frames(upstream: FakeUpstream, keys: Keys) -> None:
     chunks = make_stream_chunks(model="gpt-4o")
     upstream.enqueue(Reply.stream(chunks, first_delay=0.35))

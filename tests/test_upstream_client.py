@@ -89,9 +89,8 @@ async def _attempt(base_url: str) -> tuple[AttemptFailed, GatewayError]:
     try:
         upstream = failover.upstreams[0]
         deadlines = failover.deadlines()
-        due, late = deadlines.first_byte()
         with pytest.raises(AttemptFailed) as attempt:
-            await upstream.open_chat(CHAT_BODY, stream=False, headers_due=due, late=late)
+            await upstream.open_chat(CHAT_BODY, stream=False, due=deadlines.first_byte())
         with pytest.raises(GatewayError) as client_error:
             await failover.open("gpt-4o", CHAT_BODY, stream=False, deadlines=deadlines)
         return attempt.value, client_error.value
@@ -172,12 +171,10 @@ def test_a_connect_timeout_is_a_retryable_502_not_a_late_answer() -> None:
         )
         failover = Failover.from_settings(settings)
         try:
-            due, late = failover.deadlines().first_byte()
+            due = failover.deadlines().first_byte()
             started = time.monotonic()
             with pytest.raises(AttemptFailed) as failed:
-                await failover.upstreams[0].open_chat(
-                    CHAT_BODY, stream=False, headers_due=due, late=late
-                )
+                await failover.upstreams[0].open_chat(CHAT_BODY, stream=False, due=due)
             return failed.value, time.monotonic() - started
         finally:
             await failover.aclose()

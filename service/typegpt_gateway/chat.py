@@ -142,9 +142,9 @@ class Stream:
                 chunk = read_available(self._response)
                 if not chunk and not content.at_eof():
                     pending = asyncio.ensure_future(content.readany())
-                    due, late = self._deadlines.next_read(loop.time())
+                    due = self._deadlines.next_read(loop.time())
                     while True:
-                        silence = min(self._keepalive, due - loop.time())
+                        silence = min(self._keepalive, due.at - loop.time())
                         done, _ = await asyncio.wait(
                             (pending, self._stopping),
                             timeout=max(silence, 0.0),
@@ -154,8 +154,8 @@ class Stream:
                             break
                         if self._stopping.done():
                             raise shutting_down()
-                        if loop.time() >= due:
-                            raise observe.upstream_failed(late)
+                        if loop.time() >= due.at:
+                            raise observe.upstream_failed(due.error())
                         yield []
                     chunk = pending.result()
                     pending = None
@@ -238,12 +238,12 @@ async def read_answer(response: aiohttp.ClientResponse, deadlines: Deadlines) ->
             if not chunk:
                 if content.at_eof():
                     break
-                due, late = deadlines.next_read(loop.time())
+                due = deadlines.next_read(loop.time())
                 try:
-                    async with asyncio.timeout_at(due):
+                    async with asyncio.timeout_at(due.at):
                         chunk = await content.readany()
                 except TimeoutError:
-                    raise observe.upstream_failed(late) from None
+                    raise observe.upstream_failed(due.error()) from None
                 if not chunk:
                     break
             answer += chunk

@@ -123,7 +123,8 @@ def admin_address_file(config_path: Path) -> Path:
     return config_path.with_name("envoy-admin-address")
 
 
-async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subprocess.Process:
+def command(settings: Settings, config_path: Path) -> list[str]:
+    """Envoy's command line for `config_path`."""
     args = [
         str(binary()),
         "--config-path",
@@ -139,8 +140,12 @@ async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subproce
     ]
     if settings.envoy_concurrency > 0:
         args += ["--concurrency", str(settings.envoy_concurrency)]
+    return args
+
+
+async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        *args,
+        *command(settings, config_path),
         stdin=asyncio.subprocess.DEVNULL,
         # Through relay_output: at debug level Envoy prints request headers, keys included.
         stdout=asyncio.subprocess.PIPE,

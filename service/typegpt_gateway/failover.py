@@ -17,7 +17,7 @@ import aiohttp
 from . import observe
 from .config import UpstreamSpec, upstream_specs
 from .errors import GatewayError
-from .retry import AttemptFailed, RetryPolicy, retrying
+from .retry import AttemptFailed, RetryPolicy, call_with_retries
 from .routing import CooldownPolicy, Route, Router
 from .settings import Settings
 from .timeouts import Deadlines, Timeouts
@@ -114,12 +114,14 @@ class Failover:
         # No retry may outlive the request's own total deadline.
         budget = min(self.policy.deadline, deadlines.end - loop.time())
         try:
-            async for attempt in retrying(replace(self.policy, deadline=budget), next_upstream):
-                with attempt:
-                    return await self._attempt(model, body, stream, deadlines, tried)
+            return await call_with_retries(
+                lambda: self._attempt(model, body, stream, deadlines, tried),
+                replace(self.policy, deadline=budget),
+                next_upstream,
+                loop.time,
+            )
         except AttemptFailed as failure:
             raise failure.error from None
-        raise AssertionError("unreachable: retrying returns or raises")
 
     async def _attempt(
         self, model: str, body: bytes, stream: bool, deadlines: Deadlines, tried: list[str]
@@ -133,10 +135,9 @@ class Failover:
         tried.append(route.name)
         observe.retrying_on(route.name)
         deadlines.attempt(now)
-        due, late = deadlines.first_byte()
         try:
             response = await upstream.open_chat(
-                upstream.body_for(model, body), stream=stream, headers_due=due, late=late
+                upstream.body_for(model, body), stream=stream, due=deadlines.first_byte()
             )
         except AttemptFailed as failure:
             logger.warning("upstream %r failed: %s", upstream.name, failure.error)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from . import observe
 
@@ -27,7 +27,8 @@ def json_handler() -> logging.Handler:
     """A stderr handler writing each record as one JSON object."""
     handler = logging.StreamHandler()
     handler.setFormatter(
-        JsonFormatter(
+        # orjson: half the cost of the standard json module, on a line written per request.
+        OrjsonFormatter(
             "{levelname}{name}{message}",
             style="{",
             rename_fields={"levelname": "level", "name": "logger"},

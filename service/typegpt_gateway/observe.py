@@ -56,6 +56,8 @@ class Exchange:
     retries: int = 0
     body: bytes | None = None
     headers_sent: bool = False
+    # An RPC behind Envoy's REST route, where Envoy returns x-request-id on every response.
+    transcoded: bool = False
 
     def failed(self, error: GatewayError) -> None:
         self.status = error.status
@@ -159,9 +161,10 @@ def observed(
     metadata: Sequence[tuple[str, str | bytes]] | None,
     *,
     body: bytes | None = None,
+    transcoded: bool = False,
 ) -> Iterator[Exchange]:
     """An Exchange for the RPC running in this task, finished (logged, counted) on exit."""
-    exchange = Exchange(route, request_id_from(metadata), body=body)
+    exchange = Exchange(route, request_id_from(metadata), body=body, transcoded=transcoded)
     # Not reset on exit: each RPC is its own task with its own copy of the context, and an
     # async generator may be closed from another context, where a reset would fail.
     _current.set(exchange)
@@ -197,17 +200,18 @@ def streaming(exchange: Exchange) -> Iterator[None]:
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
-def rpc(route: str) -> Callable[[Handler], Handler]:
+def rpc(route: str, *, transcoded: bool = False) -> Callable[[Handler], Handler]:
     """Observes a servicer method (unary or server-streaming) as `route`, and returns the
     request id in the initial metadata of an answer; an error carries it in its trailing
-    metadata instead (servicer.abort), since nothing was sent before."""
+    metadata instead (servicer.abort), since nothing was sent before. A `transcoded` method
+    (the one behind Envoy's REST route) sends it in trailing metadata: see send_headers."""
 
     def wrap(handler: Handler) -> Handler:
         if inspect.isasyncgenfunction(handler):
 
             @functools.wraps(handler)
             async def streamed(self: object, request: Any, context: Any) -> AsyncIterator[Any]:
-                with observed(route, context.invocation_metadata()):
+                with observed(route, context.invocation_metadata(), transcoded=transcoded):
                     answers = handler(self, request, context)
                     async with contextlib.aclosing(answers):
                         async for answer in answers:
@@ -218,7 +222,7 @@ def rpc(route: str) -> Callable[[Handler], Handler]:
 
         @functools.wraps(handler)
         async def unary(self: object, request: Any, context: Any) -> Any:
-            with observed(route, context.invocation_metadata()):
+            with observed(route, context.invocation_metadata(), transcoded=transcoded):
                 answer = await handler(self, request, context)
                 await send_headers(context)
                 return answer
@@ -235,4 +239,9 @@ async def send_headers(context: Any, headers: Sequence[tuple[str, str]] = ()) ->
     if exchange.headers_sent:
         return
     exchange.headers_sent = True
+    if exchange.transcoded and not headers:
+        # Envoy returns x-request-id itself, so only gRPC callers need it: in the trailers,
+        # which go out with the status anyway. A send of its own costs ~40 µs of CPU.
+        context.set_trailing_metadata(((REQUEST_ID, exchange.request_id),))
+        return
     await context.send_initial_metadata((*headers, (REQUEST_ID, exchange.request_id)))

@@ -19,15 +19,12 @@ REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 8
 
 _TOKEN = r"[A-Za-z0-9_\-\.=:/+~]"  # noqa: S105 - a pattern, not a password
-_PATTERNS = (
-    # Not inside a word: "task-manager-v2" is a model name, not a key.
-    (re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{6,}"), "sk-" + REDACTED),
-    # A token with a lower-case letter or digit: placeholders such as YOUR_API_KEY stay.
-    (
-        re.compile(rf"((?i:bearer)\s+)(?={_TOKEN}*[a-z0-9]){_TOKEN}{{6,}}"),
-        r"\1" + REDACTED,
-    ),
-)
+# Not inside a word: "task-manager-v2" is a model name, not a key.
+_SK_PATTERN = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{6,}")
+_SK_REPLACEMENT = "sk-" + REDACTED
+# A token with a lower-case letter or digit: placeholders such as YOUR_API_KEY stay.
+_BEARER_PATTERN = re.compile(rf"((?i:bearer)\s+)(?={_TOKEN}*[a-z0-9]){_TOKEN}{{6,}}")
+_BEARER_REPLACEMENT = r"\1" + REDACTED
 
 _lock = threading.Lock()
 _secrets: frozenset[str] = frozenset()
@@ -59,8 +56,11 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     for secret in (*_secrets, *secrets):
         if secret and secret in text:
             text = text.replace(secret, REDACTED)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    # The patterns cost ~10 µs on a log line; most lines hold neither trigger.
+    if "sk-" in text:
+        text = _SK_PATTERN.sub(_SK_REPLACEMENT, text)
+    if "bearer" in text.lower():
+        text = _BEARER_PATTERN.sub(_BEARER_REPLACEMENT, text)
     return text
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import tempfile
@@ -34,6 +35,8 @@ logger = logging.getLogger("typegpt_gateway")
 
 READY_TIMEOUT = 30.0
 STOP_GRACE = 5.0
+# Allocations between two collections of the youngest generation (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 20_000
 
 
 async def _wait_until_healthy(url: str, envoy: asyncio.subprocess.Process) -> bool:
@@ -108,6 +111,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         )
         return 1
     _warn_missing_keys(backend)
+    _freeze_startup_heap()
     if settings.admin_token is None:
         logger.info("admin API off: set GATEWAY_ADMIN_KEY to manage keys over REST and gRPC")
     with tempfile.TemporaryDirectory(prefix="typegpt-gateway-") as workdir:
@@ -130,6 +134,16 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         finally:
             if metrics is not None:
                 metrics.close()
+
+
+def _freeze_startup_heap() -> None:
+    """Takes what startup made (modules, gRPC's and aiohttp's state, the key cache) out of
+    the garbage collector's sight, and collects young objects less often. A request leaves
+    few cycles behind, but without this each collection walks the whole startup heap: about
+    70 µs of CPU per request under load (bench/run.py)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _start_metrics(settings: Settings, envoy_admin: EnvoyAdmin | None) -> MetricsServer | None:

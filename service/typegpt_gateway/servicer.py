@@ -92,7 +92,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             raise
         return answer.body
 
-    @observe.rpc("ChatService/CreateChatCompletionHttp")
+    @observe.rpc("ChatService/CreateChatCompletionHttp", transcoded=True)
     async def CreateChatCompletionHttp(
         self,
         request: chat_pb2.CreateChatCompletionHttpRequest,

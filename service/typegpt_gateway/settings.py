@@ -64,7 +64,10 @@ class Settings(BaseSettings):
     grpc_port: int = 50051
     # 0 lets the OS pick, so that several gateways can share a host.
     envoy_admin_port: int = 0
-    envoy_concurrency: int = 0
+    # Envoy worker threads (0: one per core). One worker carries several times what one
+    # Python backend can answer; each extra one costs CPU and memory and opens its own
+    # connection to the backend.
+    envoy_concurrency: int = 1
     envoy_log_level: str = "warning"
 
     max_body_bytes: int = 32 * MiB

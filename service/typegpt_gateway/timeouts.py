@@ -25,6 +25,18 @@ def timeout_error(detail: str = "") -> GatewayError:
     return GatewayError(504, f"The upstream API did not answer in time{suffix}.", "timeout_error")
 
 
+@dataclass(frozen=True, slots=True)
+class Due:
+    """When the next thing from the upstream is due, and why: the 504 is only made if it is
+    late, which is rare, rather than on every read."""
+
+    at: float
+    detail: str
+
+    def error(self) -> GatewayError:
+        return timeout_error(self.detail)
+
+
 class Deadlines:
     """The limits of one request, on the event loop's monotonic clock."""
 
@@ -42,21 +54,21 @@ class Deadlines:
     def got_bytes(self) -> None:
         self._first_byte_seen = True
 
-    def first_byte(self) -> tuple[float, GatewayError]:
-        """When the current attempt's first byte is due, and the error if it is late."""
+    def first_byte(self) -> Due:
+        """When the current attempt's first byte is due."""
         due = self._attempt_started + self.timeouts.first_byte
         if due <= self.end:
-            return due, timeout_error(f"no answer within {self.timeouts.first_byte:g} s")
-        return self.end, self._total_error()
+            return Due(due, f"no answer within {self.timeouts.first_byte:g} s")
+        return self._total()
 
-    def next_read(self, now: float) -> tuple[float, GatewayError]:
-        """When the next chunk of the answer is due (read starting `now`), and the error."""
+    def next_read(self, now: float) -> Due:
+        """When the next chunk of the answer is due (read starting `now`)."""
         if not self._first_byte_seen:
             return self.first_byte()
         due = now + self.timeouts.idle
         if due <= self.end:
-            return due, timeout_error(f"silent for {self.timeouts.idle:g} s mid-answer")
-        return self.end, self._total_error()
+            return Due(due, f"silent for {self.timeouts.idle:g} s mid-answer")
+        return self._total()
 
-    def _total_error(self) -> GatewayError:
-        return timeout_error(f"not finished within {self.timeouts.total:g} s")
+    def _total(self) -> Due:
+        return Due(self.end, f"not finished within {self.timeouts.total:g} s")

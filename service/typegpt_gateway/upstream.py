@@ -21,7 +21,7 @@ from .errors import GatewayError, scrub
 from .model_mapping import replace_model
 from .redaction import register_secret
 from .retry import RETRYABLE_STATUSES, AttemptFailed
-from .timeouts import timeout_error
+from .timeouts import Due, timeout_error
 
 # Enough of an error body to find its message; the rest is never shown.
 _MAX_ERROR_BODY = 64 * 1024
@@ -52,6 +52,8 @@ class Upstream:
                 keepalive_timeout=5.0,
             ),
             headers=headers,
+            # Cookies an upstream sets must not follow one client's request into another's.
+            cookie_jar=aiohttp.DummyCookieJar(),
             # Reads are bounded by the caller's deadlines (first byte, idle, total).
             timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout),
             proxy=_env_proxy(self._chat_url),
@@ -82,18 +84,16 @@ class Upstream:
         upstream_model = self.spec.model_map.get(model)
         return body if upstream_model is None else replace_model(body, upstream_model)
 
-    async def open_chat(
-        self, body: bytes, *, stream: bool, headers_due: float, late: GatewayError
-    ) -> aiohttp.ClientResponse:
-        """Sends `body`; returns the open 2xx response, or raises AttemptFailed (`late` when
-        the response headers have not arrived by `headers_due`, on the loop's clock)."""
+    async def open_chat(self, body: bytes, *, stream: bool, due: Due) -> aiohttp.ClientResponse:
+        """Sends `body`; returns the open 2xx response, or raises AttemptFailed (a 504 when
+        the response headers have not arrived by `due`, on the loop's clock)."""
         session = self._session or self._open_session()
         headers = {
             "accept": "text/event-stream" if stream else "application/json",
             observe.REQUEST_ID: observe.current().request_id,
         }
         try:
-            async with asyncio.timeout_at(headers_due):
+            async with asyncio.timeout_at(due.at):
                 response = await session.post(
                     self._chat_url, data=body, headers=headers, allow_redirects=False
                 )
@@ -107,7 +107,7 @@ class Upstream:
             raise AttemptFailed(error, retryable=True, cools=True) from exc
         except TimeoutError as exc:
             # The request may be running upstream: another try could run (and bill) it twice.
-            raise AttemptFailed(late, retryable=False, cools=False) from exc
+            raise AttemptFailed(due.error(), retryable=False, cools=False) from exc
         if response.status >= 400:
             try:
                 error_body = await _read_bounded(response)
