@@ -609,6 +609,25 @@ def test_http_rpc_request_id_goes_in_trailers_unless_there_are_headers(
     drive(make_settings(upstream, keys), scenario)
 
 
+def test_cookies_an_upstream_sets_never_reach_another_request(
+    upstream: FakeUpstream, keys: Keys
+) -> None:
+    completion = json.dumps(make_completion()).encode()
+    upstream.enqueue(Reply.json(200, completion, headers={"Set-Cookie": "session=s1; Path=/"}))
+    upstream.enqueue(Reply.json(200, completion))
+    request = b'{"model":"gpt-4o","messages":[{"role":"user","content":"Hi"}]}'
+
+    async def scenario(h: Harness) -> None:
+        for key in (keys.full, keys.limited):
+            call = h.chat.CreateChatCompletionHttp(http_request(request), metadata=auth(key))
+            assert len([reply async for reply in call]) == 1
+
+    # A host name: a cookie jar would ignore cookies from an IP address anyway.
+    by_name = upstream.base_url.replace("127.0.0.1", "localhost")
+    drive(make_settings(upstream, keys, TYPEGPT_BASE_URL=by_name), scenario)
+    assert "cookie" not in upstream.last_request().headers
+
+
 def test_http_rpc_stream_frames(upstream: FakeUpstream, keys: Keys) -> None:
     chunks = make_stream_chunks(model="gpt-4o")
     upstream.enqueue(Reply.stream(chunks, first_delay=0.35))
