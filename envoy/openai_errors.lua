@@ -92,11 +92,28 @@ local function percent_decode(s)
   return (string.gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
+-- The backend logs and forwards upstream only request ids of 1 to 200 printable ASCII
+-- characters (observe.py); Envoy returns the client's id as it is. A longer or unprintable id
+-- is cut to what the backend takes, so that the id a client gets back is the one in the logs.
+local MAX_REQUEST_ID_CHARS = 200
+
+local function clean_request_id(headers)
+  local id = headers:get("x-request-id")
+  if id == nil then
+    return
+  end
+  local clean = string.sub((string.gsub(id, "[^\32-\126]", "")), 1, MAX_REQUEST_ID_CHARS)
+  if clean ~= id and clean ~= "" then
+    headers:replace("x-request-id", clean)
+  end
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   if is_grpc(headers:get("content-type")) then
     return
   end
+  clean_request_id(headers)
   local unwanted = {}
   for name, _ in pairs(headers) do
     if string.sub(name, 1, 5) == "grpc-" or string.sub(name, -4) == "-bin" then

@@ -97,6 +97,24 @@ def test_a_client_request_id_is_honoured_passed_upstream_logged_and_returned(
     assert line["status"] == 200 and line["key"] == "test-client"
 
 
+def test_a_request_id_the_backend_would_refuse_is_cut_to_one_it_takes(
+    gateway, api_key, upstream
+):
+    # Too long, and with a tab: the client gets back the id that was logged and sent upstream.
+    sent = "long\t" + "x" * 300
+    response = httpx.post(
+        f"{gateway.url}{CHAT}",
+        json=chat_body(),
+        headers={**auth(api_key), "x-request-id": sent},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    expected = ("long" + "x" * 300)[: observe.MAX_REQUEST_ID_CHARS]
+    assert response.headers.get_list("x-request-id") == [expected]
+    assert upstream.last_request().headers["x-request-id"] == expected
+    assert request_line(gateway, expected)["status"] == 200
+
+
 def test_a_request_id_is_generated_when_the_client_sends_none(gateway, api_key, upstream):
     response = httpx.post(
         f"{gateway.url}{CHAT}", json=chat_body(), headers=auth(api_key), timeout=30
