@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -282,3 +284,14 @@ def test_parse_answer_ignores_unknown_fields_and_nulls():
     with pytest.raises(GatewayError) as caught:
         parse_answer(b'{"created": "yesterday"}', chat_pb2.CreateChatCompletionResponse())
     assert caught.value.status == 502
+
+
+def test_a_gateway_error_passes_through_a_context_manager_unchanged():
+    @contextlib.contextmanager
+    def around() -> Iterator[None]:
+        yield
+
+    error = GatewayError(404, "no such model", "invalid_request_error")
+    with pytest.raises(GatewayError) as caught, around():
+        raise error
+    assert caught.value is error

@@ -77,7 +77,10 @@ def grpc_code_for(status: int) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION if status < 500 else grpc.StatusCode.INTERNAL
 
 
-@dataclass(frozen=True)
+# Not frozen: Python code sets attributes on an exception in flight (contextlib sets
+# __traceback__ on one raised through a @contextmanager), which a frozen dataclass refuses.
+# Compared and hashed by identity, like any exception.
+@dataclass(eq=False)
 class GatewayError(Exception):
     """An error the client sees, as `{"error": {"message", "type", "param", "code"}}`."""
 
