@@ -15,6 +15,7 @@ import threading
 from urllib.parse import unquote, urlsplit
 
 REDACTED = "[redacted]"
+_REDACTED_BYTES = REDACTED.encode()
 # Shorter registered secrets would redact ordinary words; real keys are far longer.
 MIN_SECRET_CHARS = 8
 
@@ -28,11 +29,13 @@ _BEARER_REPLACEMENT = r"\1" + REDACTED
 
 _lock = threading.Lock()
 _secrets: frozenset[str] = frozenset()
+# The same, encoded once: redact_bytes runs on every answer and every stream event.
+_secret_bytes: tuple[bytes, ...] = ()
 
 
 def register_secret(secret: str | None) -> None:
     """From now on `secret` is removed from every error message and log line of the process."""
-    global _secrets
+    global _secrets, _secret_bytes
     if secret is None or len(secret) < MIN_SECRET_CHARS:
         return
     # Log lines are JSON (the gateway's and Envoy's), where a quote, a backslash or a
@@ -40,6 +43,7 @@ def register_secret(secret: str | None) -> None:
     forms = {secret, *(json.dumps(secret, ensure_ascii=a)[1:-1] for a in (True, False))}
     with _lock:
         _secrets = _secrets | forms
+        _secret_bytes = tuple(form.encode() for form in _secrets)
 
 
 def register_url_password(url: str) -> None:
@@ -67,10 +71,9 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
 def redact_bytes(data: bytes) -> bytes:
     """`data` without registered secrets. Only exact secrets: answers are passed on byte for
     byte, and a pattern could match legitimate text a model wrote."""
-    for secret in _secrets:
-        encoded = secret.encode()
-        if encoded in data:
-            data = data.replace(encoded, REDACTED.encode())
+    for secret in _secret_bytes:
+        if secret in data:
+            data = data.replace(secret, _REDACTED_BYTES)
     return data
 
 
