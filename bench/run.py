@@ -45,7 +45,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 REQUEST = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello, how are you?"}]}
 LARGE_PROMPT_BYTES = 64 * 1024
-# Each 16-connection load runs in this many interleaved rounds of duration / ROUNDS seconds.
+# Each wrk load runs in this many interleaved rounds of duration / ROUNDS seconds.
 ROUNDS = 3
 # The test harness speeds these up; a benchmark runs what users run.
 DEFAULTS = {

@@ -43,7 +43,7 @@ def configure(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [json_handler()]
     root.setLevel(level)
-    # httpx logs every upstream request at INFO: noise, and a place secrets could leak into.
+    # httpx (Envoy's admin calls, the startup health check) logs each request at INFO: noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # No line prints the caller's file and line, thread or process: a record need not look
     # them up, which it would on every request (the logging HOWTO's "Optimization").
