@@ -59,6 +59,19 @@ DEFAULT_CONTENT = "Hello from the fake upstream!"
 DEFAULT_STREAM_PIECES: tuple[str, ...] = ("Hello", " from", " the", " fake", " upstream!")
 DEFAULT_TOOL_CALL_ID = "call_fake1"
 DEFAULT_TOOL_ARGUMENTS = '{"location": "Paris"}'
+# A tool a client would declare for the tool calls above.
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"location": {"type": "string"}},
+            "required": ["location"],
+        },
+    },
+}
 # Split mid-token on purpose: clients must concatenate, not parse, each fragment.
 _TOOL_ARGUMENT_PIECES: tuple[str, ...] = ('{"location"', ': "Par', 'is"}')
 SYSTEM_FINGERPRINT = "fp_fake"

@@ -14,7 +14,7 @@ import httpx
 import openai
 import openapi_schema
 import pytest
-from fake_upstream import DEFAULT_CONTENT, FakeUpstream, Reply
+from fake_upstream import DEFAULT_CONTENT, WEATHER_TOOL, FakeUpstream, Reply
 
 CHAT: dict[str, Any] = {
     "model": "gpt-4o-mini",
@@ -24,18 +24,7 @@ CHAT: dict[str, Any] = {
     ],
 }
 TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather for a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"location": {"type": "string"}},
-                "required": ["location"],
-            },
-        },
-    },
+    WEATHER_TOOL,
     {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
 ]
 

@@ -24,6 +24,7 @@ from fake_upstream import (
     DEFAULT_TOOL_ARGUMENTS,
     DEFAULT_TOOL_CALL_ID,
     PROMPT_TOKENS_PER_MESSAGE,
+    WEATHER_TOOL,
     FakeUpstream,
     Reply,
     make_error,
@@ -41,20 +42,7 @@ MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Hello, how are you?"},
 ]
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather for a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"location": {"type": "string"}},
-                "required": ["location"],
-            },
-        },
-    }
-]
+TOOLS: list[dict[str, Any]] = [WEATHER_TOOL]
 # A 1x1 transparent PNG.
 PNG_DATA_URL = (
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNk"
