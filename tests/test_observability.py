@@ -363,7 +363,9 @@ def test_limiter_rejections_are_logged_and_counted_by_key_and_limit(gateway):
     assert sample(text, "typegpt_gateway_requests_total", key=name, status="429") == 1
 
 
-def test_retries_and_cooldowns_show_in_the_log_metrics_and_readiness(make_gateway, upstream):
+def test_retries_and_rests_show_in_the_log_and_metrics_but_never_in_readiness(
+    make_gateway, upstream
+):
     gw = make_gateway(
         extra_env={
             "GATEWAY_UPSTREAM_MAX_ATTEMPTS": "3",
@@ -374,7 +376,7 @@ def test_retries_and_cooldowns_show_in_the_log_metrics_and_readiness(make_gatewa
             "GATEWAY_UPSTREAM_COOLDOWN_MAX": "60",
         }
     ).start()
-    key = gw.create_key("retried")
+    key, other = gw.create_key("retried"), gw.create_key("retried-too")
     upstream.enqueue(Reply.json(500, {"error": {"message": "boom"}}))
     headers = {**auth(key), "x-request-id": "retried-1"}
     assert httpx.post(f"{gw.url}{CHAT}", json=chat_body(), headers=headers, timeout=30).is_success
@@ -384,15 +386,25 @@ def test_retries_and_cooldowns_show_in_the_log_metrics_and_readiness(make_gatewa
     assert sample(text, "typegpt_gateway_upstream_retries_total", upstream="typegpt") == 1
     errors = "typegpt_gateway_upstream_errors_total"
     assert sample(text, errors, upstream="typegpt", status="502") == 1
-    assert httpx.get(f"{gw.url}/readyz").status_code == 200
+    assert sample(text, "typegpt_gateway_upstream_consecutive_failures", upstream="typegpt") == 0
+    assert sample(text, "typegpt_gateway_upstream_resting", upstream="typegpt") == 0
 
-    # Two failures in a row: the only upstream cools down, and the gateway is not ready.
-    upstream.enqueue(*[Reply.json(500, {"error": {"message": "boom"}})] * 2)
-    httpx.post(f"{gw.url}{CHAT}", json=chat_body(), headers=auth(key), timeout=30)
-    assert sample(scrape(gw), errors, upstream="typegpt", status="502") == 3
-    error = assert_error(httpx.get(f"{gw.url}/readyz"), 503)
-    assert "every upstream is cooling down" in error["message"]
-    assert httpx.get(f"{gw.url}/healthz").status_code == 200
+    # Requests of two clients fail, three attempts each: the only upstream rests...
+    upstream.enqueue(*[Reply.json(500, {"error": {"message": "boom"}})] * 6)
+    for client in (key, other):
+        assert_error(httpx.post(f"{gw.url}{CHAT}", json=chat_body(), headers=auth(client)), 502)
+    text = scrape(gw)
+    assert sample(text, errors, upstream="typegpt", status="502") == 7
+    # ...counted once per request, not per attempt.
+    assert sample(text, "typegpt_gateway_upstream_consecutive_failures", upstream="typegpt") == 2
+    assert sample(text, "typegpt_gateway_upstream_resting", upstream="typegpt") == 1
+    assert "upstream 'typegpt' rests for 60s" in gw.log()
+    # ...yet this replica stays ready, and the upstream still takes requests (it is the only
+    # one): its success ends the rest.
+    assert httpx.get(f"{gw.url}/readyz").status_code == 200
+    assert httpx.post(f"{gw.url}{CHAT}", json=chat_body(), headers=auth(key)).is_success
+    assert sample(scrape(gw), "typegpt_gateway_upstream_resting", upstream="typegpt") == 0
+    assert "upstream 'typegpt' answers again" in gw.log()
 
 
 def test_envoy_stats_are_relayed_and_metrics_are_not_on_the_public_port(gateway):

@@ -2,12 +2,13 @@
 
 Every operation and every status the description declares is produced for real (Envoy, the
 gRPC server, the fake upstream; an Envoy whose backend is down for the 503s; keys with tiny
-limits for the 429s; a gateway whose only upstream is unreachable for the cooldown 503), and
+limits for the 429s; a gateway whose rate limiter cannot reach Redis and fails closed for the
+503 with Retry-After), and
 each answer must carry a declared status and content type, validate against the declared
 schema and carry its required headers, each fitting its declared schema. Every declared header
 is seen on some answer. The reverse holds too: every HTTP route the protos bind is described.
 The admin API is driven with the admin key, a client key, a wrong key and none, and on a
-gateway without an admin key (the cooling one) for its 403.
+gateway without an admin key (the one whose limiter is down) for its 403.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class World:
     budget_key: str  # a budget of one token a day
     down_url: str  # an Envoy whose gRPC backend is not running
     # A gateway (and key) whose one upstream is unreachable; it has no admin key either.
-    cooling: tuple[Gateway, str]
+    limiter_down: tuple[Gateway, str]
     upstream: object
 
     def auth(self, key: str | None = None) -> dict[str, str]:
@@ -90,24 +91,25 @@ def down_url(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def cooling(tmp_path_factory) -> Iterator[tuple[Gateway, str]]:
-    # One failure cools the only upstream for a minute: the next request is the 503. Without
-    # an admin key, its admin API is off: the admin API's other 403.
+def limiter_down(tmp_path_factory) -> Iterator[tuple[Gateway, str]]:
+    # Limits kept in a Redis that cannot be reached, failing closed: a limited key's request
+    # is the 503 with Retry-After. Without an admin key, its admin API is off: the admin API's
+    # other 403.
     with running(
-        tmp_path_factory.mktemp("cooling"),
+        tmp_path_factory.mktemp("limiter-down"),
         f"http://127.0.0.1:{free_port()}/v1",
         admin_key=None,
         extra_env={
-            "GATEWAY_UPSTREAM_MAX_ATTEMPTS": "1",
-            "GATEWAY_UPSTREAM_COOLDOWN_AFTER": "1",
-            "GATEWAY_UPSTREAM_COOLDOWN": "60",
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "GATEWAY_RATE_LIMIT_FAILURE_MODE": "closed",
+            "GATEWAY_REDIS_TIMEOUT": "0.5",
         },
     ) as gw:
-        yield gw, gw.wait_for_key(gw.create_key("cooling"))
+        yield gw, gw.wait_for_key(gw.create_key("limited-nowhere", "--rpm", "1000"))
 
 
 @pytest.fixture(scope="module")
-def world(upstream, tmp_path_factory, down_url, cooling) -> Iterator[World]:
+def world(upstream, tmp_path_factory, down_url, limiter_down) -> Iterator[World]:
     with running(
         tmp_path_factory.mktemp("described"),
         upstream.base_url,
@@ -126,7 +128,7 @@ def world(upstream, tmp_path_factory, down_url, cooling) -> Iterator[World]:
         ]
         for key in keys:
             gw.wait_for_key(key)
-        yield World(gw, *keys, down_url, cooling, upstream)
+        yield World(gw, *keys, down_url, limiter_down, upstream)
 
 
 CHAT = "/v1/chat/completions"
@@ -158,8 +160,8 @@ def _as(key: str, body: dict | None = None) -> Callable[[World], httpx.Response]
     return lambda w: _chat(w, body, w.auth(getattr(w, key)))
 
 
-def _cooling(w: World) -> httpx.Response:
-    gw, key = w.cooling
+def _limiter_down(w: World) -> httpx.Response:
+    gw, key = w.limiter_down
     return httpx.post(
         f"{gw.url}{CHAT}", json=chat_body(), headers={"authorization": f"Bearer {key}"}, timeout=30
     )
@@ -258,7 +260,7 @@ def _admin(
             payload: dict | None = {**body, "name": name}
         else:
             payload = body
-        gateway = w.cooling[0] if admin_off else None
+        gateway = w.limiter_down[0] if admin_off else None
         return _admin_call(
             w, method, path.format(name=name), payload, auth, gateway=gateway, params=params
         )
@@ -344,7 +346,7 @@ SCENARIOS: list[Scenario] = [
     ),
     Scenario("createChatCompletion", 502, _queued(Reply.json(500), _chat)),
     Scenario("createChatCompletion", 503, _down("POST", CHAT)),
-    Scenario("createChatCompletion", 503, _second(_cooling), frozenset({"retry-after"})),
+    Scenario("createChatCompletion", 503, _limiter_down, frozenset({"retry-after"})),
     Scenario("createChatCompletion", 504, _queued(Reply.hang(FIRST_BYTE_TIMEOUT + 5), _chat)),
     Scenario("createChatCompletion", 431, _big_header("POST", CHAT)),
     Scenario("listModels", 200, _get("/v1/models")),

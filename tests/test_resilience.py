@@ -345,28 +345,35 @@ upstreams:
 """
 
 
-def test_failover_cooldown_and_recovery(with_config, a_b):
+def test_failover_rest_and_recovery(with_config, a_b):
     a, b = a_b
     gw, key = with_config(
         two_upstreams(a, b, extra_b="priority: 1"),
         KEY_A="sk-a-from-env",
-        GATEWAY_UPSTREAM_COOLDOWN_AFTER="1",
+        GATEWAY_UPSTREAM_COOLDOWN_AFTER="2",
         GATEWAY_UPSTREAM_COOLDOWN="2",
     )
-    assert post(gw, key, chat_body()).status_code == 200
-    assert (len(a.requests), len(b.requests)) == (1, 0)  # priority 0 first
-    assert a.last_request().headers["authorization"] == "Bearer sk-a-from-env"
+    other = gw.wait_for_key(gw.create_key("another-client"))
     a.enqueue(Reply.json(500))
     began = time.monotonic()
     assert post(gw, key, chat_body()).status_code == 200
-    assert (len(a.requests), len(b.requests)) == (2, 1)  # moved on at once
+    assert (len(a.requests), len(b.requests)) == (1, 1)  # moved on at once
+    assert a.last_request().headers["authorization"] == "Bearer sk-a-from-env"
     assert b.last_request().headers["authorization"] == "Bearer sk-b-inline-key"
     assert time.monotonic() - began < 1.5
     assert post(gw, key, chat_body()).status_code == 200
-    assert (len(a.requests), len(b.requests)) == (2, 2)  # a is cooling down
-    time.sleep(max(0, began + 2.2 - time.monotonic()))
+    assert (len(a.requests), len(b.requests)) == (2, 1)  # one client's failure rests nothing
+    a.enqueue(Reply.json(500))
+    assert post(gw, other, chat_body()).status_code == 200
+    assert (len(a.requests), len(b.requests)) == (3, 2)  # a second client's: a rests
     assert post(gw, key, chat_body()).status_code == 200
-    assert (len(a.requests), len(b.requests)) == (3, 2)  # back on its own
+    assert (len(a.requests), len(b.requests)) == (3, 3)
+    assert "upstream 'a' rests for 2s" in gw.log()
+    deadline = time.monotonic() + 30
+    while len(a.requests) == 3 and time.monotonic() < deadline:
+        assert post(gw, key, chat_body()).status_code == 200
+        time.sleep(0.2)
+    assert len(a.requests) == 4  # back on its own
 
 
 def test_refused_connection_fails_over(with_config, a_b):
@@ -411,22 +418,26 @@ def test_routing_by_model_weights_and_model_names(with_config, a_b):
     assert_error(post(gw, key, chat_body("gpt-4.1")), 503)  # in the catalog, served by none
 
 
-def test_all_upstreams_cooling_is_503_with_retry_after(with_config, a_b):
+def test_when_every_upstream_rests_the_request_still_goes_to_one(with_config, a_b):
     a, b = a_b
     gw, key = with_config(
-        two_upstreams(a, b),
+        two_upstreams(a, b, extra_b="priority: 1"),
         KEY_A="k",
+        GATEWAY_UPSTREAM_MAX_ATTEMPTS="1",
         GATEWAY_UPSTREAM_COOLDOWN_AFTER="1",
-        GATEWAY_UPSTREAM_COOLDOWN="20",
+        GATEWAY_UPSTREAM_COOLDOWN="60",
     )
-    a.enqueue(Reply.json(500))
-    b.enqueue(Reply.json(502))
-    assert_error(post(gw, key, chat_body()), 502)
-    response = post(gw, key, chat_body())
-    error = assert_error(response, 503, "api_error")
-    assert "cooling down" in error["message"]
-    assert 1 <= int(response.headers["retry-after"]) <= 20
-    assert len(a.requests) + len(b.requests) == 2
+    other = gw.wait_for_key(gw.create_key("another-client"))
+    for fake in (a, b):  # each fails two clients' requests: a rests, then b
+        fake.enqueue(Reply.json(500), Reply.json(500))
+        for client in (key, other):
+            assert_error(post(gw, client, chat_body()), 502)
+    assert gw.log().count("rests for 60s") == 2
+    # Panic routing: a's rest ends first, so a takes it; its success ends the rest.
+    assert post(gw, key, chat_body()).status_code == 200
+    assert (len(a.requests), len(b.requests)) == (3, 2)
+    assert post(gw, other, chat_body()).status_code == 200
+    assert (len(a.requests), len(b.requests)) == (4, 2)
 
 
 def test_upstream_without_its_key_takes_nothing_and_is_named(with_config, a_b):

@@ -1,4 +1,4 @@
-"""Unit tests of the pure resilience rules: timeouts, routing and cooldowns, retries, model
+"""Unit tests of the pure resilience rules: timeouts, routing and rests, retries, model
 renaming, the upstreams file."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typegpt_gateway.config import ConfigError, load_config, upstream_specs
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.model_mapping import replace_model
 from typegpt_gateway.retry import AttemptFailed, RetryPolicy, backoff_wait, call_with_retries
-from typegpt_gateway.routing import CooldownPolicy, Route, Router
+from typegpt_gateway.routing import HealthPolicy, Route, Router
 from typegpt_gateway.settings import Settings
 from typegpt_gateway.timeouts import Deadlines, Timeouts
 from typegpt_gateway.upstream import attempt_failure, parse_retry_after
@@ -45,11 +45,13 @@ def test_total_deadline_caps_the_others():
     assert due.at == 1100 and due.error().type == "timeout_error"
 
 
-# --- routing and cooldowns -------------------------------------------------------------------
+# --- routing and rests ------------------------------------------------------------------------
 
 
 def router(*routes: Route, after: int = 2, rng: random.Random | None = None) -> Router:
-    return Router(routes, CooldownPolicy(after=after, first=1, longest=8), rng or random.Random(7))
+    return Router(
+        routes, HealthPolicy(after=after, first=1, longest=8, window=10), rng or random.Random(7)
+    )
 
 
 def test_routes_by_model_then_priority():
@@ -61,6 +63,7 @@ def test_routes_by_model_then_priority():
     assert r.pick("gpt-4o", now=0).name == "b"
     assert {r.pick("o3", now=0).name for _ in range(20)} == {"b", "c"}
     assert r.serves("anything") and not router(Route("x", frozenset({"o3"}))).serves("gpt-4o")
+    assert r.pick("nothing-serves-this", now=0) is None or r.serves("nothing-serves-this")
 
 
 def test_weights_share_the_load():
@@ -76,59 +79,95 @@ def test_untried_upstreams_first():
     assert r.pick("m", now=0, avoid={"a", "b"}).name == "a"
 
 
-def test_cooldown_grows_and_ends_on_its_own():
+def test_one_client_alone_never_rests_an_upstream():
+    """The scenario of issue 11: one key's prompt that the upstream answers 500, sent again
+    and again, must not take the upstream from anybody."""
     r = router(Route("a"), Route("b", priority=1), after=2)
-    r.failed("a", now=0)
-    assert r.pick("m", now=0).name == "a"  # one failure is not yet a pattern
-    r.failed("a", now=0)
-    assert r.pick("m", now=0.5).name == "b"  # cooling for 1 s
+    for second in range(50):
+        assert r.failed("a", now=second / 10, client="poison") == 0
+        assert r.pick("m", now=second / 10).name == "a"
+    assert not r.resting("a", now=5) and r.consecutive_failures("a") == 50
+
+
+def test_failures_of_several_clients_rest_an_upstream_for_longer_each_time():
+    r = router(Route("a"), Route("b", priority=1), after=2)
+    assert r.failed("a", now=0, client="k1") == 0  # one failure is not yet a pattern
+    assert r.pick("m", now=0).name == "a"
+    assert r.failed("a", now=0, client="k2") == 1  # two clients: it rests for 1 s
+    assert r.pick("m", now=0.5).name == "b" and r.resting("a", now=0.5)
     assert r.pick("m", now=1.0).name == "a"  # back on its own
-    r.failed("a", now=1.0)
-    assert r.cooling_until("a") == 3.0  # 2 s: doubled
-    for _ in range(10):
-        r.failed("a", now=10)
-    assert r.cooling_until("a") == 18  # capped at 8 s
-    r.succeeded("a")
-    assert r.pick("m", now=10).name == "a"
-    r.failed("a", now=10)
-    assert r.pick("m", now=10).name == "a"  # the count started over
+    assert r.failed("a", now=1.0, client="k1") == 2  # still a pattern: twice as long
+    r.failed("a", now=1.5, client="k2")
+    assert r.rest_ends("a", "m") == 3  # failures during a rest change nothing
+    now = 3.0
+    for number in range(5):  # each time it is back, it fails again: 4 s, 8 s, then capped
+        r.failed("a", now=now, client=f"k{number % 2}")
+        now = r.rest_ends("a", "m")
+    assert now == 3 + 4 + 8 + 8 + 8 + 8
+    assert r.succeeded("a", now=now - 1)  # a success ends the rest and the doubling
+    assert r.pick("m", now=now - 1).name == "a"
+    assert r.consecutive_failures("a") == 0
 
 
-def test_all_cooling_and_ready_in():
-    r = router(Route("a"), Route("b"), after=1)
-    r.failed("a", now=0)
-    r.failed("b", now=0.5)
-    assert r.pick("m", now=0.6) is None
-    assert r.ready_in("m", now=0.6) == pytest.approx(0.4)
-    assert r.ready_in("m", now=2) == 0
-    assert r.pick("m", now=1.0).name == "a"
-
-
-def test_retry_after_cools_at_once_unless_cooldowns_are_off():
-    r = router(Route("a"), after=3)
-    r.failed("a", now=0, retry_after=7)
-    assert r.ready_in("m", now=0) == 7
-    off = router(Route("a"), after=0)
+def test_failures_must_outnumber_successes_within_the_window():
+    r = router(Route("a"), after=2)
     for _ in range(5):
-        off.failed("a", now=0, retry_after=7)
-    assert off.pick("m", now=0).name == "a"
+        r.succeeded("a", now=0)
+    for number in range(5):
+        assert r.failed("a", now=1, client=f"k{number}") == 0  # 5 failures, 5 successes
+    assert r.failed("a", now=1, client="k5") == 1
+    # Failures that fell out of the window do not count.
+    fresh = router(Route("a"), after=2)
+    fresh.failed("a", now=0, client="k1")
+    assert fresh.failed("a", now=10.5, client="k2") == 0
+    assert fresh.failed("a", now=10.6, client="k3") == 1
 
 
-def test_cooldown_policy_lengths():
-    policy = CooldownPolicy(after=3, first=1, longest=60)
-    assert [policy.length(n) for n in range(1, 11)] == [0, 0, 1, 2, 4, 8, 16, 32, 60, 60]
-    assert CooldownPolicy(after=0).length(100) == 0
-    assert policy.length(10**6) == 60
+def test_when_every_upstream_rests_the_soonest_back_takes_the_request():
+    r = router(Route("a"), Route("b", priority=1), after=1)
+    r.failed("a", now=0, client="k1")
+    r.failed("a", now=0, client="k2")  # a rests until 1
+    assert r.pick("m", now=0).name == "b"
+    r.failed("b", now=0.5, client="k1")
+    r.failed("b", now=0.5, client="k2")  # b rests until 1.5
+    assert r.pick("m", now=0.6).name == "a"  # panic: a's rest ends first
+    assert r.pick("m", now=0.6, avoid={"a"}).name == "b"  # untried first, even resting
+    assert not r.another_awake("m", now=0.6, tried=())
+    assert r.another_awake("m", now=1.2, tried=("b",))  # a is awake again
+    single = router(Route("only"), after=1)
+    single.failed("only", now=0, client="k1")
+    single.failed("only", now=0, client="k2")
+    assert single.resting("only", now=0) and single.pick("m", now=0).name == "only"
+
+
+def test_retry_after_rests_only_its_upstream_and_model():
+    r = router(Route("a"), Route("b", priority=1), after=3)
+    r.rate_limited("a", "gpt-4o", now=0, seconds=7)
+    assert r.pick("gpt-4o", now=1).name == "b"
+    assert r.pick("o3", now=1).name == "a"  # other models still go to a
+    assert not r.resting("a", now=1) and r.models_resting("a", now=1) == 1
+    assert r.rest_ends("a", "gpt-4o") == 7 and r.pick("gpt-4o", now=7).name == "a"
+    off = router(Route("a"), Route("b", priority=1), after=0)
+    off.rate_limited("a", "gpt-4o", now=0, seconds=7)
+    for client in ("k1", "k2", "k3", "k4"):
+        off.failed("a", now=0, client=client)
+    assert off.pick("gpt-4o", now=0).name == "a"  # resting turned off
+
+
+def test_rest_lengths():
+    policy = HealthPolicy(after=3, first=1, longest=60)
+    assert [policy.rest_length(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert not HealthPolicy(after=0).enabled
+    assert policy.rest_length(10**6) == 60
 
 
 # --- retries ---------------------------------------------------------------------------------
 
 
 def test_backoff_wait_rules():
-    assert backoff_wait(0.3, None, failover_ready=True, cooldown_left=5) == 0
-    assert backoff_wait(0.3, None, failover_ready=False, cooldown_left=0) == 0.3
-    assert backoff_wait(0.3, 2.0, failover_ready=False, cooldown_left=1) == 2.0
-    assert backoff_wait(0.3, 2.0, failover_ready=False, cooldown_left=4) == 4
+    assert backoff_wait(0.3, None, failover_ready=True) == 0
+    assert backoff_wait(0.3, None, failover_ready=False) == 0.3
+    assert backoff_wait(0.3, 2.0, failover_ready=False) == 2.0
 
 
 def failure(status: int = 502, *, retryable: bool = True, retry_after: float | None = None):
@@ -161,9 +200,7 @@ def run_retries(
             return outcome
 
         loop = asyncio.get_running_loop()
-        return await call_with_retries(
-            call, policy, lambda _: (failover_ready, 0.0), loop.time, sleep
-        )
+        return await call_with_retries(call, policy, lambda _: failover_ready, loop.time, sleep)
 
     try:
         result: object = asyncio.run(main())

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 
-from . import observe
+from . import metrics, observe
 from .config import UpstreamSpec, upstream_specs
 from .errors import GatewayError
 from .retry import AttemptFailed, RetryPolicy, call_with_retries
-from .routing import CooldownPolicy, Route, Router
+from .routing import HealthPolicy, Route, Router
 from .settings import Settings
 from .timeouts import Deadlines, Timeouts
 from .upstream import Upstream
@@ -39,6 +39,7 @@ class Failover:
         self.policy = policy
         self.timeouts = timeouts
         self._by_name = {upstream.name: upstream for upstream in self.upstreams}
+        self._export_health()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Failover:
@@ -54,10 +55,11 @@ class Failover:
         router = Router(
             # Only upstreams with a key take requests.
             (_route(upstream.spec) for upstream in upstreams if upstream.configured),
-            CooldownPolicy(
+            HealthPolicy(
                 after=settings.upstream_cooldown_after,
                 first=settings.upstream_cooldown,
                 longest=settings.upstream_cooldown_max,
+                window=settings.upstream_health_window,
             ),
         )
         policy = RetryPolicy(
@@ -79,20 +81,21 @@ class Failover:
     async def aclose(self) -> None:
         await asyncio.gather(*(upstream.aclose() for upstream in self.upstreams))
 
-    def readiness_check(self) -> Callable[[], str | None]:
-        """For readiness: ready while at least one upstream can take a request now."""
-        loop = asyncio.get_running_loop()
-
-        def upstreams() -> str | None:
-            routes = self.router.routes
-            if not routes:
-                return "no upstream has an API key"
-            now = loop.time()
-            if all(self.router.cooling_until(route.name) > now for route in routes):
-                return "every upstream is cooling down after failures"
-            return None
-
-        return upstreams
+    def _export_health(self) -> None:
+        """Each upstream's health as gauges, read when scraped. Only here: upstream health is
+        for operators and routing, never for readiness (a replica is not less able to serve
+        because an upstream fails; taking every replica out at once would make it worse)."""
+        for route in self.router.routes:
+            name = route.name
+            metrics.UPSTREAM_RESTING.labels(name).set_function(
+                lambda name=name: float(self.router.resting(name, time.monotonic()))
+            )
+            metrics.UPSTREAM_MODELS_RESTING.labels(name).set_function(
+                lambda name=name: float(self.router.models_resting(name, time.monotonic()))
+            )
+            metrics.UPSTREAM_CONSECUTIVE_FAILURES.labels(name).set_function(
+                lambda name=name: float(self.router.consecutive_failures(name))
+            )
 
     def deadlines(self) -> Deadlines:
         return Deadlines(self.timeouts, asyncio.get_running_loop().time())
@@ -104,18 +107,16 @@ class Failover:
         if not self.router.serves(model):
             raise self._not_served(model)
         loop = asyncio.get_running_loop()
-        tried: list[str] = []
+        request = _Request(model, observe.current().key or "")
 
-        def next_upstream(failure: AttemptFailed) -> tuple[bool, float]:
-            now = loop.time()
-            ready = self.router.available(model, now, tried)
-            return any(route.name not in tried for route in ready), self.router.ready_in(model, now)
+        def next_upstream(failure: AttemptFailed) -> bool:
+            return self.router.another_awake(model, time.monotonic(), request.tried)
 
         # No retry may outlive the request's own total deadline.
         budget = min(self.policy.deadline, deadlines.end - loop.time())
         try:
             return await call_with_retries(
-                lambda: self._attempt(model, body, stream, deadlines, tried),
+                lambda: self._attempt(request, body, stream, deadlines),
                 replace(self.policy, deadline=budget),
                 next_upstream,
                 loop.time,
@@ -124,29 +125,49 @@ class Failover:
             raise failure.error from None
 
     async def _attempt(
-        self, model: str, body: bytes, stream: bool, deadlines: Deadlines, tried: list[str]
+        self, request: _Request, body: bytes, stream: bool, deadlines: Deadlines
     ) -> aiohttp.ClientResponse:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        route = self.router.pick(model, now, avoid=tried)
-        if route is None:
-            raise self._all_cooling(model, self.router.ready_in(model, now))
+        route = self.router.pick(request.model, time.monotonic(), avoid=request.tried)
+        if route is None:  # open() checked that some route serves the model
+            raise self._not_served(request.model)
         upstream = self._by_name[route.name]
-        tried.append(route.name)
+        request.tried.append(route.name)
         observe.retrying_on(route.name)
-        deadlines.attempt(now)
+        deadlines.attempt(asyncio.get_running_loop().time())
         try:
             response = await upstream.open_chat(
-                upstream.body_for(model, body), stream=stream, due=deadlines.first_byte()
+                upstream.body_for(request.model, body),
+                stream=stream,
+                due=deadlines.first_byte(),
             )
         except AttemptFailed as failure:
             logger.warning("upstream %r failed: %s", upstream.name, failure.error)
             observe.upstream_failed(failure.error)
-            if failure.cools:
-                self.router.failed(route.name, loop.time(), failure.retry_after)
+            self._judge_failure(route.name, request, failure)
             raise
-        self.router.succeeded(route.name)
+        if self.router.succeeded(route.name, time.monotonic()):
+            logger.info("upstream %r answers again: its rest is over", route.name)
         return response
+
+    def _judge_failure(self, name: str, request: _Request, failure: AttemptFailed) -> None:
+        """Tells the router what one failed attempt says about the upstream's health."""
+        now = time.monotonic()
+        if failure.retry_after is not None:
+            # The upstream said when to come back, for this model: nothing else rests.
+            self.router.rate_limited(name, request.model, now, failure.retry_after)
+            return
+        if not failure.cools or name in request.judged:
+            return  # the client's own fault, or this request already counted against it
+        request.judged.add(name)
+        rest = self.router.failed(name, now, request.client)
+        if rest > 0:
+            logger.warning(
+                "upstream %r rests for %gs: requests of several clients keep failing on it "
+                "(%d in a row); requests go to other upstreams meanwhile, or to it if none",
+                name,
+                rest,
+                self.router.consecutive_failures(name),
+            )
 
     def _not_served(self, model: str) -> GatewayError:
         missing = [spec.key_setting for spec in self.unconfigured if _route(spec).serves(model)]
@@ -159,16 +180,17 @@ class Failover:
             )
         return GatewayError(503, f"No upstream is configured to serve the model {model!r}.")
 
-    @staticmethod
-    def _all_cooling(model: str, ready_in: float) -> GatewayError:
-        seconds = max(1, math.ceil(ready_in))
-        return GatewayError(
-            503,
-            f"Every upstream serving {model!r} failed recently and is cooling down; "
-            f"retry in {seconds} s.",
-            "api_error",
-            headers=(("retry-after", str(seconds)),),
-        )
+
+@dataclass(slots=True)
+class _Request:
+    """What failover remembers across the attempts of one request."""
+
+    model: str
+    # The client key's name: health counts distinct clients (routing.HealthPolicy).
+    client: str
+    tried: list[str] = field(default_factory=list)
+    # Upstreams this request has already counted a failure against: once each.
+    judged: set[str] = field(default_factory=set)
 
 
 def _route(spec: UpstreamSpec) -> Route:

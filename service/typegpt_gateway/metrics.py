@@ -84,6 +84,26 @@ LIMITER_REJECTIONS = Counter(
     ("key", "limit"),
     registry=REGISTRY,
 )
+# Upstream health (routing.py): for dashboards and alerts, never for readiness.
+UPSTREAM_RESTING = Gauge(
+    "typegpt_gateway_upstream_resting",
+    "1 while the upstream rests after failed requests of several clients (requests then go "
+    "to other upstreams, or to it when every upstream of a model rests).",
+    ("upstream",),
+    registry=REGISTRY,
+)
+UPSTREAM_MODELS_RESTING = Gauge(
+    "typegpt_gateway_upstream_models_resting",
+    "Models the upstream asked not to be sent for now (429 with Retry-After).",
+    ("upstream",),
+    registry=REGISTRY,
+)
+UPSTREAM_CONSECUTIVE_FAILURES = Gauge(
+    "typegpt_gateway_upstream_consecutive_failures",
+    "Requests that failed on the upstream since its last success.",
+    ("upstream",),
+    registry=REGISTRY,
+)
 INFLIGHT_STREAMS = Gauge(
     "typegpt_gateway_inflight_streams",
     "Streamed answers being sent right now.",

@@ -1,8 +1,16 @@
-"""Readiness: whether this gateway should be sent traffic (GET /readyz, grpc.health.v1).
+"""Readiness: whether this process can serve (GET /readyz, StatusService.GetReadiness and
+grpc.health.v1).
 
-Ready means not draining (set by the drain, server.Backend.begin_drain) and every check
-passing. A check is a blocking callable returning None, or what is wrong: the key store's is
-here, the upstreams' (at least one not cooling down) is Failover.readiness_check.
+Ready means not draining (set by the drain, server.Backend.begin_drain) and every dependency
+of this process answering: the key store and, when configured, Redis. Upstream health is
+deliberately left out: every replica shares the upstreams, so a failing upstream would make
+a load balancer take all of them out at once, and the gateway still routes around it
+(routing.py). It shows in the metrics and the log instead.
+
+A check is an async callable returning None, or what is wrong. Checks run one probe at a
+time: a probe that arrives while one runs waits for that one's answer, so a hung dependency
+pins at most one worker thread however often a load balancer asks, and the ledger, budget
+reads and admin calls are not queued behind a pile of stuck probes.
 """
 
 from __future__ import annotations
@@ -10,38 +18,79 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .store import KeyStore, Store
 
-Check = Callable[[], str | None]
+Check = Callable[[], Awaitable[str | None]]
 # A probe that hangs is a failed probe: answer before a load balancer gives up on us.
 CHECK_TIMEOUT = 2.0
+# How often grpc.health.v1 is brought up to date (it has no hook to ask on demand).
+WATCH_INTERVAL = 2.0
 
 
 class ReadinessProbe:
     def __init__(self, *checks: Check) -> None:
         self.draining = False
         self.checks: list[Check] = list(checks)
+        self._running: asyncio.Task[str | None] | None = None
+        self._current = "a check"
 
     async def problem(self) -> str | None:
         """None when ready, else the first thing wrong."""
         if self.draining:
             return "draining"
+        if self._running is None or self._running.done():
+            self._running = asyncio.get_running_loop().create_task(self._run_checks())
+        try:
+            # Shielded: a probe that gives up leaves the checks running for the next one.
+            return await asyncio.wait_for(asyncio.shield(self._running), CHECK_TIMEOUT)
+        except TimeoutError:
+            return f"{self._current} did not answer within {CHECK_TIMEOUT:g} s"
+
+    async def _run_checks(self) -> str | None:
         for check in self.checks:
-            try:
-                found = await asyncio.wait_for(asyncio.to_thread(check), CHECK_TIMEOUT)
-            except TimeoutError:
-                found = f"{getattr(check, '__name__', 'a check')} did not answer in time"
+            self._current = getattr(check, "__name__", "a check").replace("_", " ")
+            found = await check()
             if found is not None:
                 return found
         return None
 
+    async def watch(self, on_change: Callable[[bool], Awaitable[None]]) -> None:
+        """Calls `on_change(ready)` whenever readiness changes, until cancelled."""
+        ready: bool | None = None
+        while True:
+            now_ready = await self.problem() is None
+            if now_ready != ready:
+                ready = now_ready
+                await on_change(ready)
+            await asyncio.sleep(WATCH_INTERVAL)
+
+    async def aclose(self) -> None:
+        if self._running is not None and not self._running.done():
+            self._running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._running
+        for check in self.checks:
+            close = getattr(check, "aclose", None)
+            if close is not None:
+                await close()
+
+
+def in_thread(check: Callable[[], str | None], name: str) -> Check:
+    """A blocking check (a database driver call), run off the event loop."""
+
+    async def run() -> str | None:
+        return await asyncio.to_thread(check)
+
+    run.__name__ = name
+    return run
+
 
 def key_store_check(store: Store) -> Check:
     if isinstance(store, KeyStore):
-        return _sqlite_check(store.path)
+        return in_thread(_sqlite_check(store.path), "the key store")
 
     def key_store() -> str | None:
         # The PostgreSQL store reconnects on its next call when its connection was lost.
@@ -51,10 +100,10 @@ def key_store_check(store: Store) -> Check:
             return f"the key store cannot be reached ({type(exc).__name__})"
         return None
 
-    return key_store
+    return in_thread(key_store, "the key store")
 
 
-def _sqlite_check(path: Path) -> Check:
+def _sqlite_check(path: Path) -> Callable[[], str | None]:
     """Reads the key store through a new connection, as a new process would: this notices a
     file that is gone, unreadable or locked, which the server's open connection would not."""
 
@@ -68,3 +117,30 @@ def _sqlite_check(path: Path) -> Check:
         return None
 
     return key_store
+
+
+class RedisCheck:
+    """Redis answers PING within the limiter's own timeout (its own connection, so that a
+    probe never waits behind rate-limit traffic)."""
+
+    __name__ = "Redis"
+
+    def __init__(self, url: str, timeout: float) -> None:
+        # Imported here, as the limiter's Redis backend is: only gateways that use Redis pay.
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._errors = (RedisError, OSError)
+
+    async def __call__(self) -> str | None:
+        try:
+            await self._redis.ping()
+        except self._errors as exc:
+            return f"Redis cannot be reached ({type(exc).__name__})"
+        return None
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

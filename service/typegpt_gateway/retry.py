@@ -3,8 +3,10 @@ tenacity, which runs the loop: full-jitter exponential backoff, bounded by a num
 attempts and by a deadline that no backoff may cross.
 
 Only attempts whose failure reached no client are retried (the caller retries only before it
-has answered). Another upstream that is ready is tried at once; the same one is waited for,
-at least as long as its Retry-After and its cooldown say.
+has answered). Another upstream that is awake is tried at once; otherwise the next attempt
+waits, at least as long as the Retry-After says. A rest never adds to the wait: when every
+upstream rests the request goes to one of them anyway (routing.py), so a client sees the
+same retries as without rests.
 """
 
 from __future__ import annotations
@@ -57,18 +59,16 @@ class RetryPolicy:
     backoff_max: float
 
 
-def backoff_wait(
-    jittered: float, retry_after: float | None, *, failover_ready: bool, cooldown_left: float
-) -> float:
+def backoff_wait(jittered: float, retry_after: float | None, *, failover_ready: bool) -> float:
     """Seconds before the next attempt."""
     if failover_ready:
         return 0.0
-    return max(jittered, retry_after or 0.0, cooldown_left)
+    return max(jittered, retry_after or 0.0)
 
 
-# What the caller knows when an attempt failed: is another upstream ready, and if not, how
-# long until one is out of cooldown.
-NextUpstream = Callable[[AttemptFailed], tuple[bool, float]]
+# What the caller knows when an attempt failed: whether another upstream is ready for the
+# next attempt at once.
+NextUpstream = Callable[[AttemptFailed], bool]
 
 
 Result = TypeVar("Result")
@@ -113,9 +113,8 @@ def _retrying(
         failure = state.outcome.exception() if state.outcome else None
         if not isinstance(failure, AttemptFailed):
             return 0.0
-        ready, cooldown_left = next_upstream(failure)
         return backoff_wait(
-            jitter(state), failure.retry_after, failover_ready=ready, cooldown_left=cooldown_left
+            jitter(state), failure.retry_after, failover_ready=next_upstream(failure)
         )
 
     return AsyncRetrying(

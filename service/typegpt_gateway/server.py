@@ -30,7 +30,7 @@ from .keyservice import KeyServicer
 from .ledger import UsageLedger
 from .limits import Backend as LimiterBackend
 from .limits import InProcessBackend, Limiter
-from .readiness import ReadinessProbe, key_store_check
+from .readiness import Check, ReadinessProbe, RedisCheck, key_store_check
 from .redaction import register_url_password
 from .servicer import ChatServicer, StatusServicer
 from .settings import MiB, Settings
@@ -84,6 +84,7 @@ class Backend:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.upstreams.aclose()
+        await self.readiness.aclose()
         # Every request has ended and been counted: settle the limiter, write the ledger.
         await self.accounting.limiter.aclose()
         if not await self.accounting.ledger.flush():
@@ -115,6 +116,13 @@ def _accounting(settings: Settings, store: Store) -> Accounting:
     return Accounting(limiter, UsageLedger(store, settings.usage_flush_interval))
 
 
+def _readiness_checks(settings: Settings, store: Store) -> list[Check]:
+    checks = [key_store_check(store)]
+    if settings.redis_url is not None:
+        checks.append(RedisCheck(settings.redis_url.get_secret_value(), settings.redis_timeout))
+    return checks
+
+
 async def start_backend(settings: Settings) -> Backend:
     """Starts the gRPC server on settings.grpc_host:grpc_port (port 0: any free port)."""
     upstreams = Failover.from_settings(settings)
@@ -127,7 +135,7 @@ async def start_backend(settings: Settings) -> Backend:
     pipeline = ChatPipeline(
         keys, catalog, upstreams, accounting, keepalive=settings.sse_keepalive_interval
     )
-    readiness = ReadinessProbe(key_store_check(store), upstreams.readiness_check())
+    readiness = ReadinessProbe(*_readiness_checks(settings, store))
     # The admin API writes through the server's own store: the key cache sees each change at
     # once (data_version counts this connection's writes too).
     admin = KeyAdmin(store, settings.models)
@@ -172,9 +180,17 @@ async def start_backend(settings: Settings) -> Backend:
     else:
         port = local_port = server.add_insecure_port(address)
     await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def report_health(ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not ready:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, status)
+
+    await report_health(True)
     ledger_writer = asyncio.create_task(accounting.ledger.run())
+    health_watcher = asyncio.create_task(readiness.watch(report_health))
     return Backend(
         server,
         keys,
@@ -186,5 +202,5 @@ async def start_backend(settings: Settings) -> Backend:
         port,
         accounting,
         local_port,
-        [ledger_writer],
+        [ledger_writer, health_watcher],
     )

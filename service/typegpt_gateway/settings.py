@@ -96,11 +96,13 @@ class Settings(BaseSettings):
     upstream_retry_deadline: float = Field(default=20.0, ge=0)
     upstream_retry_backoff: float = Field(default=0.5, ge=0)
     upstream_retry_backoff_max: float = Field(default=8.0, ge=0)
-    # Consecutive failures that put an upstream in cooldown (0: never); the first cooldown
-    # lasts upstream_cooldown seconds and doubles with each further failure.
+    # Failed requests (from at least two client keys, outnumbering successes) within the
+    # health window that rest an upstream (0: never; routing.py has the rule); the first
+    # rest lasts upstream_cooldown seconds and doubles with each further one.
     upstream_cooldown_after: int = Field(default=3, ge=0)
     upstream_cooldown: float = Field(default=1.0, gt=0)
     upstream_cooldown_max: float = Field(default=60.0, gt=0)
+    upstream_health_window: float = Field(default=10.0, gt=0)
     # After SIGTERM: how long in-flight requests and streams may take to finish.
     drain_timeout: float = Field(default=30.0, ge=0)
     # How often the key store is checked for keys created or revoked by another process.
