@@ -423,6 +423,8 @@ class FakeUpstream:
         self.requests: list[RecordedRequest] = []
         self._cond = threading.Condition()
         self._queue: deque[Reply] = deque()
+        # (marker, reply): every request whose body holds the marker gets the reply.
+        self._rules: list[tuple[bytes, Reply]] = []
         self._completions = 0
         self._disconnects = 0
         # Bumped by reset_state() so replies still playing for an earlier test
@@ -496,14 +498,22 @@ class FakeUpstream:
         with self._cond:
             self._queue.extend(replies)
 
+    def when(self, marker: str, reply: Reply) -> None:
+        """Every request whose body holds `marker` (a word of one client's prompt, say) gets
+        `reply`, as often as it comes and before anything queued, while the others are
+        answered as usual: one client's poison prompt among well-behaved traffic."""
+        with self._cond:
+            self._rules.append((marker.encode(), reply))
+
     def reset_state(self) -> None:
-        """Forget scripted replies, recorded requests, counters and `chunk_delay`.
+        """Forget scripted replies and rules, recorded requests, counters and `chunk_delay`.
 
         Hangs and slow streams still being played for earlier requests are cut
         short (the connection is closed, not counted as a disconnect).
         """
         with self._cond:
             self._queue.clear()
+            self._rules.clear()
             self.requests.clear()
             self._completions = 0
             self._disconnects = 0
@@ -560,8 +570,11 @@ class FakeUpstream:
         with self._cond:
             return generation == self._generation
 
-    def _next_reply(self) -> Reply | None:
+    def _next_reply(self, body: bytes) -> Reply | None:
         with self._cond:
+            for marker, reply in self._rules:
+                if marker in body:
+                    return reply
             return self._queue.popleft() if self._queue else None
 
     def _next_completion_number(self) -> int:
@@ -716,7 +729,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, request: RecordedRequest) -> None:
         path = urlsplit(request.path).path
         if request.method == "POST" and path == "/v1/chat/completions":
-            reply = self.server.upstream._next_reply()
+            reply = self.server.upstream._next_reply(request.body)
             if reply is None:
                 self._default_chat_completion(request)
             else:
