@@ -3,6 +3,7 @@ migration from the first release's schema, backups, and the stores' readiness ch
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import sqlite3
 import threading
@@ -222,9 +223,9 @@ def test_readiness_sees_a_sqlite_file_gone(tmp_path):
     store = KeyStore(tmp_path / "keys.db")
     check = key_store_check(store)
     try:
-        assert check() is None
+        assert asyncio.run(check()) is None
         (tmp_path / "keys.db").rename(tmp_path / "moved.db")
-        assert "cannot be read" in (check() or "")
+        assert "cannot be read" in (asyncio.run(check()) or "")
     finally:
         store.close()
 
@@ -236,14 +237,14 @@ def test_readiness_sees_a_lost_postgres_connection_and_its_return(postgres_serve
     store = PostgresKeyStore(url)
     check = key_store_check(store)
     try:
-        assert check() is None
+        assert asyncio.run(check()) is None
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-        problem = check() or ""
+        problem = asyncio.run(check()) or ""
         assert problem.startswith("the key store cannot be reached (") and url not in problem
-        assert check() is None  # reconnected
+        assert asyncio.run(check()) is None  # reconnected
     finally:
         store.close()
