@@ -304,7 +304,8 @@ class ChatPipeline:
         key = await self.authenticate(authorization)
         exchange.key = key.name
         request = parse_chat_request(body)
-        exchange.model, exchange.stream = request.model, request.stream
+        exchange.asked_for(request.model, known=request.model in self.catalog)
+        exchange.stream = request.stream
         self.catalog.resolve(request.model, key)
         # A stream reports usage only if asked: the gateway asks when the client did not.
         ask_usage = request.stream and request.include_usage is None
