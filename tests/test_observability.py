@@ -254,6 +254,22 @@ def test_bodies_are_logged_only_when_asked(make_gateway):
     assert key not in gw.log()
 
 
+def test_time_to_first_byte_is_the_first_chunk_not_a_keepalive(gateway, api_key, upstream):
+    # The gateway under test sends a keepalive comment after each second of silence.
+    first_delay = 2.5
+    upstream.enqueue(Reply.stream([make_chunk({"content": "late"})], first_delay=first_delay))
+    request_id = unique("ttfb")
+    response = httpx.post(
+        f"{gateway.url}{CHAT}",
+        json=chat_body(stream=True),
+        headers={**auth(api_key), "x-request-id": request_id},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.text.startswith(": keepalive"), response.text[:100]
+    assert request_line(gateway, request_id)["ttfb_ms"] >= first_delay * 1000
+
+
 # --- metrics ---------------------------------------------------------------------------------
 
 

@@ -120,8 +120,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 try:
                     async with contextlib.aclosing(answer.batches()) as batches:
                         async for batch in batches:
-                            frames = b"".join(map(data_frame, batch)) if batch else KEEPALIVE_FRAME
-                            exchange.sent_first_byte()
+                            if batch:
+                                frames = b"".join(map(data_frame, batch))
+                                exchange.sent_first_byte()
+                            else:
+                                frames = KEEPALIVE_FRAME  # not a byte of the answer yet
                             yield _http_message(frames, content_type)
                             content_type = ""
                     tail = DONE_FRAME
