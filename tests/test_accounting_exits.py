@@ -1,7 +1,8 @@
 """Every request that was admitted is settled exactly once, whatever its answer looks like: on
 a real `typegpt-gateway serve`, an upstream answer with usage or tool calls of an unexpected
-shape still reaches the client as the upstream's bytes, frees its `--max-concurrent` slot
-(in process and in Redis) and is counted in the usage ledger."""
+shape still reaches a REST client as the upstream's bytes (the typed gRPC API, which cannot
+carry it, answers 502), frees its `--max-concurrent` slot (in process and in Redis) and is
+counted in the usage ledger."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import redis
 from fake_upstream import Reply, make_chunk, make_completion, make_usage_chunk
 from gateway_process import Gateway
+from google.protobuf import struct_pb2
 from openai_shape import chat_body, sse_payloads
+
+from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 
 CHAT = "/v1/chat/completions"
 LEDGER_WAIT = 15.0
@@ -129,6 +134,31 @@ def test_malformed_usage_reaches_the_client_frees_the_slot_and_is_counted(
                 # What the gateway asked for on the client's behalf stays with the gateway.
                 assert delivered == [e for e in events if e.get("choices") != []], shape
             admitted_next()
+
+    # The typed gRPC API cannot carry these answers (502), and settles them all the same.
+    question = chat_pb2.ChatMessage(role="user", content=struct_pb2.Value(string_value="Hi"))
+    params = chat_pb2.ChatCompletionParams(model="gpt-4o", messages=[question])
+    with grpc.insecure_channel(gw.grpc_target) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        metadata = (("authorization", f"Bearer {key}"),)
+        upstream.enqueue(Reply.json(200, MALFORMED_ANSWERS["tool_calls a number"]))
+        with pytest.raises(grpc.RpcError) as unary:
+            stub.CreateChatCompletion(
+                chat_pb2.CreateChatCompletionRequest(params=params), metadata=metadata, timeout=30
+            )
+        upstream.enqueue(Reply.stream(MALFORMED_STREAMS["tool_calls a number"]))
+        with pytest.raises(grpc.RpcError) as streamed:
+            list(
+                stub.StreamChatCompletion(
+                    chat_pb2.StreamChatCompletionRequest(params=params),
+                    metadata=metadata,
+                    timeout=30,
+                )
+            )
+    sent += 2
+    for error in (unary.value, streamed.value):
+        assert dict(error.trailing_metadata())["x-http-status"] == "502", error
+    admitted_next()
 
     assert wait_for_ledger(gw, name, sent) == sent
     assert "Traceback" not in gw.log()
