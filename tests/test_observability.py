@@ -254,6 +254,22 @@ def test_bodies_are_logged_only_when_asked(make_gateway):
     assert key not in gw.log()
 
 
+def test_time_to_first_byte_is_the_first_chunk_not_a_keepalive(gateway, api_key, upstream):
+    # The gateway under test sends a keepalive comment after each second of silence.
+    first_delay = 2.5
+    upstream.enqueue(Reply.stream([make_chunk({"content": "late"})], first_delay=first_delay))
+    request_id = unique("ttfb")
+    response = httpx.post(
+        f"{gateway.url}{CHAT}",
+        json=chat_body(stream=True),
+        headers={**auth(api_key), "x-request-id": request_id},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.text.startswith(": keepalive"), response.text[:100]
+    assert request_line(gateway, request_id)["ttfb_ms"] >= first_delay * 1000
+
+
 # --- metrics ---------------------------------------------------------------------------------
 
 
@@ -288,6 +304,35 @@ def test_requests_tokens_and_latency_are_counted_by_key_name(gateway, upstream):
         before, errors, upstream="typegpt", status="502"
     )
     assert key not in after and UPSTREAM_KEY not in after
+
+
+def test_model_names_outside_the_catalog_make_no_series_and_are_cut_in_the_log(make_gateway):
+    gw = make_gateway().start()
+    key = gw.create_key("prober")
+
+    def ask(client: httpx.Client, model: str, request_id: str) -> None:
+        headers = {**auth(key), "x-request-id": request_id}
+        response = client.post(f"{gw.url}{CHAT}", json=chat_body(model), headers=headers)
+        assert_error(response, 404)
+
+    with httpx.Client(timeout=30) as client:
+        # The first refusal makes the series that every later one adds to.
+        ask(client, unique("probe"), "probe-first")
+        request_line(gw, "probe-first")
+        before = scrape(gw)
+        names = [unique("probe") for _ in range(200)]
+        for number, name in enumerate(names):
+            ask(client, name, f"probe-{number}")
+        request_line(gw, f"probe-{len(names) - 1}")
+        after = scrape(gw)
+        assert not [line for line in after.splitlines() if any(n in line for n in names)]
+        # Nothing grows with the names (process gauges change values, not lines).
+        assert len(after.splitlines()) - len(before.splitlines()) <= 5
+
+        huge = "m" * (1024 * 1024)
+        ask(client, huge, "probe-huge")
+    line = request_line(gw, "probe-huge")
+    assert 0 < len(line["model"]) <= 100 and huge.startswith(line["model"])
 
 
 def test_streams_are_counted_in_flight_and_their_usage_counted(gateway, upstream):
@@ -342,8 +387,9 @@ def test_a_stream_is_counted_even_when_its_client_did_not_ask_for_usage(gateway,
     assert upstream.last_request().json()["stream_options"] == {"include_usage": True}
     assert line["prompt_tokens"] > 0 and line["tokens_estimated"] is False
     after = scrape(gateway)
-    assert sample(after, "typegpt_gateway_tokens_total", key=name, direction="in") == (
-        line["prompt_tokens"]
+    assert (
+        sample(after, "typegpt_gateway_tokens_total", key=name, direction="in")
+        == (line["prompt_tokens"])
     )
 
 
@@ -352,7 +398,9 @@ def test_limiter_rejections_are_logged_and_counted_by_key_and_limit(gateway):
     key = gateway.wait_for_key(gateway.create_key(name, "--rpm", "1"))
     statuses = []
     for _ in range(2):
-        response = httpx.post(f"{gateway.url}{CHAT}", json=chat_body(), headers=auth(key), timeout=30)
+        response = httpx.post(
+            f"{gateway.url}{CHAT}", json=chat_body(), headers=auth(key), timeout=30
+        )
         statuses.append(response.status_code)
     assert statuses == [200, 429]
     line = request_line(gateway, response.headers["x-request-id"])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import itertools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -36,13 +38,16 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
-from typegpt_gateway import typed
+from typegpt_gateway import observe, typed
 from typegpt_gateway.chat import ChatPipeline
+from typegpt_gateway.failover import Failover
+from typegpt_gateway.ledger import UsageLedger
 from typegpt_gateway.server import Backend, start_backend
 from typegpt_gateway.servicer import ReadinessProbe, StatusServicer
 from typegpt_gateway.settings import Settings
 from typegpt_gateway.sse import DONE_FRAME, KEEPALIVE_FRAME
 from typegpt_gateway.store import KeyStore
+from typegpt_gateway.usage import UsageMeter
 
 UPSTREAM_SECRET = "sk-upstream-UNIT-SECRET-9876543210"
 TEST_TIMEOUT = 12.0
@@ -697,6 +702,174 @@ def test_http_rpc_errors_before_the_answer_are_statuses(upstream: FakeUpstream, 
         )
         openai_error(error, grpc.StatusCode.RESOURCE_EXHAUSTED, 429)
         assert dict(error.trailing_metadata())["retry-after"] == "3"
+
+    drive(make_settings(upstream, keys), scenario)
+
+
+# -- accounting: every way out of a request settles it exactly once -------------------------
+
+ONE_AT_A_TIME = "unit-one"
+WHOLE = b'{"model":"gpt-4o","messages":[{"role":"user","content":"Hi"}]}'
+STREAMED = b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Hi"}]}'
+RPCS = {
+    "http": lambda h, md: h.chat.CreateChatCompletionHttp(http_request(WHOLE), metadata=md),
+    "http-stream": lambda h, md: h.chat.CreateChatCompletionHttp(
+        http_request(STREAMED), metadata=md
+    ),
+    "typed": lambda h, md: h.chat.CreateChatCompletion(
+        chat_pb2.CreateChatCompletionRequest(params=params()), metadata=md
+    ),
+    "typed-stream": lambda h, md: h.chat.StreamChatCompletion(
+        chat_pb2.StreamChatCompletionRequest(params=params()), metadata=md
+    ),
+}
+WHOLE_RPCS, STREAM_RPCS = ("http", "typed"), ("http-stream", "typed-stream")
+
+
+def _raise() -> None:
+    raise RuntimeError("boom")
+
+
+# Where a request can fail after it was admitted: (what fails, the RPCs it is on).
+FAULTS = {
+    "after admit, before the upstream call": ((Failover, "deadlines"), (*WHOLE_RPCS, *STREAM_RPCS)),
+    "reading the whole answer's usage": ((UsageMeter, "see_answer"), WHOLE_RPCS),
+    "reading a chunk's usage": ((UsageMeter, "see_chunk"), STREAM_RPCS),
+    "sending the headers": ((observe, "send_headers"), (*WHOLE_RPCS, *STREAM_RPCS)),
+    "before the stream is read": ((observe, "streaming"), STREAM_RPCS),
+    "shaping the typed answer": ((typed, "parse_answer"), ("typed", "typed-stream")),
+}
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, fault: Callable) -> None:
+    """The first call of `owner.name` does `fault` (awaited if it is a coroutine function);
+    later calls are the real thing."""
+    real = getattr(owner, name)
+    calls = itertools.count()
+    if inspect.iscoroutinefunction(real):
+
+        async def patched(*args: Any, **kwargs: Any) -> Any:
+            if next(calls) == 0:
+                result = fault()
+                if inspect.isawaitable(result):
+                    await result
+            return await real(*args, **kwargs)
+    else:
+
+        def patched(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            if next(calls) == 0:
+                fault()
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, patched)
+
+
+@pytest.fixture
+def one_at_a_time(keys: Keys) -> str:
+    """A key with --max-concurrent 1: a request never settled keeps every later one out."""
+    store = KeyStore(keys.db)
+    try:
+        _, key = store.create(ONE_AT_A_TIME, max_concurrent=1)
+    finally:
+        store.close()
+    return key
+
+
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each request of that key the ledger counts, as its error flag."""
+    counted: list[bool] = []
+    record = UsageLedger.record
+
+    def counting(self: UsageLedger, name: str, model: str, usage: Any, *, error: bool) -> None:
+        if name == ONE_AT_A_TIME:
+            counted.append(error)
+        record(self, name, model, usage, error=error)
+
+    monkeypatch.setattr(UsageLedger, "record", counting)
+    return counted
+
+
+async def ended(call: Any) -> None:
+    """Waits for a call to end, whatever it ends with."""
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        if isinstance(call, AsyncIterable):
+            async for _ in call:
+                pass
+        else:
+            await call
+
+
+async def counted(settled: list[bool], count: int) -> list[bool]:
+    """`settled` once it holds `count` requests (a request is settled as its RPC ends, which
+    may be after its client has the answer), or after a generous bound."""
+    for _ in range(250):
+        if len(settled) >= count:
+            break
+        await asyncio.sleep(0.02)
+    return settled
+
+
+async def settled_once_and_released(
+    h: Harness, settled: list[bool], key: str, *, error: bool
+) -> None:
+    assert await counted(settled, 1) == [error]
+    # Its slot is free (the limiter settles off the request path): the next one is admitted.
+    await h.backend.accounting.limiter.settled(5)
+    replies = [reply async for reply in RPCS["http"](h, auth(key))]
+    assert len(replies) == 1
+    assert await counted(settled, 2) == [error, False]
+
+
+@pytest.mark.parametrize(
+    ("fault", "rpc"),
+    [(fault, rpc) for fault, (_, rpcs) in FAULTS.items() for rpc in rpcs],
+)
+def test_a_request_that_fails_after_admission_is_settled_once(
+    upstream: FakeUpstream,
+    keys: Keys,
+    one_at_a_time: str,
+    settled: list[bool],
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+    rpc: str,
+) -> None:
+    (owner, name), _ = FAULTS[fault]
+    fail_once(monkeypatch, owner, name, _raise)
+
+    async def scenario(h: Harness) -> None:
+        await ended(RPCS[rpc](h, auth(one_at_a_time)))
+        await settled_once_and_released(h, settled, one_at_a_time, error=True)
+
+    drive(make_settings(upstream, keys), scenario)
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+def test_a_client_gone_before_its_answer_is_read_is_settled_once(
+    upstream: FakeUpstream,
+    keys: Keys,
+    one_at_a_time: str,
+    settled: list[bool],
+    monkeypatch: pytest.MonkeyPatch,
+    rpc: str,
+) -> None:
+    """Cancelled after the pipeline answered, before a byte of it was sent or read."""
+    reached = asyncio.Event()
+
+    async def hang() -> None:
+        reached.set()
+        await asyncio.Event().wait()
+
+    fail_once(monkeypatch, observe, "send_headers", hang)
+
+    async def scenario(h: Harness) -> None:
+        call = RPCS[rpc](h, auth(one_at_a_time))
+        waiting = asyncio.ensure_future(ended(call))
+        await reached.wait()
+        call.cancel()
+        # The cancelled call ends with CancelledError on this side.
+        await asyncio.wait((waiting,), timeout=5)
+        await settled_once_and_released(h, settled, one_at_a_time, error=False)
 
     drive(make_settings(upstream, keys), scenario)
 

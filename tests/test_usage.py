@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 
 import pytest
 from fake_upstream import make_chunk, make_completion, make_usage, make_usage_chunk
+from hypothesis import example, given
+from hypothesis import strategies as st
+from test_properties import SETTINGS, json_values
 
 from typegpt_gateway.chat import parse_chat_request
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.ledger import UsageLedger
 from typegpt_gateway.store import UsageRow
 from typegpt_gateway.usage import (
+    MAX_REPORTED_TOKENS,
     Usage,
     UsageMeter,
     estimate_tokens,
@@ -102,6 +107,75 @@ def test_meter_estimates_what_was_delivered_when_no_usage_came():
     meter.see_chunk(_bytes(make_chunk(tool)))
     meter.see_chunk(b"not json")
     assert meter.usage() == Usage(11, 5, estimated=True)  # 41/4 -> 11, (10 + 8)/4 -> 5
+
+
+# Documents shaped like answers and chunks, with any JSON value at every level.
+_any = json_values
+_function = _any | st.fixed_dictionaries({}, optional={"arguments": _any, "name": _any})
+_call = _any | st.fixed_dictionaries({}, optional={"function": _function, "index": _any})
+_delta = _any | st.fixed_dictionaries(
+    {},
+    optional={"content": _any, "refusal": _any, "tool_calls": _any | st.lists(_call, max_size=3)},
+)
+_choice = _any | st.fixed_dictionaries({}, optional={"delta": _delta, "message": _delta})
+_count = _any | st.integers()
+_usage = _any | st.fixed_dictionaries(
+    {}, optional={"prompt_tokens": _count, "completion_tokens": _count}
+)
+answer_shaped = _any | st.fixed_dictionaries(
+    {}, optional={"choices": _any | st.lists(_choice, max_size=3), "usage": _usage}
+)
+
+
+@SETTINGS
+@given(st.lists(answer_shaped, min_size=1, max_size=4), st.booleans())
+@example([{"choices": [{"delta": {"tool_calls": 5}}]}], True)
+@example([{"choices": [{"message": {"tool_calls": True}}]}], False)
+@example([{"usage": {"prompt_tokens": 2**63 - 1, "completion_tokens": 2**63 - 1}}], True)
+@example([{"usage": {"prompt_tokens": True, "completion_tokens": 1}}], True)
+def test_no_answer_shape_fails_the_meter(documents: list[object], stream: bool) -> None:
+    meter = UsageMeter(10, strip_usage_chunk=True)
+    for document in documents:
+        data = json.dumps(document).encode()
+        if stream:
+            meter.see_chunk(data)
+        else:
+            meter.see_answer(data)
+    usage = meter.usage()
+    for count in (usage.prompt_tokens, usage.completion_tokens):
+        assert type(count) is int and 0 <= count <= MAX_REPORTED_TOKENS
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": "x", "completion_tokens": 1},
+        {"prompt_tokens": 1},
+        {"prompt_tokens": -1, "completion_tokens": 1},
+        {"prompt_tokens": True, "completion_tokens": 1},
+        {"prompt_tokens": MAX_REPORTED_TOKENS + 1, "completion_tokens": 1},
+        [3, 4],
+        "3",
+    ],
+)
+def test_an_unusable_usage_is_estimated_and_told_once(usage, caplog):
+    meter = UsageMeter(8, strip_usage_chunk=True)
+    chunk = _bytes(make_chunk({"content": "abcd"}, include_usage=True))
+    usage_chunk = _bytes({**make_usage_chunk({}), "usage": usage})
+    with caplog.at_level(logging.WARNING, logger="typegpt_gateway.usage"):
+        assert meter.see_chunk(chunk) is True
+        # Asked for by the gateway: kept from the client even though it is of no use.
+        assert meter.see_chunk(usage_chunk) is False
+        assert meter.see_chunk(usage_chunk) is False
+    assert meter.usage() == Usage(2, 1, estimated=True)
+    assert len(caplog.records) == 1 and not caplog.records[0].exc_info
+
+
+def test_a_usage_null_on_each_chunk_is_no_usage_and_no_warning(caplog):
+    meter = UsageMeter(8, strip_usage_chunk=True)
+    with caplog.at_level(logging.WARNING, logger="typegpt_gateway.usage"):
+        assert meter.see_chunk(_bytes(make_chunk({"content": "abcd"}, include_usage=True)))
+    assert meter.usage() == Usage(2, 1, estimated=True) and not caplog.records
 
 
 class FlakyStore:

@@ -19,6 +19,9 @@ class Catalog:
     def __init__(self, model_ids: tuple[str, ...], *, owned_by: str, created: int) -> None:
         self._models = {model_id: Model(model_id, created, owned_by) for model_id in model_ids}
 
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._models
+
     def visible_to(self, key: KeyRecord) -> list[Model]:
         return [model for model in self._models.values() if key.allows_model(model.id)]
 

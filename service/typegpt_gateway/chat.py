@@ -3,7 +3,9 @@ upstream.
 
 `ChatPipeline.start` does everything that can still fail with a clean HTTP status; what it
 returns is either the whole JSON answer or a `Stream` whose failures can only be reported in
-band, as SSE error frames, with the rate-limit headers for either.
+band, as SSE error frames, with the rate-limit headers for either. Its caller owns that
+`Answer` and closes it however the request ends, which settles the request's account: exactly
+once, since closing again does nothing.
 """
 
 from __future__ import annotations
@@ -116,14 +118,16 @@ class Stream:
         keepalive: float,
         secrets: tuple[str, ...],
         stopping: asyncio.Future[None],
-        account: Account,
+        meter: UsageMeter,
     ) -> None:
         self._response = response
         self._deadlines = deadlines
         self._keepalive = keepalive
         self._secrets = secrets
         self._stopping = stopping
-        self._account = account
+        self._meter = meter
+        # Whether it ended in an error (told to the client), not with [DONE] or a client gone.
+        self.failed = False
 
     async def batches(self) -> AsyncIterator[list[bytes]]:
         """Yields the `data` payloads of each network read as one batch, or an empty batch
@@ -178,7 +182,7 @@ class Stream:
                         if batch:
                             yield batch
                         raise observe.upstream_failed(self._in_band_error(data))
-                    if self._account.meter.see_chunk(data):
+                    if self._meter.see_chunk(data):
                         batch.append(redact_bytes(data))
                 if batch:
                     yield batch
@@ -191,17 +195,16 @@ class Stream:
             )
             raise observe.upstream_failed(broke) from exc
         finally:
+            self.failed = failed
             if pending is not None:
                 pending.cancel()
                 # A read that failed just as it was given up: not logged as never retrieved.
                 if pending.done() and not pending.cancelled():
                     pending.exception()
-            await self.aclose(failed=failed)
+            self.release()
 
-    async def aclose(self, *, failed: bool = False) -> None:
-        """Ends the stream; it is counted with the upstream's usage if it arrived, else with
-        the estimate of what was delivered so far (see `usage`)."""
-        self._account.settle(error=failed, usage=self._account.meter.usage())
+    def release(self) -> None:
+        """Done with the upstream's response (again: nothing happens)."""
         finish(self._response)
 
     def _in_band_error(self, data: bytes) -> GatewayError:
@@ -217,13 +220,24 @@ class Stream:
 @dataclass(frozen=True, slots=True)
 class Answer:
     body: bytes | Stream
-    # x-ratelimit-* headers, for the response's initial metadata.
-    headers: tuple[tuple[str, str], ...] = ()
+    account: Account
 
-    async def aclose(self) -> None:
-        """Releases a stream that will not be read (a whole answer holds nothing)."""
-        if isinstance(self.body, Stream):
-            await self.body.aclose()
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """x-ratelimit-* headers, for the response's initial metadata."""
+        return self.account.headers
+
+    def close(self, *, failed: bool) -> None:
+        """Settles the request, `failed` if its client got an error: counted with the
+        upstream's usage if it arrived, else with the estimate of what was delivered (see
+        `usage`). A stream is released whether or not it was read."""
+        stream = self.body if isinstance(self.body, Stream) else None
+        try:
+            failed = failed or (stream is not None and stream.failed)
+            self.account.settle(error=failed, usage=self.account.meter.usage())
+        finally:
+            if stream is not None:
+                stream.release()
 
 
 async def read_answer(response: aiohttp.ClientResponse, deadlines: Deadlines) -> bytes:
@@ -284,18 +298,22 @@ class ChatPipeline:
         return await self.keys.authenticate(authorization)
 
     async def start(self, body: bytes, authorization: str | None) -> Answer:
+        """The answer, which the caller must close (see `Answer.close`), or the error the
+        client gets; an error after the request was admitted has settled it."""
         exchange = observe.current()
         key = await self.authenticate(authorization)
         exchange.key = key.name
         request = parse_chat_request(body)
-        exchange.model, exchange.stream = request.model, request.stream
+        exchange.asked_for(request.model, known=request.model in self.catalog)
+        exchange.stream = request.stream
         self.catalog.resolve(request.model, key)
         # A stream reports usage only if asked: the gateway asks when the client did not.
         ask_usage = request.stream and request.include_usage is None
         meter = UsageMeter(request.prompt_chars, strip_usage_chunk=ask_usage)
         account = await self.accounting.admit(key, request.model, meter)
-        deadlines = self.upstreams.deadlines()
+        # Whatever raises from here on, the account is settled before it leaves.
         try:
+            deadlines = self.upstreams.deadlines()
             response = await self._open(request, body, ask_usage, meter, deadlines)
             if request.stream:
                 stream = Stream(
@@ -304,10 +322,12 @@ class ChatPipeline:
                     keepalive=self._keepalive,
                     secrets=self.upstreams.secrets,
                     stopping=self.stopping,
-                    account=account,
+                    meter=meter,
                 )
-                return Answer(stream, account.headers)
+                return Answer(stream, account)
             answer = await read_answer(response, deadlines)
+            meter.see_answer(answer)
+            return Answer(answer, account)
         except BaseException as exc:
             cancelled = isinstance(exc, asyncio.CancelledError)
             # A client gone while waiting is counted with its prompt, which the upstream got.
@@ -316,9 +336,6 @@ class ChatPipeline:
                 headers = (*exc.headers, *account.headers)
                 raise dataclasses.replace(exc, headers=headers) from exc
             raise
-        meter.see_answer(answer)
-        account.settle(error=False, usage=meter.usage())
-        return Answer(answer, account.headers)
 
     async def _open(
         self,

@@ -34,6 +34,10 @@ MAX_REQUEST_ID_CHARS = 200
 MAX_LOGGED_BODY_BYTES = 64 * 1024
 # nginx's "client closed request": the client went away before the answer was complete.
 CLIENT_CLOSED = 499
+# A model name in a log line is cut here: a client can send one of megabytes.
+MAX_LOGGED_MODEL_CHARS = 100
+# The metric label of a model the catalog does not know: made-up names make no new series.
+UNKNOWN_MODEL = "unknown"
 
 request_log = logging.getLogger("typegpt_gateway.requests")
 
@@ -44,7 +48,9 @@ class Exchange:
     request_id: str
     started: float = field(default_factory=time.monotonic)
     key: str | None = None
+    # As the client named it (cut), for the log; `model_label` is what metrics carry.
     model: str | None = None
+    model_label: str = ""
     stream: bool = False
     status: int = 200
     error_type: str | None = None
@@ -62,6 +68,11 @@ class Exchange:
     def failed(self, error: GatewayError) -> None:
         self.status = error.status
         self.error_type = error.type
+
+    def asked_for(self, model: str, *, known: bool) -> None:
+        """The model the request names; `known`: whether the catalog has it."""
+        self.model = model[:MAX_LOGGED_MODEL_CHARS]
+        self.model_label = model if known else UNKNOWN_MODEL
 
     def sent_first_byte(self) -> None:
         if self.first_byte is None:
@@ -98,7 +109,7 @@ class Exchange:
     def finish(self) -> None:
         now = time.monotonic()
         request_log.info("request", extra=self.log_fields(now))
-        model, key, status = self.model or "", self.key or "", str(self.status)
+        model, key, status = self.model_label, self.key or "", str(self.status)
         metrics.REQUESTS.labels(self.route, model, key, status).inc()
         metrics.REQUEST_SECONDS.labels(self.route, model).observe(now - self.started)
         if self.first_byte is not None and self.status < 400:

@@ -6,7 +6,9 @@ which Envoy's Lua filter writes the HTTP response, so REST and gRPC callers get 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -17,7 +19,7 @@ from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_g
 
 from . import observe, typed
 from .catalog import Catalog, Model
-from .chat import Answer, ChatPipeline, Stream
+from .chat import ChatPipeline, Stream
 from .errors import GatewayError
 from .readiness import ReadinessProbe
 from .sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
@@ -71,26 +73,34 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._catalog = catalog
         self._log_bodies = log_bodies
 
-    async def _start(
+    @contextlib.asynccontextmanager
+    async def _answer(
         self, body: bytes | Callable[[], bytes], context: grpc.aio.ServicerContext
-    ) -> bytes | Stream:
-        """`body` may be a function that builds it, so that its failures are shaped too.
-        The rate-limit headers go out as initial metadata (HTTP headers through Envoy)."""
+    ) -> AsyncIterator[bytes | Stream]:
+        """The answer to a chat request, its rate-limit headers sent as initial metadata
+        (HTTP headers through Envoy). The one owner of the answer: however the block is
+        left (an error, the client gone, a stream never read), the answer is closed, which
+        settles the request. `body` may be a function that builds it, so that its failures
+        are shaped too."""
         try:
             if callable(body):
                 body = body()
             if self._log_bodies:
                 observe.current().body = body
-            answer: Answer = await self._pipeline.start(body, authorization_of(context))
+            answer = await self._pipeline.start(body, authorization_of(context))
         except Exception as exc:
             await abort(context, as_gateway_error(exc))
             raise AssertionError("unreachable: abort raises") from exc
+        failed = True
         try:
             await observe.send_headers(context, answer.headers)
-        except BaseException:
-            await answer.aclose()
+            yield answer.body
+            failed = False
+        except (asyncio.CancelledError, GeneratorExit):
+            failed = False  # the client went away: its choice, not an error
             raise
-        return answer.body
+        finally:
+            answer.close(failed=failed)
 
     @observe.rpc("ChatService/CreateChatCompletionHttp", transcoded=True)
     async def CreateChatCompletionHttp(
@@ -98,67 +108,72 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         request: chat_pb2.CreateChatCompletionHttpRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[chat_pb2.CreateChatCompletionHttpResponse]:
-        answer = await self._start(request.http_body.data, context)
-        exchange = observe.current()
-        if isinstance(answer, bytes):
-            exchange.sent_first_byte()
-            yield _http_message(answer, JSON)
-            return
-        # The first message's content type becomes the HTTP Content-Type.
-        content_type = EVENT_STREAM
-        with observe.streaming(exchange):
-            try:
-                async with contextlib.aclosing(answer.batches()) as batches:
-                    async for batch in batches:
-                        frames = b"".join(map(data_frame, batch)) if batch else KEEPALIVE_FRAME
-                        exchange.sent_first_byte()
-                        yield _http_message(frames, content_type)
-                        content_type = ""
-                tail = DONE_FRAME
-            except Exception as exc:
-                # Headers are gone: only an in-band error frame can tell the client.
-                error = as_gateway_error(exc)
-                exchange.failed(error)
-                tail = data_frame(error.to_json().encode())
-            yield _http_message(tail, content_type)
+        async with self._answer(request.http_body.data, context) as answer:
+            exchange = observe.current()
+            if isinstance(answer, bytes):
+                exchange.sent_first_byte()
+                yield _http_message(answer, JSON)
+                return
+            # The first message's content type becomes the HTTP Content-Type.
+            content_type = EVENT_STREAM
+            with observe.streaming(exchange):
+                try:
+                    async with contextlib.aclosing(answer.batches()) as batches:
+                        async for batch in batches:
+                            if batch:
+                                frames = b"".join(map(data_frame, batch))
+                                exchange.sent_first_byte()
+                            else:
+                                frames = KEEPALIVE_FRAME  # not a byte of the answer yet
+                            yield _http_message(frames, content_type)
+                            content_type = ""
+                    tail = DONE_FRAME
+                except Exception as exc:
+                    # Headers are gone: only an in-band error frame can tell the client.
+                    error = as_gateway_error(exc)
+                    exchange.failed(error)
+                    tail = data_frame(error.to_json().encode())
+                yield _http_message(tail, content_type)
 
     @observe.rpc("ChatService/CreateChatCompletion")
     async def CreateChatCompletion(
         self, request: chat_pb2.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.CreateChatCompletionResponse:
-        answer = await self._start(
-            lambda: typed.request_body(request.params, stream=False), context
-        )
-        if not isinstance(answer, bytes):  # the body says stream: false
-            raise AssertionError("unreachable")
-        try:
-            return typed.parse_answer(answer, chat_pb2.CreateChatCompletionResponse())
-        except Exception as exc:
-            await abort(context, as_gateway_error(exc))
-        raise AssertionError("unreachable: abort raises")
+        body = functools.partial(typed.request_body, request.params, stream=False)
+        async with self._answer(body, context) as answer:
+            if not isinstance(answer, bytes):  # the body says stream: false
+                raise AssertionError("unreachable")
+            try:
+                return typed.parse_answer(answer, chat_pb2.CreateChatCompletionResponse())
+            except Exception as exc:
+                await abort(context, as_gateway_error(exc))
+            raise AssertionError("unreachable: abort raises")
 
     @observe.rpc("ChatService/StreamChatCompletion")
     async def StreamChatCompletion(
         self, request: chat_pb2.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
-        answer = await self._start(
-            lambda: typed.request_body(
-                request.params, stream=True, include_usage=request.include_usage
-            ),
-            context,
+        body = functools.partial(
+            typed.request_body,
+            request.params,
+            stream=True,
+            include_usage=request.include_usage,
         )
-        if isinstance(answer, bytes):
-            raise AssertionError("unreachable: the body says stream: true")
-        exchange = observe.current()
-        with observe.streaming(exchange):
-            try:
-                async with contextlib.aclosing(answer.batches()) as batches:
-                    async for batch in batches:
-                        for data in batch:
-                            exchange.sent_first_byte()
-                            yield typed.parse_answer(data, chat_pb2.StreamChatCompletionResponse())
-            except Exception as exc:
-                await abort(context, as_gateway_error(exc))
+        async with self._answer(body, context) as answer:
+            if isinstance(answer, bytes):
+                raise AssertionError("unreachable: the body says stream: true")
+            exchange = observe.current()
+            with observe.streaming(exchange):
+                try:
+                    async with contextlib.aclosing(answer.batches()) as batches:
+                        async for batch in batches:
+                            for data in batch:
+                                exchange.sent_first_byte()
+                                yield typed.parse_answer(
+                                    data, chat_pb2.StreamChatCompletionResponse()
+                                )
+                except Exception as exc:
+                    await abort(context, as_gateway_error(exc))
 
     @observe.rpc("ChatService/ListModels")
     async def ListModels(

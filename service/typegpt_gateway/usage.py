@@ -7,11 +7,14 @@ and drops that chunk from what such a client sees. When the usage cannot be had 
 sent other `stream_options`, the upstream refused the option, or the stream ended early, e.g.
 because the client went away), the tokens are estimated: one per 4 characters of the
 messages' text for the prompt, and of the text and tool-call arguments delivered so far for
-the completion.
+the completion. So are they when the upstream reports a usage the gateway cannot use (not two
+counts from 0 to MAX_REPORTED_TOKENS): whatever the shape of an answer, reading it never fails
+the request, and the client gets the upstream's bytes as they came.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -21,7 +24,12 @@ import orjson
 
 from .errors import GatewayError
 
+logger = logging.getLogger(__name__)
+
 CHARS_PER_TOKEN = 4
+# Beyond any context window: a larger count is garbage, and counts this size summed over many
+# requests stay far from the 64-bit integers of the key store and Redis.
+MAX_REPORTED_TOKENS = 10**9
 INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 _OPENING_BRACE = re.compile(rb"^\s*\{")
 
@@ -73,14 +81,40 @@ def rejects_stream_options(error: GatewayError) -> bool:
     return error.status in (400, 422) and "stream_options" in error.message + (error.param or "")
 
 
+class UnusableUsageError(ValueError):
+    """The upstream reported a usage the gateway cannot count."""
+
+
+def _count(value: Any) -> int | None:
+    # bool is an int to Python, not a count to anyone.
+    if type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS:
+        return value
+    return None
+
+
 def _usage_of(document: Any) -> Usage | None:
+    """The usage `document` reports, or None when it reports none (OpenAI's regular chunks
+    say `"usage": null`); UnusableUsageError when it reports one of no use."""
     usage = document.get("usage") if isinstance(document, dict) else None
+    if usage is None:
+        return None
     if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return Usage(max(prompt, 0), max(completion, 0))
+        raise UnusableUsageError(f"usage is a {type(usage).__name__}, not an object")
+    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        raise UnusableUsageError(
+            f"prompt_tokens and completion_tokens are not counts from 0 to {MAX_REPORTED_TOKENS}"
+        )
+    return Usage(prompt, completion)
+
+
+def _is_usage_chunk(document: Any) -> bool:
+    """The chunk `include_usage` adds at the end of a stream: no choices, only the usage."""
+    return (
+        isinstance(document, dict)
+        and document.get("usage") is not None
+        and document.get("choices") == []
+    )
 
 
 def _delta_chars(document: Any) -> int:
@@ -91,7 +125,8 @@ def _delta_chars(document: Any) -> int:
         if not isinstance(delta, dict):
             continue
         chars += _text_chars(delta.get("content")) + _text_chars(delta.get("refusal"))
-        for call in delta.get("tool_calls") or ():
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
                 chars += _text_chars(function.get("arguments"))
@@ -112,6 +147,7 @@ class UsageMeter:
         self._prompt_chars = prompt_chars
         self._strip = strip_usage_chunk
         self._completion_chars = 0
+        self._told_unusable = False
         self.reported: Usage | None = None
 
     def stop_stripping(self) -> None:
@@ -119,21 +155,27 @@ class UsageMeter:
         self._strip = False
 
     def see_answer(self, answer: bytes) -> None:
-        document = _loads(answer)
-        self.reported = _usage_of(document)
-        self._completion_chars += _delta_chars(document)
+        self._see(_loads(answer))
 
     def see_chunk(self, data: bytes) -> bool:
         """Notes a stream chunk; False when the client must not see it (the usage chunk
-        only the gateway asked for)."""
+        only the gateway asked for, even one of no use)."""
         document = _loads(data)
-        usage = _usage_of(document)
-        if usage is not None:
-            self.reported = usage
-            if self._strip and document.get("choices") == []:
-                return False
+        self._see(document)
+        return not (self._strip and _is_usage_chunk(document))
+
+    def _see(self, document: Any) -> None:
+        try:
+            usage = _usage_of(document)
+        except UnusableUsageError as exc:
+            # Once per request: an upstream that sends it on every chunk floods no log.
+            if not self._told_unusable:
+                self._told_unusable = True
+                logger.warning("the upstream's usage is of no use (%s); tokens are estimated", exc)
+        else:
+            if usage is not None:
+                self.reported = usage
         self._completion_chars += _delta_chars(document)
-        return True
 
     def usage(self) -> Usage:
         if self.reported is not None:
