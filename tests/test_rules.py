@@ -295,3 +295,10 @@ def test_a_gateway_error_passes_through_a_context_manager_unchanged():
     with pytest.raises(GatewayError) as caught, around():
         raise error
     assert caught.value is error
+
+
+@pytest.mark.parametrize("data", [b"5", b'"text"', b"[1]", b'{"choices": [5]}', b"null"])
+def test_parse_answer_refuses_any_shape_it_cannot_take_as_a_502(data):
+    with pytest.raises(GatewayError) as refused:
+        parse_answer(data, chat_pb2.CreateChatCompletionResponse())
+    assert refused.value.status == 502

@@ -56,8 +56,13 @@ def request_body(
 def parse_answer(data: bytes, message: M) -> M:
     """Fills `message` from upstream JSON, ignoring fields the proto does not know."""
     try:
-        json_format.ParseDict(orjson.loads(data), message, ignore_unknown_fields=True)
-    except (orjson.JSONDecodeError, json_format.ParseError) as exc:
+        document = orjson.loads(data)
+        if not isinstance(document, dict):
+            raise json_format.ParseError(f"expected an object, got {type(document).__name__}")
+        json_format.ParseDict(document, message, ignore_unknown_fields=True)
+    # Whatever an upstream sends is its fault, never the gateway's 500: ParseDict raises
+    # TypeError and RecursionError too on some shapes.
+    except (ValueError, TypeError, RecursionError, json_format.ParseError) as exc:
         raise GatewayError(
             502, f"The upstream API's answer does not fit the typed API: {exc}", "api_error"
         ) from exc
