@@ -4,6 +4,7 @@ migration from the first release's schema, backups, and the stores' readiness ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import sqlite3
 import threading
@@ -248,3 +249,122 @@ def test_readiness_sees_a_lost_postgres_connection_and_its_return(postgres_serve
         assert asyncio.run(check()) is None  # reconnected
     finally:
         store.close()
+
+
+# -- the ledger's batch ids: a batch is counted once however often it is written ---------------
+
+
+def test_a_usage_batch_is_counted_once_however_often_it_is_written(store_factory):
+    store, replica = store_factory(), store_factory()
+    batch = [("k", UsageRow(DAY, "gpt-4o", 1, 10, 20, 0)), ("k", UsageRow(DAY, "o3", 1, 1, 2, 1))]
+    assert store.add_usage(batch, batch_id="b1") is True
+    assert store.add_usage(batch, batch_id="b1") is False  # a retry after an uncertain commit
+    assert replica.add_usage(batch, batch_id="b1") is False  # the store remembers, not the process
+    assert store.add_usage(batch[:1], batch_id="b2") is True
+    assert store.usage("k") == [UsageRow(DAY, "gpt-4o", 2, 20, 40, 0), batch[1][1]]
+
+
+def test_batch_ids_are_forgotten_after_the_retention(store_factory, monkeypatch):
+    import typegpt_gateway.store
+
+    store = store_factory()
+    row = [("k", UsageRow(DAY, "gpt-4o", requests=1))]
+    assert store.add_usage(row, batch_id="old") is True
+    # Every id is past the retention: the next write prunes them all, so the table stays small.
+    monkeypatch.setattr(typegpt_gateway.store, "BATCH_ID_RETENTION", -1.0)
+    assert store.add_usage(row, batch_id="new") is True
+    assert store.add_usage(row, batch_id="old") is True
+    assert store.usage("k") == [UsageRow(DAY, "gpt-4o", requests=3)]
+
+
+# The SQLite and PostgreSQL schemas of the release before batch ids, verbatim.
+LEDGER_SCHEMA_SQLITE = """
+CREATE TABLE keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    key_hash BLOB NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    models TEXT,
+    rpm INTEGER,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL,
+    tpm INTEGER,
+    max_concurrent INTEGER,
+    budget_tokens INTEGER,
+    budget_period TEXT
+);
+CREATE UNIQUE INDEX keys_live_name ON keys(name) WHERE revoked_at IS NULL;
+CREATE TABLE usage (
+    key_name TEXT NOT NULL,
+    day TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_name, day, model)
+);
+"""
+LEDGER_SCHEMA_POSTGRES = """
+CREATE TABLE IF NOT EXISTS keys (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL,
+    key_hash BYTEA NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    models TEXT,
+    rpm BIGINT,
+    tpm BIGINT,
+    max_concurrent BIGINT,
+    budget_tokens BIGINT,
+    budget_period TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION,
+    revoked_at DOUBLE PRECISION
+);
+CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
+CREATE TABLE IF NOT EXISTS usage (
+    key_name TEXT NOT NULL,
+    day TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests BIGINT NOT NULL DEFAULT 0,
+    prompt_tokens BIGINT NOT NULL DEFAULT 0,
+    completion_tokens BIGINT NOT NULL DEFAULT 0,
+    errors BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_name, day, model)
+);
+-- PostgreSQL has no SQLite data_version: every write to keys bumps this counter instead.
+CREATE TABLE IF NOT EXISTS keys_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
+INSERT INTO keys_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+"""
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_a_store_from_before_batch_ids_gains_them_on_open(dialect, request, tmp_path):
+    old_usage = ("INSERT INTO usage (key_name, day, model, requests) VALUES ('k', ?, 'gpt-4o', 5)",)
+    if dialect == "sqlite":
+        path = tmp_path / "ledger.db"
+        with contextlib.closing(sqlite3.connect(path)) as old:
+            old.executescript(LEDGER_SCHEMA_SQLITE)
+            old.execute(*old_usage, (DAY.isoformat(),))
+            old.commit()
+
+        def opening() -> Store:
+            return KeyStore(path)
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("postgres_server").new_database()
+        with psycopg.connect(url, autocommit=True) as old:
+            old.execute(LEDGER_SCHEMA_POSTGRES)
+            old.execute(old_usage[0].replace("?", "%s"), (DAY.isoformat(),))
+
+        def opening() -> Store:
+            return PostgresKeyStore(url)
+
+    for _ in range(2):  # opening again (the CLI and the server both do) changes nothing
+        with contextlib.closing(opening()) as store:
+            row = [("k", UsageRow(DAY, "gpt-4o", requests=1))]
+            store.add_usage(row, batch_id="once")
+            assert store.add_usage(row, batch_id="once") is False
+            assert store.usage("k") == [UsageRow(DAY, "gpt-4o", requests=6)]

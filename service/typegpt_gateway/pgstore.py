@@ -42,6 +42,13 @@ CREATE TABLE IF NOT EXISTS usage (
 -- PostgreSQL has no SQLite data_version: every write to keys bumps this counter instead.
 CREATE TABLE IF NOT EXISTS keys_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
 INSERT INTO keys_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+-- The usage batches written, so that a batch written again (its commit's answer was lost) is
+-- not counted twice.
+CREATE TABLE IF NOT EXISTS ledger_batches (
+    id TEXT PRIMARY KEY,
+    written_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_batches_written_at ON ledger_batches(written_at);
 """
 # Any constant: serialises schema creation between replicas starting at once.
 _SCHEMA_LOCK = 0x7479_7065_6770_74

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# How long the store remembers a usage batch's id. A batch is retried only by the process that
+# made it and only while its store fails: a week is far beyond that, and the table stays small
+# (an id per flush interval per replica while requests come in).
+BATCH_ID_RETENTION = 7 * 24 * 3600.0
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
     id INTEGER PRIMARY KEY,
@@ -59,6 +64,12 @@ CREATE TABLE IF NOT EXISTS usage (
     errors INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_name, day, model)
 )
+"""
+# The usage batches written, so that a batch written again (its commit's answer was lost) is
+# not counted twice.
+_LEDGER_BATCHES = """
+CREATE TABLE IF NOT EXISTS ledger_batches (id TEXT PRIMARY KEY, written_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ledger_batches_written_at ON ledger_batches(written_at)
 """
 # What `update` may change; None clears a limit (unlimited, all models, never expires).
 LIMIT_FIELDS = (
@@ -112,7 +123,9 @@ class Store(Protocol):
     def by_hash(self) -> dict[bytes, KeyRecord]: ...
     def data_version(self) -> int: ...
     def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]: ...
-    def add_usage(self, entries: Iterable[tuple[str, UsageRow]]) -> None: ...
+    def add_usage(
+        self, entries: Iterable[tuple[str, UsageRow]], *, batch_id: str | None = None
+    ) -> bool: ...
     def backup(self, destination: Path) -> None: ...
     def close(self) -> None: ...
 
@@ -274,8 +287,11 @@ class SqlStore:
             ).fetchall()
         return [UsageRow(dt.date.fromisoformat(day), *rest) for day, *rest in rows]
 
-    def add_usage(self, entries: Iterable[tuple[str, UsageRow]]) -> None:
-        """Adds the counts to the ledger, all or nothing."""
+    def add_usage(
+        self, entries: Iterable[tuple[str, UsageRow]], *, batch_id: str | None = None
+    ) -> bool:
+        """Adds the counts to the ledger, all or nothing. With a `batch_id`, only once: False
+        (and nothing added) when a batch of that id was already written."""
         rows = [
             (
                 name,
@@ -289,8 +305,20 @@ class SqlStore:
             for name, row in entries
         ]
         if not rows:
-            return
+            return True
         with self._lock, self._transaction():
+            if batch_id is not None:
+                now = time.time()
+                recorded = self._execute(
+                    "INSERT INTO ledger_batches (id, written_at) VALUES (?, ?) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (batch_id, now),
+                )
+                if recorded.rowcount == 0:
+                    return False
+                self._execute(
+                    "DELETE FROM ledger_batches WHERE written_at < ?", (now - BATCH_ID_RETENTION,)
+                )
             self._executemany(
                 "INSERT INTO usage (key_name, day, model, requests, prompt_tokens, "
                 "completion_tokens, errors) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -301,6 +329,7 @@ class SqlStore:
                 "errors = usage.errors + excluded.errors",
                 rows,
             )
+        return True
 
 
 class KeyStore(SqlStore):
@@ -329,6 +358,8 @@ class KeyStore(SqlStore):
                 if column not in have:
                     self._db.execute(f"ALTER TABLE keys ADD COLUMN {column} {kind}")
             self._db.execute(_USAGE_TABLE)
+            for statement in _LEDGER_BATCHES.split(";"):
+                self._db.execute(statement)
 
     def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, tuple(params))
