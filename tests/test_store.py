@@ -1,5 +1,6 @@
 """The key stores — SQLite and a real PostgreSQL — held to the same behaviour, the SQLite
-migration from the first release's schema, backups, and the stores' readiness check."""
+migration from the first release's schema, backups, the stores' readiness check, usage batch
+ids, and store calls bounded however the database holds them up."""
 
 from __future__ import annotations
 
