@@ -1,12 +1,18 @@
 """The key stores — SQLite and a real PostgreSQL — held to the same behaviour, the SQLite
-migration from the first release's schema, backups, and the stores' readiness check."""
+migration from the first release's schema, backups, the stores' readiness check, usage batch
+ids, and store calls bounded however the database holds them up."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import os
+import signal
 import sqlite3
 import threading
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -248,3 +254,275 @@ def test_readiness_sees_a_lost_postgres_connection_and_its_return(postgres_serve
         assert asyncio.run(check()) is None  # reconnected
     finally:
         store.close()
+
+
+# -- the ledger's batch ids: a batch is counted once however often it is written ---------------
+
+
+def test_a_usage_batch_is_counted_once_however_often_it_is_written(store_factory):
+    store, replica = store_factory(), store_factory()
+    batch = [("k", UsageRow(DAY, "gpt-4o", 1, 10, 20, 0)), ("k", UsageRow(DAY, "o3", 1, 1, 2, 1))]
+    assert store.add_usage(batch, batch_id="b1") is True
+    assert store.add_usage(batch, batch_id="b1") is False  # a retry after an uncertain commit
+    assert replica.add_usage(batch, batch_id="b1") is False  # the store remembers, not the process
+    assert store.add_usage(batch[:1], batch_id="b2") is True
+    assert store.usage("k") == [UsageRow(DAY, "gpt-4o", 2, 20, 40, 0), batch[1][1]]
+
+
+def test_batch_ids_are_forgotten_after_the_retention(store_factory, monkeypatch):
+    import typegpt_gateway.store
+
+    store = store_factory()
+    row = [("k", UsageRow(DAY, "gpt-4o", requests=1))]
+    assert store.add_usage(row, batch_id="old") is True
+    # Every id is past the retention: the next write prunes them all, so the table stays small.
+    monkeypatch.setattr(typegpt_gateway.store, "BATCH_ID_RETENTION", -1.0)
+    assert store.add_usage(row, batch_id="new") is True
+    assert store.add_usage(row, batch_id="old") is True
+    assert store.usage("k") == [UsageRow(DAY, "gpt-4o", requests=3)]
+
+
+# The SQLite and PostgreSQL schemas of the release before batch ids, verbatim.
+LEDGER_SCHEMA_SQLITE = """
+CREATE TABLE keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    key_hash BLOB NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    models TEXT,
+    rpm INTEGER,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL,
+    tpm INTEGER,
+    max_concurrent INTEGER,
+    budget_tokens INTEGER,
+    budget_period TEXT
+);
+CREATE UNIQUE INDEX keys_live_name ON keys(name) WHERE revoked_at IS NULL;
+CREATE TABLE usage (
+    key_name TEXT NOT NULL,
+    day TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_name, day, model)
+);
+"""
+LEDGER_SCHEMA_POSTGRES = """
+CREATE TABLE IF NOT EXISTS keys (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL,
+    key_hash BYTEA NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    models TEXT,
+    rpm BIGINT,
+    tpm BIGINT,
+    max_concurrent BIGINT,
+    budget_tokens BIGINT,
+    budget_period TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION,
+    revoked_at DOUBLE PRECISION
+);
+CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
+CREATE TABLE IF NOT EXISTS usage (
+    key_name TEXT NOT NULL,
+    day TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests BIGINT NOT NULL DEFAULT 0,
+    prompt_tokens BIGINT NOT NULL DEFAULT 0,
+    completion_tokens BIGINT NOT NULL DEFAULT 0,
+    errors BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_name, day, model)
+);
+-- PostgreSQL has no SQLite data_version: every write to keys bumps this counter instead.
+CREATE TABLE IF NOT EXISTS keys_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
+INSERT INTO keys_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+"""
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_a_store_from_before_batch_ids_gains_them_on_open(dialect, request, tmp_path):
+    old_usage = ("INSERT INTO usage (key_name, day, model, requests) VALUES ('k', ?, 'gpt-4o', 5)",)
+    if dialect == "sqlite":
+        path = tmp_path / "ledger.db"
+        with contextlib.closing(sqlite3.connect(path)) as old:
+            old.executescript(LEDGER_SCHEMA_SQLITE)
+            old.execute(*old_usage, (DAY.isoformat(),))
+            old.commit()
+
+        def opening() -> Store:
+            return KeyStore(path)
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("postgres_server").new_database()
+        with psycopg.connect(url, autocommit=True) as old:
+            old.execute(LEDGER_SCHEMA_POSTGRES)
+            old.execute(old_usage[0].replace("?", "%s"), (DAY.isoformat(),))
+
+        def opening() -> Store:
+            return PostgresKeyStore(url)
+
+    for _ in range(2):  # opening again (the CLI and the server both do) changes nothing
+        with contextlib.closing(opening()) as store:
+            row = [("k", UsageRow(DAY, "gpt-4o", requests=1))]
+            store.add_usage(row, batch_id="once")
+            assert store.add_usage(row, batch_id="once") is False
+            assert store.usage("k") == [UsageRow(DAY, "gpt-4o", requests=6)]
+
+
+# -- bounded store calls: a lock held elsewhere, a server that stops answering ------------------
+
+
+def _call_within(seconds: float, call: Callable[[], object]) -> tuple[BaseException | None, float]:
+    """What `call` raised (None if nothing) and how long it took; the test fails when it is
+    still running after `seconds` (whoever holds it up must then let it go)."""
+    outcome: list[tuple[BaseException | None, float]] = []
+
+    def run() -> None:
+        start = time.monotonic()
+        try:
+            call()
+        except Exception as exc:
+            outcome.append((exc, time.monotonic() - start))
+        else:
+            outcome.append((None, time.monotonic() - start))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"the store call was still waiting after {seconds} s"
+    return outcome[0]
+
+
+def test_sqlite_waits_a_bounded_time_for_another_writer(tmp_path):
+    from typegpt_gateway.store import LOCK_WAIT
+
+    store = KeyStore(tmp_path / "keys.db")
+    other = sqlite3.connect(tmp_path / "keys.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the CLI, say, in the middle of a write
+        error, took = _call_within(LOCK_WAIT + 30, lambda: store.create("blocked"))
+        assert isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+        assert LOCK_WAIT - 1 < took < LOCK_WAIT + 10
+        other.execute("ROLLBACK")
+        assert store.create("free")[0].name == "free"
+    finally:
+        other.close()
+        store.close()
+
+
+@contextlib.contextmanager
+def _table_locked(url: str, table: str) -> Iterator[None]:
+    """Another session holds `table` locked (as a long migration or a stuck transaction would)."""
+    import psycopg
+
+    with psycopg.connect(url) as other:
+        other.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            other.rollback()
+
+
+def test_postgres_call_blocked_by_a_lock_fails_within_the_lock_timeout(postgres_server):
+    import psycopg
+
+    from typegpt_gateway.store import LOCK_WAIT
+
+    url = postgres_server.new_database()
+    with contextlib.closing(PostgresKeyStore(url)) as store:
+        with _table_locked(url, "keys"):
+            error, took = _call_within(LOCK_WAIT + 30, lambda: store.create("blocked"))
+            assert isinstance(error, psycopg.errors.LockNotAvailable), error
+            assert LOCK_WAIT - 1 < took < LOCK_WAIT + 10
+        # Nothing of the failed write stayed behind, and the connection goes on working.
+        assert [record.name for record in store.records()] == []
+        assert store.create("blocked")[0].name == "blocked"
+
+
+def test_postgres_statement_timeout_applies_and_a_configured_one_is_kept(
+    postgres_server, monkeypatch
+):
+    import psycopg
+
+    import typegpt_gateway.pgstore
+
+    monkeypatch.setattr(typegpt_gateway.pgstore, "STATEMENT_TIMEOUT", 1.0)
+    url = postgres_server.new_database()
+    # The operator's own lock_timeout (here in the URL) is kept: the statement timeout ends the
+    # wait, not the gateway's lock timeout.
+    with contextlib.closing(PostgresKeyStore(f"{url}?options=-c%20lock_timeout%3D60s")) as store:
+        with _table_locked(url, "usage"):
+            error, took = _call_within(30, lambda: store.usage("k"))
+            assert isinstance(error, psycopg.errors.QueryCanceled), error
+            assert "statement timeout" in str(error) and took < 10
+        assert store.usage("k") == []
+
+
+def _backend_pids(url: str) -> list[int]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def test_postgres_call_to_a_stopped_server_is_cut_off_and_holds_up_no_other(
+    postgres_server, monkeypatch
+):
+    """A stopped (or disk-stuck) server enforces no statement_timeout, and its kernel still
+    acknowledges every TCP segment, so keepalives and tcp_user_timeout never fire either."""
+    import psycopg
+
+    import typegpt_gateway.pgstore
+    import typegpt_gateway.store
+
+    monkeypatch.setattr(typegpt_gateway.pgstore, "CALL_TIMEOUT", 3.0)
+    monkeypatch.setattr(typegpt_gateway.store, "LOCK_WAIT", 1.0)
+    url = postgres_server.new_database()
+    with contextlib.closing(PostgresKeyStore(url)) as store:
+        (backend,) = _backend_pids(url)
+        stuck: list[tuple[BaseException | None, float]] = []
+        with _table_locked(url, "keys"):
+            first = threading.Thread(
+                target=lambda: stuck.append(_call_within(30, lambda: store.create("a"))),
+                daemon=True,
+            )
+            first.start()
+            _wait_for_lock_wait(url, backend)  # the call holds the store and waits on the server
+            os.kill(backend, signal.SIGSTOP)
+            try:
+                # Another call fails after LOCK_WAIT instead of queueing behind the stuck one...
+                error, took = _call_within(30, store.records)
+                assert isinstance(error, typegpt_gateway.store.StoreBusyError), error
+                assert took < 3.0
+                # ...which is cut off after CALL_TIMEOUT, and the next call reconnects.
+                first.join(30)
+                assert stuck and isinstance(stuck[0][0], psycopg.OperationalError), stuck
+                assert 2.5 < stuck[0][1] < 10
+            finally:
+                os.kill(backend, signal.SIGCONT)
+        assert [record.name for record in store.records()] == []
+
+
+def _wait_for_lock_wait(url: str, pid: int) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    with psycopg.connect(url, autocommit=True) as admin:
+        while time.monotonic() < deadline:
+            (waiting,) = admin.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+            if waiting == "Lock":
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"backend {pid} never waited on a lock")

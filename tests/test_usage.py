@@ -183,10 +183,11 @@ class FlakyStore:
         self.fail = True
         self.rows: list[tuple[str, UsageRow]] = []
 
-    def add_usage(self, entries) -> None:
+    def add_usage(self, entries, *, batch_id=None) -> bool:
         if self.fail:
             raise OSError("disk on fire")
         self.rows.extend(entries)
+        return True
 
 
 def test_ledger_batches_and_keeps_what_it_could_not_write():

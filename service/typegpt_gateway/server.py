@@ -85,10 +85,10 @@ class Backend:
                 await task
         await self.upstreams.aclose()
         await self.readiness.aclose()
-        # Every request has ended and been counted: settle the limiter, write the ledger.
+        # Every request has ended and been counted: settle the limiter, write the ledger (the
+        # writer task may have been cancelled in the middle of a write: close finishes it).
         await self.accounting.limiter.aclose()
-        if not await self.accounting.ledger.flush():
-            logger.error("usage of the last moments could not be written to the key store")
+        await self.accounting.ledger.close()
         self.store.close()
 
 

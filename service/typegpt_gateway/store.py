@@ -26,6 +26,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# How long a call waits for a lock another connection holds (SQLite's busy timeout,
+# PostgreSQL's lock_timeout). Other writers hold theirs for milliseconds (a CLI command, another
+# replica's ledger write); a wait this long means a stuck transaction, and the store's one
+# connection must not stay held behind it.
+LOCK_WAIT = 5.0
+# How long the store remembers a usage batch's id. A batch is retried only by the process that
+# made it and only while its store fails: a week is far beyond that, and the table stays small
+# (an id per flush interval per replica while requests come in).
+BATCH_ID_RETENTION = 7 * 24 * 3600.0
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
     id INTEGER PRIMARY KEY,
@@ -60,6 +70,12 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (key_name, day, model)
 )
 """
+# The usage batches written, so that a batch written again (its commit's answer was lost) is
+# not counted twice.
+_LEDGER_BATCHES = """
+CREATE TABLE IF NOT EXISTS ledger_batches (id TEXT PRIMARY KEY, written_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ledger_batches_written_at ON ledger_batches(written_at)
+"""
 # What `update` may change; None clears a limit (unlimited, all models, never expires).
 LIMIT_FIELDS = (
     "models",
@@ -81,6 +97,10 @@ class KeyExistsError(Exception):
 
 class KeyNotFoundError(Exception):
     pass
+
+
+class StoreBusyError(TimeoutError):
+    """Another call has held the store's connection for longer than LOCK_WAIT."""
 
 
 class BackupUnsupportedError(Exception):
@@ -112,7 +132,9 @@ class Store(Protocol):
     def by_hash(self) -> dict[bytes, KeyRecord]: ...
     def data_version(self) -> int: ...
     def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]: ...
-    def add_usage(self, entries: Iterable[tuple[str, UsageRow]]) -> None: ...
+    def add_usage(
+        self, entries: Iterable[tuple[str, UsageRow]], *, batch_id: str | None = None
+    ) -> bool: ...
     def backup(self, destination: Path) -> None: ...
     def close(self) -> None: ...
 
@@ -163,6 +185,18 @@ class SqlStore:
         # transaction must not interleave with another thread's statements.
         self._lock = threading.RLock()
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The connection, for one call (calls nest: `update` reads through `get`). Waiting
+        longer than LOCK_WAIT for it fails the call: behind a stuck call, every other one (the
+        ledger, budget reads, key refresh, the admin API) would queue, each holding a thread."""
+        if not self._lock.acquire(timeout=LOCK_WAIT):
+            raise StoreBusyError(f"the key store was busy with another call for {LOCK_WAIT:g} s")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def _execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
         raise NotImplementedError
 
@@ -206,7 +240,7 @@ class SqlStore:
         }
         placeholders = ", ".join("?" for _ in _FIELDS)
         try:
-            with self._lock, self._transaction():
+            with self._locked(), self._transaction():
                 self._execute(
                     f"INSERT INTO keys ({_COLUMNS}) VALUES ({placeholders})",  # noqa: S608
                     [row[field] for field in _FIELDS],
@@ -217,7 +251,7 @@ class SqlStore:
         return _record(tuple(row[field] for field in _FIELDS)), key
 
     def revoke(self, name: str) -> None:
-        with self._lock, self._transaction():
+        with self._locked(), self._transaction():
             cursor = self._execute(
                 "UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                 (time.time(), name),
@@ -228,7 +262,7 @@ class SqlStore:
 
     def get(self, name: str) -> KeyRecord:
         """The live key of that name."""
-        with self._lock:
+        with self._locked():
             row = self._execute(
                 f"SELECT {_COLUMNS} FROM keys WHERE name = ? AND revoked_at IS NULL",  # noqa: S608
                 (name,),
@@ -241,7 +275,7 @@ class SqlStore:
         """Changes limits of the live key `name` in place (its key stays the same); None
         clears one. A budget without a period is monthly."""
         values = _check_limits(limits)
-        with self._lock, self._transaction():
+        with self._locked(), self._transaction():
             current = self.get(name)
             if values.get("budget_tokens") is not None and "budget_period" not in values:
                 values["budget_period"] = current.budget_period or "month"
@@ -255,7 +289,7 @@ class SqlStore:
             return self.get(name)
 
     def records(self) -> list[KeyRecord]:
-        with self._lock:
+        with self._locked():
             rows = self._execute(
                 f"SELECT {_COLUMNS} FROM keys ORDER BY created_at, id"  # noqa: S608
             ).fetchall()
@@ -266,7 +300,7 @@ class SqlStore:
 
     def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]:
         """The ledger of key `name` (every key that had the name), oldest day first."""
-        with self._lock:
+        with self._locked():
             rows = self._execute(
                 "SELECT day, model, requests, prompt_tokens, completion_tokens, errors "
                 "FROM usage WHERE key_name = ? AND day >= ? ORDER BY day, model",
@@ -274,8 +308,11 @@ class SqlStore:
             ).fetchall()
         return [UsageRow(dt.date.fromisoformat(day), *rest) for day, *rest in rows]
 
-    def add_usage(self, entries: Iterable[tuple[str, UsageRow]]) -> None:
-        """Adds the counts to the ledger, all or nothing."""
+    def add_usage(
+        self, entries: Iterable[tuple[str, UsageRow]], *, batch_id: str | None = None
+    ) -> bool:
+        """Adds the counts to the ledger, all or nothing. With a `batch_id`, only once: False
+        (and nothing added) when a batch of that id was already written."""
         rows = [
             (
                 name,
@@ -289,8 +326,20 @@ class SqlStore:
             for name, row in entries
         ]
         if not rows:
-            return
-        with self._lock, self._transaction():
+            return True
+        with self._locked(), self._transaction():
+            if batch_id is not None:
+                now = time.time()
+                recorded = self._execute(
+                    "INSERT INTO ledger_batches (id, written_at) VALUES (?, ?) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (batch_id, now),
+                )
+                if recorded.rowcount == 0:
+                    return False
+                self._execute(
+                    "DELETE FROM ledger_batches WHERE written_at < ?", (now - BATCH_ID_RETENTION,)
+                )
             self._executemany(
                 "INSERT INTO usage (key_name, day, model, requests, prompt_tokens, "
                 "completion_tokens, errors) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -301,6 +350,7 @@ class SqlStore:
                 "errors = usage.errors + excluded.errors",
                 rows,
             )
+        return True
 
 
 class KeyStore(SqlStore):
@@ -316,7 +366,7 @@ class KeyStore(SqlStore):
         # Autocommit unless a transaction is opened explicitly.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA busy_timeout={round(LOCK_WAIT * 1000)}")
         self._db.executescript(_SCHEMA)
         self._migrate()
         # data_version ignores this connection's own commits: count those here.
@@ -329,6 +379,8 @@ class KeyStore(SqlStore):
                 if column not in have:
                     self._db.execute(f"ALTER TABLE keys ADD COLUMN {column} {kind}")
             self._db.execute(_USAGE_TABLE)
+            for statement in _LEDGER_BATCHES.split(";"):
+                self._db.execute(statement)
 
     def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, tuple(params))
@@ -359,12 +411,12 @@ class KeyStore(SqlStore):
 
     def backup(self, destination: Path) -> None:
         """A consistent copy through SQLite's online backup: safe while the gateway runs."""
-        with self._lock, contextlib.closing(sqlite3.connect(destination)) as target:
+        with self._locked(), contextlib.closing(sqlite3.connect(destination)) as target:
             self._db.backup(target)
 
     def data_version(self) -> int:
         """Changes whenever a connection commits: a cheap 'did anything change?'."""
-        with self._lock:
+        with self._locked():
             return int(self._db.execute("PRAGMA data_version").fetchone()[0]) + self._own_writes
 
 
