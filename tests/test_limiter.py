@@ -311,3 +311,18 @@ def test_redis_down_then_back(caplog: pytest.LogCaptureFixture) -> None:
         run(scenario())
     finally:
         server.cleanup()
+
+
+def test_add_tokens_without_a_seed_only_adds_to_a_counter_that_exists(harness: Harness) -> None:
+    async def scenario() -> None:
+        backend = harness.make()
+        limits = Limits(budget_tokens=100, budget_period="day")
+        await backend.add_tokens("k", limits, 5, None)  # no counter yet: nothing to add to
+        refused = await backend.acquire("k", limits, "a", 100)
+        assert "Used 100" in refused.error.message  # started from the seed, not from 5
+        await backend.add_tokens("k", limits, 5, None)
+        refused = await backend.acquire("k", limits, "b", 100)
+        assert "Used 105" in refused.error.message
+        await backend.aclose()
+
+    run(scenario())

@@ -100,7 +100,10 @@ if ARGV[2] == '1' then
   redis.call('HINCRBY', KEYS[1], start, ARGV[1])
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[6]) + bucket * 1000)
 end
-if ARGV[3] ~= '' then
+if ARGV[3] == '?' then
+  -- The key's past usage is unknown: count only into a budget that is counted already.
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCRBY', KEYS[2], ARGV[1]) end
+elseif ARGV[3] ~= '' then
   redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EXAT', ARGV[4])
   redis.call('INCRBY', KEYS[2], ARGV[1])
 end
@@ -193,13 +196,16 @@ class RedisBackend:
             raise LimiterUnavailableError("the Lua script and the rules disagree")
         return decision
 
-    async def add_tokens(self, name: str, limits: Limits, tokens: int, budget_seed: int) -> None:
+    async def add_tokens(
+        self, name: str, limits: Limits, tokens: int, budget_seed: int | None
+    ) -> None:
         bucket_key = _keys(name)[1]
         budget, budget_expiry = _budget_key(name, time.time(), limits)
+        seed = "?" if budget_seed is None else str(budget_seed)
         args = (
             tokens,
             "1" if limits.tpm is not None else "0",
-            str(budget_seed) if limits.budget_tokens is not None else "",
+            seed if limits.budget_tokens is not None else "",
             budget_expiry,
             BUCKET,
             int(WINDOW * 1000),
