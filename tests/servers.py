@@ -43,11 +43,13 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None, log: Path
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, *options: str) -> None:
+        """`options`: more redis-server command-line options (e.g. for a cluster node)."""
         binary = shutil.which("redis-server")
         if binary is None:
             missing("redis-server")
         self.binary = binary
+        self.options = options
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="typegpt-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -67,6 +69,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", str(self.dir),
                 "--logfile", str(log),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,

@@ -73,9 +73,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     redis.Redis.from_url(server.url).flushall()
-    yield Harness(
-        "redis", lambda: RedisBackend(server.url, timeout=2.0), _redis_travel(server.url)
-    )
+    yield Harness("redis", lambda: RedisBackend(server.url, timeout=2.0), _redis_travel(server.url))
 
 
 def test_rpm_is_exact_and_the_window_slides(harness: Harness) -> None:
@@ -204,6 +202,10 @@ class Unreachable(InProcessBackend):
         self.released.append(lease)
         await super().release(name, lease)
 
+    async def ping(self) -> None:
+        if self.down:
+            raise LimiterUnavailableError("ConnectionError")
+
 
 def test_unlimited_keys_never_touch_the_backend() -> None:
     backend = Unreachable()
@@ -288,9 +290,7 @@ def test_redis_down_then_back(caplog: pytest.LogCaptureFixture) -> None:
     server = RedisServer().start()
 
     async def scenario() -> None:
-        limiter = Limiter(
-            RedisBackend(server.url, timeout=0.5), fail_open=True, retry_interval=0.2
-        )
+        limiter = Limiter(RedisBackend(server.url, timeout=0.5), fail_open=True, retry_interval=0.2)
         key = _key(rpm=2)
         assert (await limiter.admit(key)).headers
         server.stop()
@@ -311,3 +311,123 @@ def test_redis_down_then_back(caplog: pytest.LogCaptureFixture) -> None:
         run(scenario())
     finally:
         server.cleanup()
+
+
+# -- budgets whose past usage cannot be read ------------------------------------------------------
+
+
+class Ledger:
+    """The usage ledger as the limiter's budget seed reads it: the first `failures` reads fail
+    like a key store that hiccups."""
+
+    def __init__(self, spent: int, failures: int) -> None:
+        self.spent = spent
+        self.failures = failures
+        self.reads = 0
+
+    async def seed(self, name: str, since: Any) -> int:
+        self.reads += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("the key store did not answer")
+        return self.spent
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_a_failed_budget_read_is_never_kept(harness: Harness, mode: str) -> None:
+    async def scenario() -> None:
+        ledger = Ledger(spent=100, failures=1)
+        limiter = Limiter(harness.make(), fail_open=mode == "open", budget_seed=ledger.seed)
+        key = _key(budget_tokens=100, budget_period="month")
+        if mode == "open":
+            assert (await limiter.admit(key)).headers == ()  # admitted, budget unchecked
+        else:
+            with pytest.raises(GatewayError) as unavailable:
+                await limiter.admit(key)
+            assert unavailable.value.status == 503
+        # The next requests read the ledger again: the budget was spent before the hiccup.
+        for _ in range(2):
+            with pytest.raises(GatewayError) as refused:
+                await limiter.admit(key)
+            assert refused.value.status == 429 and "Used 100" in refused.value.message
+        assert ledger.reads == 2
+        await limiter.aclose()
+
+    run(scenario())
+
+
+def test_tokens_with_an_unknown_budget_seed_never_start_a_counter(harness: Harness) -> None:
+    async def scenario() -> None:
+        # Both the admission's and the settle's reads fail: the 5 tokens are in the usage
+        # ledger only, and the budget starts from the ledger at the next good read.
+        ledger = Ledger(spent=90, failures=2)
+        limiter = Limiter(harness.make(), fail_open=True, budget_seed=ledger.seed)
+        key = _key(budget_tokens=100, budget_period="month")
+        (await limiter.admit(key)).finish(5)
+        await limiter.settled(5)
+        ledger.spent += 5  # the usage ledger is written
+        (await limiter.admit(key)).finish(10)
+        await limiter.settled(5)
+        with pytest.raises(GatewayError) as refused:
+            await limiter.admit(key)
+        assert "Used 105" in refused.value.message
+        await limiter.aclose()
+
+    run(scenario())
+
+
+def test_add_tokens_without_a_seed_only_adds_to_a_counter_that_exists(harness: Harness) -> None:
+    async def scenario() -> None:
+        backend = harness.make()
+        limits = Limits(budget_tokens=100, budget_period="day")
+        await backend.add_tokens("k", limits, 5, None)  # no counter yet: nothing to add to
+        refused = await backend.acquire("k", limits, "a", 100)
+        assert "Used 100" in refused.error.message  # started from the seed, not from 5
+        await backend.add_tokens("k", limits, 5, None)
+        refused = await backend.acquire("k", limits, "b", 100)
+        assert "Used 105" in refused.error.message
+        await backend.aclose()
+
+    run(scenario())
+
+
+def test_a_hung_budget_read_costs_one_wait_and_one_read_at_a_time() -> None:
+    async def scenario() -> None:
+        store_back = asyncio.Event()
+        reads: list[str] = []
+
+        async def hung(name: str, since: Any) -> int:
+            reads.append(name)
+            await store_back.wait()  # a paused key store
+            return 100
+
+        limiter = Limiter(InProcessBackend(), fail_open=True, budget_seed=hung)
+        keys = [
+            KeyRecord(name=f"k{i}", key_hash=b"h", prefix="sk-", created_at=0, budget_tokens=100)
+            for i in range(10)
+        ]
+        loop = asyncio.get_running_loop()
+        for wave in range(3):
+            start = loop.time()
+            tickets = await asyncio.gather(*(limiter.admit(key) for key in keys))
+            assert all(ticket.headers == () for ticket in tickets)  # admitted, budget unchecked
+            # The first wave waits for its reads (1 s at most); then they are known to hang.
+            assert loop.time() - start < (2.0 if wave == 0 else 0.1)
+            assert len(reads) == 10  # no read started while those hang
+        store_back.set()
+        deadline = loop.time() + 5
+        while True:  # until the late answers are in
+            try:
+                await limiter.admit(keys[0])
+            except GatewayError:
+                break
+            assert loop.time() < deadline, "the reads never finished"
+            await asyncio.sleep(0.01)
+        for key in keys:
+            with pytest.raises(GatewayError) as refused:
+                await limiter.admit(key)
+            assert "Used 100" in refused.value.message
+        assert len(reads) == 10  # the late answers were kept
+        await limiter.aclose()
+
+    run(scenario())

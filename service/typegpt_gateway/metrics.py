@@ -84,6 +84,16 @@ LIMITER_REJECTIONS = Counter(
     ("key", "limit"),
     registry=REGISTRY,
 )
+LIMITER_IN_FLIGHT = Gauge(
+    "typegpt_gateway_limiter_in_flight",
+    "Concurrency slots (--max-concurrent) this process holds or has still to give back.",
+    registry=REGISTRY,
+)
+LIMITER_UNCONFIRMED_TOKENS = Counter(
+    "typegpt_gateway_limiter_unconfirmed_tokens",
+    "Tokens whose count in Redis failed midway: not sent again, as Redis may have counted them.",
+    registry=REGISTRY,
+)
 # Upstream health (routing.py): for dashboards and alerts, never for readiness.
 UPSTREAM_RESTING = Gauge(
     "typegpt_gateway_upstream_resting",

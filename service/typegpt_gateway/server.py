@@ -99,7 +99,7 @@ def _limiter_backend(settings: Settings) -> LimiterBackend:
 
     url = settings.redis_url.get_secret_value()
     register_url_password(url)
-    return RedisBackend(url, timeout=settings.redis_timeout)
+    return RedisBackend(url, timeout=settings.redis_timeout, cluster=settings.redis_cluster)
 
 
 def _accounting(settings: Settings, store: Store) -> Accounting:

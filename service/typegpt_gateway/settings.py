@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # "closed" refuses them with 503 (limits first).
     rate_limit_failure_mode: Literal["open", "closed"] = "open"
     redis_timeout: float = 1.0
+    # REDIS_URL names one node of a Redis Cluster: the client follows the cluster's slots.
+    redis_cluster: bool = False
     # How often the usage ledger is written to the key store (also on shutdown).
     usage_flush_interval: float = 2.0
     models: Annotated[tuple[str, ...], NoDecode] = DEFAULT_MODELS

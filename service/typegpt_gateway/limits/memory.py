@@ -77,7 +77,9 @@ class InProcessBackend:
                 state.leases.add(lease)
         return decision
 
-    async def add_tokens(self, name: str, limits: Limits, tokens: int, budget_seed: int) -> None:
+    async def add_tokens(
+        self, name: str, limits: Limits, tokens: int, budget_seed: int | None
+    ) -> None:
         state = self._keys.setdefault(name, _KeyState())
         now = self._clock()
         if limits.tpm is not None:
@@ -85,12 +87,19 @@ class InProcessBackend:
             state.tokens[bucket] = state.tokens.get(bucket, 0) + tokens
         if limits.budget_tokens is not None:
             period = _period_id(now, limits)
-            state.budgets[period] = _budget(state, period, budget_seed) + tokens
+            if budget_seed is not None:
+                state.budgets[period] = _budget(state, period, budget_seed) + tokens
+            elif period in state.budgets:
+                # Past usage unknown: a budget not counted yet starts later from the ledger.
+                state.budgets[period] += tokens
 
     async def release(self, name: str, lease: str) -> None:
         state = self._keys.get(name)
         if state is not None:
             state.leases.discard(lease)
+
+    async def ping(self) -> None:
+        """Always reachable: the state is this process's own."""
 
     async def aclose(self) -> None:
         self._keys.clear()

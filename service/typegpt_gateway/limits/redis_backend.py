@@ -4,6 +4,10 @@ Each check-and-record is one Lua script, which Redis runs atomically, and all ti
 Redis's own clock (`TIME`), so N replicas sharing a Redis admit exactly N requests for a limit
 of N whatever their clocks say. In-flight requests are leases with an expiry, renewed while
 they run, so a replica that dies cannot hold slots for ever.
+
+Every call touches the keys of one client key only, and those share one hash tag (`{name}`),
+so each call stays in one hash slot: the backend works on a single Redis, on Redis Cluster
+(`cluster=True`) and behind proxies that refuse multi-slot scripts (CROSSSLOT).
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .limiter import LimiterUnavailableError
@@ -100,20 +106,24 @@ if ARGV[2] == '1' then
   redis.call('HINCRBY', KEYS[1], start, ARGV[1])
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[6]) + bucket * 1000)
 end
-if ARGV[3] ~= '' then
+if ARGV[3] == '?' then
+  -- The key's past usage is unknown: count only into a budget that is counted already.
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCRBY', KEYS[2], ARGV[1]) end
+elseif ARGV[3] ~= '' then
   redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EXAT', ARGV[4])
   redis.call('INCRBY', KEYS[2], ARGV[1])
 end
 return 1
 """
 
+# One client key's leases (KEYS[1], its in-flight set): XX never brings back an expired one.
 _RENEW = """
 local t = redis.call('TIME')
 local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', until_ms, ARGV[i + 1])
-  redis.call('PEXPIRE', key, tonumber(ARGV[1]))
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', until_ms, ARGV[i])
 end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
 
@@ -145,15 +155,21 @@ def _snapshot(reply: Sequence[int]) -> tuple[bool, Snapshot]:
 
 
 class RedisBackend:
-    def __init__(self, url: str, *, timeout: float) -> None:
-        # One quick retry on a fresh connection covers a Redis that restarted; more would
-        # only stall requests while it is down.
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
+    def __init__(self, url: str, *, timeout: float, cluster: bool = False) -> None:
+        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        self._redis: aioredis.Redis | aioredis.RedisCluster
+        if cluster:
+            # The cluster client would retry timeouts too: no retry, the limiter's probe finds
+            # a failed-over node.
+            self._redis = aioredis.RedisCluster.from_url(
+                url, retry=Retry(NoBackoff(), 0), **options
+            )
+        else:
+            # A refused or reset connection is retried once on a fresh one (a Redis that
+            # restarted leaves the pool's connections dead); a timeout is not: it would double
+            # the stall.
+            retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+            self._redis = aioredis.Redis.from_url(url, retry=retry, **options)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._add_tokens = self._redis.register_script(_ADD_TOKENS)
         self._renew = self._redis.register_script(_RENEW)
@@ -193,13 +209,16 @@ class RedisBackend:
             raise LimiterUnavailableError("the Lua script and the rules disagree")
         return decision
 
-    async def add_tokens(self, name: str, limits: Limits, tokens: int, budget_seed: int) -> None:
+    async def add_tokens(
+        self, name: str, limits: Limits, tokens: int, budget_seed: int | None
+    ) -> None:
         bucket_key = _keys(name)[1]
         budget, budget_expiry = _budget_key(name, time.time(), limits)
+        seed = "?" if budget_seed is None else str(budget_seed)
         args = (
             tokens,
             "1" if limits.tpm is not None else "0",
-            str(budget_seed) if limits.budget_tokens is not None else "",
+            seed if limits.budget_tokens is not None else "",
             budget_expiry,
             BUCKET,
             int(WINDOW * 1000),
@@ -210,13 +229,18 @@ class RedisBackend:
             raise LimiterUnavailableError(type(exc).__name__) from exc
 
     async def release(self, name: str, lease: str) -> None:
-        in_flight = self._leases.pop(lease, None)
-        if in_flight is None:
-            return
+        # Also for a lease this process never saw admitted: an acquire that timed out may run
+        # when Redis resumes, and removing a missing member is harmless.
+        self._leases.pop(lease, None)
         try:
-            await self._redis.zrem(in_flight, lease)
+            await self._redis.zrem(_keys(name)[2], lease)
         except (RedisError, OSError) as exc:
-            # The lease expires by itself within LEASE_TTL.
+            raise LimiterUnavailableError(type(exc).__name__) from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
             raise LimiterUnavailableError(type(exc).__name__) from exc
 
     def _start_renewer(self) -> None:
@@ -226,16 +250,22 @@ class RedisBackend:
     async def _renew_leases(self) -> None:
         while self._leases:
             await asyncio.sleep(LEASE_TTL / 3)
-            leases = list(self._leases.items())
-            if not leases:
-                return
             try:
-                await self._renew(
-                    keys=[key for _, key in leases],
-                    args=[int(LEASE_TTL * 1000), *(lease for lease, _ in leases)],
-                )
+                await self.renew()
+            except LimiterUnavailableError as exc:
+                logger.warning("could not renew in-flight leases in Redis: %s", exc)
+
+    async def renew(self) -> None:
+        """Extends the leases of the requests still running, one call per client key."""
+        by_key: dict[str, list[str]] = {}
+        for lease, in_flight in self._leases.items():
+            by_key.setdefault(in_flight, []).append(lease)
+        for in_flight, leases in by_key.items():
+            try:
+                await self._renew(keys=[in_flight], args=[int(LEASE_TTL * 1000), *leases])
             except (RedisError, OSError) as exc:
-                logger.warning("could not renew in-flight leases in Redis: %s", type(exc).__name__)
+                # The others would wait as long: the next round tries again.
+                raise LimiterUnavailableError(type(exc).__name__) from exc
 
     async def aclose(self) -> None:
         if self._renewer is not None:
