@@ -1,0 +1,88 @@
+"""Admin authorization, in process: every refusal is a fresh error, and no module of the
+gateway keeps an exception instance that it could raise twice."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import pkgutil
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType, TracebackType
+
+import pytest
+
+import typegpt_gateway
+from typegpt_gateway.adminauth import authorize_admin
+from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.store import KeyCache, KeyStore
+
+CALLS = 200
+
+
+def traceback_depth(traceback: TracebackType | None) -> int:
+    depth = 0
+    while traceback is not None:
+        depth += 1
+        traceback = traceback.tb_next
+    return depth
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Iterator[KeyCache]:
+    store = KeyStore(tmp_path / "keys.db")
+    try:
+        yield KeyCache(store, interval=60.0)
+    finally:
+        store.close()
+
+
+async def refusal(authorization: str | None, admin_key: str | None, keys: KeyCache) -> GatewayError:
+    with pytest.raises(GatewayError) as excinfo:
+        await authorize_admin(authorization, admin_key, keys)
+    return excinfo.value
+
+
+def test_admin_api_off_raises_a_fresh_error_each_time(keys: KeyCache) -> None:
+    # A shared instance keeps every raise's frames on its __traceback__: unauthenticated
+    # calls would grow the process's memory without bound.
+    async def scenario() -> tuple[list[GatewayError], list[int]]:
+        errors, depths = [], []
+        for _ in range(CALLS):
+            errors.append(await refusal("Bearer whatever", None, keys))
+            depths.append(traceback_depth(errors[-1].__traceback__))
+        return errors, depths
+
+    errors, depths = asyncio.run(scenario())
+    assert depths == [depths[0]] * CALLS
+    assert len({id(error) for error in errors}) == CALLS
+    assert all(error.status == 403 and "GATEWAY_ADMIN_KEY" in error.message for error in errors)
+
+
+def gateway_modules() -> Iterator[ModuleType]:
+    yield typegpt_gateway
+    for info in pkgutil.walk_packages(typegpt_gateway.__path__, f"{typegpt_gateway.__name__}."):
+        if not info.name.endswith(".__main__"):  # runs the CLI when imported
+            yield importlib.import_module(info.name)
+
+
+def shared_exceptions(module: ModuleType) -> Iterator[str]:
+    """Exception instances a module holds at import: as its names, in its containers, or as
+    attributes of its classes. Any of them, raised, would be raised again and again."""
+    places: list[tuple[str, object]] = list(vars(module).items())
+    for name, value in list(places):
+        if isinstance(value, type) and value.__module__ == module.__name__:
+            places += [(f"{name}.{attr}", item) for attr, item in vars(value).items()]
+        elif isinstance(value, dict):
+            places += [(f"{name}[{key!r}]", item) for key, item in value.items()]
+        elif isinstance(value, list | tuple | set | frozenset):
+            places += [(f"{name}[]", item) for item in value]
+    for name, value in places:
+        if isinstance(value, BaseException):
+            yield f"{module.__name__}.{name}"
+
+
+def test_no_module_holds_an_exception_instance() -> None:
+    modules = list(gateway_modules())
+    assert len(modules) > 20  # the scan did find the package
+    assert [place for module in modules for place in shared_exceptions(module)] == []
