@@ -1,16 +1,18 @@
-"""Admin authorization, in process: every refusal is a fresh error, and no module of the
-gateway keeps an exception instance that it could raise twice."""
+"""Admin authorization, in process: every refusal is a fresh error, no module of the gateway
+keeps an exception instance that it could raise twice, and wrong admin keys cost no I/O."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import pkgutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, TracebackType
 
 import pytest
+from counted_store import CountedReads
 
 import typegpt_gateway
 from typegpt_gateway.adminauth import authorize_admin
@@ -28,13 +30,22 @@ def traceback_depth(traceback: TracebackType | None) -> int:
     return depth
 
 
+ADMIN_KEY = "admin-key-for-unit-tests"
+WRONG_TOKENS = 10_000
+
+
 @pytest.fixture
-def keys(tmp_path: Path) -> Iterator[KeyCache]:
-    store = KeyStore(tmp_path / "keys.db")
+def store(tmp_path: Path) -> Iterator[CountedReads]:
+    store = CountedReads(KeyStore(tmp_path / "keys.db"))
     try:
-        yield KeyCache(store, interval=60.0)
+        yield store
     finally:
-        store.close()
+        store.store.close()
+
+
+@pytest.fixture
+def keys(store: CountedReads) -> KeyCache:
+    return KeyCache(store, interval=60.0)  # type: ignore[arg-type]
 
 
 async def refusal(authorization: str | None, admin_key: str | None, keys: KeyCache) -> GatewayError:
@@ -57,6 +68,26 @@ def test_admin_api_off_raises_a_fresh_error_each_time(keys: KeyCache) -> None:
     assert depths == [depths[0]] * CALLS
     assert len({id(error) for error in errors}) == CALLS
     assert all(error.status == 403 and "GATEWAY_ADMIN_KEY" in error.message for error in errors)
+
+
+def test_wrong_admin_keys_cost_a_bounded_number_of_store_reads(
+    store: CountedReads, keys: KeyCache
+) -> None:
+    _, client_key = store.create("client")
+    store.reads = 0
+
+    async def scenario() -> list[GatewayError]:
+        wrong = [await refusal(f"Bearer wrong-{n}", ADMIN_KEY, keys) for n in range(WRONG_TOKENS)]
+        # A client key is still told apart from garbage.
+        wrong.append(await refusal(f"Bearer {client_key}", ADMIN_KEY, keys))
+        return wrong
+
+    started = time.monotonic()
+    errors = asyncio.run(asyncio.wait_for(scenario(), 120))
+    elapsed = time.monotonic() - started
+    assert {(error.status, error.type) for error in errors[:-1]} == {(403, "authentication_error")}
+    assert (errors[-1].status, errors[-1].type) == (403, "permission_error")
+    assert store.reads <= 2 + elapsed / KeyCache.MISS_CHECK_SPACING, (store.reads, elapsed)
 
 
 def gateway_modules() -> Iterator[ModuleType]:
