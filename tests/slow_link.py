@@ -32,9 +32,10 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             due.put_nowait((loop.time() + delay, data))
         due.put_nowait((loop.time() + delay, b""))
         await sender
-    except (ConnectionError, asyncio.CancelledError):
-        sender.cancel()
+    except ConnectionError:
+        pass  # either side hung up: so does the link
     finally:
+        sender.cancel()
         writer.close()
 
 
