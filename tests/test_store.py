@@ -611,3 +611,37 @@ def test_during_a_flood_a_new_key_is_accepted_within_the_spacing(tmp_path):
         server.close()
         cli.close()
     assert waited < KeyCache.MISS_CHECK_SPACING + 1.0
+
+
+def test_a_stopped_refresher_leaves_no_check_behind(tmp_path):
+    """Shutdown cancels the refresher, then counts the tasks left over as leaks: a check
+    still running in its worker thread must end with the refresher, not outlive it."""
+    entered, release = threading.Event(), threading.Event()
+
+    class HeldReads(CountedReads):
+        held = False
+
+        def data_version(self) -> int:
+            if self.held:
+                entered.set()
+                release.wait(10)
+            return super().data_version()
+
+    store = HeldReads(KeyStore(tmp_path / "keys.db"))
+
+    async def scenario() -> list[asyncio.Task]:
+        async with asyncio.timeout(30):  # not wait_for: its task would count as left over
+            keys = KeyCache(store, interval=0.0)  # type: ignore[arg-type]
+            store.held = True
+            refresher = asyncio.create_task(keys.run_refresher())
+            assert await asyncio.to_thread(entered.wait, 10)
+            refresher.cancel()
+            release.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+    try:
+        assert asyncio.run(scenario()) == []
+    finally:
+        store.store.close()

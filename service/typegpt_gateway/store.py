@@ -517,6 +517,12 @@ class KeyCache:
             return True
 
     async def run_refresher(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.refresh()
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                await self.refresh()
+        finally:
+            # Stopped at shutdown, after the last request: a check in a worker thread runs to
+            # its end anyway, so wait for it rather than leave its task behind.
+            if self._check is not None:
+                await asyncio.wait([self._check])
