@@ -20,6 +20,8 @@ from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.store import KeyCache, KeyStore
 
 CALLS = 200
+ADMIN_KEY = "admin-key-for-unit-tests"
+WRONG_TOKENS = 10_000
 
 
 def traceback_depth(traceback: TracebackType | None) -> int:
@@ -28,10 +30,6 @@ def traceback_depth(traceback: TracebackType | None) -> int:
         depth += 1
         traceback = traceback.tb_next
     return depth
-
-
-ADMIN_KEY = "admin-key-for-unit-tests"
-WRONG_TOKENS = 10_000
 
 
 @pytest.fixture
@@ -64,7 +62,7 @@ def test_admin_api_off_raises_a_fresh_error_each_time(keys: KeyCache) -> None:
             depths.append(traceback_depth(errors[-1].__traceback__))
         return errors, depths
 
-    errors, depths = asyncio.run(scenario())
+    errors, depths = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert depths == [depths[0]] * CALLS
     assert len({id(error) for error in errors}) == CALLS
     assert all(error.status == 403 and "GATEWAY_ADMIN_KEY" in error.message for error in errors)
