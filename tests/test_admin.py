@@ -4,9 +4,13 @@ and the CLI on the same store, against a real `typegpt-gateway serve`."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -14,6 +18,7 @@ import pytest
 from gateway_process import ADMIN_KEY, Gateway, cli
 from google.protobuf import struct_pb2
 from openai_shape import assert_error, chat_body
+from slow_link import slow_link
 
 from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
 
@@ -43,7 +48,9 @@ def unique(prefix: str) -> str:
 
 def chat_status(gateway: Gateway, key: str) -> int:
     headers = {"authorization": f"Bearer {key}"}
-    return httpx.post(f"{gateway.url}{CHAT}", json=chat_body(), headers=headers, timeout=30).status_code
+    return httpx.post(
+        f"{gateway.url}{CHAT}", json=chat_body(), headers=headers, timeout=30
+    ).status_code
 
 
 def admin_auth(key: str = ADMIN_KEY) -> tuple[tuple[str, str], ...]:
@@ -75,7 +82,9 @@ def test_create_returns_the_record_with_the_key_once_and_it_works_at_once(gatewa
     assert isinstance(record["created_at"], int)
     assert record["expires_at"] - record["created_at"] == pytest.approx(30 * 86400, abs=2)
     # Limits not set are absent (no limit), not zero.
-    assert not {"tpm", "max_concurrent", "budget_tokens", "budget_period", "revoked_at"} & set(record)
+    assert not {"tpm", "max_concurrent", "budget_tokens", "budget_period", "revoked_at"} & set(
+        record
+    )
 
     # The gateway accepts the key within a second of its creation.
     deadline = time.monotonic() + 1.0
@@ -244,7 +253,9 @@ def test_no_admin_key_is_401(gateway):
 def test_a_client_key_on_an_admin_route_is_403(gateway, api_key):
     headers = {"authorization": f"Bearer {api_key}"}
     for method, path in (("GET", KEYS), ("POST", KEYS), ("DELETE", f"{KEYS}/test-client")):
-        response = httpx.request(method, f"{gateway.url}{path}", headers=headers, json={"name": "x"})
+        response = httpx.request(
+            method, f"{gateway.url}{path}", headers=headers, json={"name": "x"}
+        )
         error = assert_error(response, 403, "permission_error")
         assert "admin" in error["message"]
     # The client's key survived its attempt to revoke itself.
@@ -281,6 +292,78 @@ def test_an_empty_admin_key_counts_as_none(make_gateway):
     gw = make_gateway(admin_key="   ").start()
     response = httpx.get(f"{gw.url}{KEYS}", headers={"authorization": "Bearer x"})
     assert "GATEWAY_ADMIN_KEY" in assert_error(response, 403)["message"]
+
+
+GARBAGE_REQUESTS = 2_000
+FLOOD_CONNECTIONS = 200
+FLOOD = Path(__file__).with_name("garbage_flood.py")
+# One way, between the gateway and its PostgreSQL: a key store 20 ms (a round trip) away,
+# where each store read under the store's one lock is felt.
+STORE_DELAY = 0.010
+
+
+def timed_calls(gw: Gateway, client_key: str) -> tuple[float, float]:
+    """How long an admin call and a good client's request take."""
+    took = []
+    for method, path, key, body in (
+        ("GET", KEYS, ADMIN_KEY, None),
+        ("POST", CHAT, client_key, chat_body()),
+    ):
+        started = time.monotonic()
+        response = httpx.request(
+            method,
+            f"{gw.url}{path}",
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        took.append(time.monotonic() - started)
+        assert response.status_code == 200, response.text
+    return took[0], took[1]
+
+
+def test_a_flood_of_unknown_keys_delays_neither_admin_calls_nor_clients(
+    make_gateway, postgres_server
+):
+    """2,000 requests with garbage keys, 200 at a time, from another process, with the key
+    store a 20 ms round trip away. Each unknown key used to cost a store read under the
+    store's one lock, and admin calls queued behind them (2 s and more each). Now each
+    admin call and good request stays within 1 s plus ten times its quiet latency."""
+    url = postgres_server.new_database()
+    store_port = urllib.parse.urlsplit(url).port
+    with slow_link(store_port, STORE_DELAY) as port:
+        far_store = url.replace(f":{store_port}/", f":{port}/")
+        gw = make_gateway(extra_env={"DATABASE_URL": far_store}).start()
+        try:
+            client_key = gw.wait_for_key(gw.create_key("good-client"))
+            quiet = [timed_calls(gw, client_key) for _ in range(3)]
+            flood = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(FLOOD),
+                    f"{gw.url}{CHAT}",
+                    str(GARBAGE_REQUESTS),
+                    str(FLOOD_CONNECTIONS),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                during = []
+                deadline = time.monotonic() + 120
+                while flood.poll() is None and time.monotonic() < deadline:
+                    during.append(timed_calls(gw, client_key))
+                statuses, _ = flood.communicate(timeout=60)
+            finally:
+                flood.kill()
+        finally:
+            gw.stop()
+    assert json.loads(statuses) == {"403": GARBAGE_REQUESTS}
+    assert len(during) > 1, "the flood ended before calls could be timed during it"
+    for name, index in (("admin", 0), ("client", 1)):
+        quiet_best = min(times[index] for times in quiet)
+        flood_worst = max(times[index] for times in during)
+        assert flood_worst < 1.0 + 10 * quiet_best, (name, quiet_best, flood_worst)
 
 
 # --- native gRPC -----------------------------------------------------------------------------
@@ -370,7 +453,9 @@ def test_cli_and_admin_api_share_the_store(gateway, admin):
 def test_cli_applies_the_same_rules(gateway):
     result = cli(gateway.db, "keys", "create", "--name", "bad name", check=False)
     assert result.returncode != 0 and "--name" in result.stderr
-    result = cli(gateway.db, "keys", "create", "--name", unique("m"), "--models", "nope", check=False)
+    result = cli(
+        gateway.db, "keys", "create", "--name", unique("m"), "--models", "nope", check=False
+    )
     assert result.returncode != 0 and "catalog" in result.stderr
 
 

@@ -1,6 +1,7 @@
 """The key stores — SQLite and a real PostgreSQL — held to the same behaviour, the SQLite
 migration from the first release's schema, backups, the stores' readiness check, usage batch
-ids, and store calls bounded however the database holds them up."""
+ids, store calls bounded however the database holds them up, and the server's cache of keys
+over them."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from counted_store import CountedReads
 
+from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keys import hash_key
 from typegpt_gateway.pgstore import PostgresKeyStore
 from typegpt_gateway.readiness import key_store_check
 from typegpt_gateway.store import (
     BackupUnsupportedError,
+    KeyCache,
     KeyExistsError,
     KeyNotFoundError,
     KeyStore,
@@ -526,3 +530,118 @@ def _wait_for_lock_wait(url: str, pid: int) -> None:
                 return
             time.sleep(0.05)
     raise AssertionError(f"backend {pid} never waited on a lock")
+
+
+# --- KeyCache: the server's in-memory view of the store ------------------------------------
+
+
+GARBAGE_CALLS = 10_000
+
+
+def garbage(index: int) -> str:
+    return f"Bearer sk-garbage-{index:06d}"
+
+
+async def refused(keys: KeyCache, authorization: str) -> GatewayError:
+    with pytest.raises(GatewayError) as excinfo:
+        await keys.authenticate(authorization)
+    return excinfo.value
+
+
+@pytest.mark.parametrize("concurrent", [False, True], ids=["sequential", "concurrent"])
+def test_unknown_keys_cost_a_bounded_number_of_store_reads(tmp_path, concurrent):
+    store = CountedReads(KeyStore(tmp_path / "keys.db"))
+    try:
+        keys = KeyCache(store, interval=60.0)  # type: ignore[arg-type]
+        store.reads = 0
+
+        async def flood() -> list[GatewayError]:
+            if concurrent:
+                calls = (refused(keys, garbage(index)) for index in range(GARBAGE_CALLS))
+                return list(await asyncio.gather(*calls))
+            return [await refused(keys, garbage(index)) for index in range(GARBAGE_CALLS)]
+
+        started = time.monotonic()
+        errors = asyncio.run(asyncio.wait_for(flood(), 120))
+        elapsed = time.monotonic() - started
+    finally:
+        store.store.close()
+    assert all(error.status == 403 for error in errors)
+    # At most one check (a version read) per spacing, plus the one in flight at the end.
+    assert store.reads <= 2 + elapsed / KeyCache.MISS_CHECK_SPACING, (store.reads, elapsed)
+
+
+def test_a_key_created_elsewhere_is_accepted_on_its_first_use(store_factory):
+    server, cli = store_factory(), store_factory()
+
+    async def first_use() -> str:
+        keys = KeyCache(server, interval=60.0)  # the refresher never runs here
+        # A check of the store that ended a moment ago (the refresher's, say) changes nothing.
+        await keys.refresh()
+        _, key = cli.create("newcomer")
+        record = await keys.authenticate(f"Bearer {key}")
+        return record.name
+
+    assert asyncio.run(asyncio.wait_for(first_use(), 30)) == "newcomer"
+
+
+def test_during_a_flood_a_new_key_is_accepted_within_the_spacing(tmp_path):
+    server, cli = KeyStore(tmp_path / "keys.db"), KeyStore(tmp_path / "keys.db")
+
+    async def scenario() -> float:
+        keys = KeyCache(server, interval=60.0)
+        for index in range(100):
+            await refused(keys, garbage(index))
+        _, key = cli.create("newcomer")
+        created = time.monotonic()
+        # Unknown keys keep coming while the new key waits for the next check of the store.
+        while True:
+            await refused(keys, garbage(0))
+            try:
+                await keys.authenticate(f"Bearer {key}")
+            except GatewayError:
+                assert time.monotonic() - created < 5.0, "the new key was never accepted"
+                await asyncio.sleep(0.01)
+                continue
+            return time.monotonic() - created
+
+    try:
+        waited = asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        server.close()
+        cli.close()
+    assert waited < KeyCache.MISS_CHECK_SPACING + 1.0
+
+
+def test_a_stopped_refresher_leaves_no_check_behind(tmp_path):
+    """Shutdown cancels the refresher, then counts the tasks left over as leaks: a check
+    still running in its worker thread must end with the refresher, not outlive it."""
+    entered, release = threading.Event(), threading.Event()
+
+    class HeldReads(CountedReads):
+        held = False
+
+        def data_version(self) -> int:
+            if self.held:
+                entered.set()
+                release.wait(10)
+            return super().data_version()
+
+    store = HeldReads(KeyStore(tmp_path / "keys.db"))
+
+    async def scenario() -> list[asyncio.Task]:
+        async with asyncio.timeout(30):  # not wait_for: its task would count as left over
+            keys = KeyCache(store, interval=0.0)  # type: ignore[arg-type]
+            store.held = True
+            refresher = asyncio.create_task(keys.run_refresher())
+            assert await asyncio.to_thread(entered.wait, 10)
+            refresher.cancel()
+            release.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+    try:
+        assert asyncio.run(scenario()) == []
+    finally:
+        store.store.close()

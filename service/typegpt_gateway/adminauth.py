@@ -8,12 +8,16 @@ from .errors import GatewayError
 from .keys import bearer_token, hash_key
 from .store import KeyCache
 
-ADMIN_OFF = GatewayError(
-    403,
-    "The admin API is off: this gateway has no admin key. The operator enables it by setting "
-    "GATEWAY_ADMIN_KEY.",
-    "permission_error",
-)
+
+def admin_off() -> GatewayError:
+    # A new error each time: a shared instance, raised again and again, keeps every raise's
+    # frames on its __traceback__, so each unauthenticated call would leak memory.
+    return GatewayError(
+        403,
+        "The admin API is off: this gateway has no admin key. The operator enables it by "
+        "setting GATEWAY_ADMIN_KEY.",
+        "permission_error",
+    )
 
 
 def is_admin_key(presented: str, admin_key: str) -> bool:
@@ -24,7 +28,7 @@ def is_admin_key(presented: str, admin_key: str) -> bool:
 async def authorize_admin(authorization: str | None, admin_key: str | None, keys: KeyCache) -> None:
     """Returns when `authorization` carries the admin key; otherwise raises the client's error."""
     if admin_key is None:
-        raise ADMIN_OFF
+        raise admin_off()
     presented = bearer_token(authorization)
     if presented is None:
         raise GatewayError(

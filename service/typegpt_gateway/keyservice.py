@@ -2,7 +2,8 @@
 
 Each RPC: admin auth → the key admin core, in a worker thread since SQLite blocks → the
 record as an ApiKey message. After a change the server's key cache is reloaded at once, so a
-new key works, and a revoked one is refused, from the next request on.
+new key works, and a revoked one is refused, from the next request on; once a change is
+committed it is answered, even if that reload fails.
 """
 
 from __future__ import annotations
@@ -101,12 +102,15 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             await authorize_admin(authorization_of(context), self._admin_key, self._keys)
             observe.current().key = ADMIN
             result = await asyncio.to_thread(operation)
-            if writes:
-                await asyncio.to_thread(self._keys.refresh_if_changed)
-            return result
         except Exception as exc:
             await abort(context, as_gateway_error(exc))
-        raise AssertionError("unreachable: abort raises")
+            raise AssertionError("unreachable: abort raises") from exc
+        if writes:
+            # Committed, so the caller gets the result whatever the reload does: a new key's
+            # secret exists only in this answer. A reload that fails is logged, and the
+            # cache catches up on its next check.
+            await self._keys.refresh()
+        return result
 
     @observe.rpc("KeyService/CreateKey")
     async def CreateKey(

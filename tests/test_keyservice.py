@@ -1,0 +1,90 @@
+"""KeyService in process, on a grpc.aio server bound to 127.0.0.1:0 over a real SQLite store
+(see test_servicer.py for why not grpc_testing): what an admin write answers when the key
+cache cannot reload after the write committed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from counted_store import CountedReads
+
+from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
+from typegpt_gateway.keyadmin import KeyAdmin
+from typegpt_gateway.keys import KeyRecord
+from typegpt_gateway.keyservice import KeyServicer
+from typegpt_gateway.store import KeyCache, KeyStore
+
+ADMIN_KEY = "admin-key-for-keyservice-tests"
+ADMIN = (("authorization", f"Bearer {ADMIN_KEY}"),)
+TIMEOUT = 20.0
+
+
+class BrokenReads(CountedReads):
+    """A store whose reads for the key cache fail while `broken` is set, as a database that
+    drops the connection right after a commit would."""
+
+    broken = False
+
+    def data_version(self) -> int:
+        if self.broken:
+            raise OSError("the key store went away")
+        return super().data_version()
+
+    def by_hash(self) -> dict[bytes, KeyRecord]:
+        if self.broken:
+            raise OSError("the key store went away")
+        return super().by_hash()
+
+
+@contextlib.asynccontextmanager
+async def key_service(
+    store: KeyStore, reads: BrokenReads
+) -> AsyncIterator[tuple[keys_pb2_grpc.KeyServiceStub, KeyCache]]:
+    keys = KeyCache(reads, interval=60.0)  # type: ignore[arg-type]
+    server = grpc.aio.server()
+    keys_pb2_grpc.add_KeyServiceServicer_to_server(
+        KeyServicer(KeyAdmin(store, ("gpt-4o",)), ADMIN_KEY, keys), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield keys_pb2_grpc.KeyServiceStub(channel), keys
+    finally:
+        await server.stop(0)
+
+
+def test_a_committed_key_is_returned_even_if_the_cache_cannot_reload(
+    tmp_path: Path, caplog
+) -> None:
+    store = KeyStore(tmp_path / "keys.db")
+    reads = BrokenReads(store)
+
+    async def scenario() -> None:
+        async with key_service(store, reads) as (stub, keys):
+            reads.broken = True
+            created = await stub.CreateKey(
+                keys_pb2.CreateKeyRequest(name="committed"), metadata=ADMIN, timeout=TIMEOUT
+            )
+            assert created.key.startswith("sk-") and created.name == "committed"
+            # The write did commit: the name is taken.
+            with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+                await stub.CreateKey(
+                    keys_pb2.CreateKeyRequest(name="committed"), metadata=ADMIN, timeout=TIMEOUT
+                )
+            assert excinfo.value.code() == grpc.StatusCode.ABORTED  # 409
+            # Once the store answers again, the cache catches up and the key works.
+            reads.broken = False
+            record = await keys.authenticate(f"Bearer {created.key}")
+            assert record.name == "committed"
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+    finally:
+        store.close()
+    assert "could not re-read the key store" in caplog.text
