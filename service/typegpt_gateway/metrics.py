@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
@@ -27,7 +27,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from .envoy import EnvoyAdmin
+if TYPE_CHECKING:  # envoy imports logs, which imports observe, which imports this module
+    from .envoy import EnvoyAdmin
 
 logger = logging.getLogger(__name__)
 
