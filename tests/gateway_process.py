@@ -107,32 +107,43 @@ class Gateway:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = 30.0) -> Gateway:
+    def spawn(self, *args: str, output: int | None = None) -> subprocess.Popen[bytes]:
+        """Starts `serve` (with `args` added) and returns at once. Its stdout and stderr go to
+        the log file, or to `output` (subprocess.PIPE: the test reads them, or leaves them
+        unread to stall the gateway's log)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                *CLI,
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--grpc-host",
-                "127.0.0.1",
-                "--http-port",
-                str(self.http_port),
-                "--grpc-port",
-                str(self.grpc_port),
-            ],
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    *CLI,
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--grpc-host",
+                    "127.0.0.1",
+                    "--http-port",
+                    str(self.http_port),
+                    "--grpc-port",
+                    str(self.grpc_port),
+                    *args,
+                ],
+                env=self.env(),
+                stdout=log if output is None else output,
+                stderr=subprocess.STDOUT,
+            )
+        return self.process
+
+    def start(self, timeout: float = 30.0, *, output: int | None = None) -> Gateway:
+        process = self.spawn(output=output)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify).status_code == 200:
+                if (
+                    httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify).status_code
+                    == 200
+                ):
                     return self
             except httpx.HTTPError:
                 pass

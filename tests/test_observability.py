@@ -5,10 +5,12 @@ metrics on their own port (the gateway's and Envoy's), health and readiness — 
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,10 +22,11 @@ from gateway_process import ADMIN_KEY, CLI, UPSTREAM_KEY, Gateway
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_shape import assert_error, chat_body
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
-from typegpt_gateway import observe
+from typegpt_gateway import metrics, observe
 from typegpt_gateway.envoy import render_config
 from typegpt_gateway.settings import Settings
 
@@ -477,6 +480,88 @@ def test_a_busy_metrics_port_stops_serve_with_a_clear_error(tmp_path, upstream):
         with pytest.raises(RuntimeError, match="metrics server could not start"):
             gw.start(timeout=20)
     assert gw.process is not None and gw.process.wait(10) == 1
+
+
+MiB = 1024 * 1024
+# Some 4 MiB of text.
+LARGE_REGISTRY_SERIES = 100_000
+
+
+def _threads_and_rss(pid: int) -> tuple[int, int]:
+    """The process's thread count and resident memory in bytes."""
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(status["Threads"]), int(status["VmRSS"].split()[0]) * 1024
+
+
+def _wait_closed_by_peer(sockets: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """Those of `sockets` the other side has not closed within `timeout`."""
+    open_ = list(sockets)
+    deadline = time.monotonic() + timeout
+    while open_ and time.monotonic() < deadline:
+        readable, _, _ = select.select(open_, [], [], max(0.0, deadline - time.monotonic()))
+        for sock in readable:
+            try:
+                closed = sock.recv(1 << 16) == b""
+            except OSError:  # reset
+                closed = True
+            if closed:
+                open_.remove(sock)
+    return open_
+
+
+def test_idle_and_half_sent_connections_cannot_exhaust_the_metrics_port(make_gateway):
+    gw = make_gateway().start()
+    assert gw.process is not None
+    scrape(gw)
+    threads_before, rss_before = _threads_and_rss(gw.process.pid)
+    address = ("127.0.0.1", gw.metrics_port)
+    sockets = [socket.create_connection(address, timeout=5) for _ in range(200)]
+    try:
+        for i in range(10):
+            sock = socket.create_connection(address, timeout=5)
+            sockets.append(sock)
+            if i % 2:  # headers that never end
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nX-Never-Ends: a")
+            else:  # a body that never ends
+                sock.sendall(
+                    b"POST /metrics HTTP/1.1\r\nHost: metrics\r\n"
+                    b"Content-Length: 100000000\r\n\r\n" + b"x" * 65536
+                )
+        began = time.monotonic()
+        text = httpx.get(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5).text
+        assert time.monotonic() - began < 5
+        assert "typegpt_gateway_inflight_requests" in text
+        threads, rss = _threads_and_rss(gw.process.pid)
+        assert threads <= threads_before + 3, (threads_before, threads)
+        assert rss - rss_before < 50 * MiB, (rss_before, rss)
+        left_open = _wait_closed_by_peer(sockets, metrics.IDLE_TIMEOUT + 5)
+        assert not left_open, f"{len(left_open)} connections still open"
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert "typegpt_gateway_inflight_requests" in scrape(gw)
+
+
+def test_a_large_registry_is_scraped_whole_plain_and_gzipped():
+    registry = CollectorRegistry()
+    series = Gauge("many", "One series per label value.", ("name",), registry=registry)
+    for i in range(LARGE_REGISTRY_SERIES):
+        series.labels(f"series-{i:06d}").set(i)
+    server = metrics.MetricsServer("127.0.0.1", 0, None, registry=registry)
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        for encoding in ("gzip", "identity"):
+            response = httpx.get(url, headers={"accept-encoding": encoding}, timeout=30)
+            assert response.status_code == 200
+            assert response.headers.get("content-encoding", "identity") == encoding
+            # Over 1 MiB: aiohttp gzips that on the metrics server's compressing thread.
+            assert len(response.content) > MiB
+            (family,) = text_string_to_metric_families(response.text)
+            assert len(family.samples) == LARGE_REGISTRY_SERIES
+    finally:
+        server.close()
 
 
 def test_metrics_port_zero_turns_metrics_off(make_gateway):

@@ -15,7 +15,7 @@ from gateway_process import free_port
 from typegpt_gateway.config import ConfigError, UpstreamSpec, load_config
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keys import KeyRecord, hash_key, new_key
-from typegpt_gateway.logs import json_handler
+from typegpt_gateway.logs import json_formatter
 from typegpt_gateway.redaction import (
     install_log_redaction,
     redact,
@@ -180,8 +180,8 @@ def test_json_log_lines_are_redacted_and_stay_json() -> None:
     stream = io.StringIO()
     logger = logging.getLogger("test_redaction.json")
     logger.propagate = False
-    handler = json_handler()
-    handler.setStream(stream)  # type: ignore[attr-defined]
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter())
     logger.addHandler(handler)
     try:
         install_log_redaction(logger)

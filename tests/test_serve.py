@@ -6,6 +6,7 @@ why; SIGTERM/SIGINT must stop both promptly with exit code 0 and leave no Envoy 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,12 +14,16 @@ import socket
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
 from fake_upstream import Reply
 from gateway_process import CLI, UPSTREAM_KEY, Gateway
+
+from typegpt_gateway import logs
 
 EXIT_TIMEOUT = 8.0
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}
@@ -252,34 +257,9 @@ def test_missing_upstream_key(make_gateway, upstream) -> None:
     assert gw.stop() == 0
 
 
-def _spawn_serve(gw: Gateway, *extra: str) -> subprocess.Popen[bytes]:
-    """`serve` started by hand, for moments Gateway.start() does not wait through."""
-    gw.workdir.mkdir(parents=True, exist_ok=True)
-    with gw.log_path.open("ab") as log:
-        gw.process = subprocess.Popen(
-            [
-                *CLI,
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--grpc-host",
-                "127.0.0.1",
-                "--http-port",
-                str(gw.http_port),
-                "--grpc-port",
-                str(gw.grpc_port),
-                *extra,
-            ],
-            env=gw.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return gw.process
-
-
 def test_sigterm_during_startup(make_gateway) -> None:
     gw = make_gateway()
-    process = _spawn_serve(gw)
+    process = gw.spawn()
     # As soon as Envoy exists, before the gateway has necessarily become healthy.
     envoy, started = envoy_child(gw)
     process.send_signal(signal.SIGTERM)
@@ -300,7 +280,7 @@ def _health(target: str) -> subprocess.CompletedProcess[str]:
 
 def test_no_envoy_serves_grpc_only(make_gateway) -> None:
     gw = make_gateway()
-    process = _spawn_serve(gw, "--no-envoy")
+    process = gw.spawn("--no-envoy")
     line = wait_for_log(gw, rf"gRPC backend serving on 127\.0\.0\.1:{gw.grpc_port}", 10)
     assert line is not None, gw.log()
     assert process.poll() is None
@@ -317,3 +297,100 @@ def test_no_envoy_serves_grpc_only(make_gateway) -> None:
     unhealthy = _health(gw.grpc_target)
     assert unhealthy.returncode == 1
     assert "unhealthy" in unhealthy.stderr
+
+
+# -- a stalled log reader -------------------------------------------------------------------
+
+# A request whose logged line is about 64 KiB (GATEWAY_LOG_BODIES cuts a body to that).
+CHATTY = {**CHAT, "messages": [{"role": "user", "content": "x" * 60_000}]}
+# Lines of CHATTY's size that log far more than the pipe (64 KiB) and the log queue hold.
+CHATTY_REQUESTS = 2 * logs.QUEUE_CHARS // 60_000
+CHATTY_CLIENTS = 8
+# A stalled loop answers nothing at all; a healthy one answers all of them within this.
+STALLED_LOG_BATCH_SECONDS = 60.0
+DROPPED = re.compile(r"(\d+) log lines? (?:was|were) dropped")
+
+
+class _PipeReader(threading.Thread):
+    """Reads a pipe to its end, so that the test can look at what was written so far."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        self._pipe = pipe
+        self._chunks: list[bytes] = []
+
+    def run(self) -> None:
+        while chunk := self._pipe.read1(1 << 16):  # type: ignore[attr-defined]
+            self._chunks.append(chunk)
+
+    def records(self) -> list[dict[str, object]]:
+        lines = b"".join(list(self._chunks)).decode(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def _log_far_more_than_is_read(gw: Gateway) -> None:
+    """Sends requests that log far more than the unread pipe holds, then a batch of ordinary
+    ones: all are answered, in a bounded time."""
+    key = gw.wait_for_key(gw.create_key("chatty"))
+    url = f"{gw.url}/v1/chat/completions"
+
+    failed = threading.Event()  # once one request failed, the rest are not sent
+
+    def post(client: httpx.Client, body: dict[str, object]) -> object:
+        if failed.is_set():
+            return "not sent"
+        try:
+            return client.post(url, json=body).status_code
+        except httpx.HTTPError as exc:
+            failed.set()
+            return repr(exc)
+
+    began = time.monotonic()
+    with (
+        httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=10) as client,
+        ThreadPoolExecutor(CHATTY_CLIENTS) as pool,
+    ):
+        chatty = list(pool.map(lambda body: post(client, body), [CHATTY] * CHATTY_REQUESTS))
+        ordinary = [post(client, CHAT) for _ in range(20)]
+    assert chatty == [200] * CHATTY_REQUESTS, [o for o in chatty if o != 200][:2]
+    assert ordinary == [200] * 20, ordinary
+    assert time.monotonic() - began < STALLED_LOG_BATCH_SECONDS
+
+
+def test_a_stalled_log_reader_stalls_no_request_and_is_told_what_it_missed(make_gateway) -> None:
+    gw = make_gateway(extra_env={"GATEWAY_LOG_BODIES": "true"}).start(output=subprocess.PIPE)
+    assert gw.process is not None and gw.process.stdout is not None
+    _log_far_more_than_is_read(gw)
+
+    reader = _PipeReader(gw.process.stdout)
+    reader.start()
+    key = gw.create_key("after-the-stall")
+    # The first line logged once the queue has room again is preceded by the count of lines
+    # lost.
+    deadline = time.monotonic() + 20
+    while not any(DROPPED.search(str(r.get("message"))) for r in reader.records()):
+        assert time.monotonic() < deadline, reader.records()[-3:]
+        httpx.get(f"{gw.url}/v1/models", headers={"authorization": f"Bearer {key}"}, timeout=5)
+        time.sleep(0.1)
+    gw.process.send_signal(signal.SIGTERM)
+    assert wait_exit(gw, 15) == 0
+    reader.join(5)
+    records = reader.records()
+    notices = [r for r in records if DROPPED.search(str(r.get("message")))]
+    assert notices[0]["level"] == "WARNING"
+    dropped = int(DROPPED.search(str(notices[0]["message"])).group(1))  # type: ignore[union-attr]
+    assert dropped > 0
+    # Envoy's lines take the same way; the last line of all was written before the exit.
+    assert any(r.get("logger") == "envoy" for r in records)
+    assert str(records[-1]["message"]).startswith("stopped;"), records[-3:]
+
+
+def test_a_log_reader_stalled_for_good_does_not_hold_the_exit(make_gateway) -> None:
+    gw = make_gateway(extra_env={"GATEWAY_LOG_BODIES": "true"}).start(output=subprocess.PIPE)
+    assert gw.process is not None and gw.process.stdout is not None
+    _log_far_more_than_is_read(gw)
+    began = time.monotonic()
+    gw.process.send_signal(signal.SIGTERM)
+    assert wait_exit(gw, 20) == 0
+    assert time.monotonic() - began < 20
+    gw.process.stdout.close()

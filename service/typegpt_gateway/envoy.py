@@ -6,14 +6,13 @@ import asyncio
 import json
 import math
 import os
-import sys
 from importlib import resources
 from pathlib import Path
 from string import Template
 
 import httpx
 
-from . import cors
+from . import cors, logs
 from .redaction import redact
 from .settings import MiB, Settings
 
@@ -156,7 +155,10 @@ async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subproce
 
 
 async def relay_output(output: asyncio.StreamReader) -> None:
-    """Copies Envoy's log lines to our stderr with credentials redacted, until Envoy exits."""
+    """Copies Envoy's log lines to our stderr with credentials redacted, until Envoy exits.
+
+    Through the gateway's log queue, which never waits for stderr's reader: neither this loop
+    nor Envoy (whose pipe this keeps reading) stalls on a slow one."""
     while True:
         try:
             line = await output.readline()
@@ -164,8 +166,7 @@ async def relay_output(output: asyncio.StreamReader) -> None:
             continue
         if not line:
             return
-        sys.stderr.write(redact(line.decode("utf-8", "replace")))
-        sys.stderr.flush()
+        logs.write_line(redact(line.rstrip(b"\n").decode("utf-8", "replace")))
 
 
 def connect_host(settings: Settings) -> str:
