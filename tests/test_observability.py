@@ -5,6 +5,7 @@ metrics on their own port (the gateway's and Envoy's), health and readiness — 
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import subprocess
@@ -516,6 +517,7 @@ def test_idle_and_half_sent_connections_cannot_exhaust_the_metrics_port(make_gat
     assert gw.process is not None
     scrape(gw)
     threads_before, rss_before = _threads_and_rss(gw.process.pid)
+    files_before = len(os.listdir(f"/proc/{gw.process.pid}/fd"))
     address = ("127.0.0.1", gw.metrics_port)
     sockets = [socket.create_connection(address, timeout=5) for _ in range(200)]
     try:
@@ -536,6 +538,9 @@ def test_idle_and_half_sent_connections_cannot_exhaust_the_metrics_port(make_gat
         threads, rss = _threads_and_rss(gw.process.pid)
         assert threads <= threads_before + 3, (threads_before, threads)
         assert rss - rss_before < 50 * MiB, (rss_before, rss)
+        # The cap holds within one burst of accepts: at most MAX_CONNECTIONS sockets stay.
+        files = len(os.listdir(f"/proc/{gw.process.pid}/fd"))
+        assert files <= files_before + metrics.MAX_CONNECTIONS + 1, (files_before, files)
         left_open = _wait_closed_by_peer(sockets, metrics.IDLE_TIMEOUT + 5)
         assert not left_open, f"{len(left_open)} connections still open"
     finally:

@@ -168,7 +168,11 @@ class _CappedServer(web.Server):
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
-        open_ = [c for c in self.connections if c.transport is not None]
+        # An aborted transport stays open until the loop's next turn, and a burst of accepts
+        # happens in one turn: only those not already closing count.
+        open_ = [
+            c for c in self.connections if c.transport is not None and not c.transport.is_closing()
+        ]
         if len(open_) > MAX_CONNECTIONS:
             # The newest one at worst: it has no request yet.
             oldest = next(c for c in open_ if c not in self._answering)
