@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -28,20 +28,11 @@ from . import observe
 from .access import KEY_SERVICES
 from .errors import GatewayError
 from .keys import bearer_token
-from .servicer import abort
-
-Metadata = Sequence[tuple[str, str | bytes]]
+from .servicer import abort, authorization_of
 
 
 def message_timeout_error() -> GatewayError:
     return GatewayError(408, "The request was not received in time.", "timeout_error")
-
-
-def _authorization(metadata: Metadata | None) -> str | None:
-    for key, value in metadata or ():
-        if key == "authorization":
-            return value if isinstance(value, str) else None
-    return None
 
 
 def _route(method: str) -> str:
@@ -71,12 +62,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_streaming:
             return handler
         method: str = handler_call_details.method  # type: ignore[attr-defined]
-        metadata: Metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
-        service = method.lstrip("/").partition("/")[0]
-        refusal = self._refusals.get(service)
-        if refusal is not None and bearer_token(_authorization(metadata)) is None:
-            return _refusing(handler, _route(method), refusal())
-        return _timed(handler, _route(method), self._message_timeout)
+        refusal = self._refusals.get(method.lstrip("/").partition("/")[0])
+        return _guarded(handler, _route(method), refusal, self._message_timeout)
 
 
 async def _refuse(context: grpc.aio.ServicerContext, route: str, error: GatewayError) -> None:
@@ -85,29 +72,25 @@ async def _refuse(context: grpc.aio.ServicerContext, route: str, error: GatewayE
         await abort(context, error)
 
 
-def _refusing(
-    handler: grpc.RpcMethodHandler, route: str, error: GatewayError
+def _guarded(
+    handler: grpc.RpcMethodHandler,
+    route: str,
+    refusal: Callable[[], GatewayError] | None,
+    timeout: float,
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind that answers `error` without reading the request: declared
-    request-streaming, since gRPC reads a unary request before calling its handler."""
-
-    async def refuse(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-        await _refuse(context, route, error)
-
-    return _streaming_request(handler, refuse)
-
-
-def _timed(handler: grpc.RpcMethodHandler, route: str, timeout: float) -> grpc.RpcMethodHandler:
-    """The same handler, reading its one request message itself, within `timeout` seconds."""
+    """The same handler, declared request-streaming so that it runs before the request message
+    is read: it checks the key, then reads the one message itself, within `timeout` seconds."""
 
     async def request(context: grpc.aio.ServicerContext) -> Any:
+        if refusal is not None and bearer_token(authorization_of(context)) is None:
+            await _refuse(context, route, refusal())
         try:
             async with asyncio.timeout(timeout):
                 message = await context.read()
-        except TimeoutError:
+        except TimeoutError as exc:
             await _refuse(context, route, message_timeout_error())
-        if message is grpc.aio.EOF:
-            # The caller half-closed without a message: nothing to answer.
+            raise AssertionError("unreachable: _refuse raises") from exc
+        if message is grpc.aio.EOF:  # the caller half-closed without sending one
             await _refuse(context, route, GatewayError(400, "The call carried no request message."))
         return message
 
@@ -117,7 +100,7 @@ def _timed(handler: grpc.RpcMethodHandler, route: str, timeout: float) -> grpc.R
         async def unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             return await behavior(await request(context), context)
 
-        return _streaming_request(handler, unary)
+        return _request_streaming(handler, unary)
 
     behavior = handler.unary_stream
     if inspect.isasyncgenfunction(behavior):
@@ -129,16 +112,16 @@ def _timed(handler: grpc.RpcMethodHandler, route: str, timeout: float) -> grpc.R
                 async for answer in answers:
                     yield answer
 
-        return _streaming_request(handler, streamed)
+        return _request_streaming(handler, streamed)
 
     # A streaming handler that writes with context.write (grpc.health's Watch).
     async def written(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
         await behavior(await request(context), context)
 
-    return _streaming_request(handler, written)
+    return _request_streaming(handler, written)
 
 
-def _streaming_request(
+def _request_streaming(
     handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]
 ) -> grpc.RpcMethodHandler:
     make = (
