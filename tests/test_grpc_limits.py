@@ -13,6 +13,8 @@ import json
 import socket
 import struct
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import h2.config
@@ -217,3 +219,18 @@ def test_envoy_opens_more_connections_than_one_connection_has_streams(
             )
             assert response.status_code == 200
             assert next(response.iter_raw()).startswith(b"data: ")
+
+
+def test_a_burst_through_envoy_is_never_refused_by_the_cap(slow_body_gateway) -> None:
+    # 600 requests, 60 at a time, over a backend that takes 3 streams per connection: Envoy
+    # must keep to the cap from each new connection's first frame, and the backend must not
+    # count streams that Envoy already saw end. Unknown keys: answered at once, 403.
+    headers = {"authorization": "Bearer sk-not-a-key"}
+    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=60)) as client:
+
+        def one(_: int) -> int:
+            return client.get(f"{slow_body_gateway.url}/v1/models", headers=headers).status_code
+
+        with ThreadPoolExecutor(60) as pool:
+            statuses = Counter(pool.map(one, range(600)))
+    assert statuses == {403: 600}

@@ -73,6 +73,7 @@ def render_config(
         keyless_routes=keyless_routes(),
         missing_key=lua_refusal(missing_key_error()),
         max_connections=settings.max_connections,
+        grpc_max_concurrent_streams=settings.grpc_max_concurrent_streams,
         # A little over the body limit: headers and framing share the connection buffer.
         buffer_limit_bytes=settings.max_body_bytes + MiB,
         stream_idle_timeout=f"{stream_idle_timeout(settings)}s",

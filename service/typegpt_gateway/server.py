@@ -158,8 +158,11 @@ async def start_backend(settings: Settings) -> Backend:
         interceptors=[guard],
         options=[
             # Each stream may hold a message of up to message_limit, so a connection's streams
-            # are capped; Envoy opens another connection when it needs more (checked).
+            # are capped; Envoy keeps to the same cap and opens another connection for more.
             ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+            # Streams counted as HTTP/2 counts them. By default grpc also counts streams that
+            # have ended but are not freed yet, and refused a busy Envoy's streams (503s).
+            ("grpc.http.overload_protection", 0),
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
             # Above what Envoy lets through (32 KiB of headers): gRPC's default 8 KiB would
