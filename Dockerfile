@@ -8,12 +8,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# Only what the wheel is built from: the packages and envoy/ (installed as package data).
+# The dependencies exactly as CI audits them: every pin of the lock, hash-checked. The lock
+# holds the test tools too (one lock, one audit), and the build backend for the next step.
 WORKDIR /src
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
+
+# Then the gateway alone, from what the wheel is built from: the packages and envoy/
+# (installed as package data). Nothing is resolved or downloaded here; pip check proves the
+# lock satisfies what pyproject.toml declares.
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY envoy ./envoy
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && pip check \
     && typegpt-gateway --help >/dev/null
 
 # An unprivileged user owning the key store's volume (keys are stored hashed in SQLite).

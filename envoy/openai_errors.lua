@@ -1,7 +1,9 @@
 -- Envoy Lua filter of typegpt-gateway. It sits before grpc_json_transcoder, so:
---  * on the way in it strips gRPC control headers that plain HTTP clients must not be able to
---    set (grpc-timeout would become a server deadline, a bad *-bin header a 500), and headers
---    whose names gRPC metadata cannot carry;
+--  * on the way in it answers a request without a well-formed key on its headers, before the
+--    transcoder buffers its body (routes that need a key carry the answer as metadata); it
+--    strips gRPC control headers that plain HTTP clients must not be able to set (grpc-timeout
+--    would become a server deadline, a bad *-bin header a 500), and headers whose names gRPC
+--    metadata cannot carry;
 --  * on the way out it sees the transcoded response and every local reply, and makes each
 --    error an OpenAI-shaped JSON body: {"error": {"message", "type", "param", "code"}}.
 -- Native gRPC traffic (application/grpc) passes untouched both ways.
@@ -108,12 +110,41 @@ local function clean_request_id(headers)
   end
 end
 
+-- keys.bearer_token's rule, `^\s*Bearer\s+(\S+)\s*$` ignoring case, on what Python's `\s`
+-- means in ASCII: %s and the separators 0x1C-0x1F. A value with other bytes may hold Unicode
+-- whitespace, which only the backend judges: it goes on, so that nothing the backend would
+-- accept is refused here.
+local SPACE = "[%s\28-\31]"
+local BEARER = "^" .. SPACE .. "*[Bb][Ee][Aa][Rr][Ee][Rr]" .. SPACE .. "+[^%s\28-\31]+"
+  .. SPACE .. "*$"
+
+local function lacks_key(authorization)
+  if authorization == nil then
+    return true
+  end
+  if string.find(authorization, "[\128-\255]") then
+    return false
+  end
+  return string.find(authorization, BEARER) == nil
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
+  -- Native gRPC passes untouched: the backend refuses a call without a key on its headers.
   if is_grpc(headers:get("content-type")) then
     return
   end
   clean_request_id(headers)
+  -- A CORS preflight never carries credentials; no route serves OPTIONS anyway.
+  local refusal = handle:metadata():get("missing_key")
+  if refusal ~= nil and headers:get(":method") ~= "OPTIONS"
+      and lacks_key(headers:getAtIndex("authorization", 0)) then
+    -- The backend reads the first value too (servicer.authorization_of). Shaped as the
+    -- backend's errors are, for envoy_on_response, which sees this reply too.
+    handle:respond({[":status"] = refusal["status"], ["x-http-status"] = refusal["status"],
+      ["x-openai-error"] = refusal["body"]}, refusal["body"])
+    return
+  end
   local unwanted = {}
   for name, _ in pairs(headers) do
     if string.sub(name, 1, 5) == "grpc-" or string.sub(name, -4) == "-bin" then

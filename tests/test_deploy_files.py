@@ -430,7 +430,31 @@ def test_dockerfile_copies_what_the_wheel_is_built_from() -> None:
         if "--from=" not in args:
             copied |= {PurePosixPath(source).parts[0] for source in strip_flags(args)[:-1]}
     assert needed <= copied or "." in copied, f"not copied into the image: {needed - copied}"
-    assert any("pip install --no-cache-dir ." in args for args in dockerfile("RUN"))
+
+
+def _pip_installs() -> list[list[str]]:
+    """The words of each `pip install` command in the Dockerfile's RUN lines, in order."""
+    installs = []
+    for args in dockerfile("RUN"):
+        for command in re.split(r"&&|;", args):
+            words = shlex.split(command)
+            if words[:2] == ["pip", "install"] or words[:4] == ["python", "-m", "pip", "install"]:
+                installs.append(words[words.index("install") + 1 :])
+    return installs
+
+
+def test_dockerfile_installs_the_hashed_lock_then_the_package_alone() -> None:
+    # What CI audits is what the image runs: every dependency from requirements.lock, hash
+    # checked, then the gateway itself without resolving anything (the build backend too
+    # comes from the lock).
+    first, *rest = _pip_installs()
+    assert "--require-hashes" in first and first.count("-r") == 1, first
+    assert first[first.index("-r") + 1] == "requirements.lock", first
+    assert len(rest) == 1, rest
+    (package,) = rest
+    assert {"--no-deps", "--no-build-isolation", "."} <= set(package), package
+    copied = [strip_flags(args)[:-1] for args in dockerfile("COPY") if "--from=" not in args]
+    assert any("requirements.lock" in sources for sources in copied)
 
 
 # --- .env.example, .gitignore, .dockerignore -----------------------------------------------------

@@ -7,12 +7,16 @@ hit quickly; everything is real (Envoy, the gRPC server, the fake upstream) and 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 import yaml
@@ -20,7 +24,9 @@ from fake_upstream import Reply, make_chunk
 from gateway_process import ADMIN_KEY, Gateway, running
 from openai_shape import assert_error, chat_body, sse_payloads
 
-from typegpt_gateway.envoy import render_config
+from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
+from typegpt_gateway.envoy import ADMIN_BODY_BYTES, render_config
+from typegpt_gateway.keys import bearer_token, missing_key_error
 from typegpt_gateway.settings import Settings
 
 CHAT = "/v1/chat/completions"
@@ -173,6 +179,212 @@ def test_headers_grpc_metadata_cannot_carry_are_dropped_not_fatal(gateway, api_k
         assert response.status_code == 200, (name, response.text)
 
 
+# --- requests without a key -----------------------------------------------------------------------
+
+# Announced but never sent in full: 32 MiB less a little, within the body limit.
+ANNOUNCED_BODY = 33_554_000
+UNFINISHED_BODY = 30 * 1024 * 1024
+
+
+def _missing_key_answer(gw: Gateway) -> dict:
+    """The backend's own answer to a call without a key, asked on its gRPC port."""
+    with grpc.insecure_channel(gw.grpc_target) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as excinfo:
+            stub.ListModels(chat_pb2.ListModelsRequest(), timeout=10)
+    trailers = dict(excinfo.value.trailing_metadata())  # type: ignore[attr-defined]
+    return json.loads(trailers["x-openai-error"])
+
+
+def _upload_head(path: str, *extra: str) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: gateway",
+        "Content-Type: application/json",
+        f"Content-Length: {ANNOUNCED_BODY}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _read_response(sock: socket.socket, within: float) -> bytes:
+    """One HTTP/1.1 response with a Content-Length body, or what came before `within` s."""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + within
+    data = b""
+    while time.monotonic() < deadline:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if match and len(body) >= int(match.group(1)):
+                return data
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_request_without_a_key_is_refused_on_its_headers(gateway) -> None:
+    expected = _missing_key_answer(gateway)
+    with _raw(gateway) as sock:
+        sock.sendall(_upload_head(CHAT, "x-request-id: no-key-1") + b"{" + b" " * 1023)
+        raw = _read_response(sock, within=10)
+        # Answered with 1 KiB of the 32 MiB sent: nothing waited for the body.
+        assert raw, "no answer before the body was complete"
+        error = _http_error_body(raw, 401)
+        assert {"error": error} == expected
+        head = raw.partition(b"\r\n\r\n")[0].decode().lower()
+        assert "x-request-id: no-key-1" in head
+        # Envoy cannot read past a body it refused: it closes the connection.
+        assert "connection: close" in head
+        assert _read_all(sock) == b""
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/gpt-4o"),
+        ("POST", CHAT),
+        ("GET", "/no/such/path"),
+    ],
+)
+def test_every_route_but_health_needs_a_key(gateway, method, path) -> None:
+    expected = _missing_key_answer(gateway)
+    for headers in ({}, {"authorization": "Basic dXNlcjpwYXNz"}, {"authorization": "Bearer"}):
+        response = httpx.request(method, f"{gateway.url}{path}", headers=headers)
+        assert response.status_code == 401 and response.json() == expected, response.text
+    for path in ("/healthz", "/readyz"):
+        assert httpx.get(f"{gateway.url}{path}").status_code == 200
+
+
+def _envoy_admin(gw: Gateway, path: str, **params: str) -> httpx.Response:
+    """Envoy's admin interface, at the address Envoy wrote to the file its command line names."""
+    args = Path(f"/proc/{_envoy_pid(gw)}/cmdline").read_text().split("\0")
+    address = Path(args[args.index("--admin-address-path") + 1]).read_text().strip()
+    return httpx.get(f"http://{address}{path}", params=params, timeout=10)
+
+
+def _envoy_stat(gw: Gateway, name: str) -> int:
+    text = _envoy_admin(gw, "/stats", filter=f"^{re.escape(name)}$").text
+    ((stat, value),) = [line.split(": ") for line in text.splitlines()]
+    assert stat == name
+    return int(value)
+
+
+def _backend_requests(gw: Gateway) -> int:
+    return _envoy_stat(gw, "cluster.grpc_backend.upstream_rq_total")
+
+
+# Authorization values and whether keys.bearer_token takes a key from them. Each is sent raw
+# (HTTP/1.1 as the bytes say); Envoy must refuse exactly the ones the backend would call
+# missing, and pass every other to the backend (which answers 403 for these unknown keys).
+AUTHORIZATIONS = [
+    b"Bearer sk-unknown",
+    b"bearer sk-unknown",
+    b"BEARER sk-unknown",
+    b"Bearer    sk-unknown   ",
+    b"Bearer\tsk-unknown",
+    b"Bearer \x1fsk-unknown",
+    b"Bearer sk-\xc3\xa9",
+    b"Bearer\xc2\xa0sk-unknown",
+    b"Bearer",
+    b"Bearer ",
+    b"Bearer sk-a sk-b",
+    b"Bearersk-unknown",
+    b"Basic dXNlcjpwYXNz",
+    b"sk-unknown",
+    b"",
+]
+
+
+@pytest.mark.parametrize("value", AUTHORIZATIONS, ids=repr)
+def test_envoy_refuses_exactly_the_headers_the_backend_calls_missing(gateway, value) -> None:
+    before = _backend_requests(gateway)
+    with _raw(gateway) as sock:
+        sock.sendall(
+            b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\nAuthorization: "
+            + value
+            + b"\r\nConnection: close\r\n\r\n"
+        )
+        raw = _read_response(sock, within=10)
+    status = int(raw.split(b" ", 2)[1])
+    if status == 400:
+        return  # a header value Envoy's codec refuses: it reaches neither
+    forwarded = _backend_requests(gateway) > before
+    decoded = value.decode("utf-8", "replace").strip(" \t")
+    if bearer_token(decoded) is None:
+        assert status == 401
+        assert not forwarded or not value.isascii(), "refused by the backend, not by Envoy"
+    else:
+        assert status == 403 and forwarded
+
+
+def _envoy_pid(gw: Gateway) -> int:
+    assert gw.process is not None
+    (envoy,) = [
+        pid
+        for pid in _children(gw.process.pid)
+        if "envoy" in Path(f"/proc/{pid}/cmdline").read_text()
+    ]
+    return envoy
+
+
+def _envoy_memory(gw: Gateway) -> int:
+    """Bytes Envoy has allocated right now (its statistic of it is only updated every 5 s)."""
+    return int(_envoy_admin(gw, "/memory").json()["allocated"])
+
+
+def _stall_upload(port: int, path: str, sent: list[int]) -> socket.socket:
+    """Sends the head and all but the last bytes of a 32 MiB body without a key, then stalls;
+    stops early when the gateway stops reading. Returns the still open socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(_upload_head(path))
+    chunk = b" " * 65536
+    total = 0
+    with contextlib.suppress(OSError):
+        while total < UNFINISHED_BODY:
+            total += sock.send(chunk)
+    sent.append(total)
+    return sock
+
+
+def test_stalled_uploads_without_a_key_hold_no_memory(make_gateway) -> None:
+    gw = make_gateway().start()
+    baseline = _envoy_memory(gw)
+    sent: list[int] = []
+    with ThreadPoolExecutor(6) as pool:
+        socks = list(pool.map(lambda _: _stall_upload(gw.http_port, CHAT, sent), range(6)))
+    try:
+        grown = _envoy_memory(gw) - baseline
+        assert grown < 16 * 1024 * 1024, f"Envoy grew by {grown / 2**20:.0f} MiB"
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_admin_bodies_are_capped_before_the_backend_checks_the_key(gateway) -> None:
+    # Only the backend knows whether the admin API is on, so it answers a missing admin key;
+    # what it buffers first is bounded by the admin API's small body limit.
+    with _raw(gateway) as sock:
+        sock.sendall(_upload_head("/v1/admin/keys") + b" " * (ADMIN_BODY_BYTES + 1024))
+        raw = _read_response(sock, within=10)
+    _http_error_body(raw, 413)
+    # A key's fields with room to spare: 1000 model names are 9 KB.
+    created = httpx.post(
+        f"{gateway.url}/v1/admin/keys",
+        json={"name": "capped-admin-body", "models": ["gpt-4o"] * 1000},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert created.status_code == 200, created.text
+
+
 # --- connection limits ---------------------------------------------------------------------------
 
 
@@ -222,7 +434,7 @@ def test_no_server_banner_or_proxy_headers_on_any_answer(gateway, api_key, upstr
     responses = [
         httpx.get(f"{gateway.url}/healthz"),
         httpx.get(f"{gateway.url}/v1/models", headers=headers),
-        httpx.get(f"{gateway.url}/no/such/path"),
+        httpx.get(f"{gateway.url}/no/such/path", headers=headers),
         httpx.post(f"{gateway.url}{CHAT}", json=chat_body(), headers=headers),
         httpx.post(f"{gateway.url}{CHAT}", json=chat_body()),
         httpx.get(f"{gateway.url}/healthz", headers={"x-big": "a" * 40_000}),
@@ -418,3 +630,24 @@ def test_rendered_admin_address_is_loopback_whatever_the_http_host(host) -> None
     assert (
         config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == host
     )
+
+
+def test_rendered_routes_need_a_key_but_health() -> None:
+    config = yaml.safe_load(render_config(Settings(), grpc_port=1))
+    (host,) = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"]
+    refusals = {
+        json.dumps(route["match"]): route.get("metadata", {})
+        .get("filter_metadata", {})
+        .get("envoy.filters.http.lua", {})
+        .get("missing_key")
+        for route in host["routes"]
+    }
+    assert refusals == {
+        '{"path": "/healthz"}': None,
+        '{"path": "/readyz"}': None,
+        # The backend answers a missing admin key: only it knows whether the admin API is on.
+        '{"prefix": "/v1/admin/"}': None,
+        '{"prefix": "/"}': {"status": "401", "body": missing_key_error().to_json()},
+    }

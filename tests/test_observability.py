@@ -133,9 +133,9 @@ def test_streams_carry_the_request_id(gateway, api_key):
 @pytest.mark.parametrize(
     ("method", "path", "headers", "status"),
     [
-        ("POST", CHAT, {}, 401),  # the backend's error
-        ("POST", CHAT, auth("sk-not-a-key"), 403),
-        ("GET", "/v1/nowhere", {}, 404),  # Envoy's own reply
+        ("POST", CHAT, {}, 401),  # Envoy's answer on the headers
+        ("POST", CHAT, auth("sk-not-a-key"), 403),  # the backend's error
+        ("GET", "/v1/nowhere", auth("sk-not-a-key"), 404),  # Envoy's own reply
         ("GET", "/v1/admin/keys", {}, 401),
     ],
 )
@@ -462,8 +462,9 @@ def test_retries_and_rests_show_in_the_log_and_metrics_but_never_in_readiness(
 def test_envoy_stats_are_relayed_and_metrics_are_not_on_the_public_port(gateway):
     envoy = scrape(gateway, "/metrics/envoy")
     assert "envoy_cluster_upstream_rq" in envoy
-    assert_error(httpx.get(f"{gateway.url}/metrics"), 404)
-    assert_error(httpx.get(f"{gateway.url}/stats/prometheus"), 404)
+    # With a key, or Envoy answers 401 before looking for the path.
+    for path in ("/metrics", "/stats/prometheus"):
+        assert_error(httpx.get(f"{gateway.url}{path}", headers=auth("sk-not-a-key")), 404)
 
 
 def test_envoy_admin_listens_on_loopback_only():

@@ -8,6 +8,7 @@ vulnerability service played by a local HTTP server in OSV's format.
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 from gateway_process import free_port
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
@@ -83,6 +85,60 @@ def test_lock_holds_what_every_pin_needs_on_debian_12s_python() -> None:
             if needed and canonicalize_name(requirement.name) not in pins:
                 missing.append(f"{name} needs {requirement}")
     assert missing == [], f"regenerate requirements.lock with Python 3.11.2: {missing}"
+
+
+STUBS = ROOT / "service" / "typegpt" / "gateway" / "v1"
+
+
+def _stub_calls(path: Path, function: str) -> list[ast.Call]:
+    return [
+        node
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == function
+    ]
+
+
+def stub_requirements() -> dict[str, Version]:
+    """The oldest protobuf and grpcio the generated stubs import with, read from the checks
+    they run at import: protobuf's runtime version check in each *_pb2.py and
+    GRPC_GENERATED_VERSION in each *_pb2_grpc.py."""
+    needs: dict[str, list[Version]] = {"protobuf": [], "grpcio": []}
+    for path in sorted(STUBS.glob("*_pb2.py")):
+        (call,) = _stub_calls(path, "ValidateProtobufRuntimeVersion")
+        # (domain, major, minor, patch, suffix, file)
+        major, minor, patch, suffix = (ast.literal_eval(arg) for arg in call.args[1:5])
+        needs["protobuf"].append(Version(f"{major}.{minor}.{patch}{suffix}"))
+    for path in sorted(STUBS.glob("*_pb2_grpc.py")):
+        (value,) = [
+            node.value
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.Assign)
+            and [getattr(target, "id", None) for target in node.targets]
+            == ["GRPC_GENERATED_VERSION"]
+        ]
+        needs["grpcio"].append(Version(ast.literal_eval(value)))
+    assert all(needs.values()), f"no generated stubs found in {STUBS}"
+    return {name: max(versions) for name, versions in needs.items()}
+
+
+def floor(specifier: SpecifierSet) -> Version | None:
+    """The lowest version a specifier admits, as far as its clauses bound it from below."""
+    bounds = [Version(s.version) for s in specifier if s.operator in (">=", ">", "==", "~=")]
+    return max(bounds, default=None)
+
+
+def test_declared_floors_admit_nothing_the_generated_stubs_refuse() -> None:
+    requirements = {canonicalize_name(req.name): req for req in declared()}
+    for name, needed in stub_requirements().items():
+        specifier = requirements[name].specifier
+        lowest = floor(specifier)
+        assert lowest is not None and lowest >= needed, (
+            f"pyproject.toml allows {name}{specifier}, but the generated stubs need "
+            f"{name}>={needed}: an install within the range fails at import"
+        )
+        assert locked()[name] >= needed
 
 
 def test_every_pin_carries_hashes() -> None:

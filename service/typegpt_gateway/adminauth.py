@@ -25,17 +25,25 @@ def is_admin_key(presented: str, admin_key: str) -> bool:
     return hmac.compare_digest(hash_key(presented), hash_key(admin_key))
 
 
+def missing_key_error(admin_key: str | None) -> GatewayError:
+    """What a caller gets when bearer_token finds no key in its request: from authorize_admin,
+    or from the gRPC server on the call's headers (callguard.py)."""
+    if admin_key is None:
+        return admin_off()
+    return GatewayError(
+        401,
+        "Missing admin key. Send it as 'Authorization: Bearer <GATEWAY_ADMIN_KEY>'.",
+        "authentication_error",
+    )
+
+
 async def authorize_admin(authorization: str | None, admin_key: str | None, keys: KeyCache) -> None:
     """Returns when `authorization` carries the admin key; otherwise raises the client's error."""
     if admin_key is None:
         raise admin_off()
     presented = bearer_token(authorization)
     if presented is None:
-        raise GatewayError(
-            401,
-            "Missing admin key. Send it as 'Authorization: Bearer <GATEWAY_ADMIN_KEY>'.",
-            "authentication_error",
-        )
+        raise missing_key_error(admin_key)
     if is_admin_key(presented, admin_key):
         return
     try:

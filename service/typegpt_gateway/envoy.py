@@ -13,12 +13,17 @@ from string import Template
 import httpx
 
 from . import cors, logs
+from .access import keyless_paths
+from .errors import GatewayError
+from .keys import missing_key_error
 from .redaction import redact
 from .settings import MiB, Settings
 
 CONFIG_TEMPLATE = "envoy.yaml.in"
 LUA_FILTER = "openai_errors.lua"
 DESCRIPTOR = "gateway.pb"
+# The admin API's request bodies (a key's name, models and limits) are a few hundred bytes.
+ADMIN_BODY_BYTES = 64 * 1024
 # Longest Envoy log line read at once (a debug line can quote large headers).
 LOG_LINE_LIMIT = 1024 * 1024
 # Envoy's log lines as JSON objects like the gateway's own (logs.py): one format on stderr.
@@ -64,7 +69,11 @@ def render_config(
         lua_path=assets / LUA_FILTER,
         descriptor_path=assets / DESCRIPTOR,
         max_body_bytes=settings.max_body_bytes,
+        admin_body_bytes=ADMIN_BODY_BYTES,
+        keyless_routes=keyless_routes(),
+        missing_key=lua_refusal(missing_key_error()),
         max_connections=settings.max_connections,
+        grpc_max_concurrent_streams=settings.grpc_max_concurrent_streams,
         # A little over the body limit: headers and framing share the connection buffer.
         buffer_limit_bytes=settings.max_body_bytes + MiB,
         stream_idle_timeout=f"{stream_idle_timeout(settings)}s",
@@ -74,6 +83,21 @@ def render_config(
         cors_policy=cors_policy,
         transport_socket=transport_socket(settings.tls_cert, settings.tls_key),
     )
+
+
+def keyless_routes() -> str:
+    """Routes of their own for keyless_paths, without the Lua filter's missing-key answer.
+    Lines of one-line JSON, which is YAML, at the template's indentation."""
+    routes = [
+        {"match": {"path": path}, "route": {"cluster": "grpc_backend"}} for path in keyless_paths()
+    ]
+    return "\n              ".join(f"- {json.dumps(route)}" for route in routes)
+
+
+def lua_refusal(error: GatewayError) -> str:
+    """Route metadata for the Lua filter: the status and body it answers a request without a
+    key with, exactly those of the backend's own `error`."""
+    return json.dumps({"missing_key": {"status": str(error.status), "body": error.to_json()}})
 
 
 def stream_idle_timeout(settings: Settings) -> int:

@@ -53,11 +53,24 @@ _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def bearer_token(authorization: str | None) -> str | None:
-    """The key of an `Authorization: Bearer <key>` header, or None when absent or malformed."""
+    """The key of an `Authorization: Bearer <key>` header, or None when absent or malformed.
+
+    Envoy's Lua filter (envoy/openai_errors.lua, `lacks_key`) mirrors this rule to refuse such
+    requests on their headers: change both together (tests/test_edge.py holds them equal)."""
     if not authorization:
         return None
     match = _BEARER.match(authorization)
     return match.group(1) if match else None
+
+
+def missing_key_error() -> GatewayError:
+    """What a request gets when bearer_token finds no key in it: from the backend, or from Envoy
+    and the gRPC server on the request's headers, before its body is read."""
+    return GatewayError(
+        401,
+        "Missing API key. Send it as 'Authorization: Bearer YOUR_CLIENT_API_KEY'.",
+        "authentication_error",
+    )
 
 
 def authenticate(
@@ -66,11 +79,7 @@ def authenticate(
     """The record of the presented key, or the error the client gets."""
     key = bearer_token(authorization)
     if key is None:
-        raise GatewayError(
-            401,
-            "Missing API key. Send it as 'Authorization: Bearer YOUR_CLIENT_API_KEY'.",
-            "authentication_error",
-        )
+        raise missing_key_error()
     digest = hash_key(key)
     record = lookup.get(digest)
     # The dict finds the candidate by its hash; the comparison itself is constant-time.

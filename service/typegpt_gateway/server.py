@@ -21,11 +21,15 @@ from typegpt.gateway.v1 import (
     status_pb2_grpc,
 )
 
+from . import adminauth
+from .access import ADMIN_KEY_SERVICE, CLIENT_KEY_SERVICE
 from .accounting import Accounting
+from .callguard import CallGuard
 from .catalog import Catalog
 from .chat import ChatPipeline
 from .failover import Failover
 from .keyadmin import KeyAdmin
+from .keys import missing_key_error
 from .keyservice import KeyServicer
 from .ledger import UsageLedger
 from .limits import Backend as LimiterBackend
@@ -142,8 +146,23 @@ async def start_backend(settings: Settings) -> Backend:
 
     # Room for a whole 32 MiB body plus the protobuf framing around it.
     message_limit = settings.max_body_bytes + MiB
+    guard = CallGuard(
+        {
+            CLIENT_KEY_SERVICE: missing_key_error,
+            ADMIN_KEY_SERVICE: lambda: adminauth.missing_key_error(settings.admin_token),
+        },
+        # As long as Envoy gives a REST client to send its whole request.
+        message_timeout=settings.request_body_timeout,
+    )
     server = grpc.aio.server(
+        interceptors=[guard],
         options=[
+            # Each stream may hold a message of up to message_limit, so a connection's streams
+            # are capped; Envoy keeps to the same cap and opens another connection for more.
+            ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+            # Streams counted as HTTP/2 counts them. By default grpc also counts streams that
+            # have ended but are not freed yet, and refused a busy Envoy's streams (503s).
+            ("grpc.http.overload_protection", 0),
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
             # Above what Envoy lets through (32 KiB of headers): gRPC's default 8 KiB would
@@ -151,7 +170,7 @@ async def start_backend(settings: Settings) -> Backend:
             ("grpc.max_metadata_size", METADATA_LIMIT),
             ("grpc.absolute_max_metadata_size", METADATA_LIMIT),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
         ChatServicer(pipeline, catalog, log_bodies=settings.log_bodies), server

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     # HTTPS on the HTTP port: PEM certificate chain and private key, both or neither.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Streams one connection to the gRPC port may have open at once (HTTP/2's
+    # SETTINGS_MAX_CONCURRENT_STREAMS): a client multiplexing more waits for a free one.
+    grpc_max_concurrent_streams: int = Field(default=100, ge=1)
     # TLS on the direct gRPC port too (Envoy still reaches the backend over loopback).
     grpc_tls_cert: Path | None = None
     grpc_tls_key: Path | None = None

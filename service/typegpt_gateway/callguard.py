@@ -1,0 +1,136 @@
+"""What a gRPC call must show before the server reads its request message.
+
+gRPC reads a unary call's request message whole before the handler runs, and grpc core gives
+that no time limit: a caller that sends the headers and most of a 30 MiB message, then stalls,
+holds that memory for as long as it keeps the stream open. So, on the call's headers:
+
+- a call to a service that needs a key, without a well-formed `authorization` (the rule of
+  keys.bearer_token), is refused at once with the error the service itself would give;
+- any other call with a single request message gets `message_timeout` seconds to deliver it,
+  then 408 (DEADLINE_EXCEEDED), as Envoy answers a REST client that is as slow.
+
+Envoy's Lua filter refuses REST requests without a key the same way; native gRPC passes Envoy
+untouched and unbuffered, and meets this guard. Calls whose requests stream (reflection) are
+left alone: their messages are read by the handler, as it asks for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+
+from . import observe
+from .access import KEY_SERVICES
+from .errors import GatewayError
+from .keys import bearer_token
+from .servicer import abort, authorization_of
+
+
+def message_timeout_error() -> GatewayError:
+    return GatewayError(408, "The request was not received in time.", "timeout_error")
+
+
+def _route(method: str) -> str:
+    """`/typegpt.gateway.v1.ChatService/ListModels` as the servicer names it in logs and
+    metrics: `ChatService/ListModels`."""
+    service, _, name = method.lstrip("/").partition("/")
+    return f"{service.rsplit('.', 1)[-1]}/{name}"
+
+
+class CallGuard(grpc.aio.ServerInterceptor):
+    """`refusals` maps each service of KEY_SERVICES to the error of a call without a key."""
+
+    def __init__(
+        self, refusals: Mapping[str, Callable[[], GatewayError]], message_timeout: float
+    ) -> None:
+        if set(refusals) != KEY_SERVICES:
+            raise ValueError(f"a refusal for each of {sorted(KEY_SERVICES)} is needed")
+        self._refusals = refusals
+        self._message_timeout = message_timeout
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        refusal = self._refusals.get(method.lstrip("/").partition("/")[0])
+        return _guarded(handler, _route(method), refusal, self._message_timeout)
+
+
+async def _refuse(context: grpc.aio.ServicerContext, route: str, error: GatewayError) -> None:
+    """Ends the call with `error`, logged and counted like any other answer; never returns."""
+    with observe.observed(route, context.invocation_metadata()):
+        await abort(context, error)
+
+
+def _guarded(
+    handler: grpc.RpcMethodHandler,
+    route: str,
+    refusal: Callable[[], GatewayError] | None,
+    timeout: float,
+) -> grpc.RpcMethodHandler:
+    """The same handler, declared request-streaming so that it runs before the request message
+    is read: it checks the key, then reads the one message itself, within `timeout` seconds."""
+
+    async def request(context: grpc.aio.ServicerContext) -> Any:
+        if refusal is not None and bearer_token(authorization_of(context)) is None:
+            await _refuse(context, route, refusal())
+        try:
+            async with asyncio.timeout(timeout):
+                message = await context.read()
+        except TimeoutError as exc:
+            await _refuse(context, route, message_timeout_error())
+            raise AssertionError("unreachable: _refuse raises") from exc
+        if message is grpc.aio.EOF:  # the caller half-closed without sending one
+            await _refuse(context, route, GatewayError(400, "The call carried no request message."))
+        return message
+
+    if not handler.response_streaming:
+        behavior = handler.unary_unary
+
+        async def unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            return await behavior(await request(context), context)
+
+        return _request_streaming(handler, unary)
+
+    behavior = handler.unary_stream
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streamed(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            async with contextlib.aclosing(behavior(await request(context), context)) as answers:
+                async for answer in answers:
+                    yield answer
+
+        return _request_streaming(handler, streamed)
+
+    # A streaming handler that writes with context.write (grpc.health's Watch).
+    async def written(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        await behavior(await request(context), context)
+
+    return _request_streaming(handler, written)
+
+
+def _request_streaming(
+    handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]
+) -> grpc.RpcMethodHandler:
+    make = (
+        grpc.stream_stream_rpc_method_handler
+        if handler.response_streaming
+        else grpc.stream_unary_rpc_method_handler
+    )
+    return make(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
