@@ -190,6 +190,12 @@ function envoy_on_response(handle)
   if status < 400 then
     return
   end
+  if status == 499 then
+    -- A bare CANCELLED: the backend's server refused the call as it stopped (a client that
+    -- went away gets no answer at all). Retryable, unlike nginx's "client closed request".
+    status = 503
+    headers:replace(":status", "503")
+  end
   -- Envoy's own reply (unknown path, body too large, backend down, a typed request whose JSON
   -- the transcoder could not parse) or a bare gRPC status. Headers first: reading the body
   -- ends their scope.
