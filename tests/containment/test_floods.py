@@ -1,0 +1,166 @@
+"""Containment of misbehaving clients: floods of requests with random model names, garbage
+keys or no admin key, idle connections to the metrics port, and stalled unauthenticated
+uploads of 32 MiB. While one acts, well-behaved clients keep being served, every one of them,
+and the gateway's memory, threads, open files and metric series stay within stated bounds.
+
+The bounds are the contract (README, "Failure containment"): what a flood may cost at most,
+whatever its size, on top of what the gateway holds serving normal traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import aiohttp
+import pytest
+from gateway_process import Gateway
+from steady_load import CHAT, Footprint, SteadyLoad, series_count
+
+FLOOD_REQUESTS = 10_000
+FLOOD_CONCURRENCY = 32
+FLOOD_SECONDS = 60.0  # a flood that is not over by then stops anyway, and fails the count
+# What a flood may add to the gateway's backend process, at most.
+MAX_RSS_GROWTH = 40 * 1024 * 1024
+MAX_THREAD_GROWTH = 4
+MAX_FD_GROWTH = 16
+MAX_SERIES_GROWTH = 30
+# Well-behaved requests during a flood, against before it: median latency at most this
+# factor higher (the flood and the clients share two cores and one backend process).
+MAX_LATENCY_FACTOR = 25
+
+
+async def _flood(url: str, requests: Iterator[tuple[str, str, dict[str, str], bytes]]) -> Counter:
+    """Sends the requests, FLOOD_CONCURRENCY at a time; counts the statuses."""
+    statuses: Counter[int] = Counter()
+    ends = time.monotonic() + FLOOD_SECONDS
+    connector = aiohttp.TCPConnector(limit=FLOOD_CONCURRENCY)
+    async with aiohttp.ClientSession(url, connector=connector) as session:
+
+        async def worker() -> None:
+            for method, path, headers, body in requests:
+                if time.monotonic() > ends:
+                    return
+                try:
+                    async with session.request(method, path, headers=headers, data=body) as reply:
+                        await reply.read()
+                        statuses[reply.status] += 1
+                except aiohttp.ClientError as exc:
+                    statuses[type(exc).__name__] += 1  # type: ignore[index]
+
+        await asyncio.gather(*(worker() for _ in range(FLOOD_CONCURRENCY)))
+    return statuses
+
+
+def flood(gateway: Gateway, requests: Iterator[tuple[str, str, dict[str, str], bytes]]) -> Counter:
+    return asyncio.run(_flood(gateway.url, requests))
+
+
+def random_models(key: str) -> Iterator[tuple[str, str, dict[str, str], bytes]]:
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    for number in range(FLOOD_REQUESTS):
+        # A few names of 1 MiB among short random ones.
+        name = "m" * (1024 * 1024) if number % 2000 == 0 else secrets.token_hex(8)
+        body = f'{{"model": "{name}", "messages": [{{"role": "user", "content": "hi"}}]}}'
+        yield "POST", CHAT, headers, body.encode()
+
+
+def garbage_keys(key: str) -> Iterator[tuple[str, str, dict[str, str], bytes]]:
+    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+    for _ in range(FLOOD_REQUESTS):
+        headers = {"authorization": f"Bearer sk-{secrets.token_urlsafe(32)}"}
+        yield "POST", CHAT, {**headers, "content-type": "application/json"}, body
+
+
+def unauthenticated_admin_calls(key: str) -> Iterator[tuple[str, str, dict[str, str], bytes]]:
+    for number in range(FLOOD_REQUESTS):
+        # Without a key, and with a client key where the admin key belongs.
+        headers = {"authorization": f"Bearer {key}"} if number % 2 else {}
+        yield "GET", "/v1/admin/keys", headers, b""
+
+
+FLOODS: dict[str, tuple[Callable[[str], Iterator], set[int]]] = {
+    "random model names": (random_models, {404}),
+    "garbage keys": (garbage_keys, {403}),
+    "unauthenticated admin calls": (unauthenticated_admin_calls, {401, 403}),
+}
+
+
+@pytest.fixture
+def served(make_gateway) -> Iterator[tuple[Gateway, list[str], str]]:
+    """A gateway (admin API off, as by default), three well-behaved keys and the flooder's."""
+    gateway = make_gateway(admin_key=None).start()
+    good = [gateway.wait_for_key(gateway.create_key(f"good-{n}")) for n in range(3)]
+    flooder = gateway.wait_for_key(gateway.create_key("flooder"))
+    yield gateway, good, flooder
+
+
+def backend_footprint(gateway: Gateway) -> Footprint:
+    assert gateway.process is not None
+    return Footprint.of(gateway.process.pid)
+
+
+@pytest.mark.parametrize("kind", FLOODS)
+def test_a_flood_leaves_clients_served_and_the_gateway_bounded(kind, served):
+    gateway, good, flooder = served
+    requests, expected = FLOODS[kind]
+    with SteadyLoad(gateway, good) as load:
+        load.wait_for(100)
+        calm = load.median_latency()
+        before, series_before = backend_footprint(gateway), series_count(gateway)
+        load.latencies.clear()
+        statuses = flood(gateway, requests(flooder))
+        during = load.median_latency()
+        load.wait_for(30)
+    after, series_after = backend_footprint(gateway), series_count(gateway)
+
+    assert load.failures == [], load.failures[:5]
+    assert sum(statuses.values()) == FLOOD_REQUESTS and set(statuses) <= expected, statuses
+    assert after.rss_bytes - before.rss_bytes < MAX_RSS_GROWTH, (before, after)
+    assert after.threads - before.threads <= MAX_THREAD_GROWTH, (before, after)
+    assert after.open_files - before.open_files <= MAX_FD_GROWTH, (before, after)
+    assert series_after - series_before <= MAX_SERIES_GROWTH, (series_before, series_after)
+    assert during <= max(MAX_LATENCY_FACTOR * calm, 0.05), (calm, during)
+    print(
+        f"\n{kind}: {sum(statuses.values())} flood requests {dict(statuses)}; "
+        f"well-behaved {load.succeeded}/{load.sent} ok, median {calm * 1000:.1f} ms calm, "
+        f"{during * 1000:.1f} ms during; RSS {before.rss_bytes >> 20} -> "
+        f"{after.rss_bytes >> 20} MiB; threads {before.threads} -> {after.threads}; "
+        f"files {before.open_files} -> {after.open_files}; "
+        f"series {series_before} -> {series_after}"
+    )
+
+
+def test_idle_connections_to_the_metrics_port_cost_no_thread_each(served):
+    gateway, good, _ = served
+    before = backend_footprint(gateway)
+    idle: list[socket.socket] = []
+    try:
+        with SteadyLoad(gateway, good) as load:
+            load.wait_for(20)
+            for number in range(200):
+                sock = socket.create_connection(("127.0.0.1", gateway.metrics_port), timeout=5)
+                if number % 20 == 0:  # some half-sent requests among the idle ones
+                    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                idle.append(sock)
+            load.wait_for(20)
+            during = backend_footprint(gateway)
+            began = time.monotonic()
+            assert series_count(gateway) > 0  # a real scrape is still answered
+            scrape_seconds = time.monotonic() - began
+    finally:
+        for sock in idle:
+            sock.close()
+    assert load.failures == [], load.failures[:5]
+    assert during.threads - before.threads <= MAX_THREAD_GROWTH, (before, during)
+    assert during.rss_bytes - before.rss_bytes < MAX_RSS_GROWTH, (before, during)
+    assert scrape_seconds < 5
+    print(
+        f"\n200 idle metrics connections: threads {before.threads} -> {during.threads}; "
+        f"RSS {before.rss_bytes >> 20} -> {during.rss_bytes >> 20} MiB; "
+        f"scrape in {scrape_seconds * 1000:.0f} ms"
+    )
