@@ -10,11 +10,13 @@ whatever its size, on top of what the gateway holds serving normal traffic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -164,3 +166,68 @@ def test_idle_connections_to_the_metrics_port_cost_no_thread_each(served):
         f"RSS {before.rss_bytes >> 20} -> {during.rss_bytes >> 20} MiB; "
         f"scrape in {scrape_seconds * 1000:.0f} ms"
     )
+
+
+def envoy_pid(gateway: Gateway) -> int:
+    assert gateway.process is not None
+    pid = gateway.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0])
+
+
+STALLED_UPLOADS = 6
+UPLOAD_BYTES = 32 * 1024 * 1024
+# What six stalled 32 MiB uploads without a key may hold in Envoy, at most.
+MAX_ENVOY_GROWTH = 24 * 1024 * 1024
+
+
+def stalled_upload(gateway: Gateway) -> tuple[socket.socket, bytes]:
+    """An unauthenticated upload of all but the last byte of a 32 MiB body, left hanging;
+    returns the socket and whatever the gateway answered meanwhile."""
+    sock = socket.create_connection(("127.0.0.1", gateway.http_port), timeout=10)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % UPLOAD_BYTES
+    )
+    chunk = b"x" * (1024 * 1024)
+    sent = 0
+    sock.settimeout(0.5)
+    answer = b""
+    while sent < UPLOAD_BYTES - 1:
+        try:
+            sent += sock.send(chunk[: UPLOAD_BYTES - 1 - sent])
+        except (BlockingIOError, TimeoutError):
+            pass
+        except OSError:
+            break  # the gateway answered and closed: nothing more is read
+        with contextlib.suppress(OSError):  # BlockingIOError: nothing said yet
+            answer += sock.recv(65536, socket.MSG_DONTWAIT)
+        if answer:
+            break
+    return sock, answer
+
+
+def test_stalled_unauthenticated_uploads_are_refused_before_their_body(served):
+    gateway, good, _ = served
+    envoy = envoy_pid(gateway)
+    before = Footprint.of(envoy)
+    uploads = []
+    try:
+        with SteadyLoad(gateway, good) as load:
+            load.wait_for(20)
+            uploads = [stalled_upload(gateway) for _ in range(STALLED_UPLOADS)]
+            load.wait_for(30)
+            during = Footprint.of(envoy)
+    finally:
+        for sock, _ in uploads:
+            sock.close()
+    print(
+        f"\n{STALLED_UPLOADS} stalled 32 MiB uploads without a key: Envoy RSS "
+        f"{before.rss_bytes >> 20} -> {during.rss_bytes >> 20} MiB"
+    )
+    assert load.failures == [], load.failures[:5]
+    assert during.rss_bytes - before.rss_bytes < MAX_ENVOY_GROWTH, (before, during)
+    for _, answer in uploads:
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        assert b'"type":"authentication_error"' in answer
