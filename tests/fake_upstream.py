@@ -505,6 +505,11 @@ class FakeUpstream:
         with self._cond:
             self._rules.append((marker.encode(), reply))
 
+    def reset_rules(self) -> None:
+        """Forget the rules `when` made; what is queued stays."""
+        with self._cond:
+            self._rules.clear()
+
     def reset_state(self) -> None:
         """Forget scripted replies and rules, recorded requests, counters and `chunk_delay`.
 

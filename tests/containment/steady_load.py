@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -51,6 +52,9 @@ class SteadyLoad:
     succeeded: int = 0
     failures: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    # Per key: answers that were whole and right, and the slowest of them (seconds).
+    succeeded_by_key: Counter[str] = field(default_factory=Counter)
+    slowest_by_key: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -101,11 +105,14 @@ class SteadyLoad:
                     problem = self._ask(http, number, stream=stream)
                 except httpx.HTTPError as exc:
                     problem = f"{type(exc).__name__}: {exc}"
+                took = time.monotonic() - began
                 with self._lock:
                     self.sent += 1
                     if problem is None:
                         self.succeeded += 1
-                        self.latencies.append(time.monotonic() - began)
+                        self.succeeded_by_key[key] += 1
+                        self.latencies.append(took)
+                        self.slowest_by_key[key] = max(self.slowest_by_key.get(key, 0.0), took)
                     else:
                         self.failures.append(f"{'stream' if stream else 'json'}: {problem}")
 

@@ -9,6 +9,8 @@ rest the only upstream, so every other client got 503 for up to a minute.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -110,3 +112,69 @@ def test_one_clients_fault_leaves_every_other_client_served(
     if fault == "500":
         # The upstream's failure, passed on as such: never a 503 for a rested upstream.
         assert set(statuses) == {502}, statuses
+
+
+MALFORMED = "an-answer-of-an-unexpected-shape"
+MALFORMED_FAULTS = [
+    # Usage and tool calls of shapes no parser expects; the answer itself still reaches the
+    # client as the upstream sent it.
+    Reply.json(
+        200,
+        {
+            "id": "chatcmpl-odd",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "tool_calls": 5}}],
+            "usage": {"prompt_tokens": "many", "completion_tokens": [1]},
+        },
+    ),
+    Reply.stream(
+        [
+            make_chunk({"role": "assistant", "tool_calls": 5}),
+            make_chunk({"content": None, "tool_calls": [7, {"function": 3}]}),
+            {"id": "x", "choices": [], "usage": "lots"},
+            {"id": "x", "choices": {"0": "not a list"}, "usage": {"prompt_tokens": -1}},
+        ]
+    ),
+]
+
+
+def ledger_requests(gateway: Gateway, name: str) -> int:
+    rows = json.loads(gateway.cli("keys", "usage", name, "--json").stdout)
+    return sum(row["requests"] for row in rows)
+
+
+def metric(gateway: Gateway, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def test_malformed_usage_is_counted_and_releases_every_slot(make_gateway, upstream):
+    gateway = make_gateway().start()
+    good = [gateway.wait_for_key(gateway.create_key(f"good-{n}")) for n in range(2)]
+    odd = gateway.wait_for_key(gateway.create_key("odd", "--max-concurrent", "1"))
+    rounds = 10
+    with SteadyLoad(gateway, good) as load:
+        load.wait_for(10)
+        for number in range(rounds):
+            stream = number % 2 == 1
+            upstream.when(MALFORMED, MALFORMED_FAULTS[number % 2])
+            body = {**poison_body(stream), "messages": [{"role": "user", "content": MALFORMED}]}
+            response = httpx.post(
+                f"{gateway.url}{CHAT}",
+                json=body,
+                headers={"authorization": f"Bearer {odd}"},
+                timeout=30,
+            )
+            # Admitted each time: the one slot of the key was released by the one before.
+            assert response.status_code == 200, response.text
+            upstream.reset_rules()
+        load.wait_for(10)
+    assert load.failures == [], load.failures[:5]
+    deadline = time.monotonic() + 30
+    while ledger_requests(gateway, "odd") < rounds and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert ledger_requests(gateway, "odd") == rounds
+    assert metric(gateway, "typegpt_gateway_inflight_requests") == 0

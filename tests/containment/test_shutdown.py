@@ -1,0 +1,35 @@
+"""SIGTERM under load: every request the gateway admitted is in the usage ledger once the
+process has exited, none twice, and every answer a client got is whole or a clean refusal."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from gateway_process import Gateway
+from steady_load import SteadyLoad
+
+
+def ledger_requests(gateway: Gateway, name: str) -> int:
+    rows = json.loads(gateway.cli("keys", "usage", name, "--json").stdout)
+    return sum(row["requests"] for row in rows)
+
+
+def test_sigterm_under_load_loses_nothing_from_the_ledger(make_gateway):
+    # A flush interval longer than the test: only the writes of the drain can save the usage.
+    gateway = make_gateway(extra_env={"GATEWAY_USAGE_FLUSH_INTERVAL": "3600"}).start()
+    names = [f"client-{number}" for number in range(3)]
+    keys = {name: gateway.wait_for_key(gateway.create_key(name)) for name in names}
+    with SteadyLoad(gateway, list(keys.values()), clients_per_key=2) as load:
+        load.wait_for(150)
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGTERM)
+        assert gateway.process.wait(60) == 0
+    # After the drain began, clients are refused, never cut off: connection refused, a 503,
+    # or a keep-alive connection closed before the request on it was read (HTTP/1.1's race).
+    refusals = ("ConnectError", ": 503 ", "Server disconnected without sending a response")
+    for failure in load.failures:
+        assert any(refusal in failure for refusal in refusals), failure
+    ledger = {name: ledger_requests(gateway, name) for name in names}
+    assert ledger == {name: load.succeeded_by_key[keys[name]] for name in names}
+    assert sum(ledger.values()) >= 150
