@@ -154,6 +154,14 @@ class SteadyLoad:
         return ordered[len(ordered) // 2] if ordered else float("nan")
 
 
+# What one fault or one misbehaving client may add to the gateway's backend process, at most,
+# on top of what serving the well-behaved clients holds (README, "Failure containment").
+MAX_RSS_GROWTH = 40 * 1024 * 1024
+MAX_THREAD_GROWTH = 4
+MAX_FD_GROWTH = 16
+MAX_SERIES_GROWTH = 30
+
+
 @dataclass(frozen=True)
 class Footprint:
     """What a process holds: resident memory, threads and open files."""
@@ -177,3 +185,41 @@ def series_count(gateway: Gateway) -> int:
     """Sample lines on the gateway's /metrics."""
     text = httpx.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10).text
     return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The backend process's footprint and the gateway's metric series, at one moment."""
+
+    footprint: Footprint
+    series: int
+
+    @classmethod
+    def of(cls, gateway: Gateway) -> Reading:
+        assert gateway.process is not None
+        return cls(Footprint.of(gateway.process.pid), series_count(gateway))
+
+
+def assert_contained(
+    case: str, load: SteadyLoad, before: Reading, after: Reading, detail: str = ""
+) -> None:
+    """Every well-behaved request was served, and the backend stayed within the bounds.
+    Prints the figures first (`pytest -s` shows them: the README's table comes from them)."""
+    print(
+        f"\n[containment] {case}: well-behaved {load.succeeded}/{load.sent} ok; "
+        f"RSS {before.footprint.rss_bytes / 2**20:.0f} -> {after.footprint.rss_bytes / 2**20:.0f}"
+        f" MiB; threads {before.footprint.threads} -> {after.footprint.threads}; "
+        f"files {before.footprint.open_files} -> {after.footprint.open_files}; "
+        f"series {before.series} -> {after.series}" + (f"; {detail}" if detail else "")
+    )
+    assert load.failures == [], load.failures[:5]
+    grown = (
+        after.footprint.rss_bytes - before.footprint.rss_bytes,
+        after.footprint.threads - before.footprint.threads,
+        after.footprint.open_files - before.footprint.open_files,
+        after.series - before.series,
+    )
+    bounds = (MAX_RSS_GROWTH, MAX_THREAD_GROWTH, MAX_FD_GROWTH, MAX_SERIES_GROWTH)
+    names = ("RSS", "threads", "open files", "series")
+    for name, growth, bound in zip(names, grown, bounds, strict=True):
+        assert growth <= bound, f"{name} grew by {growth}, more than {bound}"

@@ -31,5 +31,9 @@ def test_sigterm_under_load_loses_nothing_from_the_ledger(make_gateway):
     for failure in load.failures:
         assert any(refusal in failure for refusal in refusals), failure
     ledger = {name: ledger_requests(gateway, name) for name in names}
+    print(
+        f"\n[containment] SIGTERM under load: {load.succeeded} answered whole, "
+        f"{len(load.failures)} refused during the drain; ledger {sum(ledger.values())} requests"
+    )
     assert ledger == {name: load.succeeded_by_key[keys[name]] for name in names}
     assert sum(ledger.values()) >= 150
