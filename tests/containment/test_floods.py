@@ -211,8 +211,10 @@ def test_stalled_unauthenticated_uploads_are_refused_before_their_body(served):
         for sock, _ in uploads:
             sock.close()
     print(
-        f"\n{STALLED_UPLOADS} stalled 32 MiB uploads without a key: Envoy RSS "
-        f"{before.rss_bytes >> 20} -> {during.rss_bytes >> 20} MiB"
+        f"\n[containment] {STALLED_UPLOADS} stalled 32 MiB uploads without a key: well-behaved "
+        f"{load.succeeded}/{load.sent} ok; Envoy RSS {before.rss_bytes >> 20} -> "
+        f"{during.rss_bytes >> 20} MiB; answered {uploads[0][1].split(b' ', 2)[1].decode()}"
+        " before the body"
     )
     assert load.failures == [], load.failures[:5]
     assert during.rss_bytes - before.rss_bytes < MAX_ENVOY_GROWTH, (before, during)
