@@ -651,3 +651,55 @@ def test_rendered_routes_need_a_key_but_health() -> None:
         '{"prefix": "/v1/admin/"}': None,
         '{"prefix": "/"}': {"status": "401", "body": missing_key_error().to_json()},
     }
+
+
+class _StoppingBackend(chat_pb2_grpc.ChatServiceServicer):
+    """A backend whose server refuses every call as a stopping gRPC server does: a bare
+    CANCELLED, without the gateway's own error trailers."""
+
+    def CreateChatCompletionHttp(self, request, context):
+        context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+
+
+def test_a_call_the_stopping_backend_cancelled_is_a_retryable_503(tmp_path):
+    import subprocess
+
+    from gateway_process import free_port
+
+    from typegpt_gateway.envoy import binary
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(_StoppingBackend(), server)
+    backend_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    port = free_port()
+    config = tmp_path / "envoy.yaml"
+    config.write_text(
+        render_config(Settings(http_port=port, host="127.0.0.1"), grpc_port=backend_port)
+    )
+    envoy = subprocess.Popen(
+        [str(binary()), "-c", str(config), "--disable-hot-restart", "--log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json=chat_body(),
+                    headers={"authorization": "Bearer sk-any-well-formed-key"},
+                    timeout=5,
+                )
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and envoy.poll() is None, "Envoy did not start"
+                time.sleep(0.1)
+        # Not nginx's 499 "client closed request": the client is still there, and may retry.
+        error = assert_error(response, 503, "api_error")
+        assert "try again" in error["message"]
+    finally:
+        envoy.terminate()
+        envoy.wait(15)
+        server.stop(0)
