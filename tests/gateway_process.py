@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +167,28 @@ class Gateway:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def flushed_log(self, timeout: float = 10.0) -> str:
+        """The log of a running gateway with every line logged so far in it: a request made
+        now (an admin call, which any caller may make and which is always logged) has its
+        line written after all of those."""
+        marker = f"flush-{uuid.uuid4().hex}"
+        httpx.get(
+            f"{self.url}/v1/admin/keys", headers={"x-request-id": marker}, verify=self.verify
+        )
+        if self.wait_for_log(re.escape(marker), timeout) is None:
+            raise TimeoutError("the gateway's log did not catch up")
+        return self.log()
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str] | None:
+        """The first match of the regular expression in the log, waiting for it: the gateway
+        writes its lines from a thread of its own, in batches, a moment after they happen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self.log(), re.MULTILINE)
+            if match is not None or time.monotonic() > deadline:
+                return match
+            time.sleep(0.05)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """The CLI against this gateway's key store."""

@@ -161,8 +161,9 @@ def test_malformed_usage_reaches_the_client_frees_the_slot_and_is_counted(
     admitted_next()
 
     assert wait_for_ledger(gw, name, sent) == sent
-    assert "Traceback" not in gw.log()
-    records = [json.loads(line) for line in gw.log().splitlines() if line.startswith("{")]
+    log = gw.flushed_log()
+    assert "Traceback" not in log
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL") or "exc_info" in r]
     # An unusable usage is told once per request, not once per chunk.
     warned = Counter(

@@ -285,7 +285,7 @@ def test_without_an_admin_key_the_admin_api_is_off_and_says_so(make_gateway, api
         )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "GATEWAY_ADMIN_KEY" in error.details()
-    assert "admin API off" in gw.log()
+    assert gw.wait_for_log("admin API off")
 
 
 def test_an_empty_admin_key_counts_as_none(make_gateway):

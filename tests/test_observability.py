@@ -450,13 +450,13 @@ def test_retries_and_rests_show_in_the_log_and_metrics_but_never_in_readiness(
     # ...counted once per request, not per attempt.
     assert sample(text, "typegpt_gateway_upstream_consecutive_failures", upstream="typegpt") == 2
     assert sample(text, "typegpt_gateway_upstream_resting", upstream="typegpt") == 1
-    assert "upstream 'typegpt' rests for 60s" in gw.log()
+    assert gw.wait_for_log("upstream 'typegpt' rests for 60s")
     # ...yet this replica stays ready, and the upstream still takes requests (it is the only
     # one): its success ends the rest.
     assert httpx.get(f"{gw.url}/readyz").status_code == 200
     assert httpx.post(f"{gw.url}{CHAT}", json=chat_body(), headers=auth(key)).is_success
     assert sample(scrape(gw), "typegpt_gateway_upstream_resting", upstream="typegpt") == 0
-    assert "upstream 'typegpt' answers again" in gw.log()
+    assert gw.wait_for_log("upstream 'typegpt' answers again")
 
 
 def test_envoy_stats_are_relayed_and_metrics_are_not_on_the_public_port(gateway):

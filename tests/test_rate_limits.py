@@ -370,7 +370,7 @@ def test_unreachable_redis_fails_as_configured(make_gateway, mode):
         for response in responses:
             assert_error(response, 503, "api_error")
             assert response.headers["retry-after"] == "1"
-    assert "rate limiter backend unreachable" in gateway.log()
+    assert gateway.wait_for_log("rate limiter backend unreachable")
 
 
 def test_the_openai_sdk_sees_the_headers_and_a_rate_limit_error(gateway):

@@ -91,15 +91,6 @@ def wait_exit(gw: Gateway, timeout: float = EXIT_TIMEOUT) -> int | None:
         return None
 
 
-def wait_for_log(gw: Gateway, pattern: str, timeout: float = 5.0) -> re.Match[str] | None:
-    deadline = time.monotonic() + timeout
-    while True:
-        match = re.search(pattern, gw.log(), re.MULTILINE)
-        if match is not None or time.monotonic() > deadline:
-            return match
-        time.sleep(0.05)
-
-
 def chat_with_fresh_key(gw: Gateway, name: str) -> tuple[str, httpx.Response]:
     """Creates a key and posts a chat request once the running server knows the key."""
     key = gw.create_key(name)
@@ -128,7 +119,7 @@ def _port_in_use_socket() -> socket.socket:
 
 def test_ready_line_names_the_url(make_gateway) -> None:
     gw = make_gateway().start()
-    line = wait_for_log(gw, r"^.*\bready\b.*$")
+    line = gw.wait_for_log(r"^.*\bready\b.*$")
     assert line is not None, gw.log()
     assert f"http://127.0.0.1:{gw.http_port}" in line.group(0)
     assert f"http://127.0.0.1:{gw.http_port}/v1" in line.group(0)
@@ -230,7 +221,7 @@ def test_grpc_port_taken(make_gateway) -> None:
 
 def test_missing_upstream_key(make_gateway, upstream) -> None:
     gw = make_gateway(upstream_key=None).start()
-    warning = wait_for_log(gw, r"^.*WARNING.*TYPEGPT_API_KEY.*$")
+    warning = gw.wait_for_log(r"^.*WARNING.*TYPEGPT_API_KEY.*$")
     assert warning is not None, gw.log()
     assert "not set" in warning.group(0)
 
@@ -281,7 +272,7 @@ def _health(target: str) -> subprocess.CompletedProcess[str]:
 def test_no_envoy_serves_grpc_only(make_gateway) -> None:
     gw = make_gateway()
     process = gw.spawn("--no-envoy")
-    line = wait_for_log(gw, rf"gRPC backend serving on 127\.0\.0\.1:{gw.grpc_port}", 10)
+    line = gw.wait_for_log(rf"gRPC backend serving on 127\.0\.0\.1:{gw.grpc_port}", 10)
     assert line is not None, gw.log()
     assert process.poll() is None
 

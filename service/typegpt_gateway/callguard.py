@@ -52,6 +52,9 @@ class CallGuard(grpc.aio.ServerInterceptor):
             raise ValueError(f"a refusal for each of {sorted(KEY_SERVICES)} is needed")
         self._refusals = refusals
         self._message_timeout = message_timeout
+        # Per method, the handler grpc found and its guarded twin: made once, not per call.
+        # Bounded: only methods the server serves get here.
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -62,8 +65,13 @@ class CallGuard(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_streaming:
             return handler
         method: str = handler_call_details.method  # type: ignore[attr-defined]
+        known = self._guarded.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
         refusal = self._refusals.get(method.lstrip("/").partition("/")[0])
-        return _guarded(handler, _route(method), refusal, self._message_timeout)
+        guarded = _guarded(handler, _route(method), refusal, self._message_timeout)
+        self._guarded[method] = (handler, guarded)
+        return guarded
 
 
 async def _refuse(context: grpc.aio.ServicerContext, route: str, error: GatewayError) -> None:
