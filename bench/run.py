@@ -45,6 +45,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 REQUEST = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello, how are you?"}]}
 LARGE_PROMPT_BYTES = 64 * 1024
+# The floor checks no key, but Envoy refuses a request without a well-formed one on its
+# headers, as it does for the gateway: every load carries one.
+FLOOR_KEY = "sk-the-floor-checks-no-key"
 # Each wrk load runs in this many interleaved rounds of duration / ROUNDS seconds.
 ROUNDS = 3
 # The test harness speeds these up; a benchmark runs what users run.
@@ -221,7 +224,8 @@ class Floor:
 
     def _answers(self) -> bool:
         try:
-            return httpx.post(self.url, json=REQUEST, timeout=2).status_code == 200
+            headers = {"authorization": f"Bearer {FLOOR_KEY}"}
+            return httpx.post(self.url, json=REQUEST, headers=headers, timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -410,7 +414,7 @@ def run_loads(
     via = f"{gw_json.url}/v1/chat/completions"
     via_many = f"{gw_many.url}/v1/chat/completions"
     # Warm-up: pools, caches, lazy imports.
-    for url, warm_key in ((via, key), (via_many, many_key), (floor.url, None)):
+    for url, warm_key in ((via, key), (via_many, many_key), (floor.url, FLOOR_KEY)):
         wrk(url, script, 16, 2, warm_key)
     pids = process_tree(gw_json.process.pid)  # type: ignore[union-attr]
 
@@ -421,11 +425,11 @@ def run_loads(
     loads: dict[str, Callable[[], Measured]] = {
         "direct": lambda: measured_load(direct, script, None, [], seconds),
         "gateway": lambda: measured_load(via, script, key, pids, seconds),
-        "floor": lambda: measured_load(floor.url, script, None, floor.pids, seconds),
+        "floor": lambda: measured_load(floor.url, script, FLOOR_KEY, floor.pids, seconds),
         "keys": lambda: measured_load(via_many, script, many_key, many_pids, seconds),
         "direct1": lambda: measured_load(direct, script, None, [], seconds, 1),
         "gateway1": lambda: measured_load(via, script, key, pids, seconds, 1),
-        "floor1": lambda: measured_load(floor.url, script, None, floor.pids, seconds, 1),
+        "floor1": lambda: measured_load(floor.url, script, FLOOR_KEY, floor.pids, seconds, 1),
     }
     rounds: dict[str, list[Measured]] = {name: [] for name in loads}
     names = list(loads)
