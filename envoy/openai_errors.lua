@@ -135,15 +135,18 @@ function envoy_on_request(handle)
     return
   end
   clean_request_id(headers)
-  -- A CORS preflight never carries credentials; no route serves OPTIONS anyway.
-  local refusal = handle:metadata():get("missing_key")
-  if refusal ~= nil and headers:get(":method") ~= "OPTIONS"
-      and lacks_key(headers:getAtIndex("authorization", 0)) then
-    -- The backend reads the first value too (servicer.authorization_of). Shaped as the
-    -- backend's errors are, for envoy_on_response, which sees this reply too.
-    handle:respond({[":status"] = refusal["status"], ["x-http-status"] = refusal["status"],
-      ["x-openai-error"] = refusal["body"]}, refusal["body"])
-    return
+  -- The backend reads the first value too (servicer.authorization_of). The route's metadata
+  -- is read only for a request without a key: it costs a conversion per request. A CORS
+  -- preflight never carries credentials; no route serves OPTIONS anyway.
+  if lacks_key(headers:getAtIndex("authorization", 0))
+      and headers:get(":method") ~= "OPTIONS" then
+    local refusal = handle:metadata():get("missing_key")
+    if refusal ~= nil then
+      -- Shaped as the backend's errors are, for envoy_on_response, which sees this reply too.
+      handle:respond({[":status"] = refusal["status"], ["x-http-status"] = refusal["status"],
+        ["x-openai-error"] = refusal["body"]}, refusal["body"])
+      return
+    end
   end
   local unwanted = {}
   for name, _ in pairs(headers) do
