@@ -53,6 +53,7 @@ __all__ = [
     "make_stream_chunks",
     "make_usage",
     "make_usage_chunk",
+    "prompt_tokens_of_body",
 ]
 
 DEFAULT_CONTENT = "Hello from the fake upstream!"
@@ -78,6 +79,7 @@ SYSTEM_FINGERPRINT = "fp_fake"
 DEFAULT_MODEL = "gpt-4o-mini"
 COMPLETION_TOKENS = 7
 PROMPT_TOKENS_PER_MESSAGE = 5
+BYTES_PER_TOKEN = 4
 MODELS: tuple[tuple[str, int, str], ...] = (
     ("gpt-4o-mini", 1721172741, "system"),
     ("gpt-4o", 1715367049, "system"),
@@ -128,6 +130,12 @@ def make_usage(prompt_tokens: int, completion_tokens: int = COMPLETION_TOKENS) -
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+def prompt_tokens_of_body(body: bytes) -> int:
+    """The prompt a real tokenizer would see in a body, roughly: one token per 4 bytes of it,
+    whatever field holds them (the usage reported when `FakeUpstream.usage_from_body`)."""
+    return -(-len(body) // BYTES_PER_TOKEN)
 
 
 def make_completion(
@@ -417,9 +425,13 @@ class FakeUpstream:
 
     # Seconds slept between chunks of the *default* streamed answer.
     chunk_delay: float = 0.0
+    # Whether the default answer reports prompt_tokens_of_body(body) rather than
+    # PROMPT_TOKENS_PER_MESSAGE per message: a count a client cannot shape.
+    usage_from_body: bool = False
 
     def __init__(self) -> None:
         self.chunk_delay = 0.0
+        self.usage_from_body = False
         self.requests: list[RecordedRequest] = []
         self._cond = threading.Condition()
         self._queue: deque[Reply] = deque()
@@ -511,7 +523,8 @@ class FakeUpstream:
             self._rules.clear()
 
     def reset_state(self) -> None:
-        """Forget scripted replies and rules, recorded requests, counters and `chunk_delay`.
+        """Forget scripted replies and rules, recorded requests, counters, `chunk_delay` and
+        `usage_from_body`.
 
         Hangs and slow streams still being played for earlier requests are cut
         short (the connection is closed, not counted as a disconnect).
@@ -524,6 +537,7 @@ class FakeUpstream:
             self._disconnects = 0
             self._generation += 1
             self.chunk_delay = 0.0
+            self.usage_from_body = False
 
     @property
     def pending_replies(self) -> int:
@@ -785,6 +799,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"x-request-id": f"req_fake{number}"}
         tool_name = _chosen_tool(payload)
         prompt_tokens = PROMPT_TOKENS_PER_MESSAGE * len(messages)
+        if self.server.upstream.usage_from_body:
+            prompt_tokens = prompt_tokens_of_body(request.body)
         if payload.get("stream") is True:
             options = payload.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True

@@ -16,7 +16,12 @@ from typegpt_gateway import typed
 from typegpt_gateway.chat import ChatRequest, parse_chat_request
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.sse import DONE_FRAME, EventReader, data_frame, is_error_event
-from typegpt_gateway.usage import with_include_usage
+from typegpt_gateway.usage import (
+    CHARS_PER_TOKEN,
+    IMAGE_TOKENS,
+    estimate_tokens,
+    with_include_usage,
+)
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -95,14 +100,17 @@ valid_documents = st.fixed_dictionaries(
 )
 
 
-def _text_of(content: object) -> str:
-    """The text a message content carries: a string, or the text of its text parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [part for part in content if isinstance(part, dict)]
-        return "".join(part["text"] for part in parts if isinstance(part.get("text"), str))
-    return ""
+def _chars_of(value: object) -> int:
+    """The characters of every string and key in `value`, an image part at its fixed count."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_chars_of(item) for item in value)
+    if isinstance(value, dict):
+        if value.get("type") == "image_url":
+            return IMAGE_TOKENS * CHARS_PER_TOKEN
+        return sum(len(key) + _chars_of(member) for key, member in value.items())
+    return 0
 
 
 @SETTINGS
@@ -113,12 +121,11 @@ def test_valid_requests_are_read_exactly(document: dict) -> None:
     include_usage = None
     if "stream_options" in document:
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    chars = sum(len(_text_of(message.get("content"))) for message in document["messages"])
     assert result == ChatRequest(
         model=document["model"],
         stream=bool(document.get("stream")),
         include_usage=include_usage,
-        prompt_chars=chars,
+        prompt_tokens=estimate_tokens(_chars_of(document)),
     )
 
 

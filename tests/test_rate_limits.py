@@ -9,7 +9,13 @@ import time
 import grpc
 import httpx
 import pytest
-from fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS_PER_MESSAGE, Reply, make_chunk
+from fake_upstream import (
+    COMPLETION_TOKENS,
+    PROMPT_TOKENS_PER_MESSAGE,
+    Reply,
+    make_chunk,
+    prompt_tokens_of_body,
+)
 from gateway_process import Gateway
 from openai_shape import assert_error, chat_body, sse_payloads
 
@@ -18,6 +24,15 @@ from typegpt_gateway.store import KeyStore
 
 CHAT = "/v1/chat/completions"
 TOKENS_PER_CALL = PROMPT_TOKENS_PER_MESSAGE + COMPLETION_TOKENS  # the fake's usage for chat_body()
+# What an upstream without stream_options answers a body that has them.
+STREAM_OPTIONS_REFUSED = {
+    "error": {
+        "message": "Unrecognized request argument supplied: stream_options",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+}
 RATE_HEADERS = (
     "x-ratelimit-limit-requests",
     "x-ratelimit-remaining-requests",
@@ -254,29 +269,68 @@ def test_a_client_that_asked_for_usage_gets_it_unchanged(gateway, upstream):
     assert json.loads(upstream.last_request().body) == body
 
 
-def test_other_stream_options_are_forwarded_as_sent_and_usage_estimated(gateway, upstream):
-    key = _key(gateway, "other-options")
-    raw = json.dumps(
-        chat_body(stream=True, stream_options={"include_usage": False})
-    ).encode()
+def _hidden_prompt(**extra: object) -> bytes:
+    """A stream with about 10k tokens of prompt in a tool's description and a 2-character
+    message: a body shaped to be counted cheaply."""
+    tool = {
+        "type": "function",
+        "function": {"name": "f", "description": "x" * 40_000, "parameters": {"type": "object"}},
+    }
+    body = chat_body(
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[tool],
+        stream=True,
+        **extra,
+    )
+    return json.dumps(body).encode()
+
+
+def _within_a_tenth(charged: int, reported: int) -> bool:
+    return abs(charged - reported) <= reported / 10
+
+
+def test_a_client_opting_out_of_usage_is_charged_the_upstreams_count(gateway, upstream):
+    upstream.usage_from_body = True
+    key = _key(gateway, "opted-out", "--budget-tokens", str(10**9), "--budget-period", "day")
+    raw = _hidden_prompt(stream_options={"include_usage": False, "include_obfuscation": True})
+    with _client(gateway, key) as client:
+        for _ in range(20):
+            response = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
+            assert response.status_code == 200
+            payloads = sse_payloads(response.text)
+            assert payloads[-1] == "[DONE]"
+            # What the client asked for: no usage chunk.
+            assert all(json.loads(p)["choices"] for p in payloads[:-1])
+    reported = sum(
+        prompt_tokens_of_body(sent.body) + COMPLETION_TOKENS for sent in upstream.requests
+    )
+    usage = _usage(gateway, "opted-out", requests=20)
+    charged = usage["prompt_tokens"] + usage["completion_tokens"]
+    assert _within_a_tenth(charged, reported), (charged, reported)
+    # The upstream was asked for the usage; the rest of the client's bytes is untouched.
+    mine = b'"stream_options": {"include_usage": false, "include_obfuscation": true}'
+    asked = b'"stream_options": {"include_usage":true,"include_obfuscation":true}'
+    assert all(sent.body == raw.replace(mine, asked) for sent in upstream.requests)
+
+
+def test_without_the_upstreams_usage_the_whole_body_and_output_are_estimated(gateway, upstream):
+    upstream.usage_from_body = True
+    key = _key(gateway, "estimated-whole")
+    thinking = [make_chunk({"reasoning_content": "r" * 4_000}), make_chunk({"content": "ok"})]
+    upstream.enqueue(Reply.json(400, STREAM_OPTIONS_REFUSED), Reply.stream(thinking))
+    raw = _hidden_prompt()
     with _client(gateway, key) as client:
         response = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
     assert sse_payloads(response.text)[-1] == "[DONE]"
-    assert upstream.last_request().body == raw
-    usage = _usage(gateway, "other-options", requests=1)
-    # "Hello, how are you?" is 19 characters: 5 tokens; the fake's answer 29 characters: 8.
-    assert usage["prompt_tokens"] == 5 and usage["completion_tokens"] == 8
+    assert upstream.requests[-1].body == raw
+    usage = _usage(gateway, "estimated-whole", requests=1)
+    assert _within_a_tenth(usage["prompt_tokens"], prompt_tokens_of_body(raw)), usage
+    assert usage["completion_tokens"] == 1_001  # 4,002 characters of reasoning and text
 
 
 def test_upstream_refusing_stream_options_gets_the_original_bytes(gateway, upstream):
     key = _key(gateway, "no-stream-options")
-    upstream.enqueue(
-        Reply.json(
-            400,
-            {"error": {"message": "Unrecognized request argument supplied: stream_options",
-                       "type": "invalid_request_error", "param": None, "code": None}},
-        )
-    )
+    upstream.enqueue(Reply.json(400, STREAM_OPTIONS_REFUSED))
     raw = json.dumps(chat_body(stream=True)).encode()
     with _client(gateway, key) as client:
         response = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
@@ -302,9 +356,10 @@ def test_a_stream_cut_short_by_the_client_counts_what_was_delivered(gateway, ups
         while seen < 2:
             seen += next(lines).startswith("data: ")
     usage = _usage(gateway, "cut-short", requests=1)
-    # The prompt estimate (19 chars: 5) plus 40 characters (10 tokens) per chunk delivered:
-    # at least the two the client read, far fewer than all ten.
-    assert usage["prompt_tokens"] == 5
+    # The prompt estimate (59 characters in the body's strings and keys: 15) plus 40
+    # characters (10 tokens) per chunk delivered: at least the two the client read, far fewer
+    # than all ten.
+    assert usage["prompt_tokens"] == 15
     assert 20 <= usage["completion_tokens"] < 100
     assert usage["errors"] == 0
     deadline = time.monotonic() + 5

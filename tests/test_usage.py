@@ -11,20 +11,21 @@ import pytest
 from fake_upstream import make_chunk, make_completion, make_usage, make_usage_chunk
 from hypothesis import example, given
 from hypothesis import strategies as st
-from test_properties import SETTINGS, json_values
+from test_properties import SETTINGS, json_values, valid_documents
 
 from typegpt_gateway.chat import parse_chat_request
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.ledger import UsageLedger
 from typegpt_gateway.store import UsageRow
 from typegpt_gateway.usage import (
+    IMAGE_TOKENS,
     MAX_REPORTED_TOKENS,
     Usage,
     UsageMeter,
     estimate_tokens,
-    prompt_chars,
     rejects_stream_options,
     with_include_usage,
+    with_usage_option,
 )
 
 
@@ -56,18 +57,65 @@ def test_the_request_says_what_the_client_asked_of_stream_options():
     assert parse(stream=True, stream_options={"include_usage": True}).include_usage is True
     assert parse(stream=True, stream_options={"include_usage": False}).include_usage is False
     assert parse(stream=True, stream_options=None).include_usage is False
-    assert parse().prompt_chars == 4
+    # Every string of the body, keys included: model, m, messages, role, user, content, abcd.
+    assert parse().prompt_tokens == estimate_tokens(5 + 1 + 8 + 4 + 4 + 7 + 4)
 
 
-def test_prompt_chars_count_text_and_text_parts():
-    messages = [
-        {"role": "system", "content": "12345"},
-        {"role": "user", "content": [{"type": "text", "text": "123"}, {"type": "image_url"}]},
-        {"role": "assistant", "content": None},
-        "not a message",
-    ]
-    assert prompt_chars(messages) == 8
+def test_the_prompt_estimate_covers_the_whole_body():
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 100_000}}
+    tool = {"type": "function", "function": {"name": "f", "description": "x" * 4_000}}
+    schema = {"name": "s", "schema": {"properties": {"y" * 400: {"type": "string"}}}}
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "abcd"}, image]}],
+        "tools": [tool],
+        "response_format": {"type": "json_schema", "json_schema": schema},
+    }
+    tokens = parse_chat_request(_bytes(body)).prompt_tokens
+    # The image at its fixed count, not its 100,000 characters; 1,100 for the description
+    # and the schema's property; some for the rest, keys included.
+    assert IMAGE_TOKENS + 1_100 < tokens < IMAGE_TOKENS + 1_100 + 50
     assert estimate_tokens(8) == 2 and estimate_tokens(9) == 3 and estimate_tokens(0) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "sent"),
+    [
+        (
+            b'{"model":"m", "stream_options" : {"include_usage": false, "x": 1} ,"n":2}',
+            b'{"model":"m", "stream_options" : {"include_usage":true,"x":1} ,"n":2}',
+        ),
+        (
+            b'{"stream\\u005foptions":null,"seed":18446744073709551617}',
+            b'{"stream\\u005foptions":{"include_usage":true},"seed":18446744073709551617}',
+        ),
+        (
+            b'{"a":{"stream_options":1},"stream_options":{}}',
+            b'{"a":{"stream_options":1},"stream_options":{"include_usage":true}}',
+        ),
+        (b'{"stream_options":"no","model":"m"}', None),
+        # Not JSON the gateway reads the way the upstream may: forwarded as it came.
+        (b'\xef\xbb\xbf{"stream_options":{}}', None),
+    ],
+)
+def test_the_clients_stream_options_are_made_to_ask_for_usage(body, sent):
+    assert with_usage_option(body) == sent
+
+
+@SETTINGS
+@given(valid_documents, st.none() | st.dictionaries(st.text(max_size=5), json_values, max_size=3))
+def test_any_object_stream_options_come_to_ask_for_usage(document, options) -> None:
+    document["stream_options"] = options
+    body = json.dumps(document, indent=1).encode()
+    sent = with_usage_option(body)
+    assert sent is not None
+    assert json.loads(sent) == {
+        **document,
+        "stream_options": {**(options or {}), "include_usage": True},
+    }
+    # Only the value changed: the bytes before it are the client's.
+    key = b'"stream_options": '
+    assert sent[: sent.index(key)] == body[: body.index(key)]
 
 
 def test_rejects_stream_options():
@@ -100,13 +148,30 @@ def test_meter_strips_only_the_usage_chunk_it_asked_for():
 
 
 def test_meter_estimates_what_was_delivered_when_no_usage_came():
-    meter = UsageMeter(41, strip_usage_chunk=True)
+    meter = UsageMeter(11, strip_usage_chunk=True)
     meter.see_chunk(_bytes(make_chunk({"role": "assistant", "content": ""})))
     meter.see_chunk(_bytes(make_chunk({"content": "x" * 10})))
     tool = {"tool_calls": [{"index": 0, "function": {"arguments": '{"a": 1}'}}]}
     meter.see_chunk(_bytes(make_chunk(tool)))
     meter.see_chunk(b"not json")
-    assert meter.usage() == Usage(11, 5, estimated=True)  # 41/4 -> 11, (10 + 8)/4 -> 5
+    assert meter.usage() == Usage(11, 5, estimated=True)  # (10 + 8)/4 -> 5
+
+
+def test_the_output_estimate_covers_reasoning_and_tool_calls():
+    meter = UsageMeter(0, strip_usage_chunk=True)
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "n" * 8}}
+    meter.see_chunk(_bytes(make_chunk({"role": "assistant", "tool_calls": [call]})))
+    meter.see_chunk(_bytes(make_chunk({"reasoning_content": "r" * 40})))
+    meter.see_chunk(_bytes(make_chunk({"reasoning": "r" * 40})))
+    # Labels (role, id, type) are not output; the tool's name and the reasoning are.
+    assert meter.usage() == Usage(0, 22, estimated=True)
+    answer = make_completion(None, tool_name="n" * 8)
+    answer["choices"][0]["message"]["reasoning_content"] = "r" * 40
+    del answer["usage"]
+    whole = UsageMeter(0, strip_usage_chunk=False)
+    whole.see_answer(_bytes(answer))
+    arguments = answer["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert whole.usage().completion_tokens == estimate_tokens(8 + 40 + len(arguments))
 
 
 # Documents shaped like answers and chunks, with any JSON value at every level.
@@ -159,7 +224,7 @@ def test_no_answer_shape_fails_the_meter(documents: list[object], stream: bool) 
     ],
 )
 def test_an_unusable_usage_is_estimated_and_told_once(usage, caplog):
-    meter = UsageMeter(8, strip_usage_chunk=True)
+    meter = UsageMeter(2, strip_usage_chunk=True)
     chunk = _bytes(make_chunk({"content": "abcd"}, include_usage=True))
     usage_chunk = _bytes({**make_usage_chunk({}), "usage": usage})
     with caplog.at_level(logging.WARNING, logger="typegpt_gateway.usage"):
@@ -172,7 +237,7 @@ def test_an_unusable_usage_is_estimated_and_told_once(usage, caplog):
 
 
 def test_a_usage_null_on_each_chunk_is_no_usage_and_no_warning(caplog):
-    meter = UsageMeter(8, strip_usage_chunk=True)
+    meter = UsageMeter(2, strip_usage_chunk=True)
     with caplog.at_level(logging.WARNING, logger="typegpt_gateway.usage"):
         assert meter.see_chunk(_bytes(make_chunk({"content": "abcd"}, include_usage=True)))
     assert meter.usage() == Usage(2, 1, estimated=True) and not caplog.records

@@ -30,7 +30,13 @@ from .sse import DONE, EventReader, is_error_event
 from .store import KeyCache
 from .timeouts import Deadlines
 from .upstream import finish, read_available
-from .usage import UsageMeter, prompt_chars, rejects_stream_options, with_include_usage
+from .usage import (
+    UsageMeter,
+    estimate_prompt_tokens,
+    rejects_stream_options,
+    with_include_usage,
+    with_usage_option,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +45,8 @@ class ChatRequest:
     stream: bool
     # What the client asked of stream_options: None when it sent none.
     include_usage: bool | None = None
-    prompt_chars: int = 0
+    # The prompt's estimate, for when the upstream's usage never comes.
+    prompt_tokens: int = 0
 
 
 def _invalid(message: str, param: str | None = None) -> GatewayError:
@@ -99,7 +106,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         model=model,
         stream=bool(stream),
         include_usage=include_usage,
-        prompt_chars=prompt_chars(messages),
+        prompt_tokens=estimate_prompt_tokens(document),
     )
 
 
@@ -307,9 +314,10 @@ class ChatPipeline:
         exchange.asked_for(request.model, known=request.model in self.catalog)
         exchange.stream = request.stream
         self.catalog.resolve(request.model, key)
-        # A stream reports usage only if asked: the gateway asks when the client did not.
-        ask_usage = request.stream and request.include_usage is None
-        meter = UsageMeter(request.prompt_chars, strip_usage_chunk=ask_usage)
+        # A stream reports usage only if asked: the gateway asks whenever the client did not,
+        # so that no client can choose the estimate over the upstream's count.
+        ask_usage = request.stream and request.include_usage is not True
+        meter = UsageMeter(request.prompt_tokens, strip_usage_chunk=ask_usage)
         account = await self.accounting.admit(key, request.model, meter)
         # Whatever raises from here on, the account is settled before it leaves.
         try:
@@ -349,13 +357,18 @@ class ChatPipeline:
             return await self.upstreams.open(
                 request.model, body, stream=request.stream, deadlines=deadlines
             )
-        try:
-            return await self.upstreams.open(
-                request.model, with_include_usage(body), stream=True, deadlines=deadlines
-            )
-        except GatewayError as error:
-            if not rejects_stream_options(error):
-                raise
-        # An upstream without stream_options: the client's own bytes, usage estimated.
-        meter.stop_stripping()
+        if request.include_usage is None:
+            asking: bytes | None = with_include_usage(body)
+        else:
+            asking = with_usage_option(body)
+        if asking is not None:
+            try:
+                return await self.upstreams.open(
+                    request.model, asking, stream=True, deadlines=deadlines
+                )
+            except GatewayError as error:
+                if not rejects_stream_options(error):
+                    raise
+            # An upstream without stream_options: the client's own bytes, usage estimated.
+            meter.stop_stripping()
         return await self.upstreams.open(request.model, body, stream=True, deadlines=deadlines)

@@ -1,19 +1,25 @@
 """Token usage of a chat completion, as the upstream reports it or, failing that, estimated.
 Pure rules.
 
-Streams: the gateway asks the upstream for a final usage chunk (`stream_options.include_usage`)
-even when the client did not, by splicing it into the client's bytes (nothing else changes),
-and drops that chunk from what such a client sees. When the usage cannot be had (the client
-sent other `stream_options`, the upstream refused the option, or the stream ended early, e.g.
-because the client went away), the tokens are estimated: one per 4 characters of the
-messages' text for the prompt, and of the text and tool-call arguments delivered so far for
-the completion. So are they when the upstream reports a usage the gateway cannot use (not two
-counts from 0 to MAX_REPORTED_TOKENS): whatever the shape of an answer, reading it never fails
-the request, and the client gets the upstream's bytes as they came.
+Streams: the gateway always asks the upstream for the final usage chunk
+(`stream_options.include_usage`), so that no client can choose a cheaper count: it splices
+`"stream_options":{"include_usage":true},` into a body without `stream_options` (nothing else
+changes), or replaces the value of the client's own `stream_options` object with the same
+object plus `"include_usage":true` (or null with `{"include_usage":true}`). A client that did
+not ask for the usage chunk never sees it. When the usage cannot be had (the client's
+`stream_options` is neither an object nor null, the upstream refused the option, or the stream
+ended early, e.g. because the client went away), the tokens are estimated at one per 4
+characters: for the prompt, of every string in the request body, keys included, with each
+image part at a fixed IMAGE_TOKENS instead of its URL; for the completion, of every string
+delivered in the choices' deltas or messages (text, refusal, tool calls, reasoning) but their
+`role`, `type` and `id`. So are they when the upstream reports a usage the gateway cannot use
+(not two counts from 0 to MAX_REPORTED_TOKENS): whatever the shape of an answer, reading it
+never fails the request, and the client gets the upstream's bytes as they came.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -30,8 +36,14 @@ CHARS_PER_TOKEN = 4
 # Beyond any context window: a larger count is garbage, and counts this size summed over many
 # requests stay far from the 64-bit integers of the key store and Redis.
 MAX_REPORTED_TOKENS = 10**9
+# OpenAI's count for one high-detail image of up to 2048 x 768 pixels is 1,105; the URL or data
+# of an image says little about its count and base64 would be counted many times over.
+IMAGE_TOKENS = 1_000
 INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 _OPENING_BRACE = re.compile(rb"^\s*\{")
+_SPACE = re.compile(r"[ \t\n\r]*")
+# Members of a delta that name or label output rather than carry it.
+_NOT_OUTPUT = frozenset(("role", "type", "id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,21 +61,60 @@ def estimate_tokens(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
-def _text_chars(value: Any) -> int:
-    """Characters of text in a message content: a string or a list of text parts."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(
-            len(part["text"])
-            for part in value
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return 0
+def _string_chars(document: Any, *, keys: bool, skip: frozenset[str] = frozenset()) -> int:
+    """Characters in the strings of `document` (and its keys if `keys`), members named in
+    `skip` aside, with IMAGE_TOKENS' worth for each image part. A loop, not recursion: a body
+    may nest as deep as the JSON parser allows."""
+    chars = 0
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            if value.get("type") == "image_url":
+                chars += IMAGE_TOKENS * CHARS_PER_TOKEN
+                continue
+            for key, member in value.items():
+                if key in skip:
+                    continue
+                if keys:
+                    chars += len(key)
+                pending.append(member)
+    return chars
 
 
-def prompt_chars(messages: list[Any]) -> int:
-    return sum(_text_chars(m.get("content")) for m in messages if isinstance(m, dict))
+def estimate_prompt_tokens(document: Any) -> int:
+    """The prompt's estimate: the whole request body counts, since the upstream reads all of
+    it (tools, response formats, images), not only the messages' text."""
+    return estimate_tokens(_string_chars(document, keys=True))
+
+
+def _member_spans(text: str, name: str) -> list[tuple[int, int, Any]]:
+    """(start, end, value) of each top-level member `name` of the JSON object `text`;
+    ValueError for any other text, so that nothing is edited at a guessed place."""
+    decoder = json.JSONDecoder()
+
+    def past(at: int, token: str) -> int:
+        at = _SPACE.match(text, at).end()
+        if text[at] != token:
+            raise ValueError(f"expected {token!r} at {at}")
+        return at + 1
+
+    spans = []
+    at = _SPACE.match(text, past(0, "{")).end()
+    while text[at] != "}":
+        key, at = json.decoder.scanstring(text, past(at, '"'))
+        at = _SPACE.match(text, past(at, ":")).end()
+        value, end = decoder.raw_decode(text, at)
+        if key == name:
+            spans.append((at, end, value))
+        at = _SPACE.match(text, end).end()
+        if text[at] == ",":
+            at += 1
+    return spans
 
 
 def with_include_usage(body: bytes) -> bytes:
@@ -74,6 +125,27 @@ def with_include_usage(body: bytes) -> bytes:
     if match is None:  # parse_chat_request has already checked it is an object
         raise ValueError("not a JSON object")
     return body[: match.end()] + INCLUDE_USAGE + body[match.end() :]
+
+
+def with_usage_option(body: bytes) -> bytes | None:
+    """The body whose `stream_options` also says `"include_usage":true`: the client's options
+    plus that one (null becomes `{"include_usage":true}`); every byte outside that value stays
+    as the client sent it. None when its `stream_options` is neither an object nor null (the
+    upstream refuses it anyway) or the body cannot be edited in place."""
+    try:
+        # Members as JSON reads them: "stream\u005foptions" is found too.
+        text = body.decode()
+        spans = _member_spans(text, "stream_options")
+    except (UnicodeDecodeError, ValueError, IndexError, RecursionError):
+        return None
+    if not spans:
+        return None
+    for start, end, value in reversed(spans):
+        if value is not None and not isinstance(value, dict):
+            return None
+        options = json.dumps({**(value or {}), "include_usage": True}, separators=(",", ":"))
+        text = text[:start] + options + text[end:]
+    return text.encode()
 
 
 def rejects_stream_options(error: GatewayError) -> bool:
@@ -118,18 +190,14 @@ def _is_usage_chunk(document: Any) -> bool:
 
 
 def _delta_chars(document: Any) -> int:
+    """Output characters of a chunk or answer: every string its choices deliver (text,
+    refusal, tool names and arguments, `reasoning_content`/`reasoning`, ...), labels aside."""
     choices = document.get("choices") if isinstance(document, dict) else None
     chars = 0
     for choice in choices if isinstance(choices, list) else ():
         delta = (choice.get("delta") or choice.get("message")) if isinstance(choice, dict) else None
-        if not isinstance(delta, dict):
-            continue
-        chars += _text_chars(delta.get("content")) + _text_chars(delta.get("refusal"))
-        calls = delta.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict):
-                chars += _text_chars(function.get("arguments"))
+        if isinstance(delta, dict):
+            chars += _string_chars(delta, keys=False, skip=_NOT_OUTPUT)
     return chars
 
 
@@ -143,8 +211,8 @@ def _loads(data: bytes) -> Any:
 class UsageMeter:
     """Follows one answer: its reported usage, or what is needed to estimate it."""
 
-    def __init__(self, prompt_chars: int, *, strip_usage_chunk: bool) -> None:
-        self._prompt_chars = prompt_chars
+    def __init__(self, prompt_tokens: int, *, strip_usage_chunk: bool) -> None:
+        self._prompt_tokens = prompt_tokens
         self._strip = strip_usage_chunk
         self._completion_chars = 0
         self._told_unusable = False
@@ -181,7 +249,7 @@ class UsageMeter:
         if self.reported is not None:
             return self.reported
         return Usage(
-            estimate_tokens(self._prompt_chars),
+            self._prompt_tokens,
             estimate_tokens(self._completion_chars),
             estimated=True,
         )
