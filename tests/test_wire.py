@@ -16,6 +16,8 @@ import pytest
 from gateway_process import ADMIN_KEY, Gateway
 from openai_shape import ERROR_KEYS
 
+from typegpt_gateway.redaction import redact
+
 CHAT = "/v1/chat/completions"
 
 
@@ -157,3 +159,73 @@ def test_path_parameter_that_is_not_utf8_is_a_400(gateway, api_key, path, author
         assert internal not in error["message"], error
     log = gateway.flushed_log()
     assert "DecodeError" not in log and "Traceback" not in log
+
+
+# --- headers that are not UTF-8 -----------------------------------------------------------------
+
+# 95 headers of 20 bytes from 0x80-0xFF each, as in the report: within Envoy's limits (100
+# headers, 32 KiB), so the request reaches the backend.
+ODD_HEADERS = [
+    b"x-odd-%d: v%s" % (i, bytes(0x80 + (i + j) % 0x80 for j in range(20))) for i in range(95)
+]
+
+
+def _odd_request(path: str, authorization: bytes | None, request_id: str) -> bytes:
+    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+    lines = [
+        f"POST {path} HTTP/1.1".encode(),
+        b"Host: gateway",
+        b"Content-Type: application/json",
+        f"X-Request-Id: {request_id}".encode(),
+        *ODD_HEADERS,
+        *([b"Authorization: " + authorization] if authorization is not None else []),
+        b"Content-Length: %d" % len(body),
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/admin/keys"])
+@pytest.mark.parametrize("key", ["none", "client", "admin"])
+def test_a_request_with_bytes_that_are_not_utf8_makes_one_log_line(
+    gateway, api_key, path, key
+) -> None:
+    secret = {"none": None, "client": api_key, "admin": ADMIN_KEY}[key]
+    # A byte that is not UTF-8 in the middle of the key: both halves are secrets.
+    halves = (secret[:20], secret[20:]) if secret else ()
+    authorization = b"Bearer " + b"\xe9".join(half.encode() for half in halves) if secret else None
+    request_id = f"odd-{key}-{path.rsplit('/', 1)[-1]}-{time.monotonic_ns()}"
+    before = len(gateway.flushed_log())
+    with _connect(gateway) as sock:
+        sock.sendall(_odd_request(path, authorization, request_id))
+        head, _ = _response(sock)
+    assert re.match(rb"HTTP/1.1 40[13] ", head), head
+    # The flush's own line (an admin call with a request id of its own) comes last.
+    lines = gateway.flushed_log()[before:].splitlines()[:-1]
+    for half in halves:
+        assert half not in "\n".join(lines)
+    assert len(lines) <= 1, f"{len(lines)} lines, first: {lines[0][:300]}"
+    assert all(request_id in line for line in lines), lines
+
+
+# A byte that is not UTF-8 reaches text decoded (as Latin-1 by grpc, as U+FFFD elsewhere) or
+# escaped: by repr (\xe9), by JSON (\u00e9), or both in a JSON log line (\\xe9).
+ODD_BYTE_FORMS = ["\xe9", "\ufffd", "\\xe9", "\\\\xe9", "\\u00e9", "\\ufffd"]
+
+
+@pytest.mark.parametrize("form", ODD_BYTE_FORMS)
+@pytest.mark.parametrize(
+    "halves",
+    [
+        ("sk-cmjBA9iDH2ByUuwDtB", "AKLEvfgkFxPq1gW9nu0eVy6ZA"),
+        ("admin-SECRET-key", "for-tests-0123"),
+    ],
+)
+def test_a_key_holding_a_byte_that_is_not_utf8_is_redacted_whole(halves, form) -> None:
+    key = form.join(halves)
+    for text in (f"Invalid encoding on b'Bearer {key}'", f'"authorization": "Bearer {key}"'):
+        redacted = redact(text)
+        assert not [half for half in halves if half in redacted], redacted
+    if key.startswith("sk-"):
+        redacted = redact(f"key {key}, then more")
+        assert not [half for half in halves if half in redacted], redacted
+        assert redacted.endswith(", then more")
