@@ -229,3 +229,30 @@ def test_a_key_holding_a_byte_that_is_not_utf8_is_redacted_whole(halves, form) -
         redacted = redact(f"key {key}, then more")
         assert not [half for half in halves if half in redacted], redacted
         assert redacted.endswith(", then more")
+
+
+# --- request ids ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_id",
+    [
+        "0190a6e2-7b1c-7d3e-8f00-123456789abc",  # a UUIDv7, as many clients make them
+        "odd-client-completions-5419717083501",  # any 36 characters
+    ],
+)
+def test_a_client_request_id_of_36_characters_comes_back_unchanged(
+    gateway, api_key, request_id
+) -> None:
+    with _connect(gateway) as sock:
+        sock.sendall(
+            _request(
+                "GET",
+                "/v1/models",
+                f"Authorization: Bearer {api_key}",
+                f"X-Request-Id: {request_id}",
+            )
+        )
+        head, _ = _response(sock)
+    assert f"\r\nx-request-id: {request_id}\r\n".encode() in head + b"\r\n", head
+    assert f'"request_id":"{request_id}"' in gateway.flushed_log()
