@@ -133,9 +133,16 @@ end
 -- client then fails the whole connection). No route serves HEAD, so it is always an error.
 local NOTES = "envoy.filters.http.lua"
 
-local function answers_head(handle)
+-- True, with the headers made ready to go alone, for an answer to HEAD. Its Content-Length
+-- goes: it counts Envoy's own text or the empty refusal, not the body a GET would get, which
+-- HTTP requires of a Content-Length on an answer to HEAD.
+local function headers_only(handle, headers)
   local notes = handle:streamInfo():dynamicMetadata():get(NOTES)
-  return notes ~= nil and notes["head"] ~= nil
+  if notes == nil or notes["head"] == nil then
+    return false
+  end
+  headers:remove("content-length")
+  return true
 end
 
 function envoy_on_request(handle)
@@ -199,8 +206,7 @@ function envoy_on_response(handle)
       headers:replace(":status", wanted_status)
     end
     headers:replace("content-type", "application/json")
-    if answers_head(handle) then
-      headers:remove("content-length")
+    if headers_only(handle, headers) then
       return
     end
     handle:body(true):setBytes(openai_error)
@@ -221,8 +227,7 @@ function envoy_on_response(handle)
   -- the transcoder could not parse) or a bare gRPC status. Headers first: reading the body
   -- ends their scope.
   headers:replace("content-type", "application/json")
-  if answers_head(handle) then
-    headers:remove("content-length")
+  if headers_only(handle, headers) then
     return
   end
   local body = handle:body(true)
