@@ -9,6 +9,7 @@ import re
 import socket
 import time
 
+import grpc
 import h2.config
 import h2.connection
 import h2.events
@@ -256,3 +257,17 @@ def test_a_client_request_id_of_36_characters_comes_back_unchanged(
         head, _ = _response(sock)
     assert f"\r\nx-request-id: {request_id}\r\n".encode() in head + b"\r\n", head
     assert f'"request_id":"{request_id}"' in gateway.flushed_log()
+
+
+def test_a_message_that_is_not_utf8_is_invalid_argument_on_the_grpc_port(gateway, api_key) -> None:
+    # GetModelRequest{model: b"\xff"}, which no protobuf library would serialize.
+    raw = b"\x0a\x01\xff"
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        get_model = channel.unary_unary("/typegpt.gateway.v1.ChatService/GetModel")
+        with pytest.raises(grpc.RpcError) as excinfo:
+            get_model(raw, metadata=[("authorization", f"Bearer {api_key}")], timeout=10)
+    error = excinfo.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error  # type: ignore[attr-defined]
+    trailers = dict(error.trailing_metadata())  # type: ignore[attr-defined]
+    assert json.loads(trailers["x-openai-error"])["error"]["code"] == 400
+    assert "DecodeError" not in error.details()  # type: ignore[attr-defined]
