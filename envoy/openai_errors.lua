@@ -128,6 +128,23 @@ local function lacks_key(authorization)
   return string.find(authorization, BEARER) == nil
 end
 
+-- Where envoy_on_request notes, for envoy_on_response, that the request is a HEAD: an answer
+-- to it must have headers only, and Envoy sends whatever body this filter sets (an HTTP/2
+-- client then fails the whole connection). No route serves HEAD, so it is always an error.
+local NOTES = "envoy.filters.http.lua"
+
+-- True, with the headers made ready to go alone, for an answer to HEAD. Its Content-Length
+-- goes: it counts Envoy's own text or the empty refusal, not the body a GET would get, which
+-- HTTP requires of a Content-Length on an answer to HEAD.
+local function headers_only(handle, headers)
+  local notes = handle:streamInfo():dynamicMetadata():get(NOTES)
+  if notes == nil or notes["head"] == nil then
+    return false
+  end
+  headers:remove("content-length")
+  return true
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   -- Native gRPC passes untouched: the backend refuses a call without a key on its headers.
@@ -135,6 +152,10 @@ function envoy_on_request(handle)
     return
   end
   clean_request_id(headers)
+  local head = headers:get(":method") == "HEAD"
+  if head then
+    handle:streamInfo():dynamicMetadata():set(NOTES, "head", true)
+  end
   -- The backend reads the first value too (servicer.authorization_of). The route's metadata
   -- is read only for a request without a key: it costs a conversion per request. A CORS
   -- preflight never carries credentials; no route serves OPTIONS anyway.
@@ -144,7 +165,7 @@ function envoy_on_request(handle)
     if refusal ~= nil then
       -- Shaped as the backend's errors are, for envoy_on_response, which sees this reply too.
       handle:respond({[":status"] = refusal["status"], ["x-http-status"] = refusal["status"],
-        ["x-openai-error"] = refusal["body"]}, refusal["body"])
+        ["x-openai-error"] = refusal["body"]}, head and "" or refusal["body"])
       return
     end
   end
@@ -185,6 +206,9 @@ function envoy_on_response(handle)
       headers:replace(":status", wanted_status)
     end
     headers:replace("content-type", "application/json")
+    if headers_only(handle, headers) then
+      return
+    end
     handle:body(true):setBytes(openai_error)
     return
   end
@@ -203,6 +227,9 @@ function envoy_on_response(handle)
   -- the transcoder could not parse) or a bare gRPC status. Headers first: reading the body
   -- ends their scope.
   headers:replace("content-type", "application/json")
+  if headers_only(handle, headers) then
+    return
+  end
   local body = handle:body(true)
   local message = LOCAL_MESSAGES[status]
   if message == nil then

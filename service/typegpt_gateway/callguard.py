@@ -7,7 +7,8 @@ holds that memory for as long as it keeps the stream open. So, on the call's hea
 - a call to a service that needs a key, without a well-formed `authorization` (the rule of
   keys.bearer_token), is refused at once with the error the service itself would give;
 - any other call with a single request message gets `message_timeout` seconds to deliver it,
-  then 408 (DEADLINE_EXCEEDED), as Envoy answers a REST client that is as slow.
+  then 408 (DEADLINE_EXCEEDED), as Envoy answers a REST client that is as slow;
+- a message protobuf cannot parse (a string field that is not UTF-8) is a 400.
 
 Envoy's Lua filter refuses REST requests without a key the same way; native gRPC passes Envoy
 untouched and unbuffered, and meets this guard. Calls whose requests stream (reflection) are
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from . import observe
 from .access import KEY_SERVICES
@@ -33,6 +35,15 @@ from .servicer import abort, authorization_of
 
 def message_timeout_error() -> GatewayError:
     return GatewayError(408, "The request was not received in time.", "timeout_error")
+
+
+def undecodable_message_error() -> GatewayError:
+    # Through Envoy, a path parameter whose percent-decoding is not UTF-8 (the transcoder puts
+    # its bytes in a string field); on the gRPC port, any message protobuf cannot parse.
+    return GatewayError(
+        400,
+        "The request could not be decoded: its text, the URL's path included, must be UTF-8.",
+    )
 
 
 def _route(method: str) -> str:
@@ -97,6 +108,11 @@ def _guarded(
                 message = await context.read()
         except TimeoutError as exc:
             await _refuse(context, route, message_timeout_error())
+            raise AssertionError("unreachable: _refuse raises") from exc
+        except DecodeError as exc:
+            # The client's fault, found before any handler runs: a 400, not grpc's 500 that
+            # names the exception and logs its traceback.
+            await _refuse(context, route, undecodable_message_error())
             raise AssertionError("unreachable: _refuse raises") from exc
         if message is grpc.aio.EOF:  # the caller half-closed without sending one
             await _refuse(context, route, GatewayError(400, "The call carried no request message."))

@@ -19,9 +19,12 @@ _REDACTED_BYTES = REDACTED.encode()
 # Shorter registered secrets would redact ordinary words; real keys are far longer.
 MIN_SECRET_CHARS = 8
 
-_TOKEN = r"[A-Za-z0-9_\-\.=:/+~]"  # noqa: S105 - a pattern, not a password
+# A byte of a key that is not UTF-8 reaches text decoded (grpc reads such metadata as Latin-1)
+# or escaped (\xe9 by repr, \u00e9 by JSON, \\xe9 by both): the key goes on past it.
+_ODD_BYTE = r"(?:[^\x00-\x7f]|\\{1,2}(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}))"
+_TOKEN = rf"(?:[A-Za-z0-9_\-\.=:/+~]|{_ODD_BYTE})"
 # Not inside a word: "task-manager-v2" is a model name, not a key.
-_SK_PATTERN = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{6,}")
+_SK_PATTERN = re.compile(rf"(?<![A-Za-z0-9])sk-(?:[A-Za-z0-9_\-]|{_ODD_BYTE}){{6,}}")
 _SK_REPLACEMENT = "sk-" + REDACTED
 # A token with a lower-case letter or digit: placeholders such as YOUR_API_KEY stay.
 _BEARER_PATTERN = re.compile(rf"((?i:bearer)\s+)(?={_TOKEN}*[a-z0-9]){_TOKEN}{{6,}}")
