@@ -463,5 +463,15 @@ def test_an_error_body_with_a_near_form_of_the_key_is_not_passed(leaky, upstream
     assert response.status_code == 400, response.text
     message = response.json()["error"]["message"]
     assert "bad key" not in message, message
-    squeezed = "".join(c for c in unquote(message).lower() if c.isalnum())
-    assert "".join(c for c in PLAIN_UPSTREAM_KEY.lower() if c.isalnum()) not in squeezed
+    assert not _holds_near_form(message)
+    # The same text in a stream's in-band error event.
+    error_event = {"error": {"message": f"bad key: {form}", "type": "server_error"}}
+    upstream.enqueue(Reply.stream([make_chunk({"content": "a"}), error_event], done=False))
+    streamed = _chat(gw, client_key, stream=True)
+    assert "error" in streamed.text and "bad key" not in streamed.text, streamed.text
+    assert not _holds_near_form(streamed.text)
+
+
+def _holds_near_form(text: str) -> bool:
+    squeezed = "".join(c for c in unquote(text).lower() if c.isalnum())
+    return "".join(c for c in PLAIN_UPSTREAM_KEY.lower() if c.isalnum()) in squeezed

@@ -216,9 +216,9 @@ class Stream:
             message = error.get("message") if isinstance(error, dict) else error
         except (orjson.JSONDecodeError, KeyError, AttributeError):
             message = None
-        text = scrub(message, self._secrets) if isinstance(message, str) else None
+        text = scrub(message, self._secrets) if isinstance(message, str) else "unknown error"
         if text is None:
-            text = "no message the gateway may pass on"
+            text = "its message was withheld (it held a form of a credential)"
         return GatewayError(502, f"The upstream API failed mid-stream: {text}", "api_error")
 
 
