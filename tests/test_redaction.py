@@ -17,11 +17,13 @@ from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keys import KeyRecord, hash_key, new_key
 from typegpt_gateway.logs import json_formatter
 from typegpt_gateway.redaction import (
+    StreamRedactor,
     install_log_redaction,
     redact,
     redact_bytes,
     register_secret,
     register_url_password,
+    withholds,
 )
 from typegpt_gateway.retry import AttemptFailed
 from typegpt_gateway.settings import Settings
@@ -200,3 +202,120 @@ def test_json_log_lines_are_redacted_and_stay_json() -> None:
 def test_words_that_merely_contain_sk_dash_are_left_alone() -> None:
     assert redact("model task-manager-v2") == "model task-manager-v2"
     assert redact("key sk-proj-abc123def456") == "key sk-[redacted]"
+
+
+def _escape_every(text: str, chars: str, spec: str = "04X") -> str:
+    return "".join(f"\\u{ord(c):{spec}}" if c in chars else c for c in text)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        _escape_every(SECRET, "-"),
+        _escape_every(SECRET, SECRET),  # every character, upper-case hex
+        _escape_every(SECRET, "tR", "04x"),  # lower-case hex
+    ],
+)
+def test_redact_bytes_catches_a_json_escaped_secret(spelling: str) -> None:
+    register_secret(SECRET)
+    data = f'{{"content": "a {spelling} b"}}'.encode()
+    assert json.loads(redact_bytes(data)) == {"content": "a [redacted] b"}
+
+
+def test_redact_bytes_catches_short_escapes_and_surrogates() -> None:
+    secret = "tgp/unit\\🔑Zq8"
+    register_secret(secret)
+    spelled = json.dumps(secret, ensure_ascii=True)[1:-1].replace("/", "\\/")
+    data = f'{{"content": "{spelled}"}}'.encode()
+    assert json.loads(data)["content"] == secret
+    assert json.loads(redact_bytes(data)) == {"content": "[redacted]"}
+
+
+def test_redact_bytes_leaves_escapes_that_spell_no_secret() -> None:
+    register_secret(SECRET)
+    data = b'{"content": "line\\none \\u00e9t\\u00e9 tgp\\u002dunit"}'
+    assert redact_bytes(data) is data
+
+
+def _events(*deltas: dict, finish: int | None = None) -> list[bytes]:
+    return [
+        json.dumps(
+            {
+                "id": "c",
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": delta,
+                        "finish_reason": "stop" if n == finish else None,
+                    }
+                ],
+            }
+        ).encode()
+        for n, delta in enumerate(deltas)
+    ]
+
+
+def _joined(sent: list[bytes], field: str = "content") -> str:
+    return "".join(
+        choice["delta"].get(field, "") for data in sent for choice in json.loads(data)["choices"]
+    )
+
+
+def test_stream_redactor_catches_a_secret_cut_across_three_events() -> None:
+    register_secret(SECRET)
+    redactor = StreamRedactor()
+    events = _events(
+        {"content": "x " + SECRET[:5]}, {"content": SECRET[5:20]}, {"content": SECRET[20:] + " y"}
+    )
+    sent = [redactor.feed(data) for data in events]
+    assert redactor.flush() is None
+    assert _joined(sent) == "x [redacted] y"
+    # Held back: only the part of the text that could begin the secret.
+    assert json.loads(sent[0])["choices"][0]["delta"]["content"] == "x "
+
+
+def test_stream_redactor_sends_what_it_held_at_the_finish_or_the_end() -> None:
+    register_secret(SECRET)
+    finished = StreamRedactor()
+    sent = [finished.feed(d) for d in _events({"content": "ends tgp"}, {}, finish=1)]
+    assert finished.flush() is None
+    assert _joined(sent) == "ends tgp"
+    cut_off = StreamRedactor()
+    sent = [cut_off.feed(d) for d in _events({"refusal": "no tgp-un"})]
+    assert _joined(sent, "refusal") == "no "
+    held = cut_off.flush()
+    assert held is not None and _joined([held], "refusal") == "tgp-un"
+
+
+def test_stream_redactor_passes_other_events_byte_for_byte() -> None:
+    # Other tests of the process register secrets too: none begins with a space.
+    register_secret(SECRET)
+    redactor = StreamRedactor()
+    for data in (*_events({"role": "assistant"}, {"content": "plain words. "}), b'{"usage": {}}'):
+        assert redactor.feed(data) is data
+    assert redactor.flush() is None
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        SECRET.upper(),
+        "".join(f"%{b:02x}" for b in SECRET.encode()),
+        " ".join(SECRET),
+        SECRET.replace("-", "."),
+        f"%25{SECRET[:3]}%2D{SECRET[4:]}",  # percent-encoded twice
+    ],
+)
+def test_near_forms_of_a_secret_are_withheld(form: str) -> None:
+    register_secret(SECRET)
+    assert withholds(f"bad key: {form}!")
+    body = json.dumps({"error": {"message": f"bad key: {form}", "param": form}}).encode()
+    error = upstream_error(400, body, {}, secrets=())
+    assert "bad key" not in error.message and error.param is None
+
+
+def test_text_without_a_near_form_is_not_withheld() -> None:
+    register_secret(SECRET)
+    assert not withholds(f"the key {SECRET[:12]} was cut, 100% sure")
+    assert not withholds("other", secrets=("short",))
+    assert withholds("an UPSTREAM-KEY-1234", secrets=("upstream_key_1234",))

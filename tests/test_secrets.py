@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from urllib.parse import unquote
 
 import grpc
 import httpx
@@ -382,3 +383,95 @@ def test_stream_answer_echoing_the_key_is_redacted(leaky, upstream) -> None:
     assert PLAIN_UPSTREAM_KEY not in response.text and FILE_UPSTREAM_KEY not in response.text
     first = json.loads(response.text.split("\n\n")[0].removeprefix("data: "))
     assert first["choices"][0]["delta"]["content"] == "keys [redacted] [redacted]"
+
+
+# Echoes that are not the key's exact bytes but that a client decodes (or a reader reads) back
+# to it: the threat model's "escaped, split and near-form echoes" (README, Security).
+ESCAPED_KEY = PLAIN_UPSTREAM_KEY.replace("-", "\\u002d").replace("Q", "\\u0051")
+
+
+def _chat(gw: Gateway, client_key: str, *, stream: bool = False) -> httpx.Response:
+    return httpx.post(
+        f"{gw.url}{CHAT}",
+        json=chat_body(stream=stream),
+        headers={"authorization": f"Bearer {client_key}"},
+        timeout=30,
+    )
+
+
+def _streamed_content(response: httpx.Response) -> str:
+    """The text a client assembles from a stream's content deltas, as the client decodes it."""
+    text = ""
+    for event in response.text.split("\n\n"):
+        payload = event.removeprefix("data: ").strip()
+        if payload and payload != "[DONE]":
+            for choice in json.loads(payload)["choices"]:
+                text += choice["delta"].get("content") or ""
+    return text
+
+
+def test_a_json_escaped_key_in_an_answer_is_redacted(leaky, upstream) -> None:
+    gw, client_key = leaky
+    completion = json.dumps(make_completion("your key is KEY, keep it")).replace("KEY", ESCAPED_KEY)
+    upstream.enqueue(Reply.json(200, completion.encode()))
+    answer = _chat(gw, client_key)
+    assert answer.status_code == 200, answer.text
+    content = answer.json()["choices"][0]["message"]["content"]
+    assert content == "your key is [redacted], keep it"
+
+    chunk = json.dumps(make_chunk({"content": "escaped KEY here"})).replace("KEY", ESCAPED_KEY)
+    upstream.enqueue(Reply.stream([chunk.encode().join((b"data: ", b"\n\n"))]))
+    streamed = _chat(gw, client_key, stream=True)
+    assert streamed.status_code == 200, streamed.text
+    assert _streamed_content(streamed) == "escaped [redacted] here"
+
+
+def test_a_key_split_across_stream_chunks_is_redacted(leaky, upstream) -> None:
+    gw, client_key = leaky
+    cut = 13
+    pieces = [
+        "one ",
+        f"two {PLAIN_UPSTREAM_KEY[:cut]}",
+        PLAIN_UPSTREAM_KEY[cut:-3],
+        f"{PLAIN_UPSTREAM_KEY[-3:]} three u",
+        "p to here",
+    ]
+    chunks = [make_chunk({"content": piece}) for piece in pieces]
+    upstream.enqueue(Reply.stream([*chunks, make_chunk({}, "stop")]))
+    response = _chat(gw, client_key, stream=True)
+    assert response.status_code == 200, response.text
+    assert _streamed_content(response) == "one two [redacted] three up to here"
+    # What is held back never outgrows a key: the first piece went out as it came.
+    first = json.loads(response.text.split("\n\n")[0].removeprefix("data: "))
+    assert first["choices"][0]["delta"]["content"] == "one "
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        PLAIN_UPSTREAM_KEY.upper(),
+        "".join(f"%{byte:02X}" for byte in PLAIN_UPSTREAM_KEY.encode()),
+        " ".join(PLAIN_UPSTREAM_KEY),
+        PLAIN_UPSTREAM_KEY.replace("-", "_"),
+    ],
+    ids=["upper-cased", "percent-encoded", "spaced-out", "other-separators"],
+)
+def test_an_error_body_with_a_near_form_of_the_key_is_not_passed(leaky, upstream, form) -> None:
+    gw, client_key = leaky
+    upstream.enqueue(Reply.json(400, {"error": {"message": f"bad key: {form}", "type": "x"}}))
+    response = _chat(gw, client_key)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "bad key" not in message, message
+    assert not _holds_near_form(message)
+    # The same text in a stream's in-band error event.
+    error_event = {"error": {"message": f"bad key: {form}", "type": "server_error"}}
+    upstream.enqueue(Reply.stream([make_chunk({"content": "a"}), error_event], done=False))
+    streamed = _chat(gw, client_key, stream=True)
+    assert "error" in streamed.text and "bad key" not in streamed.text, streamed.text
+    assert not _holds_near_form(streamed.text)
+
+
+def _holds_near_form(text: str) -> bool:
+    squeezed = "".join(c for c in unquote(text).lower() if c.isalnum())
+    return "".join(c for c in PLAIN_UPSTREAM_KEY.lower() if c.isalnum()) in squeezed

@@ -25,7 +25,7 @@ from .catalog import Catalog
 from .errors import GatewayError, scrub
 from .failover import Failover
 from .keys import KeyRecord
-from .redaction import redact_bytes
+from .redaction import StreamRedactor, redact_bytes
 from .sse import DONE, EventReader, is_error_event
 from .store import KeyCache
 from .timeouts import Deadlines
@@ -143,6 +143,7 @@ class Stream:
         the client must not mistake any of that for success."""
         loop = asyncio.get_running_loop()
         reader = EventReader()
+        redactor = StreamRedactor()
         content = self._response.content
         pending: asyncio.Future[bytes] | None = None
         failed = True
@@ -182,6 +183,8 @@ class Stream:
                 for data in reader.feed(chunk):
                     if data == DONE:
                         failed = False
+                        if (held := redactor.flush()) is not None:
+                            batch.append(held)
                         if batch:
                             yield batch
                         return
@@ -190,7 +193,7 @@ class Stream:
                             yield batch
                         raise observe.upstream_failed(self._in_band_error(data))
                     if self._meter.see_chunk(data):
-                        batch.append(redact_bytes(data))
+                        batch.append(redactor.feed(data))
                 if batch:
                     yield batch
         except (GeneratorExit, asyncio.CancelledError):
@@ -221,6 +224,8 @@ class Stream:
         except (orjson.JSONDecodeError, KeyError, AttributeError):
             message = None
         text = scrub(message, self._secrets) if isinstance(message, str) else "unknown error"
+        if text is None:
+            text = "its message was withheld (it held a form of a credential)"
         return GatewayError(502, f"The upstream API failed mid-stream: {text}", "api_error")
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from .redaction import redact
+from .redaction import redact, withholds
 
 _GRPC_CODES: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -123,6 +123,9 @@ class GatewayError(Exception):
         return json.dumps(self.payload(), ensure_ascii=True, separators=(",", ":"))
 
 
-def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Removes credentials from text that came from elsewhere (e.g. an upstream error body)."""
-    return redact(text, secrets)
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str | None:
+    """Text that came from elsewhere (e.g. an upstream error body) without credentials; None
+    when, so cleaned, it still holds a near form of one (see `withholds`): such text is not
+    passed on at all, while an exact echo only costs the client those characters."""
+    text = redact(text, secrets)
+    return None if withholds(text, secrets) else text

@@ -184,9 +184,10 @@ def upstream_error(
     status: int, body: bytes, headers: Mapping[str, str], secrets: tuple[str, ...]
 ) -> GatewayError:
     """What the client sees when the upstream answers `status`. Pure."""
-    message, error_type, param = _error_fields(body)
-    if message is not None:
-        message = scrub(message, secrets)
+    # Each field is the upstream's text; one that holds a near form of a key is dropped.
+    message, error_type, param = (
+        None if field is None else scrub(field, secrets) for field in _error_fields(body)
+    )
     if status in (401, 403):
         # The gateway's own key was refused: not the client's fault, and not theirs to see.
         return GatewayError(
