@@ -120,8 +120,11 @@ def _http_status(error: grpc.RpcError) -> tuple[str | None, dict[str, object]]:
     return trailers.get("x-http-status"), json.loads(trailers.get("x-openai-error", "{}"))
 
 
-def test_two_authorizations_are_refused_on_the_direct_port(gateway: Gateway, key: str) -> None:
-    other = gateway.wait_for_key(gateway.create_key("defaults-other"))
+@pytest.mark.parametrize("port", ["grpc", "envoy"])
+def test_two_authorizations_are_refused(gateway: Gateway, key: str, port: str) -> None:
+    """On the direct gRPC port, and as native gRPC through Envoy's."""
+    other = gateway.wait_for_key(gateway.create_key(f"defaults-other-{port}"))
+    target = gateway.grpc_target if port == "grpc" else gateway.http_target
     calls = {
         "ChatService/ListModels": lambda channel, metadata: chat_pb2_grpc.ChatServiceStub(
             channel
@@ -132,7 +135,7 @@ def test_two_authorizations_are_refused_on_the_direct_port(gateway: Gateway, key
     }
     pairs = [(key, other), (ADMIN_KEY, key), (key, ADMIN_KEY)]
     started = time.monotonic()
-    with grpc.insecure_channel(gateway.grpc_target) as channel:
+    with grpc.insecure_channel(target) as channel:
         for route, call in calls.items():
             for first, second in pairs:
                 metadata = (
