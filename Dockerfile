@@ -37,6 +37,9 @@ USER gateway
 WORKDIR /home/gateway
 
 # 7000: OpenAI-compatible REST (Envoy); 50051: native gRPC (the backend); 9464: metrics.
+# 50051 and 9464 listen on the container's loopback unless GATEWAY_GRPC_HOST=0.0.0.0 and
+# GATEWAY_METRICS_HOST=0.0.0.0 open them (docker run -e ...): publish them only then, and
+# never to the internet (the gRPC port has none of Envoy's edge limits).
 EXPOSE 7000 50051 9464
 
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \

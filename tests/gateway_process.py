@@ -94,7 +94,6 @@ class Gateway:
             TYPEGPT_BASE_URL=self.upstream_url,
             GATEWAY_SSE_KEEPALIVE_INTERVAL="1",
             GATEWAY_KEY_REFRESH_INTERVAL="0.2",
-            GATEWAY_METRICS_HOST="127.0.0.1",
             GATEWAY_METRICS_PORT=str(self.metrics_port),
             # Within stop()'s patience, even with a request left hanging.
             GATEWAY_DRAIN_TIMEOUT="5",
@@ -120,8 +119,6 @@ class Gateway:
                     *CLI,
                     "serve",
                     "--host",
-                    "127.0.0.1",
-                    "--grpc-host",
                     "127.0.0.1",
                     "--http-port",
                     str(self.http_port),

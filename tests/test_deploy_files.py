@@ -279,6 +279,12 @@ def test_gateway_serves_grpc_only_for_the_envoy_container(services: dict[str, An
 def test_gateway_exposes_metrics_on_the_default_port(services: dict[str, Any]) -> None:
     metrics_port = Settings.model_fields["metrics_port"].default
     assert str(metrics_port) in [str(port) for port in services["gateway"]["expose"]]
+    # Exposed to the compose network, so bound to the container's interfaces, not only to
+    # its loopback (the default).
+    metrics_host = services["gateway"]["environment"].get(
+        "GATEWAY_METRICS_HOST", Settings.model_fields["metrics_host"].default
+    )
+    assert metrics_host == "0.0.0.0"
     exposed = {port.split("/")[0] for args in dockerfile("EXPOSE") for port in args.split()}
     assert str(metrics_port) in exposed
     # Metrics stay off the public port.

@@ -83,6 +83,32 @@ def test_other_names_are_refused(name):
     assert param_of(excinfo) == "name"
 
 
+@pytest.mark.parametrize("name", ["admin", "Admin", "unknown", "UNKNOWN"])
+def test_names_the_logs_and_metrics_use_are_reserved(name):
+    with pytest.raises(GatewayError) as excinfo:
+        check_name(name)
+    assert excinfo.value.status == 400
+    assert param_of(excinfo) == "name"
+    assert "reserved" in excinfo.value.message
+
+
+@pytest.mark.parametrize("name", ["admins", "admin-bot", "unknown.client"])
+def test_names_near_a_reserved_one_are_accepted(name):
+    assert check_name(name) == name
+
+
+def test_a_stored_key_under_a_reserved_name_can_still_be_managed(store_factory):
+    """One made before the names were reserved: usable, editable, revocable."""
+    store = store_factory()
+    store.create("admin")
+    admin = KeyAdmin(store, CATALOG)
+    assert admin.update("admin", {"rpm": 5}).rpm == 5
+    assert admin.revoke("admin").revoked_at is not None
+    with pytest.raises(GatewayError) as excinfo:
+        admin.create("admin", {})
+    assert excinfo.value.status == 400
+
+
 def test_status():
     record = KeyRecord(name="n", key_hash=b"", prefix="sk-", created_at=NOW)
     assert status(record, NOW) == "active"

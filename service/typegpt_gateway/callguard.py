@@ -5,7 +5,8 @@ that no time limit: a caller that sends the headers and most of a 30 MiB message
 holds that memory for as long as it keeps the stream open. So, on the call's headers:
 
 - a call to a service that needs a key, without a well-formed `authorization` (the rule of
-  keys.bearer_token), is refused at once with the error the service itself would give;
+  keys.bearer_token) or with several, is refused at once with the error the service itself
+  would give;
 - any other call with a single request message gets `message_timeout` seconds to deliver it,
   then 408 (DEADLINE_EXCEEDED), as Envoy answers a REST client that is as slow;
 - a message protobuf cannot parse (a string field that is not UTF-8) is a 400.
@@ -101,8 +102,14 @@ def _guarded(
     is read: it checks the key, then reads the one message itself, within `timeout` seconds."""
 
     async def request(context: grpc.aio.ServicerContext) -> Any:
-        if refusal is not None and bearer_token(authorization_of(context)) is None:
-            await _refuse(context, route, refusal())
+        if refusal is not None:
+            try:
+                authorization = authorization_of(context)
+            except GatewayError as error:
+                await _refuse(context, route, error)
+                raise AssertionError("unreachable: _refuse raises") from error
+            if bearer_token(authorization) is None:
+                await _refuse(context, route, refusal())
         try:
             async with asyncio.timeout(timeout):
                 message = await context.read()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import os
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -30,6 +31,9 @@ LOG_LINE_LIMIT = 1024 * 1024
 LOG_FORMAT = (
     '{"time":"%Y-%m-%dT%T.%f%z","level":"%l","logger":"envoy","component":"%n","message":"%j"}'
 )
+# The variables Envoy inherits (envoy_environment): none of them holds a secret.
+ENVOY_ENV_NAMES = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "TZ"})
+ENVOY_ENV_PREFIXES = ("LC_",)
 
 
 def assets_dir() -> Path:
@@ -166,6 +170,18 @@ def command(settings: Settings, config_path: Path) -> list[str]:
     return args
 
 
+def envoy_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What Envoy gets of the gateway's environment: only what a process needs to run and to
+    format its logs. Its config names everything else; any other variable may hold a secret
+    (TYPEGPT_API_KEY, GATEWAY_ADMIN_KEY, DATABASE_URL) that Envoy's /proc/<pid>/environ, its
+    crash dumps and anything it runs would then show."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in ENVOY_ENV_NAMES or name.startswith(ENVOY_ENV_PREFIXES)
+    }
+
+
 async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *command(settings, config_path),
@@ -173,7 +189,7 @@ async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subproce
         # Through relay_output: at debug level Envoy prints request headers, keys included.
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env=os.environ.copy(),
+        env=envoy_environment(os.environ),
         limit=LOG_LINE_LIMIT,
     )
 

@@ -17,6 +17,7 @@ from typing import Literal
 
 from .errors import GatewayError
 from .keys import KeyRecord, parse_duration
+from .observe import UNKNOWN_MODEL
 from .store import (
     BUDGET_PERIODS,
     LIMIT_FIELDS,
@@ -28,6 +29,12 @@ from .store import (
 
 # A name travels in admin URLs (/v1/admin/keys/{name}), metrics labels and log lines.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
+# The key name the admin key's requests are logged and counted under.
+ADMIN = "admin"
+# Names the logs and metrics already give a meaning (UNKNOWN_MODEL: the model label of any
+# name the catalog lacks): a client key named so would pass for them. Reserved in any case,
+# since a reader of a dashboard does not tell "Admin" from "admin".
+RESERVED_NAMES = frozenset({ADMIN, UNKNOWN_MODEL})
 # Limits set as whole numbers of at least 1, up to what the admin API's JSON can carry
 # exactly (uint32 fields; budget_tokens is a double, exact to 2^53).
 COUNT_LIMITS = ("rpm", "tpm", "max_concurrent", "budget_tokens")
@@ -51,6 +58,12 @@ def check_name(name: str) -> str:
         raise _invalid(
             "A key name is 1-64 characters: letters, digits and . _ @ : - "
             "(starting with a letter or digit).",
+            "name",
+        )
+    if name.lower() in RESERVED_NAMES:
+        raise _invalid(
+            f"The key name {name!r} is reserved (the logs and metrics use "
+            f"{' and '.join(sorted(RESERVED_NAMES))} themselves); pick another name.",
             "name",
         )
     return name

@@ -20,14 +20,13 @@ from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
 
 from . import observe
 from .adminauth import authorize_admin
-from .keyadmin import COUNT_LIMITS, LIMIT_PARAMS, KeyAdmin, parse_day, status
+from .keyadmin import ADMIN, COUNT_LIMITS, LIMIT_PARAMS, KeyAdmin, parse_day, status
 from .keys import KeyRecord
 from .redaction import register_secret
 from .servicer import abort, as_gateway_error, authorization_of
 from .store import KeyCache, UsageRow
 
 T = TypeVar("T")
-ADMIN = "admin"  # the key name requests made with the admin key are logged and counted under
 
 
 def api_key_message(record: KeyRecord, now: float, key: str | None = None) -> keys_pb2.ApiKey:

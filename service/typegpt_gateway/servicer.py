@@ -30,11 +30,23 @@ JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 
 
+def several_credentials_error() -> GatewayError:
+    return GatewayError(
+        401,
+        "Send one 'Authorization: Bearer ...' header, not several.",
+        "authentication_error",
+    )
+
+
 def authorization_of(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return value if isinstance(value, str) else None
-    return None
+    """The call's one `authorization` value; several are refused (GatewayError), as Envoy
+    refuses them on its port: which one counts must not depend on who reads them."""
+    values = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
+    if len(values) > 1:
+        raise several_credentials_error()
+    if not values or not isinstance(values[0], str):
+        return None
+    return values[0]
 
 
 async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> None:

@@ -62,7 +62,9 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"  # noqa: S104 - a gateway is meant to be reached from other hosts
     http_port: int = 7000
-    grpc_host: str = "0.0.0.0"  # noqa: S104
+    # The direct gRPC port skips Envoy's edge limits and serves KeyService and reflection in
+    # plaintext: loopback unless an operator opens it (Envoy's port 7000 carries the same).
+    grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
     # 0 lets the OS pick, so that several gateways can share a host.
     envoy_admin_port: int = 0
@@ -114,7 +116,8 @@ class Settings(BaseSettings):
     # The admin API's bearer key; unset or empty turns the admin API off (never open).
     admin_key: SecretStr | None = None
     # Prometheus metrics on their own port, never the public HTTP port; 0 turns them off.
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other hosts
+    # Loopback by default: the metrics name every key and its traffic.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     # Request bodies (prompts) in the request log: for debugging only.
     log_bodies: bool = False
