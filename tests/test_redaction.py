@@ -263,7 +263,7 @@ def _joined(sent: list[bytes], field: str = "content") -> str:
 
 def test_stream_redactor_catches_a_secret_cut_across_three_events() -> None:
     register_secret(SECRET)
-    redactor = StreamRedactor()
+    redactor = StreamRedactor((SECRET,))
     events = _events(
         {"content": "x " + SECRET[:5]}, {"content": SECRET[5:20]}, {"content": SECRET[20:] + " y"}
     )
@@ -276,11 +276,11 @@ def test_stream_redactor_catches_a_secret_cut_across_three_events() -> None:
 
 def test_stream_redactor_sends_what_it_held_at_the_finish_or_the_end() -> None:
     register_secret(SECRET)
-    finished = StreamRedactor()
+    finished = StreamRedactor((SECRET,))
     sent = [finished.feed(d) for d in _events({"content": "ends tgp"}, {}, finish=1)]
     assert finished.flush() is None
     assert _joined(sent) == "ends tgp"
-    cut_off = StreamRedactor()
+    cut_off = StreamRedactor((SECRET,))
     sent = [cut_off.feed(d) for d in _events({"refusal": "no tgp-un"})]
     assert _joined(sent, "refusal") == "no "
     held = cut_off.flush()
@@ -288,9 +288,8 @@ def test_stream_redactor_sends_what_it_held_at_the_finish_or_the_end() -> None:
 
 
 def test_stream_redactor_passes_other_events_byte_for_byte() -> None:
-    # Other tests of the process register secrets too: none begins with a space.
     register_secret(SECRET)
-    redactor = StreamRedactor()
+    redactor = StreamRedactor((SECRET,))
     for data in (*_events({"role": "assistant"}, {"content": "plain words. "}), b'{"usage": {}}'):
         assert redactor.feed(data) is data
     assert redactor.flush() is None
@@ -319,3 +318,14 @@ def test_text_without_a_near_form_is_not_withheld() -> None:
     assert not withholds(f"the key {SECRET[:12]} was cut, 100% sure")
     assert not withholds("other", secrets=("short",))
     assert withholds("an UPSTREAM-KEY-1234", secrets=("upstream_key_1234",))
+
+
+def test_stream_redactor_holds_back_only_what_could_begin_the_upstreams_own_key() -> None:
+    # The admin key is a secret too, but the upstream never sees it: a delta that happens to
+    # end like its beginning goes out at once, not when the next delta comes.
+    register_secret(SECRET)
+    register_secret("admin-SECRET-never-sent-upstream-0123")
+    redactor = StreamRedactor((SECRET,))
+    (sent,) = [redactor.feed(data) for data in _events({"content": "a"})]
+    assert json.loads(sent)["choices"][0]["delta"]["content"] == "a"
+    assert redactor.flush() is None

@@ -143,7 +143,7 @@ class Stream:
         the client must not mistake any of that for success."""
         loop = asyncio.get_running_loop()
         reader = EventReader()
-        redactor = StreamRedactor()
+        redactor = StreamRedactor(self._secrets)
         content = self._response.content
         pending: asyncio.Future[bytes] | None = None
         failed = True

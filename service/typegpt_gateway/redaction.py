@@ -12,11 +12,13 @@ form (other case, percent-encoded, spaced out) in an upstream's error text (`wit
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -49,9 +51,6 @@ _secret_bytes: tuple[bytes, ...] = ()
 # answer (no backslash, or escapes of other characters) pays one `in` or one literal search.
 _escaped = re.compile(b"(?!)")
 _escape_hint: re.Pattern[bytes] | None = None
-# What could begin a secret at the end of a text, and how far back that can reach.
-_secret_start = re.compile("(?!)")
-_longest_secret = 0
 # What `withholds` compares: each secret squeezed (see `_squeeze`).
 _squeezed: frozenset[str] = frozenset()
 
@@ -64,7 +63,6 @@ _NOT_ALNUM = re.compile(r"[\W_]+")
 def register_secret(secret: str | None) -> None:
     """From now on `secret` is removed from every error message and log line of the process."""
     global _plain, _secrets, _secret_bytes, _escaped, _escape_hint, _squeezed
-    global _secret_start, _longest_secret
     if secret is None or len(secret) < MIN_SECRET_CHARS:
         return
     # Log lines are JSON (the gateway's and Envoy's), where a quote, a backslash or a
@@ -77,8 +75,6 @@ def register_secret(secret: str | None) -> None:
         # Longest first: a secret that contains another is redacted whole.
         ordered = sorted(_plain, key=len, reverse=True)
         _escaped = re.compile(b"|".join(_escaped_pattern(s) for s in ordered))
-        _secret_start = re.compile("|".join(_prefixes(s) for s in ordered))
-        _longest_secret = len(ordered[0])
         _escape_hint = _hint_for({char for secret in _plain for char in secret})
         _squeezed = frozenset(q for s in _plain if len(q := _squeeze(s)) >= MIN_SECRET_CHARS)
 
@@ -193,13 +189,29 @@ def _redact_text(text: str) -> str:
     return text
 
 
-def _held_back(text: str) -> int:
-    """How many of the last characters of `text` could begin a secret, at most: those wait
-    for the next piece of the text."""
-    # The leftmost match is the longest; a search from a key's length before the end costs
-    # one call whatever the text's length.
-    found = _secret_start.search(text, max(len(text) - _longest_secret, 0))
-    return 0 if found is None else len(text) - found.start()
+@dataclass(frozen=True, slots=True)
+class _SplitWatch:
+    """What could begin one of some secrets at the end of a text, and how far back that can
+    reach."""
+
+    start: re.Pattern[str]
+    longest: int
+
+    def held_back(self, text: str) -> int:
+        """How many of the last characters of `text` could begin a secret, at most: those
+        wait for the next piece of the text."""
+        # The leftmost match is the longest; a search from a key's length before the end
+        # costs one call whatever the text's length.
+        found = self.start.search(text, max(len(text) - self.longest, 0))
+        return 0 if found is None else len(text) - found.start()
+
+
+@functools.lru_cache(maxsize=16)
+def _split_watch(secrets: tuple[str, ...]) -> _SplitWatch | None:
+    ordered = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+    if not ordered:
+        return None
+    return _SplitWatch(re.compile("|".join(_prefixes(s) for s in ordered)), len(ordered[0]))
 
 
 # The fields of a delta that carry running text; `role` and the like are whole in each event.
@@ -218,14 +230,18 @@ class StreamRedactor:
     across tool-call arguments, across choices, or across fields.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, echoable: tuple[str, ...]) -> None:
+        """`echoable`: the secrets the upstream could echo, its own keys (it never sees a
+        client's key or the admin key): only their beginnings are held back, since every held
+        character delays the client. Every registered secret is redacted within an event."""
+        self._watch = _split_watch(echoable)
         self._held: dict[tuple[object, str], str] = {}
         self._last: dict[str, Any] | None = None
 
     def feed(self, data: bytes) -> bytes:
         """`data`, one event's JSON, as the client may see it."""
         data = redact_bytes(data)
-        if not _plain:
+        if self._watch is None:
             return data
         try:
             document = orjson.loads(data)
@@ -239,7 +255,7 @@ class StreamRedactor:
                 if field not in _TEXT_FIELDS or not isinstance(text, str):
                     continue
                 window = _redact_text(self._held.pop((index, field), "") + text)
-                keep = 0 if ending else _held_back(window)
+                keep = 0 if ending else self._watch.held_back(window)
                 if keep:
                     self._held[(index, field)] = window[-keep:]
                     window = window[:-keep]
