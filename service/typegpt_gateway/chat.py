@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -53,26 +55,99 @@ def _invalid(message: str, param: str | None = None) -> GatewayError:
     return GatewayError(400, message, "invalid_request_error", param)
 
 
-def _loads(body: bytes) -> object:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # orjson stops at 64-bit integers; the standard library reads any size, and the
-        # upstream gets the original bytes either way.
-        return json.loads(body)
+JSON_TYPE = "application/json"
+
+# The spellings of a key that orjson never writes: any other spelling is orjson's own.
+_OTHER_SPELLINGS = (b"\\u", b"\\/")
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
-    """The fields the gateway needs, or the 400 the client gets. The body itself is not changed."""
+class _Repeated(dict[str, object]):
+    """An object in which `key` came more than once."""
+
+    key: str
+
+
+def _mark_repeated(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    found = dict(pairs)
+    if len(found) == len(pairs):
+        return found
+    repeated = _Repeated(found)
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            repeated.key = key
+            break
+        seen.add(key)
+    return repeated
+
+
+def _read_objects(document: dict[str, object]) -> Iterator[tuple[str, dict[str, object]]]:
+    """The objects whose keys a rule reads (or the usage estimate), with their paths."""
+    yield "", document
+    options = document.get("stream_options")
+    if isinstance(options, dict):
+        yield "stream_options", options
+    messages = document.get("messages")
+    if isinstance(messages, list):
+        for index, message in enumerate(messages):
+            if isinstance(message, dict):
+                yield f"messages[{index}]", message
+
+
+def _may_repeat_keys(body: bytes, objects: Iterable[dict[str, object]]) -> bool:
+    """False when none of `objects` can have held a key twice in `body`, checked without
+    parsing again: each key spelled as orjson writes it must occur in the body only as often
+    as the objects hold it, and any other spelling needs an escape orjson never writes."""
+    if any(spelling in body for spelling in _OTHER_SPELLINGS):
+        return True
+    held = Counter(itertools.chain.from_iterable(objects))
+    return any(body.count(orjson.dumps(key)) != times for key, times in held.items())
+
+
+def _refuse_repeated_keys(body: bytes, document: dict[str, object]) -> None:
+    """orjson keeps a repeated key's last value, an upstream may keep its first: the gateway
+    would check one request and forward another. So a key the objects a rule reads hold twice
+    is refused, found by a second, slower parse that sees every key, only when it may be."""
+    if not _may_repeat_keys(body, (found for _, found in _read_objects(document))):
+        return
     try:
-        document = _loads(body)
-    except (ValueError, RecursionError):
+        marked = json.loads(body, object_pairs_hook=_mark_repeated)
+    except RecursionError:
+        raise _invalid("The JSON body of your request is nested too deeply.") from None
+    for path, found in _read_objects(marked):
+        if isinstance(found, _Repeated):
+            key = found.key if len(found.key) <= 64 else found.key[:64] + "..."
+            param = f"{path}.{key}" if path else key
+            raise _invalid(
+                f"Duplicate key '{param}' in the JSON body: each key may appear only once.",
+                param,
+            )
+
+
+def parse_chat_request(body: bytes, content_type: str = JSON_TYPE) -> ChatRequest:
+    """The fields the gateway needs, or the 400 the client gets. The body itself is not changed.
+
+    `content_type` is the client's Content-Type header ("" when it sent none)."""
+    # OpenAI reads a body as its Content-Type says (a form-encoded one has no `model` to
+    # it): a body labelled anything else than JSON is refused, not read as JSON here and
+    # perhaps otherwise upstream. A charset parameter changes nothing: JSON is UTF-8.
+    if content_type.partition(";")[0].strip().lower() not in ("", JSON_TYPE):
         raise _invalid(
-            "We could not parse the JSON body of your request. The body must be valid JSON "
-            "(Content-Type: application/json)."
+            "Invalid Content-Type header: the body of a chat completion request must be JSON, "
+            f"sent with Content-Type: {JSON_TYPE}."
+        )
+    try:
+        # Strict RFC 8259 JSON, as the upstream may read it: UTF-8 without a BOM, no NaN or
+        # Infinity, numbers within a double's range, no lone surrogates.
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _invalid(
+            f"We could not parse the JSON body of your request ({exc}). The body must be "
+            f"valid JSON in UTF-8 (Content-Type: {JSON_TYPE})."
         ) from None
     if not isinstance(document, dict):
         raise _invalid("The request body must be a JSON object.")
+    _refuse_repeated_keys(body, document)
     model = document.get("model")
     if model is None:
         raise _invalid("You must provide a model parameter.", "model")
@@ -309,13 +384,15 @@ class ChatPipeline:
     async def authenticate(self, authorization: str | None) -> KeyRecord:
         return await self.keys.authenticate(authorization)
 
-    async def start(self, body: bytes, authorization: str | None) -> Answer:
+    async def start(
+        self, body: bytes, authorization: str | None, content_type: str = JSON_TYPE
+    ) -> Answer:
         """The answer, which the caller must close (see `Answer.close`), or the error the
         client gets; an error after the request was admitted has settled it."""
         exchange = observe.current()
         key = await self.authenticate(authorization)
         exchange.key = key.name
-        request = parse_chat_request(body)
+        request = parse_chat_request(body, content_type)
         exchange.asked_for(request.model, known=request.model in self.catalog)
         exchange.stream = request.stream
         self.catalog.resolve(request.model, key)
