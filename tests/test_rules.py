@@ -144,6 +144,12 @@ def test_parse_chat_request_survives_absurd_nesting():
             b' "content": "x"}]}',
             "messages[0].content",
         ),
+        (
+            # The estimate reads the whole body: a long first description would go uncounted.
+            b'{"model": "m", "messages": [{"role": "user"}], "tools": [{"type": "function",'
+            b' "function": {"name": "f", "description": "long", "description": "short"}}]}',
+            "tools[0].function.description",
+        ),
     ],
 )
 def test_parse_chat_request_refuses_a_key_given_twice(body, param):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -62,51 +62,57 @@ class _Repeated(dict[str, object]):
     key: str
 
 
-def _mark_repeated(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    found = dict(pairs)
-    if len(found) == len(pairs):
-        return found
-    repeated = _Repeated(found)
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            repeated.key = key
-            break
-        seen.add(key)
-    return repeated
-
-
-def _read_objects(document: dict[str, object]) -> Iterator[tuple[str, dict[str, object]]]:
-    """The objects whose keys a rule reads (or the usage estimate), with their paths."""
-    yield "", document
-    options = document.get("stream_options")
-    if isinstance(options, dict):
-        yield "stream_options", options
-    messages = document.get("messages")
-    if isinstance(messages, list):
-        for index, message in enumerate(messages):
-            if isinstance(message, dict):
-                yield f"messages[{index}]", message
+def _path_to_repeat(document: object) -> str:
+    """Where the outermost object that repeats a key is, as a `param` (`messages[0].role`)."""
+    pending: list[tuple[str, object]] = [("", document)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, _Repeated):
+            return f"{path}.{value.key}" if path else value.key
+        if isinstance(value, dict):
+            members = ((f"{path}.{key}" if path else key, v) for key, v in value.items())
+        elif isinstance(value, list):
+            members = ((f"{path}[{index}]", v) for index, v in enumerate(value))
+        else:
+            continue
+        pending.extend(reversed(list(members)))
+    raise AssertionError("unreachable: a repeat was marked")
 
 
 def _refuse_repeated_keys(body: bytes) -> None:
     """orjson keeps a repeated key's last value, an upstream may keep its first: the gateway
-    would check one request and forward another. So a key the objects a rule reads hold twice
-    is refused. orjson cannot tell, so the standard library parses the body again, marking
-    objects that repeat a key: a hook per object, not per byte, costing about twice orjson's
-    time (screening the body for repeats without parsing it cost more than that)."""
+    would check (and estimate) one request and forward another. So a key given twice in any
+    object is refused. orjson cannot tell, so the standard library parses the body again
+    with a hook per object (not per byte), which costs about as much as orjson's parse;
+    screening the body for repeats without parsing it cost more than that."""
+    repeated = False
+
+    def mark(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        nonlocal repeated
+        found = dict(pairs)
+        if len(found) == len(pairs):
+            return found
+        marked = _Repeated(found)
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                marked.key = key
+                break
+            seen.add(key)
+        repeated = True
+        return marked
+
     try:
-        marked = json.loads(body, object_pairs_hook=_mark_repeated)
+        document = json.loads(body, object_pairs_hook=mark)
     except RecursionError:
         raise _invalid("The JSON body of your request is nested too deeply.") from None
-    for path, found in _read_objects(marked):
-        if isinstance(found, _Repeated):
-            key = found.key if len(found.key) <= 64 else found.key[:64] + "..."
-            param = f"{path}.{key}" if path else key
-            raise _invalid(
-                f"Duplicate key '{param}' in the JSON body: each key may appear only once.",
-                param,
-            )
+    if repeated:
+        param = _path_to_repeat(document)
+        if len(param) > 100:
+            param = param[:100] + "..."
+        raise _invalid(
+            f"Duplicate key '{param}' in the JSON body: each key may appear only once.", param
+        )
 
 
 def parse_chat_request(body: bytes, content_type: str = JSON_TYPE) -> ChatRequest:
