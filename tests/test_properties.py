@@ -26,7 +26,12 @@ from typegpt_gateway.usage import (
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    # JSON has no NaN or Infinity (json.dumps would write them, and they are refused).
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
     ),
@@ -176,6 +181,38 @@ def test_a_broken_field_is_a_400_naming_it(document: dict, field: str, bad: obje
     assert _is_client_error(result)
     assert result.param is not None  # type: ignore[union-attr]
     assert result.param.startswith(expected) or expected.startswith(result.param)  # type: ignore[union-attr]
+
+
+_TWIN = "twin-key-placeholder"
+
+
+def _spellings(key: str) -> st.SearchStrategy[str]:
+    """JSON spellings of `key`: as json.dumps writes it, or every character escaped."""
+    code_units = key.encode("utf-16-le")
+    escaped = "".join(
+        f"\\u{int.from_bytes(code_units[i : i + 2], 'little'):04x}"
+        for i in range(0, len(code_units), 2)
+    )
+    return st.sampled_from([json.dumps(key), f'"{escaped}"'])
+
+
+@SETTINGS
+@given(valid_documents, st.data())
+def test_a_key_given_twice_is_a_400_naming_it(document: dict, data: st.DataObject) -> None:
+    places: list[tuple[str, dict]] = [("", document)]
+    if isinstance(document.get("stream_options"), dict) and document["stream_options"]:
+        places.append(("stream_options", document["stream_options"]))
+    places += [(f"messages[{i}]", message) for i, message in enumerate(document["messages"])]
+    path, target = data.draw(st.sampled_from(places))
+    key = data.draw(st.sampled_from(sorted(target)))
+    # The twin comes first: the parser keeps the last, the one the document holds.
+    twin = {_TWIN: data.draw(json_values), **target}
+    target.clear()
+    target.update(twin)
+    body = json.dumps(document).replace(json.dumps(_TWIN), data.draw(_spellings(key)), 1)
+    result = _parse(body.encode())
+    assert _is_client_error(result)
+    assert result.param == (f"{path}.{key}" if path else key)  # type: ignore[union-attr]
 
 
 # --- typed gRPC params to JSON ---------------------------------------------------------------

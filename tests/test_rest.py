@@ -131,7 +131,7 @@ def test_request_bytes_reach_upstream_unchanged(client, upstream):
         b' "model": "gpt-4o", "seed": 18446744073709551617, "big": 9007199254740993,'
         b' "a_parameter_from_the_future": {"nested": [1, 2.50, {"deep": null}]},'
         b' "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema":'
-        b' {"type": "object", "properties": {"x": {"type": "integer", "maximum": 1e400}}}}}}'
+        b' {"type": "object", "properties": {"x": {"type": "integer", "maximum": 1E+300}}}}}}'
     )
     response = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 200, response.text
@@ -252,6 +252,60 @@ def test_key_restricted_to_models(gateway, upstream):
     assert sorted(model["id"] for model in listed["data"]) == ["gpt-4o", "o3"]
 
 
+def test_a_key_given_twice_is_refused_not_forwarded(gateway, upstream):
+    # The gateway read the last model, an upstream keeping the first would run gpt-5.
+    key = gateway.create_key("twice-gpt-4o", "--models", "gpt-4o")
+    body = b'{"model": "gpt-5", "model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+    response = httpx.post(
+        f"{gateway.url}{CHAT}",
+        content=body,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    error = assert_error(response, 400, "invalid_request_error")
+    assert error["param"] == "model" and "'model'" in error["message"]
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("text/plain", 400),
+        ("application/x-www-form-urlencoded", 400),
+        ("application/json; charset=utf-8", 200),
+        (None, 200),
+    ],
+)
+def test_only_a_body_labelled_json_or_unlabelled_is_read(client, upstream, content_type, status):
+    body = json.dumps(chat_body()).encode()
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = client.post(CHAT, content=body, headers=headers)
+    if status == 200:
+        assert response.status_code == 200, response.text
+        assert upstream.last_request().body == body
+    else:
+        error = assert_error(response, 400, "invalid_request_error")
+        assert "Content-Type" in error["message"]
+        assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps(chat_body()).encode("utf-16"),
+        b"\xef\xbb\xbf" + json.dumps(chat_body()).encode(),
+        json.dumps({**chat_body(), "temperature": float("nan")}).encode(),
+        json.dumps(chat_body()).encode()[:-1] + b', "top_p": 1e999999}',
+        json.dumps(chat_body()).encode()[:-1] + b', "user": "\\ud800"}',
+    ],
+    ids=["utf-16", "bom", "nan", "1e999999", "lone-surrogate"],
+)
+def test_what_is_not_strict_json_is_refused_not_forwarded(client, upstream, body):
+    response = client.post(CHAT, content=body, headers={"content-type": "application/json"})
+    error = assert_error(response, 400, "invalid_request_error")
+    assert "could not parse the JSON body" in error["message"]
+    assert upstream.requests == []
+
+
 @pytest.mark.parametrize("status", [400, 404, 422])
 def test_upstream_client_errors_pass_through(client, upstream, status):
     message = f"upstream says no ({status})"
@@ -338,7 +392,6 @@ def test_missing_upstream_key_is_a_clear_503(make_gateway, upstream):
 
 
 # --- models and health -----------------------------------------------------------------------
-
 
 
 def test_models_list_is_the_guides_eight_in_openai_shape(client):

@@ -123,6 +123,111 @@ def test_parse_chat_request_survives_absurd_nesting():
         assert error.status == 400
 
 
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        # A key limited to gpt-4o was admitted with gpt-5 first: upstreams may keep the first.
+        (b'{"model": "gpt-5", "model": "gpt-4o", "messages": [{"role": "user"}]}', "model"),
+        (b'{"model": "gpt-5", "mod\\u0065l": "gpt-4o", "messages": [{"role": "user"}]}', "model"),
+        (b'{"a/b": 1, "a\\/b": 2, "model": "m", "messages": [{"role": "user"}]}', "a/b"),
+        (
+            b'{"stream": false, "model": "m", "messages": [{"role": "user"}], "stream": true}',
+            "stream",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user"}], "stream": true,'
+            b' "stream_options": {"include_usage": false, "include_usage": true}}',
+            "stream_options.include_usage",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "a long prompt",'
+            b' "content": "x"}]}',
+            "messages[0].content",
+        ),
+        (
+            # The estimate reads the whole body: a long first description would go uncounted.
+            b'{"model": "m", "messages": [{"role": "user"}], "tools": [{"type": "function",'
+            b' "function": {"name": "f", "description": "long", "description": "short"}}]}',
+            "tools[0].function.description",
+        ),
+    ],
+)
+def test_parse_chat_request_refuses_a_key_given_twice(body, param):
+    with pytest.raises(GatewayError) as refused:
+        parse_chat_request(body)
+    assert (refused.value.status, refused.value.param) == (400, param)
+    assert f"'{param}'" in refused.value.message
+
+
+def test_parse_chat_request_takes_the_same_names_elsewhere_once_each():
+    document = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": 'say "model" and \\"model\\": caf\u00e9'},
+            {"role": "assistant", "content": "ok"},
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "f",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"model": {"type": "string"}, "role": {}},
+                    },
+                },
+            }
+        ],
+        "metadata": {"content": "x", "stream": "y"},
+    }
+    for body in (json.dumps(document).encode(), json.dumps(document, ensure_ascii=False).encode()):
+        assert parse_chat_request(body).model == "m"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'\xef\xbb\xbf{"model": "m", "messages": [{"role": "user"}]}',
+        '{"model": "m", "messages": [{"role": "user"}]}'.encode("utf-16"),
+        '{"model": "m", "messages": [{"role": "user"}]}'.encode("utf-16-le"),
+        b'{"model": "m", "messages": [{"role": "user"}], "temperature": NaN}',
+        b'{"model": "m", "messages": [{"role": "user"}], "temperature": -Infinity}',
+        b'{"model": "m", "messages": [{"role": "user"}], "temperature": 1e999999}',
+        b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        b'{"model": "m", "messages": [{"role": "user", "content": "\\udc00x"}]}',
+    ],
+    ids=["bom", "utf-16", "utf-16-le", "nan", "infinity", "1e999999", "high", "low"],
+)
+def test_parse_chat_request_refuses_what_is_not_strict_json(body):
+    with pytest.raises(GatewayError) as refused:
+        parse_chat_request(body)
+    assert refused.value.status == 400
+    assert "could not parse the JSON body" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("content_type", "accepted"),
+    [
+        ("application/json", True),
+        ("Application/JSON; charset=utf-8", True),
+        ("", True),
+        ("text/plain", False),
+        ("application/x-www-form-urlencoded", False),
+        ("multipart/form-data; boundary=x", False),
+        ("application/jsonx", False),
+    ],
+)
+def test_parse_chat_request_reads_json_only_when_labelled_json(content_type, accepted):
+    body = b'{"model": "m", "messages": [{"role": "user"}]}'
+    try:
+        parse_chat_request(body, content_type)
+    except GatewayError as error:
+        assert not accepted
+        assert error.status == 400 and "Content-Type" in error.message
+    else:
+        assert accepted
+
+
 # --- SSE -------------------------------------------------------------------------------------
 
 

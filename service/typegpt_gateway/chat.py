@@ -53,26 +53,93 @@ def _invalid(message: str, param: str | None = None) -> GatewayError:
     return GatewayError(400, message, "invalid_request_error", param)
 
 
-def _loads(body: bytes) -> object:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # orjson stops at 64-bit integers; the standard library reads any size, and the
-        # upstream gets the original bytes either way.
-        return json.loads(body)
+JSON_TYPE = "application/json"
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
-    """The fields the gateway needs, or the 400 the client gets. The body itself is not changed."""
+class _Repeated(dict[str, object]):
+    """An object in which `key` came more than once."""
+
+    key: str
+
+
+def _path_to_repeat(document: object) -> str:
+    """Where the outermost object that repeats a key is, as a `param` (`messages[0].role`)."""
+    pending: list[tuple[str, object]] = [("", document)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, _Repeated):
+            return f"{path}.{value.key}" if path else value.key
+        if isinstance(value, dict):
+            members = ((f"{path}.{key}" if path else key, v) for key, v in value.items())
+        elif isinstance(value, list):
+            members = ((f"{path}[{index}]", v) for index, v in enumerate(value))
+        else:
+            continue
+        pending.extend(reversed(list(members)))
+    raise AssertionError("unreachable: a repeat was marked")
+
+
+def _refuse_repeated_keys(body: bytes) -> None:
+    """orjson keeps a repeated key's last value, an upstream may keep its first: the gateway
+    would check (and estimate) one request and forward another. So a key given twice in any
+    object is refused. orjson cannot tell, so the standard library parses the body again
+    with a hook per object (not per byte): measured, 80-100 us more per 64 KiB prompt and
+    about 40 ms per 32 MiB body. Screening the body for repeats without parsing it (counting
+    each key's spelling, looking for escapes) cost more than that."""
+    repeated = False
+
+    def mark(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        nonlocal repeated
+        found = dict(pairs)
+        if len(found) == len(pairs):
+            return found
+        marked = _Repeated(found)
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                marked.key = key
+                break
+            seen.add(key)
+        repeated = True
+        return marked
+
     try:
-        document = _loads(body)
-    except (ValueError, RecursionError):
+        document = json.loads(body, object_pairs_hook=mark)
+    except RecursionError:
+        raise _invalid("The JSON body of your request is nested too deeply.") from None
+    if repeated:
+        param = _path_to_repeat(document)
+        if len(param) > 100:
+            param = param[:100] + "..."
         raise _invalid(
-            "We could not parse the JSON body of your request. The body must be valid JSON "
-            "(Content-Type: application/json)."
+            f"Duplicate key '{param}' in the JSON body: each key may appear only once.", param
+        )
+
+
+def parse_chat_request(body: bytes, content_type: str = JSON_TYPE) -> ChatRequest:
+    """The fields the gateway needs, or the 400 the client gets. The body itself is not changed.
+
+    `content_type` is the client's Content-Type header ("" when it sent none)."""
+    # OpenAI reads a body as its Content-Type says (a form-encoded one has no `model` to
+    # it): a body labelled anything else than JSON is refused, not read as JSON here and
+    # perhaps otherwise upstream. A charset parameter changes nothing: JSON is UTF-8.
+    if content_type.partition(";")[0].strip().lower() not in ("", JSON_TYPE):
+        raise _invalid(
+            "Invalid Content-Type header: the body of a chat completion request must be JSON, "
+            f"sent with Content-Type: {JSON_TYPE}."
+        )
+    try:
+        # Strict RFC 8259 JSON, as the upstream may read it: UTF-8 without a BOM, no NaN or
+        # Infinity, numbers within a double's range, no lone surrogates.
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _invalid(
+            f"We could not parse the JSON body of your request ({exc}). The body must be "
+            f"valid JSON in UTF-8 (Content-Type: {JSON_TYPE})."
         ) from None
     if not isinstance(document, dict):
         raise _invalid("The request body must be a JSON object.")
+    _refuse_repeated_keys(body)
     model = document.get("model")
     if model is None:
         raise _invalid("You must provide a model parameter.", "model")
@@ -309,13 +376,15 @@ class ChatPipeline:
     async def authenticate(self, authorization: str | None) -> KeyRecord:
         return await self.keys.authenticate(authorization)
 
-    async def start(self, body: bytes, authorization: str | None) -> Answer:
+    async def start(
+        self, body: bytes, authorization: str | None, content_type: str = JSON_TYPE
+    ) -> Answer:
         """The answer, which the caller must close (see `Answer.close`), or the error the
         client gets; an error after the request was admitted has settled it."""
         exchange = observe.current()
         key = await self.authenticate(authorization)
         exchange.key = key.name
-        request = parse_chat_request(body)
+        request = parse_chat_request(body, content_type)
         exchange.asked_for(request.model, known=request.model in self.catalog)
         exchange.stream = request.stream
         self.catalog.resolve(request.model, key)

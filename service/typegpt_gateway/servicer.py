@@ -87,7 +87,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     @contextlib.asynccontextmanager
     async def _answer(
-        self, body: bytes | Callable[[], bytes], context: grpc.aio.ServicerContext
+        self,
+        body: bytes | Callable[[], bytes],
+        context: grpc.aio.ServicerContext,
+        content_type: str = JSON,
     ) -> AsyncIterator[bytes | Stream]:
         """The answer to a chat request, its rate-limit headers sent as initial metadata
         (HTTP headers through Envoy). The one owner of the answer: however the block is
@@ -99,7 +102,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 body = body()
             if self._log_bodies:
                 observe.current().body = body
-            answer = await self._pipeline.start(body, authorization_of(context))
+            answer = await self._pipeline.start(body, authorization_of(context), content_type)
         except Exception as exc:
             await abort(context, as_gateway_error(exc))
             raise AssertionError("unreachable: abort raises") from exc
@@ -120,7 +123,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         request: chat_pb2.CreateChatCompletionHttpRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[chat_pb2.CreateChatCompletionHttpResponse]:
-        async with self._answer(request.http_body.data, context) as answer:
+        # Envoy's transcoder puts the client's Content-Type header, as sent, in the HttpBody.
+        http_body = request.http_body
+        async with self._answer(http_body.data, context, http_body.content_type) as answer:
             exchange = observe.current()
             if isinstance(answer, bytes):
                 exchange.sent_first_byte()
