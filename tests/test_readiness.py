@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_shape import assert_error
 
 from typegpt_gateway import readiness
-from typegpt_gateway.readiness import ReadinessProbe, RedisCheck, in_thread
+from typegpt_gateway.limits.redis_backend import RedisBackend
+from typegpt_gateway.readiness import ReadinessProbe, in_thread, rate_limits_check
 
 
 def test_a_hung_check_runs_once_however_many_probes_ask(monkeypatch):
@@ -62,7 +63,8 @@ def test_redis_check_follows_a_paused_and_resumed_redis(redis_server):
     pid = redis_server.process.pid
 
     async def scenario() -> tuple[str | None, str | None, str | None]:
-        check = RedisCheck(redis_server.url, timeout=0.3)
+        backend = RedisBackend(redis_server.url, timeout=0.3)
+        check = rate_limits_check(backend)
         before = await check()
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -70,7 +72,7 @@ def test_redis_check_follows_a_paused_and_resumed_redis(redis_server):
         finally:
             os.kill(pid, signal.SIGCONT)
         after = await check()
-        await check.aclose()
+        await backend.aclose()
         return before, during, after
 
     before, during, after = asyncio.run(scenario())

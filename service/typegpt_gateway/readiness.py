@@ -21,6 +21,8 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from .limits import Backend as LimiterBackend
+from .limits import LimiterUnavailableError
 from .store import KeyStore, Store
 
 Check = Callable[[], Awaitable[str | None]]
@@ -72,10 +74,6 @@ class ReadinessProbe:
             self._running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._running
-        for check in self.checks:
-            close = getattr(check, "aclose", None)
-            if close is not None:
-                await close()
 
 
 def in_thread(check: Callable[[], str | None], name: str) -> Check:
@@ -119,28 +117,16 @@ def _sqlite_check(path: Path) -> Callable[[], str | None]:
     return key_store
 
 
-class RedisCheck:
-    """Redis answers PING within the limiter's own timeout (its own connection, so that a
-    probe never waits behind rate-limit traffic)."""
+def rate_limits_check(backend: LimiterBackend) -> Check:
+    """The limiter's shared state (Redis) answers a PING, through the limiter's own client
+    and within its timeout: what a rate-limited request would meet."""
 
-    __name__ = "Redis"
-
-    def __init__(self, url: str, timeout: float) -> None:
-        # Imported here, as the limiter's Redis backend is: only gateways that use Redis pay.
-        import redis.asyncio as aioredis
-        from redis.exceptions import RedisError
-
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        self._errors = (RedisError, OSError)
-
-    async def __call__(self) -> str | None:
+    async def redis() -> str | None:
         try:
-            await self._redis.ping()
-        except self._errors as exc:
-            return f"Redis cannot be reached ({type(exc).__name__})"
+            await backend.ping()
+        except LimiterUnavailableError as exc:
+            return f"Redis cannot be reached ({exc})"
         return None
 
-    async def aclose(self) -> None:
-        await self._redis.aclose()
+    redis.__name__ = "Redis"
+    return redis

@@ -34,7 +34,7 @@ from .keyservice import KeyServicer
 from .ledger import UsageLedger
 from .limits import Backend as LimiterBackend
 from .limits import InProcessBackend, Limiter
-from .readiness import Check, ReadinessProbe, RedisCheck, key_store_check
+from .readiness import Check, ReadinessProbe, key_store_check, rate_limits_check
 from .redaction import register_url_password
 from .servicer import ChatServicer, StatusServicer
 from .settings import MiB, Settings
@@ -106,24 +106,24 @@ def _limiter_backend(settings: Settings) -> LimiterBackend:
     return RedisBackend(url, timeout=settings.redis_timeout, cluster=settings.redis_cluster)
 
 
-def _accounting(settings: Settings, store: Store) -> Accounting:
+def _accounting(settings: Settings, store: Store, backend: LimiterBackend) -> Accounting:
     async def budget_seed(name: str, since: dt.date) -> int:
         # After a restart (or a Redis that lost its data) a budget goes on from the ledger.
         rows = await asyncio.to_thread(store.usage, name, since)
         return sum(row.prompt_tokens + row.completion_tokens for row in rows)
 
     limiter = Limiter(
-        _limiter_backend(settings),
+        backend,
         fail_open=settings.rate_limit_failure_mode == "open",
         budget_seed=budget_seed,
     )
     return Accounting(limiter, UsageLedger(store, settings.usage_flush_interval))
 
 
-def _readiness_checks(settings: Settings, store: Store) -> list[Check]:
+def _readiness_checks(settings: Settings, store: Store, backend: LimiterBackend) -> list[Check]:
     checks = [key_store_check(store)]
     if settings.redis_url is not None:
-        checks.append(RedisCheck(settings.redis_url.get_secret_value(), settings.redis_timeout))
+        checks.append(rate_limits_check(backend))
     return checks
 
 
@@ -135,11 +135,12 @@ async def start_backend(settings: Settings) -> Backend:
     catalog = Catalog(
         settings.models, owned_by=settings.models_owned_by, created=settings.models_created
     )
-    accounting = _accounting(settings, store)
+    limiter_backend = _limiter_backend(settings)
+    accounting = _accounting(settings, store, limiter_backend)
     pipeline = ChatPipeline(
         keys, catalog, upstreams, accounting, keepalive=settings.sse_keepalive_interval
     )
-    readiness = ReadinessProbe(*_readiness_checks(settings, store))
+    readiness = ReadinessProbe(*_readiness_checks(settings, store, limiter_backend))
     # The admin API writes through the server's own store: the key cache sees each change at
     # once (data_version counts this connection's writes too).
     admin = KeyAdmin(store, settings.models)
