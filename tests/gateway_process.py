@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -190,6 +191,22 @@ class Gateway:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """The CLI against this gateway's key store."""
         return cli(self.db, *args, check=check, env=self.extra_env)
+
+    def ledger_requests(self, name: str) -> int:
+        """Requests the usage ledger counts for key `name`, read as an operator reads it."""
+        rows = json.loads(self.cli("keys", "usage", name, "--json").stdout)
+        return sum(row["requests"] for row in rows)
+
+    def wait_for_ledger(self, expected: dict[str, int], timeout: float = 30.0) -> dict[str, int]:
+        """The ledger's request counts of the keys named in `expected`, once each has reached
+        its expected count (the ledger is written every flush interval), or when time is up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = {name: self.ledger_requests(name) for name in expected}
+            reached = all(found[name] >= count for name, count in expected.items())
+            if reached or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
 
     def create_key(self, name: str, *options: str) -> str:
         result = self.cli("keys", "create", "--name", name, *options)

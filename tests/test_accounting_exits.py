@@ -7,7 +7,6 @@ counted in the usage ledger."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -58,19 +57,6 @@ MALFORMED_STREAMS: dict[str, list[Any]] = {
 
 def auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
-
-
-def ledger_requests(gateway: Gateway, name: str) -> int:
-    rows = json.loads(gateway.cli("keys", "usage", name, "--json").stdout)
-    return sum(row["requests"] for row in rows)
-
-
-def wait_for_ledger(gateway: Gateway, name: str, expected: int) -> int:
-    """The requests the ledger counts for `name`, once they reach `expected` (or the bound)."""
-    deadline = time.monotonic() + LEDGER_WAIT
-    while (counted := ledger_requests(gateway, name)) < expected and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return counted
 
 
 @pytest.fixture(params=["in-process", "redis"])
@@ -160,7 +146,7 @@ def test_malformed_usage_reaches_the_client_frees_the_slot_and_is_counted(
         assert dict(error.trailing_metadata())["x-http-status"] == "502", error
     admitted_next()
 
-    assert wait_for_ledger(gw, name, sent) == sent
+    assert gw.wait_for_ledger({name: sent}, LEDGER_WAIT) == {name: sent}
     log = gw.flushed_log()
     assert "Traceback" not in log
     records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]

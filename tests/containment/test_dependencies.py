@@ -6,7 +6,6 @@ limits, budgets and the usage ledger are exact again."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -50,21 +49,6 @@ def postmaster_pid(postgres_server) -> int:
     return int((postgres_server.data / "postmaster.pid").read_text().split()[0])
 
 
-def ledger_requests(gateway: Gateway, name: str) -> int:
-    rows = json.loads(gateway.cli("keys", "usage", name, "--json").stdout)
-    return sum(row["requests"] for row in rows)
-
-
-def wait_for_ledger(gateway: Gateway, expected: dict[str, int], timeout: float = 30) -> dict:
-    """The ledger's request counts per key name, once they reach `expected` (or time is up)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = {name: ledger_requests(gateway, name) for name in expected}
-        if found == expected or time.monotonic() > deadline:
-            return found
-        time.sleep(0.3)
-
-
 def ask(gateway: Gateway, key: str) -> int:
     response = httpx.post(
         f"{gateway.url}{CHAT}",
@@ -106,7 +90,7 @@ def test_a_paused_postgresql_key_store(make_gateway, postgres_server):
     assert served >= 30  # served all along the pause
     # Nothing was lost from the ledger, and nothing counted twice.
     expected = {name: load.succeeded_by_key[keys[name]] for name in names}
-    assert wait_for_ledger(gateway, expected) == expected
+    assert gateway.wait_for_ledger(expected) == expected
 
 
 def test_a_paused_redis(make_gateway, redis_server):

@@ -3,16 +3,9 @@ process has exited, none twice, and every answer a client got is whole or a clea
 
 from __future__ import annotations
 
-import json
 import signal
 
-from gateway_process import Gateway
 from steady_load import SteadyLoad
-
-
-def ledger_requests(gateway: Gateway, name: str) -> int:
-    rows = json.loads(gateway.cli("keys", "usage", name, "--json").stdout)
-    return sum(row["requests"] for row in rows)
 
 
 def test_sigterm_under_load_loses_nothing_from_the_ledger(make_gateway):
@@ -30,7 +23,7 @@ def test_sigterm_under_load_loses_nothing_from_the_ledger(make_gateway):
     refusals = ("ConnectError", ": 503 ", "Server disconnected without sending a response")
     for failure in load.failures:
         assert any(refusal in failure for refusal in refusals), failure
-    ledger = {name: ledger_requests(gateway, name) for name in names}
+    ledger = {name: gateway.ledger_requests(name) for name in names}
     print(
         f"\n[containment] SIGTERM under load: {load.succeeded} answered whole, "
         f"{len(load.failures)} refused during the drain; ledger {sum(ledger.values())} requests"
