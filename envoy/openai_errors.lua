@@ -152,15 +152,15 @@ function envoy_on_request(handle)
     return
   end
   clean_request_id(headers)
-  local head = headers:get(":method") == "HEAD"
+  local method = headers:get(":method")
+  local head = method == "HEAD"
   if head then
     handle:streamInfo():dynamicMetadata():set(NOTES, "head", true)
   end
   -- The backend reads the first value too (servicer.authorization_of). The route's metadata
   -- is read only for a request without a key: it costs a conversion per request. A CORS
   -- preflight never carries credentials; no route serves OPTIONS anyway.
-  if lacks_key(headers:getAtIndex("authorization", 0))
-      and headers:get(":method") ~= "OPTIONS" then
+  if method ~= "OPTIONS" and lacks_key(headers:getAtIndex("authorization", 0)) then
     local refusal = handle:metadata():get("missing_key")
     if refusal ~= nil then
       -- Shaped as the backend's errors are, for envoy_on_response, which sees this reply too.
