@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import aiohttp
@@ -79,36 +80,44 @@ def _path_to_repeat(document: object) -> str:
     raise AssertionError("unreachable: a repeat was marked")
 
 
+def _marked(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """An object, marked (_Repeated) when it gives a key twice."""
+    found = dict(pairs)
+    if len(found) == len(pairs):
+        return found
+    marked = _Repeated(found)
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            marked.key = key
+            break
+        seen.add(key)
+    return marked
+
+
 def _refuse_repeated_keys(body: bytes) -> None:
     """orjson keeps a repeated key's last value, an upstream may keep its first: the gateway
     would check (and estimate) one request and forward another. So a key given twice in any
     object is refused. orjson cannot tell, so the standard library parses the body again
     with a hook per object (not per byte): measured, 80-100 us more per 64 KiB prompt and
     about 40 ms per 32 MiB body. Screening the body for repeats without parsing it (counting
-    each key's spelling, looking for escapes) cost more than that."""
+    each key's spelling, looking for escapes) cost more than that. The hook keeps no object:
+    a second document of the body would double the memory a large body costs (one of
+    500,000 small objects makes a document of 140 MB)."""
     repeated = False
 
-    def mark(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    def check(pairs: list[tuple[str, object]]) -> None:
         nonlocal repeated
-        found = dict(pairs)
-        if len(found) == len(pairs):
-            return found
-        marked = _Repeated(found)
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                marked.key = key
-                break
-            seen.add(key)
-        repeated = True
-        return marked
+        if not repeated and len({key for key, _ in pairs}) != len(pairs):
+            repeated = True
 
     try:
-        document = json.loads(body, object_pairs_hook=mark)
+        json.loads(body, object_pairs_hook=check)
     except RecursionError:
         raise _invalid("The JSON body of your request is nested too deeply.") from None
     if repeated:
-        param = _path_to_repeat(document)
+        # Only now is a document built whose objects say where the repeat is.
+        param = _path_to_repeat(json.loads(body, object_pairs_hook=_marked))
         if len(param) > 100:
             param = param[:100] + "..."
         raise _invalid(
@@ -355,6 +364,13 @@ async def read_answer(response: aiohttp.ClientResponse, deadlines: Deadlines) ->
     return redact_bytes(bytes(answer))
 
 
+# A body this large is read on a thread of its own, one such body at a time. Reading 16 MiB of
+# small objects takes the CPU for most of a second: on the event loop that would stall every
+# other client for as long; on the thread, the loop gets the interpreter back at every switch
+# interval, and a client that sends many such bodies waits for its own turn.
+LARGE_BODY_BYTES = 256 * 1024
+
+
 class ChatPipeline:
     def __init__(
         self,
@@ -372,6 +388,7 @@ class ChatPipeline:
         self._keepalive = keepalive
         # Done when the gateway's drain time is up: open streams end with an error frame.
         self.stopping: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._large_bodies = ThreadPoolExecutor(1, thread_name_prefix="large-bodies")
 
     async def authenticate(self, authorization: str | None) -> KeyRecord:
         return await self.keys.authenticate(authorization)
@@ -384,7 +401,7 @@ class ChatPipeline:
         exchange = observe.current()
         key = await self.authenticate(authorization)
         exchange.key = key.name
-        request = parse_chat_request(body, content_type)
+        request = await self._parse(body, content_type)
         exchange.asked_for(request.model, known=request.model in self.catalog)
         exchange.stream = request.stream
         self.catalog.resolve(request.model, key)
@@ -418,6 +435,13 @@ class ChatPipeline:
                 headers = (*exc.headers, *account.headers)
                 raise dataclasses.replace(exc, headers=headers) from exc
             raise
+
+    async def _parse(self, body: bytes, content_type: str) -> ChatRequest:
+        if len(body) < LARGE_BODY_BYTES:
+            return parse_chat_request(body, content_type)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._large_bodies, parse_chat_request, body, content_type
+        )
 
     async def _open(
         self,

@@ -202,6 +202,7 @@ def assert_contained(
     detail: str = "",
     *,
     max_fd_growth: int = MAX_FD_GROWTH,
+    max_rss_growth: int = MAX_RSS_GROWTH,
 ) -> None:
     """Every well-behaved request was served, and the backend stayed within the bounds.
     Prints the figures first (`pytest -s` shows them: the README's table comes from them)."""
@@ -219,7 +220,7 @@ def assert_contained(
         after.footprint.open_files - before.footprint.open_files,
         after.series - before.series,
     )
-    bounds = (MAX_RSS_GROWTH, MAX_THREAD_GROWTH, max_fd_growth, MAX_SERIES_GROWTH)
+    bounds = (max_rss_growth, MAX_THREAD_GROWTH, max_fd_growth, MAX_SERIES_GROWTH)
     names = ("RSS", "threads", "open files", "series")
     for name, growth, bound in zip(names, grown, bounds, strict=True):
         assert growth <= bound, f"{name} grew by {growth}, more than {bound}"

@@ -16,9 +16,11 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
+import httpx
 import pytest
 from gateway_process import Gateway
 from steady_load import (
@@ -225,3 +227,49 @@ def test_stalled_unauthenticated_uploads_are_refused_before_their_body(served):
     for _, answer in uploads:
         assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
         assert b'"type":"authentication_error"' in answer
+
+
+# A body of the largest size in the smallest objects: the costliest one to read (every object
+# is checked for a key given twice, and counted for the estimate).
+LARGE_BODY = (
+    b'{"model": "gpt-4o", "messages": ['
+    + b",".join([b'{"role": "user", "content": "x"}'] * 500_000)
+    + b"]}"
+)
+LARGE_BODIES, LARGE_CONCURRENCY = 12, 3
+# Read into Python objects, such a body takes about 21 times its size at its peak (orjson's
+# document being built), and the gateway reads one large body at a time; each of the others
+# in flight is held a few times over on its way in (gRPC's buffer, the message, its bytes).
+MAX_LARGE_BODY_GROWTH = (24 + 4 * LARGE_CONCURRENCY) * len(LARGE_BODY)
+
+
+def test_a_client_sending_the_costliest_bodies_leaves_others_served(served):
+    gateway, good, _ = served
+    # Limited to one request a minute: after the first, each is read, then refused.
+    heavy = gateway.wait_for_key(gateway.create_key("heavy", "--rpm", "1"))
+    headers = {"authorization": f"Bearer {heavy}", "content-type": "application/json"}
+
+    def send(_: int) -> int:
+        return httpx.post(
+            f"{gateway.url}{CHAT}", content=LARGE_BODY, headers=headers, timeout=120
+        ).status_code
+
+    with SteadyLoad(gateway, good) as load:
+        load.wait_for(60)
+        calm = load.median_latency()
+        before = Reading.of(gateway)
+        load.latencies.clear()
+        with ThreadPoolExecutor(LARGE_CONCURRENCY) as pool:
+            statuses = Counter(pool.map(send, range(LARGE_BODIES)))
+        during = load.median_latency()
+        load.wait_for(30)
+    assert_contained(
+        f"{LARGE_BODIES} bodies of {len(LARGE_BODY) >> 20} MiB in 500,000 objects",
+        load,
+        before,
+        Reading.of(gateway),
+        f"{dict(statuses)}; median latency {calm * 1000:.0f} ms calm, {during * 1000:.0f} ms during",
+        max_rss_growth=MAX_LARGE_BODY_GROWTH,
+    )
+    assert sum(statuses.values()) == LARGE_BODIES and set(statuses) <= {200, 429}, statuses
+    assert during <= max(MAX_LATENCY_FACTOR * calm, 0.05), (calm, during)
