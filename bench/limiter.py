@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from servers import RedisServer
 
-from typegpt_gateway.keys import KeyRecord
+from typegpt_gateway.keystore.records import KeyRecord
 from typegpt_gateway.limits import InProcessBackend, Limiter
 from typegpt_gateway.limits.redis_backend import RedisBackend
 

@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from gateway_process import Gateway, free_port  # noqa: E402
 
 from typegpt_gateway import envoy  # noqa: E402
+from typegpt_gateway.keystore.store import KeyStore  # noqa: E402
 from typegpt_gateway.settings import Settings  # noqa: E402
-from typegpt_gateway.store import KeyStore  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")

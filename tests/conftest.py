@@ -8,8 +8,8 @@ from fake_upstream import FakeUpstream
 from gateway_process import SCRIPTED_FAILURES, Gateway
 from servers import PostgresServer, RedisServer
 
-from typegpt_gateway.pgstore import PostgresKeyStore
-from typegpt_gateway.store import KeyStore, Store
+from typegpt_gateway.keystore.postgres import PostgresKeyStore
+from typegpt_gateway.keystore.store import KeyStore, Store
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from typegpt_gateway.keys import KeyRecord
-from typegpt_gateway.store import Store
+from typegpt_gateway.keystore.records import KeyRecord
+from typegpt_gateway.keystore.store import Store
 
 
 class CountedReads:

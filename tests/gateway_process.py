@@ -171,9 +171,7 @@ class Gateway:
         now (an admin call, which any caller may make and which is always logged) has its
         line written after all of those."""
         marker = f"flush-{uuid.uuid4().hex}"
-        httpx.get(
-            f"{self.url}/v1/admin/keys", headers={"x-request-id": marker}, verify=self.verify
-        )
+        httpx.get(f"{self.url}/v1/admin/keys", headers={"x-request-id": marker}, verify=self.verify)
         if self.wait_for_log(re.escape(marker), timeout) is None:
             raise TimeoutError("the gateway's log did not catch up")
         return self.log()

@@ -17,7 +17,7 @@ from gateway_process import ADMIN_KEY, UPSTREAM_KEY, Gateway
 from openai_shape import assert_error
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, keys_pb2, keys_pb2_grpc
-from typegpt_gateway.envoy import ENVOY_ENV_NAMES, ENVOY_ENV_PREFIXES
+from typegpt_gateway.process.envoy import ENVOY_ENV_NAMES, ENVOY_ENV_PREFIXES
 
 RPC_TIMEOUT = 10.0
 # Another loopback address: a port bound to every interface answers on it, one bound to

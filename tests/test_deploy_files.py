@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from typegpt_gateway.envoy import LOG_FORMAT as ENVOY_LOG_FORMAT
+from typegpt_gateway.process.envoy import LOG_FORMAT as ENVOY_LOG_FORMAT
 from typegpt_gateway.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ from gateway_process import ADMIN_KEY, Gateway, running
 from openai_shape import assert_error, chat_body, sse_payloads
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
-from typegpt_gateway.envoy import ADMIN_BODY_BYTES, render_config
-from typegpt_gateway.keys import bearer_token, missing_key_error
+from typegpt_gateway.keystore.records import bearer_token, missing_key_error
+from typegpt_gateway.process.envoy import ADMIN_BODY_BYTES, render_config
 from typegpt_gateway.settings import Settings
 
 CHAT = "/v1/chat/completions"
@@ -666,7 +666,7 @@ def test_a_call_the_stopping_backend_cancelled_is_a_retryable_503(tmp_path):
 
     from gateway_process import free_port
 
-    from typegpt_gateway.envoy import binary
+    from typegpt_gateway.process.envoy import binary
 
     server = grpc.server(ThreadPoolExecutor(2))
     chat_pb2_grpc.add_ChatServiceServicer_to_server(_StoppingBackend(), server)

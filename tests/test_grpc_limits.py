@@ -27,9 +27,9 @@ from fake_upstream import Reply, make_chunk
 from gateway_process import ADMIN_KEY, Gateway
 from openai_shape import chat_body
 
-from typegpt_gateway import adminauth
-from typegpt_gateway.callguard import message_timeout_error
-from typegpt_gateway.keys import missing_key_error
+from typegpt_gateway.api import admin_auth
+from typegpt_gateway.api.call_guard import message_timeout_error
+from typegpt_gateway.keystore.records import missing_key_error
 
 CHAT_HTTP = "/typegpt.gateway.v1.ChatService/CreateChatCompletionHttp"
 LIST_MODELS = "/typegpt.gateway.v1.ChatService/ListModels"
@@ -130,7 +130,7 @@ def _assert_error(end: dict[str, str] | str | None, expected_json: str, grpc_sta
     [
         (CHAT_HTTP, missing_key_error),
         (LIST_MODELS, missing_key_error),
-        (CREATE_KEY, lambda: adminauth.missing_key_error(ADMIN_KEY)),
+        (CREATE_KEY, lambda: admin_auth.missing_key_error(ADMIN_KEY)),
     ],
     ids=["chat", "models", "admin"],
 )
@@ -150,7 +150,7 @@ def test_admin_off_is_said_before_the_message(make_gateway, raw) -> None:
     gw = make_gateway(admin_key=None).start()
     connection = raw(gw.grpc_port)
     end = connection.end(connection.start(CREATE_KEY), within=10)
-    expected = adminauth.missing_key_error(None)
+    expected = admin_auth.missing_key_error(None)
     _assert_error(end, expected.to_json(), expected.grpc_code.value[0])
 
 

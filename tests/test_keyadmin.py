@@ -9,8 +9,8 @@ import time
 import pytest
 
 from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.keyadmin import KeyAdmin, check_limits, check_name, parse_day, status
-from typegpt_gateway.keys import KeyRecord
+from typegpt_gateway.keystore.admin import KeyAdmin, check_limits, check_name, parse_day, status
+from typegpt_gateway.keystore.records import KeyRecord
 
 CATALOG = ("gpt-4o", "o3", "gpt-5")
 NOW = 1_700_000_000.0

@@ -14,10 +14,10 @@ import pytest
 from counted_store import CountedReads
 
 from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
-from typegpt_gateway.keyadmin import KeyAdmin
-from typegpt_gateway.keys import KeyRecord
-from typegpt_gateway.keyservice import KeyServicer
-from typegpt_gateway.store import KeyCache, KeyStore
+from typegpt_gateway.api.key_service import KeyServicer
+from typegpt_gateway.keystore.admin import KeyAdmin
+from typegpt_gateway.keystore.records import KeyRecord
+from typegpt_gateway.keystore.store import KeyCache, KeyStore
 
 ADMIN_KEY = "admin-key-for-keyservice-tests"
 ADMIN = (("authorization", f"Bearer {ADMIN_KEY}"),)

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from typegpt_gateway.ledger import UsageLedger
-from typegpt_gateway.store import Store, UsageRow
-from typegpt_gateway.usage import Usage
+from typegpt_gateway.chat.usage_meter import Usage
+from typegpt_gateway.keystore.ledger import UsageLedger
+from typegpt_gateway.keystore.store import Store, UsageRow
 
 DAY = dt.date(2026, 5, 1)
 NOON = 1_777_636_800.0  # 2026-05-01 12:00 UTC
@@ -97,7 +97,7 @@ def test_close_tries_again_and_says_what_it_could_not_write(store_factory, caplo
 
         ledger.record("k", "o3", Usage(1, 2), error=False)
         store.add_usage = _always_fails
-        with caplog.at_level(logging.ERROR, logger="typegpt_gateway.ledger"):
+        with caplog.at_level(logging.ERROR, logger="typegpt_gateway.keystore.ledger"):
             assert await ledger.close(pause=0.01) is False
         assert "1 requests (1 prompt and 2 completion tokens)" in caplog.text
 

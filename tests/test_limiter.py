@@ -17,7 +17,7 @@ import redis
 from servers import RedisServer
 
 from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.keys import KeyRecord
+from typegpt_gateway.keystore.records import KeyRecord
 from typegpt_gateway.limits import InProcessBackend, Limiter, LimiterUnavailableError, Limits
 from typegpt_gateway.limits.redis_backend import RedisBackend
 

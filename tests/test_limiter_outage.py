@@ -23,7 +23,7 @@ from redis.crc import key_slot
 from servers import RedisServer, missing
 
 from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.keys import KeyRecord
+from typegpt_gateway.keystore.records import KeyRecord
 from typegpt_gateway.limits import (
     InProcessBackend,
     Limiter,

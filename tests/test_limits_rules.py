@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from typegpt_gateway.keys import KeyRecord
+from typegpt_gateway.keystore.records import KeyRecord
 from typegpt_gateway.limits.rules import (
     Limits,
     Snapshot,

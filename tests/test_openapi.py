@@ -32,7 +32,7 @@ from google.api import annotations_pb2
 from openai_shape import chat_body, sse_payloads
 
 from typegpt.gateway.v1 import chat_pb2, keys_pb2, status_pb2
-from typegpt_gateway.envoy import binary, render_config
+from typegpt_gateway.process.envoy import binary, render_config
 from typegpt_gateway.settings import Settings
 
 MAX_BODY = 64 * 1024
@@ -316,9 +316,7 @@ SCENARIOS: list[Scenario] = [
         ),
     ),
     Scenario("createChatCompletion", 400, lambda w: _chat(w, content=b'{"model": ')),
-    Scenario(
-        "createChatCompletion", 400, lambda w: _chat(w, {"model": "gpt-4o", "messages": []})
-    ),
+    Scenario("createChatCompletion", 400, lambda w: _chat(w, {"model": "gpt-4o", "messages": []})),
     Scenario("createChatCompletion", 401, lambda w: _chat(w, headers={})),
     Scenario(
         "createChatCompletion", 403, lambda w: _chat(w, headers=w.auth("sk-wrong-key-0000000000"))

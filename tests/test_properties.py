@@ -12,16 +12,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from typegpt.gateway.v1 import chat_pb2
-from typegpt_gateway import typed
-from typegpt_gateway.chat import ChatRequest, parse_chat_request
-from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.sse import DONE_FRAME, EventReader, data_frame, is_error_event
-from typegpt_gateway.usage import (
+from typegpt_gateway.api import proto_json
+from typegpt_gateway.chat.pipeline import ChatRequest, parse_chat_request
+from typegpt_gateway.chat.sse import DONE_FRAME, EventReader, data_frame, is_error_event
+from typegpt_gateway.chat.usage_meter import (
     CHARS_PER_TOKEN,
     IMAGE_TOKENS,
     estimate_tokens,
     with_include_usage,
 )
+from typegpt_gateway.errors import GatewayError
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -233,7 +233,7 @@ def test_typed_params_become_json_or_a_400(temperature: float, extra: dict) -> N
     params = chat_pb2.ChatCompletionParams(model="gpt-4o", temperature=temperature)
     params.extra_body.update(extra)
     try:
-        body = typed.request_body(params, stream=False)
+        body = proto_json.request_body(params, stream=False)
     except GatewayError as error:
         assert error.status == 400
         return

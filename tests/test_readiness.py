@@ -16,9 +16,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_shape import assert_error
 
-from typegpt_gateway import readiness
 from typegpt_gateway.limits.redis_backend import RedisBackend
-from typegpt_gateway.readiness import ReadinessProbe, in_thread, rate_limits_check
+from typegpt_gateway.process import readiness
+from typegpt_gateway.process.readiness import ReadinessProbe, in_thread, rate_limits_check
 
 
 def test_a_hung_check_runs_once_however_many_probes_ask(monkeypatch):

@@ -20,5 +20,7 @@ def env_name(field: str) -> str:
 def test_every_setting_is_in_the_configuration_table():
     rows = [line for line in README.read_text().splitlines() if line.startswith("| `")]
     documented = {row.split("`")[1] for row in rows}
-    missing = [env_name(field) for field in Settings.model_fields if env_name(field) not in documented]
+    missing = [
+        env_name(field) for field in Settings.model_fields if env_name(field) not in documented
+    ]
     assert not missing, f"add to the README's Configuration table: {missing}"

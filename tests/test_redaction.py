@@ -13,10 +13,9 @@ import pytest
 from gateway_process import free_port
 from near_forms import near_forms
 
-from typegpt_gateway.config import ConfigError, UpstreamSpec, load_config
 from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.keys import KeyRecord, hash_key, new_key
-from typegpt_gateway.logs import json_formatter
+from typegpt_gateway.keystore.records import KeyRecord, hash_key, new_key
+from typegpt_gateway.ops.logs import json_formatter
 from typegpt_gateway.redaction import (
     StreamRedactor,
     install_log_redaction,
@@ -26,10 +25,11 @@ from typegpt_gateway.redaction import (
     register_url_password,
     withholds,
 )
-from typegpt_gateway.retry import AttemptFailed
 from typegpt_gateway.settings import Settings
-from typegpt_gateway.timeouts import Due
-from typegpt_gateway.upstream import Upstream, upstream_error
+from typegpt_gateway.upstream.client import Upstream, upstream_error
+from typegpt_gateway.upstream.retry import AttemptFailed
+from typegpt_gateway.upstream.timeouts import Due
+from typegpt_gateway.upstream.upstreams_file import ConfigError, UpstreamSpec, load_config
 
 # Not shaped like a key: only registration can catch it.
 SECRET = "tgp-unit-R4nd0mLooking7Secret9Zq"

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_shape import assert_error, chat_body, sse_payloads
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
-from typegpt_gateway.server import start_backend
+from typegpt_gateway.process.backend import start_backend
 from typegpt_gateway.settings import Settings
 
 CHAT = "/v1/chat/completions"

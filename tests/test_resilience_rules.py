@@ -11,14 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from typegpt_gateway.config import ConfigError, load_config, upstream_specs
 from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.model_mapping import replace_model
-from typegpt_gateway.retry import AttemptFailed, RetryPolicy, backoff_wait, call_with_retries
-from typegpt_gateway.routing import HealthPolicy, Route, Router
 from typegpt_gateway.settings import Settings
-from typegpt_gateway.timeouts import Deadlines, Timeouts
-from typegpt_gateway.upstream import attempt_failure, parse_retry_after
+from typegpt_gateway.upstream.client import attempt_failure, parse_retry_after
+from typegpt_gateway.upstream.model_mapping import replace_model
+from typegpt_gateway.upstream.retry import (
+    AttemptFailed,
+    RetryPolicy,
+    backoff_wait,
+    call_with_retries,
+)
+from typegpt_gateway.upstream.routing import HealthPolicy, Route, Router
+from typegpt_gateway.upstream.timeouts import Deadlines, Timeouts
+from typegpt_gateway.upstream.upstreams_file import ConfigError, load_config, upstream_specs
 
 # --- timeouts --------------------------------------------------------------------------------
 

@@ -10,12 +10,19 @@ import grpc
 import pytest
 
 from typegpt.gateway.v1 import chat_pb2
-from typegpt_gateway import keys, sse
-from typegpt_gateway.chat import parse_chat_request
+from typegpt_gateway.api.proto_json import parse_answer, request_body
+from typegpt_gateway.chat import sse
+from typegpt_gateway.chat.pipeline import parse_chat_request
 from typegpt_gateway.errors import GatewayError, scrub
-from typegpt_gateway.keys import KeyRecord, authenticate, bearer_token, hash_key, parse_duration
-from typegpt_gateway.typed import parse_answer, request_body
-from typegpt_gateway.upstream import retry_after_seconds, upstream_error
+from typegpt_gateway.keystore import records
+from typegpt_gateway.keystore.records import (
+    KeyRecord,
+    authenticate,
+    bearer_token,
+    hash_key,
+    parse_duration,
+)
+from typegpt_gateway.upstream.client import retry_after_seconds, upstream_error
 
 SECRET = "sk-upstream-abcdef0123456789"
 
@@ -28,7 +35,7 @@ def _record(key: str, **fields: object) -> KeyRecord:
 
 
 def test_new_keys_are_long_random_and_prefixed():
-    a, b = keys.new_key(), keys.new_key()
+    a, b = records.new_key(), records.new_key()
     assert a.startswith("sk-") and a != b
     assert len(a) >= 3 + 43  # 32 random bytes, base64url
 

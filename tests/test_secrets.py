@@ -29,7 +29,7 @@ from near_forms import NEAR_FORM_IDS, near_forms
 from openai_shape import chat_body
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, keys_pb2, keys_pb2_grpc
-from typegpt_gateway.retry import RETRYABLE_STATUSES
+from typegpt_gateway.upstream.retry import RETRYABLE_STATUSES
 
 CHAT = "/v1/chat/completions"
 KEYS = "/v1/admin/keys"

@@ -23,7 +23,7 @@ import pytest
 from fake_upstream import Reply
 from gateway_process import CLI, UPSTREAM_KEY, Gateway
 
-from typegpt_gateway import logs
+from typegpt_gateway.ops import logs
 
 EXIT_TIMEOUT = 8.0
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}

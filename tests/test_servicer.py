@@ -38,16 +38,17 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
-from typegpt_gateway import observe, typed
-from typegpt_gateway.chat import ChatPipeline
-from typegpt_gateway.failover import Failover
-from typegpt_gateway.ledger import UsageLedger
-from typegpt_gateway.server import Backend, start_backend
-from typegpt_gateway.servicer import ReadinessProbe, StatusServicer
+from typegpt_gateway.api import proto_json
+from typegpt_gateway.api.chat_service import ReadinessProbe, StatusServicer
+from typegpt_gateway.chat.pipeline import ChatPipeline
+from typegpt_gateway.chat.sse import DONE_FRAME, KEEPALIVE_FRAME
+from typegpt_gateway.chat.usage_meter import UsageMeter
+from typegpt_gateway.keystore.ledger import UsageLedger
+from typegpt_gateway.keystore.store import KeyStore
+from typegpt_gateway.ops import observe
+from typegpt_gateway.process.backend import Backend, start_backend
 from typegpt_gateway.settings import Settings
-from typegpt_gateway.sse import DONE_FRAME, KEEPALIVE_FRAME
-from typegpt_gateway.store import KeyStore
-from typegpt_gateway.usage import UsageMeter
+from typegpt_gateway.upstream.failover import Failover
 
 UPSTREAM_SECRET = "sk-upstream-UNIT-SECRET-9876543210"
 TEST_TIMEOUT = 12.0
@@ -376,7 +377,7 @@ def test_unexpected_failure_reading_the_answer_is_internal(
     def broken_parse(data: bytes, message: object) -> object:
         raise RuntimeError(f"boom with {UPSTREAM_SECRET}")
 
-    monkeypatch.setattr(typed, "parse_answer", broken_parse)
+    monkeypatch.setattr(proto_json, "parse_answer", broken_parse)
 
     async def scenario(h: Harness) -> None:
         if rpc == "CreateChatCompletion":
@@ -737,7 +738,7 @@ FAULTS = {
     "reading a chunk's usage": ((UsageMeter, "see_chunk"), STREAM_RPCS),
     "sending the headers": ((observe, "send_headers"), (*WHOLE_RPCS, *STREAM_RPCS)),
     "before the stream is read": ((observe, "streaming"), STREAM_RPCS),
-    "shaping the typed answer": ((typed, "parse_answer"), ("typed", "typed-stream")),
+    "shaping the typed answer": ((proto_json, "parse_answer"), ("typed", "typed-stream")),
 }
 
 

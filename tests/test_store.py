@@ -19,10 +19,9 @@ import pytest
 from counted_store import CountedReads
 
 from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.keys import hash_key
-from typegpt_gateway.pgstore import PostgresKeyStore
-from typegpt_gateway.readiness import key_store_check
-from typegpt_gateway.store import (
+from typegpt_gateway.keystore.postgres import PostgresKeyStore
+from typegpt_gateway.keystore.records import hash_key
+from typegpt_gateway.keystore.store import (
     BackupUnsupportedError,
     KeyCache,
     KeyExistsError,
@@ -31,6 +30,7 @@ from typegpt_gateway.store import (
     Store,
     UsageRow,
 )
+from typegpt_gateway.process.readiness import key_store_check
 
 DAY = dt.date(2026, 5, 1)
 
@@ -274,13 +274,13 @@ def test_a_usage_batch_is_counted_once_however_often_it_is_written(store_factory
 
 
 def test_batch_ids_are_forgotten_after_the_retention(store_factory, monkeypatch):
-    import typegpt_gateway.store
+    import typegpt_gateway.keystore.store
 
     store = store_factory()
     row = [("k", UsageRow(DAY, "gpt-4o", requests=1))]
     assert store.add_usage(row, batch_id="old") is True
     # Every id is past the retention: the next write prunes them all, so the table stays small.
-    monkeypatch.setattr(typegpt_gateway.store, "BATCH_ID_RETENTION", -1.0)
+    monkeypatch.setattr(typegpt_gateway.keystore.store, "BATCH_ID_RETENTION", -1.0)
     assert store.add_usage(row, batch_id="new") is True
     assert store.add_usage(row, batch_id="old") is True
     assert store.usage("k") == [UsageRow(DAY, "gpt-4o", requests=3)]
@@ -404,7 +404,7 @@ def _call_within(seconds: float, call: Callable[[], object]) -> tuple[BaseExcept
 
 
 def test_sqlite_waits_a_bounded_time_for_another_writer(tmp_path):
-    from typegpt_gateway.store import LOCK_WAIT
+    from typegpt_gateway.keystore.store import LOCK_WAIT
 
     store = KeyStore(tmp_path / "keys.db")
     other = sqlite3.connect(tmp_path / "keys.db", isolation_level=None)
@@ -436,7 +436,7 @@ def _table_locked(url: str, table: str) -> Iterator[None]:
 def test_postgres_call_blocked_by_a_lock_fails_within_the_lock_timeout(postgres_server):
     import psycopg
 
-    from typegpt_gateway.store import LOCK_WAIT
+    from typegpt_gateway.keystore.store import LOCK_WAIT
 
     url = postgres_server.new_database()
     with contextlib.closing(PostgresKeyStore(url)) as store:
@@ -454,9 +454,9 @@ def test_postgres_statement_timeout_applies_and_a_configured_one_is_kept(
 ):
     import psycopg
 
-    import typegpt_gateway.pgstore
+    import typegpt_gateway.keystore.postgres
 
-    monkeypatch.setattr(typegpt_gateway.pgstore, "STATEMENT_TIMEOUT", 1.0)
+    monkeypatch.setattr(typegpt_gateway.keystore.postgres, "STATEMENT_TIMEOUT", 1.0)
     url = postgres_server.new_database()
     # The operator's own lock_timeout (here in the URL) is kept: the statement timeout ends the
     # wait, not the gateway's lock timeout.
@@ -486,11 +486,11 @@ def test_postgres_call_to_a_stopped_server_is_cut_off_and_holds_up_no_other(
     acknowledges every TCP segment, so keepalives and tcp_user_timeout never fire either."""
     import psycopg
 
-    import typegpt_gateway.pgstore
-    import typegpt_gateway.store
+    import typegpt_gateway.keystore.postgres
+    import typegpt_gateway.keystore.store
 
-    monkeypatch.setattr(typegpt_gateway.pgstore, "CALL_TIMEOUT", 3.0)
-    monkeypatch.setattr(typegpt_gateway.store, "LOCK_WAIT", 1.0)
+    monkeypatch.setattr(typegpt_gateway.keystore.postgres, "CALL_TIMEOUT", 3.0)
+    monkeypatch.setattr(typegpt_gateway.keystore.store, "LOCK_WAIT", 1.0)
     url = postgres_server.new_database()
     with contextlib.closing(PostgresKeyStore(url)) as store:
         (backend,) = _backend_pids(url)
@@ -506,7 +506,7 @@ def test_postgres_call_to_a_stopped_server_is_cut_off_and_holds_up_no_other(
             try:
                 # Another call fails after LOCK_WAIT instead of queueing behind the stuck one...
                 error, took = _call_within(30, store.records)
-                assert isinstance(error, typegpt_gateway.store.StoreBusyError), error
+                assert isinstance(error, typegpt_gateway.keystore.store.StoreBusyError), error
                 assert took < 3.0
                 # ...which is cut off after CALL_TIMEOUT, and the next call reconnects.
                 first.join(30)

@@ -24,9 +24,9 @@ from gateway_process import SCRIPTED_FAILURES, UPSTREAM_KEY, free_port
 from openai_shape import assert_error
 
 from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.failover import Failover
-from typegpt_gateway.retry import AttemptFailed
 from typegpt_gateway.settings import Settings
+from typegpt_gateway.upstream.failover import Failover
+from typegpt_gateway.upstream.retry import AttemptFailed
 
 CHAT_BODY = b'{"model":"gpt-4o","messages":[{"role":"user","content":"Hi"}]}'
 

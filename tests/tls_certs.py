@@ -58,7 +58,9 @@ def make_server_certificate(directory: Path) -> ServerCertificate:
         .sign(ca_key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
-    paths = ServerCertificate(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    paths = ServerCertificate(
+        directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    )
     paths.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths.cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     paths.key.write_bytes(

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .cors import parse_origins
+from .process.cors import parse_origins
 
 DEFAULT_MODELS = (
     "gpt-4o",

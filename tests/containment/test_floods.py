@@ -31,7 +31,7 @@ from steady_load import (
     assert_contained,
 )
 
-from typegpt_gateway import metrics
+from typegpt_gateway.ops import metrics
 
 FLOOD_REQUESTS = 10_000
 FLOOD_CONCURRENCY = 32

@@ -28,9 +28,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Protocol
 
-from .. import metrics
 from ..errors import GatewayError
-from ..keys import KeyRecord
+from ..keystore.records import KeyRecord
+from ..ops import metrics
 from .rules import Decision, Limits, period_bounds
 
 logger = logging.getLogger(__name__)

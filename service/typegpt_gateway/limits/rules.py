@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import GatewayError
-from ..keys import KeyRecord
+from ..keystore.records import KeyRecord
 
 WINDOW = 60.0
 BUCKET = 1  # seconds per token bucket

@@ -25,7 +25,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from .errors import GatewayError
+from ..errors import GatewayError
 
 # Connect errors are retried too; other client errors (4xx) never are.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})

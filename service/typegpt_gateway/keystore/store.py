@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import GatewayError
-from .keys import SHOWN_PREFIX_CHARS, KeyRecord, authenticate, hash_key, new_key
-from .redaction import register_url_password
+from ..errors import GatewayError
+from ..redaction import register_url_password
+from .records import SHOWN_PREFIX_CHARS, KeyRecord, authenticate, hash_key, new_key
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from ..settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Store(Protocol):
 def open_store(settings: Settings) -> Store:
     """PostgreSQL when DATABASE_URL is set, else the SQLite file GATEWAY_DB."""
     if settings.database_url is not None:
-        from .pgstore import PostgresKeyStore
+        from .postgres import PostgresKeyStore
 
         url = settings.database_url.get_secret_value()
         register_url_password(url)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import GatewayError
-from .keys import KeyRecord
+from ..errors import GatewayError
+from ..keystore.records import KeyRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,13 +18,13 @@ from google.protobuf import json_format, struct_pb2
 
 from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
 
-from . import observe
-from .adminauth import authorize_admin
-from .keyadmin import ADMIN, COUNT_LIMITS, LIMIT_PARAMS, KeyAdmin, parse_day, status
-from .keys import KeyRecord
-from .redaction import register_secret
-from .servicer import abort, as_gateway_error, authorization_of
-from .store import KeyCache, UsageRow
+from ..keystore.admin import ADMIN, COUNT_LIMITS, LIMIT_PARAMS, KeyAdmin, parse_day, status
+from ..keystore.records import KeyRecord
+from ..keystore.store import KeyCache, UsageRow
+from ..ops import observe
+from ..redaction import register_secret
+from .admin_auth import authorize_admin
+from .chat_service import abort, as_gateway_error, authorization_of
 
 T = TypeVar("T")
 

@@ -15,13 +15,13 @@ import httpx
 import orjson
 from yarl import URL
 
-from . import observe
-from .config import UpstreamSpec
-from .errors import GatewayError, scrub
+from ..errors import GatewayError, scrub
+from ..ops import observe
+from ..redaction import register_secret
 from .model_mapping import replace_model
-from .redaction import register_secret
 from .retry import RETRYABLE_STATUSES, AttemptFailed
 from .timeouts import Due, timeout_error
+from .upstreams_file import UpstreamSpec
 
 # Enough of an error body to find its message; the rest is never shown.
 _MAX_ERROR_BODY = 64 * 1024

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field, replace
 
 import aiohttp
 
-from . import metrics, observe
-from .config import UpstreamSpec, upstream_specs
-from .errors import GatewayError
+from ..errors import GatewayError
+from ..ops import metrics, observe
+from ..settings import Settings
+from .client import Upstream
 from .retry import AttemptFailed, RetryPolicy, call_with_retries
 from .routing import HealthPolicy, Route, Router
-from .settings import Settings
 from .timeouts import Deadlines, Timeouts
-from .upstream import Upstream
+from .upstreams_file import UpstreamSpec, upstream_specs
 
 logger = logging.getLogger(__name__)
 

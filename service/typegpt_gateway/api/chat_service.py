@@ -17,12 +17,13 @@ from google.api import httpbody_pb2
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
 
-from . import observe, typed
-from .catalog import Catalog, Model
-from .chat import ChatPipeline, Stream
-from .errors import GatewayError
-from .readiness import ReadinessProbe
-from .sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
+from ..chat.catalog import Catalog, Model
+from ..chat.pipeline import ChatPipeline, Stream
+from ..chat.sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
+from ..errors import GatewayError
+from ..ops import observe
+from ..process.readiness import ReadinessProbe
+from . import proto_json
 
 logger = logging.getLogger(__name__)
 
@@ -156,12 +157,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def CreateChatCompletion(
         self, request: chat_pb2.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.CreateChatCompletionResponse:
-        body = functools.partial(typed.request_body, request.params, stream=False)
+        body = functools.partial(proto_json.request_body, request.params, stream=False)
         async with self._answer(body, context) as answer:
             if not isinstance(answer, bytes):  # the body says stream: false
                 raise AssertionError("unreachable")
             try:
-                return typed.parse_answer(answer, chat_pb2.CreateChatCompletionResponse())
+                return proto_json.parse_answer(answer, chat_pb2.CreateChatCompletionResponse())
             except Exception as exc:
                 await abort(context, as_gateway_error(exc))
             raise AssertionError("unreachable: abort raises")
@@ -171,7 +172,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self, request: chat_pb2.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
         body = functools.partial(
-            typed.request_body,
+            proto_json.request_body,
             request.params,
             stream=True,
             include_usage=request.include_usage,
@@ -186,7 +187,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                         async for batch in batches:
                             for data in batch:
                                 exchange.sent_first_byte()
-                                yield typed.parse_answer(
+                                yield proto_json.parse_answer(
                                     data, chat_pb2.StreamChatCompletionResponse()
                                 )
                 except Exception as exc:

@@ -15,9 +15,9 @@ import time
 from collections.abc import Collection, Mapping
 from typing import Literal
 
-from .errors import GatewayError
-from .keys import KeyRecord, parse_duration
-from .observe import UNKNOWN_MODEL
+from ..errors import GatewayError
+from ..ops.observe import UNKNOWN_MODEL
+from .records import KeyRecord, parse_duration
 from .store import (
     BUDGET_PERIODS,
     LIMIT_FIELDS,

@@ -21,11 +21,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..errors import GatewayError
 from . import metrics
-from .errors import GatewayError
 
 if TYPE_CHECKING:
-    from .usage import Usage
+    from ..chat.usage_meter import Usage
 
 REQUEST_ID = "x-request-id"
 # A client's id is honoured when it is this short and printable; otherwise a new one is made.

@@ -21,9 +21,9 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from .limits import Backend as LimiterBackend
-from .limits import LimiterUnavailableError
-from .store import KeyStore, Store
+from ..keystore.store import KeyStore, Store
+from ..limits import Backend as LimiterBackend
+from ..limits import LimiterUnavailableError
 
 Check = Callable[[], Awaitable[str | None]]
 # A probe that hangs is a failed probe: answer before a load balancer gives up on us.

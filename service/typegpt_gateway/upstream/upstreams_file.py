@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from .settings import Settings
+from ..settings import Settings
 
 
 class ConfigError(Exception):

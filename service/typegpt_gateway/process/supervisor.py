@@ -18,7 +18,10 @@ from pathlib import Path
 
 import httpx
 
-from .config import ConfigError
+from ..ops.metrics import MetricsServer
+from ..settings import Settings
+from ..upstream.upstreams_file import ConfigError
+from .backend import Backend, start_backend
 from .envoy import (
     EnvoyAdmin,
     admin_address_file,
@@ -27,9 +30,6 @@ from .envoy import (
     render_config,
     start_envoy,
 )
-from .metrics import MetricsServer
-from .server import Backend, start_backend
-from .settings import Settings
 
 logger = logging.getLogger("typegpt_gateway")
 

@@ -20,18 +20,18 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from . import observe
+from ..errors import GatewayError, scrub
+from ..keystore.records import KeyRecord
+from ..keystore.store import KeyCache
+from ..ops import observe
+from ..redaction import StreamRedactor, redact_bytes
+from ..upstream.client import finish, read_available
+from ..upstream.failover import Failover
+from ..upstream.timeouts import Deadlines
 from .accounting import Account, Accounting
 from .catalog import Catalog
-from .errors import GatewayError, scrub
-from .failover import Failover
-from .keys import KeyRecord
-from .redaction import StreamRedactor, redact_bytes
 from .sse import DONE, EventReader, is_error_event
-from .store import KeyCache
-from .timeouts import Deadlines
-from .upstream import finish, read_available
-from .usage import (
+from .usage_meter import (
     UsageMeter,
     estimate_prompt_tokens,
     rejects_stream_options,

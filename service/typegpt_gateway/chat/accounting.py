@@ -3,12 +3,12 @@ upstream is called, then settled exactly once into the limiter and the usage led
 
 from __future__ import annotations
 
-from . import observe
-from .errors import GatewayError
-from .keys import KeyRecord
-from .ledger import UsageLedger
-from .limits import Limiter, Ticket
-from .usage import Usage, UsageMeter
+from ..errors import GatewayError
+from ..keystore.ledger import UsageLedger
+from ..keystore.records import KeyRecord
+from ..limits import Limiter, Ticket
+from ..ops import observe
+from .usage_meter import Usage, UsageMeter
 
 
 class Account:

@@ -8,7 +8,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from .errors import GatewayError
+from ..errors import GatewayError
 
 KEY_PREFIX = "sk-"
 KEY_BYTES = 32

@@ -13,12 +13,13 @@ from string import Template
 
 import httpx
 
-from . import cors, logs
-from .access import keyless_paths
-from .errors import GatewayError
-from .keys import missing_key_error
-from .redaction import redact
-from .settings import MiB, Settings
+from ..api.access import keyless_paths
+from ..errors import GatewayError
+from ..keystore.records import missing_key_error
+from ..ops import logs
+from ..redaction import redact
+from ..settings import MiB, Settings
+from . import cors
 
 CONFIG_TEMPLATE = "envoy.yaml.in"
 LUA_FILTER = "openai_errors.lua"
@@ -38,10 +39,10 @@ ENVOY_ENV_PREFIXES = ("LC_",)
 
 def assets_dir() -> Path:
     """envoy/ of the repo in a source checkout, or its copy inside an installed wheel."""
-    packaged = Path(str(resources.files(__package__))) / "_envoy"
+    packaged = Path(str(resources.files("typegpt_gateway"))) / "_envoy"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parents[2] / "envoy"
+    return Path(__file__).resolve().parents[3] / "envoy"
 
 
 def _connect_host(bind_host: str) -> str:

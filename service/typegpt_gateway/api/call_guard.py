@@ -27,11 +27,11 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from . import observe
+from ..errors import GatewayError
+from ..keystore.records import bearer_token
+from ..ops import observe
 from .access import KEY_SERVICES
-from .errors import GatewayError
-from .keys import bearer_token
-from .servicer import abort, authorization_of
+from .chat_service import abort, authorization_of
 
 
 def message_timeout_error() -> GatewayError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import GatewayError
+from ..errors import GatewayError
 
 
 @dataclass(frozen=True, slots=True)

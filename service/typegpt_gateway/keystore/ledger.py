@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..chat.usage_meter import Usage
 from .store import Store, UsageRow
-from .usage import Usage
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from prometheus_client import (
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 if TYPE_CHECKING:  # envoy imports logs, which imports observe, which imports this module
-    from .envoy import EnvoyAdmin
+    from ..process.envoy import EnvoyAdmin
 
 logger = logging.getLogger(__name__)
 

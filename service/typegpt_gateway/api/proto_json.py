@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 
 from typegpt.gateway.v1 import chat_pb2
 
-from .errors import GatewayError
+from ..errors import GatewayError
 
 M = TypeVar("M", bound=Message)
 

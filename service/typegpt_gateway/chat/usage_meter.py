@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from .errors import GatewayError
+from ..errors import GatewayError
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hmac
 
-from .errors import GatewayError
-from .keys import bearer_token, hash_key
-from .store import KeyCache
+from ..errors import GatewayError
+from ..keystore.records import bearer_token, hash_key
+from ..keystore.store import KeyCache
 
 
 def admin_off() -> GatewayError:

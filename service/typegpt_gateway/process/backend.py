@@ -21,24 +21,24 @@ from typegpt.gateway.v1 import (
     status_pb2_grpc,
 )
 
-from . import adminauth
-from .access import ADMIN_KEY_SERVICE, CLIENT_KEY_SERVICE
-from .accounting import Accounting
-from .callguard import CallGuard
-from .catalog import Catalog
-from .chat import ChatPipeline
-from .failover import Failover
-from .keyadmin import KeyAdmin
-from .keys import missing_key_error
-from .keyservice import KeyServicer
-from .ledger import UsageLedger
-from .limits import Backend as LimiterBackend
-from .limits import InProcessBackend, Limiter
+from ..api import admin_auth
+from ..api.access import ADMIN_KEY_SERVICE, CLIENT_KEY_SERVICE
+from ..api.call_guard import CallGuard
+from ..api.chat_service import ChatServicer, StatusServicer
+from ..api.key_service import KeyServicer
+from ..chat.accounting import Accounting
+from ..chat.catalog import Catalog
+from ..chat.pipeline import ChatPipeline
+from ..keystore.admin import KeyAdmin
+from ..keystore.ledger import UsageLedger
+from ..keystore.records import missing_key_error
+from ..keystore.store import KeyCache, Store, open_store
+from ..limits import Backend as LimiterBackend
+from ..limits import InProcessBackend, Limiter
+from ..redaction import register_url_password
+from ..settings import MiB, Settings
+from ..upstream.failover import Failover
 from .readiness import Check, ReadinessProbe, key_store_check, rate_limits_check
-from .redaction import register_url_password
-from .servicer import ChatServicer, StatusServicer
-from .settings import MiB, Settings
-from .store import KeyCache, Store, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Backend:
 def _limiter_backend(settings: Settings) -> LimiterBackend:
     if settings.redis_url is None:
         return InProcessBackend()
-    from .limits.redis_backend import RedisBackend
+    from ..limits.redis_backend import RedisBackend
 
     url = settings.redis_url.get_secret_value()
     register_url_password(url)
@@ -150,7 +150,7 @@ async def start_backend(settings: Settings) -> Backend:
     guard = CallGuard(
         {
             CLIENT_KEY_SERVICE: missing_key_error,
-            ADMIN_KEY_SERVICE: lambda: adminauth.missing_key_error(settings.admin_token),
+            ADMIN_KEY_SERVICE: lambda: admin_auth.missing_key_error(settings.admin_token),
         },
         # As long as Envoy gives a REST client to send its whole request.
         message_timeout=settings.request_body_timeout,

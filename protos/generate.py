@@ -1,6 +1,6 @@
 """Regenerates the Python stubs and Envoy's descriptor set from `protos/`.
 
-Run `python -m typegpt_gateway.protogen` from a source checkout after editing a .proto; the
+Run `python protos/generate.py` from a source checkout after editing a .proto; the
 outputs are committed, and tests/test_protos.py fails when they are stale.
 """
 
@@ -10,7 +10,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = REPO_ROOT / "protos"
 PROTO_FILES = (
     "typegpt/gateway/v1/chat.proto",
@@ -45,5 +45,5 @@ def generate(stubs_root: Path = STUBS_ROOT, descriptor: Path = DESCRIPTOR) -> No
 
 if __name__ == "__main__":
     if not PROTO_ROOT.is_dir():
-        sys.exit("protogen runs from a source checkout: protos/ not found")
+        sys.exit("generate.py runs from a source checkout: protos/ not found")
     generate()

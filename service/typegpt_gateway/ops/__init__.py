@@ -1,0 +1,2 @@
+"""What operators see: request observation, Prometheus metrics and their HTTP server, and
+the JSON logs."""
