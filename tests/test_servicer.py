@@ -39,7 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
 from typegpt_gateway.api import proto_json
-from typegpt_gateway.api.chat_service import ReadinessProbe, StatusServicer
+from typegpt_gateway.api.status_service import StatusServicer
 from typegpt_gateway.chat.pipeline import ChatPipeline
 from typegpt_gateway.chat.sse import DONE_FRAME, KEEPALIVE_FRAME
 from typegpt_gateway.chat.usage_meter import UsageMeter
@@ -47,6 +47,7 @@ from typegpt_gateway.keystore.ledger import UsageLedger
 from typegpt_gateway.keystore.store import KeyStore
 from typegpt_gateway.ops import observe
 from typegpt_gateway.process.backend import Backend, start_backend
+from typegpt_gateway.process.readiness import ReadinessProbe
 from typegpt_gateway.settings import Settings
 from typegpt_gateway.upstream.failover import Failover
 
@@ -177,7 +178,7 @@ def test_grpc_testing_cannot_drive_async_servicers() -> None:
     """grpc_testing runs handlers synchronously: an async servicer 'answers' a coroutine."""
     service = status_pb2.DESCRIPTOR.services_by_name["StatusService"]
     server = grpc_testing.server_from_dictionary(
-        {service: StatusServicer(ReadinessProbe())}, grpc_testing.strict_real_time()
+        {service: StatusServicer(ReadinessProbe().problem)}, grpc_testing.strict_real_time()
     )
     rpc = server.invoke_unary_unary(
         service.methods_by_name["GetHealth"], (), status_pb2.GetHealthRequest(), None

@@ -31,7 +31,7 @@ from ..errors import GatewayError
 from ..keystore.records import bearer_token
 from ..ops import observe
 from .access import KEY_SERVICES
-from .chat_service import abort, authorization_of
+from .rpc import abort, authorization_of
 
 
 def message_timeout_error() -> GatewayError:

@@ -1,8 +1,5 @@
-"""The gRPC services. Each RPC is a thin edge: read metadata, run the pipeline, shape the reply.
-
-Errors become a gRPC status plus trailing metadata (`x-openai-error`, `x-http-status`) from
-which Envoy's Lua filter writes the HTTP response, so REST and gRPC callers get the same error.
-"""
+"""The chat service (chat completions and the model list). Each RPC is a thin edge: read
+metadata, run the pipeline, shape the reply; errors end the call through `rpc.abort`."""
 
 from __future__ import annotations
 
@@ -15,63 +12,20 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from google.api import httpbody_pb2
 
-from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
+from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 
 from ..chat.catalog import Catalog, Model
 from ..chat.pipeline import ChatPipeline, Stream
 from ..chat.sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
 from ..errors import GatewayError
 from ..ops import observe
-from ..process.readiness import ReadinessProbe
 from . import proto_json
+from .rpc import abort, as_gateway_error, authorization_of
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
-
-
-def several_credentials_error() -> GatewayError:
-    return GatewayError(
-        401,
-        "Send one 'Authorization: Bearer ...' header, not several.",
-        "authentication_error",
-    )
-
-
-def authorization_of(context: grpc.aio.ServicerContext) -> str | None:
-    """The call's one `authorization` value; several are refused (GatewayError), as Envoy
-    refuses them on its port: which one counts must not depend on who reads them."""
-    values = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
-    if len(values) > 1:
-        raise several_credentials_error()
-    if not values or not isinstance(values[0], str):
-        return None
-    return values[0]
-
-
-async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> None:
-    """Ends the RPC with `error`; never returns."""
-    exchange = observe.current()
-    exchange.failed(error)
-    await context.abort(
-        error.grpc_code,
-        error.message,
-        trailing_metadata=(
-            ("x-openai-error", error.to_json()),
-            ("x-http-status", str(error.status)),
-            *error.headers,
-            (observe.REQUEST_ID, exchange.request_id),
-        ),
-    )
-
-
-def as_gateway_error(exc: Exception) -> GatewayError:
-    """What the client sees: a GatewayError as it is, anything else as a logged 500."""
-    if isinstance(exc, GatewayError):
-        return exc
-    logger.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
-    return GatewayError(500, "The gateway failed unexpectedly; this was logged.", "api_error")
 
 
 def _model_message(model: Model) -> chat_pb2.Model:
@@ -223,23 +177,3 @@ def _http_message(data: bytes, content_type: str) -> chat_pb2.CreateChatCompleti
     return chat_pb2.CreateChatCompletionHttpResponse(
         http_body=httpbody_pb2.HttpBody(content_type=content_type, data=data)
     )
-
-
-class StatusServicer(status_pb2_grpc.StatusServiceServicer):
-    """Answers only once the backend is serving; Envoy's 503 covers the backend being down."""
-
-    def __init__(self, ready: ReadinessProbe) -> None:
-        self._ready = ready
-
-    async def GetHealth(
-        self, request: status_pb2.GetHealthRequest, context: grpc.aio.ServicerContext
-    ) -> status_pb2.GetHealthResponse:
-        return status_pb2.GetHealthResponse(status="ok")
-
-    async def GetReadiness(
-        self, request: status_pb2.GetReadinessRequest, context: grpc.aio.ServicerContext
-    ) -> status_pb2.GetReadinessResponse:
-        problem = await self._ready.problem()
-        if problem is not None:
-            await abort(context, GatewayError(503, f"Not ready: {problem}", "api_error"))
-        return status_pb2.GetReadinessResponse(status="ready")

@@ -24,7 +24,7 @@ from ..keystore.store import KeyCache, UsageRow
 from ..ops import observe
 from ..redaction import register_secret
 from .admin_auth import authorize_admin
-from .chat_service import abort, as_gateway_error, authorization_of
+from .rpc import abort, as_gateway_error, authorization_of
 
 T = TypeVar("T")
 

@@ -24,8 +24,9 @@ from typegpt.gateway.v1 import (
 from ..api import admin_auth
 from ..api.access import ADMIN_KEY_SERVICE, CLIENT_KEY_SERVICE
 from ..api.call_guard import CallGuard
-from ..api.chat_service import ChatServicer, StatusServicer
+from ..api.chat_service import ChatServicer
 from ..api.key_service import KeyServicer
+from ..api.status_service import Check, StatusServicer
 from ..chat.accounting import Accounting
 from ..chat.catalog import Catalog
 from ..chat.pipeline import ChatPipeline
@@ -38,7 +39,7 @@ from ..limits import InProcessBackend, Limiter
 from ..redaction import register_url_password
 from ..settings import MiB, Settings
 from ..upstream.failover import Failover
-from .readiness import Check, ReadinessProbe, key_store_check, rate_limits_check
+from .readiness import ReadinessProbe, key_store_check, rate_limits_check
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ async def start_backend(settings: Settings) -> Backend:
     keys_pb2_grpc.add_KeyServiceServicer_to_server(
         KeyServicer(admin, settings.admin_token, keys), server
     )
-    status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(readiness), server)
+    status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(readiness.problem), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -21,11 +21,11 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from ..api.status_service import Check
 from ..keystore.store import KeyStore, Store
 from ..limits import Backend as LimiterBackend
 from ..limits import LimiterUnavailableError
 
-Check = Callable[[], Awaitable[str | None]]
 # A probe that hangs is a failed probe: answer before a load balancer gives up on us.
 CHECK_TIMEOUT = 2.0
 # How often grpc.health.v1 is brought up to date (it has no hook to ask on demand).
