@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from typegpt_gateway.chat.usage_meter import Usage
 from typegpt_gateway.keystore.ledger import UsageLedger
 from typegpt_gateway.keystore.store import Store, UsageRow
+from typegpt_gateway.usage import Usage
 
 DAY = dt.date(2026, 5, 1)
 NOON = 1_777_636_800.0  # 2026-05-01 12:00 UTC

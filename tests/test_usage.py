@@ -17,7 +17,6 @@ from typegpt_gateway.chat.pipeline import parse_chat_request
 from typegpt_gateway.chat.usage_meter import (
     IMAGE_TOKENS,
     MAX_REPORTED_TOKENS,
-    Usage,
     UsageMeter,
     estimate_tokens,
     rejects_stream_options,
@@ -27,6 +26,7 @@ from typegpt_gateway.chat.usage_meter import (
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keystore.ledger import UsageLedger
 from typegpt_gateway.keystore.store import UsageRow
+from typegpt_gateway.usage import Usage
 
 
 def _bytes(document: object) -> bytes:

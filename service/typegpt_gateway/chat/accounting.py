@@ -8,7 +8,8 @@ from ..keystore.ledger import UsageLedger
 from ..keystore.records import KeyRecord
 from ..limits import Limiter, Ticket
 from ..ops import observe
-from .usage_meter import Usage, UsageMeter
+from ..usage import Usage
+from .usage_meter import UsageMeter
 
 
 class Account:

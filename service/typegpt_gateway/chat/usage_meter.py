@@ -23,12 +23,12 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ..errors import GatewayError
+from ..usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +44,6 @@ _OPENING_BRACE = re.compile(rb"^\s*\{")
 _SPACE = re.compile(r"[ \t\n\r]*")
 # Members of a delta that name or label output rather than carry it.
 _NOT_OUTPUT = frozenset(("role", "type", "id"))
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    estimated: bool = False
-
-    @property
-    def total(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 def estimate_tokens(chars: int) -> int:

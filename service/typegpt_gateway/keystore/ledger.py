@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..chat.usage_meter import Usage
+from ..usage import Usage
 from .store import Store, UsageRow
 
 logger = logging.getLogger(__name__)

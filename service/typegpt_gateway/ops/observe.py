@@ -25,7 +25,7 @@ from ..errors import GatewayError
 from . import metrics
 
 if TYPE_CHECKING:
-    from ..chat.usage_meter import Usage
+    from ..usage import Usage
 
 REQUEST_ID = "x-request-id"
 # A client's id is honoured when it is this short and printable; otherwise a new one is made.

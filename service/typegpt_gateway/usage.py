@@ -1,0 +1,17 @@
+"""The tokens one request used: the value the meter produces and the limiter, the ledger and
+the metrics consume. Below all of them, so that none depends on how it is measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
