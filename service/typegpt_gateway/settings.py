@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from .process.cors import parse_origins
 
 DEFAULT_MODELS = (
     "gpt-4o",
@@ -25,6 +24,21 @@ MiB = 1024 * 1024
 
 def default_db_path() -> Path:
     return Path.home() / ".local" / "share" / "typegpt-gateway" / "keys.db"
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9\-\.\[\]:]+$")
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """Comma-separated origins such as `https://app.example.com,http://localhost:3000`."""
+    origins = tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise ValueError(
+                f"not an origin: {origin!r} (expected scheme://host[:port], e.g. "
+                "https://app.example.com)"
+            )
+    return origins
 
 
 class Settings(BaseSettings):
