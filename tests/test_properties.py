@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from typegpt.gateway.v1 import chat_pb2
 from typegpt_gateway.api import proto_json
-from typegpt_gateway.chat.pipeline import ChatRequest, parse_chat_request
+from typegpt_gateway.chat.request import ChatRequest, parse_chat_request
 from typegpt_gateway.chat.sse import DONE_FRAME, EventReader, data_frame, is_error_event
 from typegpt_gateway.chat.usage_meter import (
     CHARS_PER_TOKEN,

@@ -12,7 +12,7 @@ import pytest
 from typegpt.gateway.v1 import chat_pb2
 from typegpt_gateway.api.proto_json import parse_answer, request_body
 from typegpt_gateway.chat import sse
-from typegpt_gateway.chat.pipeline import parse_chat_request
+from typegpt_gateway.chat.request import parse_chat_request
 from typegpt_gateway.errors import GatewayError, scrub
 from typegpt_gateway.keystore import records
 from typegpt_gateway.keystore.records import (

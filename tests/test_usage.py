@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from test_properties import SETTINGS, json_values, valid_documents
 
-from typegpt_gateway.chat.pipeline import parse_chat_request
+from typegpt_gateway.chat.request import parse_chat_request
 from typegpt_gateway.chat.usage_meter import (
     IMAGE_TOKENS,
     MAX_REPORTED_TOKENS,

@@ -14,8 +14,9 @@ from google.api import httpbody_pb2
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 
+from ..chat.answer import Stream
 from ..chat.catalog import Catalog, Model
-from ..chat.pipeline import ChatPipeline, Stream
+from ..chat.pipeline import ChatPipeline
 from ..chat.sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
 from ..errors import GatewayError
 from ..ops import observe

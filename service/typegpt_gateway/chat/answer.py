@@ -1,0 +1,200 @@
+"""The upstream's answer on its way to the client: a whole JSON body (`read_answer`) or a
+`Stream` of SSE events, and the `Answer` whose closing settles the request's account."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from ..errors import GatewayError, scrub
+from ..ops import observe
+from ..redaction import StreamRedactor, redact_bytes
+from ..upstream.client import finish, read_available
+from ..upstream.timeouts import Deadlines
+from .accounting import Account
+from .sse import DONE, EventReader, is_error_event
+from .usage_meter import (
+    UsageMeter,
+)
+
+
+def shutting_down() -> GatewayError:
+    return GatewayError(503, "The gateway is shutting down; retry the request.", "api_error")
+
+
+class Stream:
+    """An upstream SSE response, read as batches of event payloads."""
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        deadlines: Deadlines,
+        *,
+        keepalive: float,
+        secrets: tuple[str, ...],
+        stopping: asyncio.Future[None],
+        meter: UsageMeter,
+    ) -> None:
+        self._response = response
+        self._deadlines = deadlines
+        self._keepalive = keepalive
+        self._secrets = secrets
+        self._stopping = stopping
+        self._meter = meter
+        # Whether it ended in an error (told to the client), not with [DONE] or a client gone.
+        self.failed = False
+
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        """Yields the `data` payloads of each network read as one batch, or an empty batch
+        after `keepalive` seconds of silence. Returns after `[DONE]`; raises GatewayError when
+        the upstream fails, ends early or stays silent too long, or the gateway stops, since
+        the client must not mistake any of that for success."""
+        loop = asyncio.get_running_loop()
+        reader = EventReader()
+        redactor = StreamRedactor(self._secrets)
+        content = self._response.content
+        pending: asyncio.Future[bytes] | None = None
+        failed = True
+        try:
+            while True:
+                # What has arrived already is read without a task or a timer; only an empty
+                # buffer means waiting for the network.
+                chunk = read_available(self._response)
+                if not chunk and not content.at_eof():
+                    pending = asyncio.ensure_future(content.readany())
+                    due = self._deadlines.next_read(loop.time())
+                    while True:
+                        silence = min(self._keepalive, due.at - loop.time())
+                        done, _ = await asyncio.wait(
+                            (pending, self._stopping),
+                            timeout=max(silence, 0.0),
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        if pending in done:
+                            break
+                        if self._stopping.done():
+                            raise shutting_down()
+                        if loop.time() >= due.at:
+                            raise observe.upstream_failed(due.error())
+                        yield []
+                    chunk = pending.result()
+                    pending = None
+                if not chunk:
+                    ended = GatewayError(
+                        502,
+                        "The upstream API ended the stream before it was complete.",
+                        "api_error",
+                    )
+                    raise observe.upstream_failed(ended) from None
+                self._deadlines.got_bytes()
+                batch = []
+                for data in reader.feed(chunk):
+                    if data == DONE:
+                        failed = False
+                        if (held := redactor.flush()) is not None:
+                            batch.append(held)
+                        if batch:
+                            yield batch
+                        return
+                    if is_error_event(data):
+                        if batch:
+                            yield batch
+                        raise observe.upstream_failed(self._in_band_error(data))
+                    if self._meter.see_chunk(data):
+                        batch.append(redactor.feed(data))
+                if batch:
+                    yield batch
+        except (GeneratorExit, asyncio.CancelledError):
+            failed = False  # the client went away: its choice, not an error
+            raise
+        except aiohttp.ClientError as exc:
+            broke = GatewayError(
+                502, f"The upstream API stream broke ({type(exc).__name__}).", "api_error"
+            )
+            raise observe.upstream_failed(broke) from exc
+        finally:
+            self.failed = failed
+            if pending is not None:
+                pending.cancel()
+                # A read that failed just as it was given up: not logged as never retrieved.
+                if pending.done() and not pending.cancelled():
+                    pending.exception()
+            self.release()
+
+    def release(self) -> None:
+        """Done with the upstream's response (again: nothing happens)."""
+        finish(self._response)
+
+    def _in_band_error(self, data: bytes) -> GatewayError:
+        try:
+            error = orjson.loads(data)["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+        except (orjson.JSONDecodeError, KeyError, AttributeError):
+            message = None
+        text = scrub(message, self._secrets) if isinstance(message, str) else "unknown error"
+        if text is None:
+            text = "its message was withheld (it held a form of a credential)"
+        return GatewayError(502, f"The upstream API failed mid-stream: {text}", "api_error")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    body: bytes | Stream
+    account: Account
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """x-ratelimit-* headers, for the response's initial metadata."""
+        return self.account.headers
+
+    def close(self, *, failed: bool) -> None:
+        """Settles the request, `failed` if its client got an error: counted with the
+        upstream's usage if it arrived, else with the estimate of what was delivered (see
+        `usage`). A stream is released whether or not it was read."""
+        stream = self.body if isinstance(self.body, Stream) else None
+        try:
+            failed = failed or (stream is not None and stream.failed)
+            self.account.settle(error=failed, usage=self.account.meter.usage())
+        finally:
+            if stream is not None:
+                stream.release()
+
+
+async def read_answer(response: aiohttp.ClientResponse, deadlines: Deadlines) -> bytes:
+    """A whole non-streamed answer, each read bounded by the deadlines."""
+    loop = asyncio.get_running_loop()
+    answer = bytearray()
+    content = response.content
+    try:
+        while True:
+            # Often the whole answer came with the headers: no wait, no timer.
+            chunk = read_available(response)
+            if not chunk:
+                if content.at_eof():
+                    break
+                due = deadlines.next_read(loop.time())
+                try:
+                    async with asyncio.timeout_at(due.at):
+                        chunk = await content.readany()
+                except TimeoutError:
+                    raise observe.upstream_failed(due.error()) from None
+                if not chunk:
+                    break
+            answer += chunk
+            deadlines.got_bytes()
+    except aiohttp.ClientError as exc:
+        broke = GatewayError(
+            502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
+        )
+        raise observe.upstream_failed(broke) from exc
+    finally:
+        finish(response)
+    if not answer.lstrip().startswith(b"{"):
+        not_json = GatewayError(502, "The upstream API answered with something not JSON.")
+        raise observe.upstream_failed(not_json)
+    # An upstream that echoes our key (a debugging proxy, say) must not hand it out.
+    return redact_bytes(bytes(answer))
