@@ -12,18 +12,10 @@ local function is_grpc(content_type)
   return content_type ~= nil and string.sub(content_type, 1, 16) == "application/grpc"
 end
 
-local ERROR_TYPES = {
-  [400] = "invalid_request_error",
-  [401] = "authentication_error",
-  [403] = "authentication_error",
-  [404] = "invalid_request_error",
-  [405] = "invalid_request_error",
-  [408] = "timeout_error",
-  [413] = "invalid_request_error",
-  [431] = "invalid_request_error",
-  [429] = "rate_limit_error",
-  [504] = "timeout_error",
-}
+-- The OpenAI error type of each status from 400 to 599: the backend's own rule
+-- (errors.default_error_type), which the Envoy config that loads this file writes in
+-- (process/envoy.py), so that Envoy's replies and the backend's errors cannot disagree.
+local ERROR_TYPES = {--[[ error types ]]}
 
 -- Friendlier words for the replies Envoy makes on its own.
 local LOCAL_MESSAGES = {

@@ -139,7 +139,7 @@ def test_list_shows_every_record_never_a_key(admin):
 
 
 def test_get_unknown_name_is_404(admin):
-    error = assert_error(admin.get(f"{KEYS}/{unique('nobody')}"), 404, "not_found_error")
+    error = assert_error(admin.get(f"{KEYS}/{unique('nobody')}"), 404, "invalid_request_error")
     assert error["param"] == "name"
 
 

@@ -12,7 +12,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,8 +25,17 @@ from gateway_process import ADMIN_KEY, Gateway, running
 from openai_shape import assert_error, chat_body, sse_payloads
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
+from typegpt_gateway.errors import default_error_type, grpc_code_for
 from typegpt_gateway.keystore.records import bearer_token, missing_key_error
-from typegpt_gateway.process.envoy import ADMIN_BODY_BYTES, render_config
+from typegpt_gateway.process.envoy import (
+    ADMIN_BODY_BYTES,
+    ERROR_STATUSES,
+    LUA_ERROR_TYPES_MARKER,
+    LUA_FILTER,
+    assets_dir,
+    lua_source,
+    render_config,
+)
 from typegpt_gateway.settings import Settings
 
 CHAT = "/v1/chat/completions"
@@ -653,15 +662,20 @@ def test_rendered_routes_need_a_key_but_health() -> None:
     }
 
 
-class _StoppingBackend(chat_pb2_grpc.ChatServiceServicer):
-    """A backend whose server refuses every call as a stopping gRPC server does: a bare
-    CANCELLED, without the gateway's own error trailers."""
+class _BareStatusBackend(chat_pb2_grpc.ChatServiceServicer):
+    """A backend that refuses every call with the gRPC code its `x-bare-status` header names,
+    bare: without the gateway's own error trailers, as a gRPC server does on its own (e.g. a
+    stopping one: CANCELLED)."""
 
     def CreateChatCompletionHttp(self, request, context):
-        context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        code = grpc.StatusCode[dict(context.invocation_metadata())["x-bare-status"]]
+        context.abort(code, code.name)
 
 
-def test_a_call_the_stopping_backend_cancelled_is_a_retryable_503(tmp_path):
+@pytest.fixture(scope="module")
+def bare_status_envoy(tmp_path_factory) -> Iterator[Callable[[grpc.StatusCode], httpx.Response]]:
+    """The gateway's Envoy, as rendered for `serve`, before a _BareStatusBackend: yields a
+    function that sends a chat request the backend refuses with the given code."""
     import subprocess
 
     from gateway_process import free_port
@@ -669,11 +683,11 @@ def test_a_call_the_stopping_backend_cancelled_is_a_retryable_503(tmp_path):
     from typegpt_gateway.process.envoy import binary
 
     server = grpc.server(ThreadPoolExecutor(2))
-    chat_pb2_grpc.add_ChatServiceServicer_to_server(_StoppingBackend(), server)
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(_BareStatusBackend(), server)
     backend_port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     port = free_port()
-    config = tmp_path / "envoy.yaml"
+    config = tmp_path_factory.mktemp("bare-status") / "envoy.yaml"
     config.write_text(
         render_config(Settings(http_port=port, host="127.0.0.1"), grpc_port=backend_port)
     )
@@ -682,24 +696,71 @@ def test_a_call_the_stopping_backend_cancelled_is_a_retryable_503(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+    def refused_with(code: grpc.StatusCode) -> httpx.Response:
+        return httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json=chat_body(),
+            headers={"authorization": "Bearer sk-any-well-formed-key", "x-bare-status": code.name},
+            timeout=5,
+        )
+
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                response = httpx.post(
-                    f"http://127.0.0.1:{port}/v1/chat/completions",
-                    json=chat_body(),
-                    headers={"authorization": "Bearer sk-any-well-formed-key"},
-                    timeout=5,
-                )
+                refused_with(grpc.StatusCode.INTERNAL)
                 break
             except httpx.HTTPError:
                 assert time.monotonic() < deadline and envoy.poll() is None, "Envoy did not start"
                 time.sleep(0.1)
-        # Not nginx's 499 "client closed request": the client is still there, and may retry.
-        error = assert_error(response, 503, "api_error")
-        assert "try again" in error["message"]
+        yield refused_with
     finally:
         envoy.terminate()
         envoy.wait(15)
         server.stop(0)
+
+
+def test_a_call_the_stopping_backend_cancelled_is_a_retryable_503(bare_status_envoy):
+    response = bare_status_envoy(grpc.StatusCode.CANCELLED)
+    # Not nginx's 499 "client closed request": the client is still there, and may retry.
+    error = assert_error(response, 503, "api_error")
+    assert "try again" in error["message"]
+
+
+def test_a_bare_grpc_status_gets_the_backends_type_for_its_http_status(bare_status_envoy):
+    """The Lua filter types what the backend did not (no x-openai-error) by the backend's rule;
+    and an error of the backend's whose trailers were lost would still read as its own type."""
+    codes = [code for code in grpc.StatusCode if code is not grpc.StatusCode.OK]
+    answers = {code: bare_status_envoy(code) for code in codes}
+    for response in answers.values():
+        assert_error(response, response.status_code, default_error_type(response.status_code))
+    for status in ERROR_STATUSES:
+        answer = answers[grpc_code_for(status)]
+        assert answer.json()["error"]["type"] == default_error_type(status), (status, answer.text)
+
+
+def _lua_filter_source(config: dict) -> str:
+    (lua,) = [
+        http_filter["typed_config"]
+        for http_filter in config["static_resources"]["listeners"][0]["filter_chains"][0][
+            "filters"
+        ][0]["typed_config"]["http_filters"]
+        if http_filter["name"] == "envoy.filters.http.lua"
+    ]
+    return lua["default_source_code"]["inline_string"]
+
+
+def test_rendered_lua_filter_types_every_status_as_the_backend_does() -> None:
+    source = _lua_filter_source(yaml.safe_load(render_config(Settings(), grpc_port=1)))
+    (table,) = re.findall(r"^local ERROR_TYPES = (\{.*?^\})$", source, re.MULTILINE | re.DOTALL)
+    entries = re.findall(r'\[(\d+)\]\s*=\s*"([a-z_]+)"', table)
+    # No entry twice, and nothing else in the table.
+    assert len(entries) == len(dict(entries)) == table.count("=")
+    assert {int(status): error_type for status, error_type in entries} == {
+        status: default_error_type(status) for status in ERROR_STATUSES
+    }
+    # The rest is the Lua file as checked in, kept whole through the YAML.
+    lua_file = (assets_dir() / LUA_FILTER).read_text()
+    assert source.replace(table, "{" + LUA_ERROR_TYPES_MARKER + "}") == lua_file
+    assert source == lua_source()

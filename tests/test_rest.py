@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 from fake_upstream import DEFAULT_CONTENT, Reply, make_chunk, make_completion
-from gateway_process import UPSTREAM_KEY, free_port
+from gateway_process import ADMIN_KEY, UPSTREAM_KEY, free_port
 from openai_shape import GUIDE_MODELS, assert_error, chat_body, sse_payloads
 
 CHAT = "/v1/chat/completions"
@@ -236,9 +236,23 @@ def test_unknown_path_is_404(client):
 
 
 def test_unknown_model_is_404_before_any_upstream_call(client, upstream):
-    error = assert_error(client.post(CHAT, json=chat_body("gpt-2")), 404, "model_not_found")
+    error = assert_error(client.post(CHAT, json=chat_body("gpt-2")), 404, "invalid_request_error")
     assert error["param"] == "model"
     assert upstream.requests == []
+
+
+def test_every_404_has_the_type_openai_gives_an_unknown_model_or_url(client):
+    """Envoy answers an unknown URL, the backend an unknown model or key name: one rule
+    (errors.default_error_type, written into the Lua filter) gives all of them their type."""
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    answers = {
+        "url": client.get("/v1/nothing-here"),
+        "model": client.post(CHAT, json=chat_body("gpt-2")),
+        "model by id": client.get("/v1/models/not-a-model"),
+        "key name": client.get("/v1/admin/keys/nobody-by-that-name", headers=admin),
+    }
+    types = {what: assert_error(response, 404)["type"] for what, response in answers.items()}
+    assert types == dict.fromkeys(answers, "invalid_request_error")
 
 
 def test_key_restricted_to_models(gateway, upstream):

@@ -137,7 +137,7 @@ def envoy_config(
     ] = None,
     assets_dir: Annotated[
         Path | None,
-        typer.Option(help="Where Envoy will find the Lua filter and descriptor set."),
+        typer.Option(help="Where Envoy will find the descriptor set."),
     ] = None,
 ) -> None:
     """Print the Envoy config `serve` would use, e.g. for an Envoy in another container."""

@@ -30,10 +30,13 @@ _GRPC_CODES: dict[int, grpc.StatusCode] = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
+# The type of an error that names none, for every status: the backend's errors and Envoy's own
+# replies alike (process/envoy.py writes this rule into the Lua filter). Any other client error
+# is an invalid_request_error, 404 included, as OpenAI answers an unknown model or URL.
 _DEFAULT_TYPES: dict[int, str] = {
     401: "authentication_error",
     403: "authentication_error",
-    404: "not_found_error",
+    408: "timeout_error",
     429: "rate_limit_error",
     504: "timeout_error",
 }

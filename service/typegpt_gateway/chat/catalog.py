@@ -32,7 +32,6 @@ class Catalog:
             raise GatewayError(
                 404,
                 f"The model '{model_id}' does not exist or you do not have access to it.",
-                "model_not_found",
                 param="model",
             )
         if not key.allows_model(model_id):

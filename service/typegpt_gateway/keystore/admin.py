@@ -155,7 +155,7 @@ def parse_day(text: str) -> dt.date:
 
 def _not_found(name: str, live: bool = False) -> GatewayError:
     which = "live key" if live else "key"
-    return GatewayError(404, f"There is no {which} named {name!r}.", "not_found_error", "name")
+    return GatewayError(404, f"There is no {which} named {name!r}.", param="name")
 
 
 class KeyAdmin:

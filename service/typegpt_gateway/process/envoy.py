@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import os
+import textwrap
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -14,7 +15,7 @@ from string import Template
 import httpx
 
 from ..api.access import keyless_paths
-from ..errors import GatewayError
+from ..errors import GatewayError, default_error_type
 from ..keystore.records import missing_key_error
 from ..ops import logs
 from ..redaction import redact
@@ -23,6 +24,13 @@ from . import cors
 
 CONFIG_TEMPLATE = "envoy.yaml.in"
 LUA_FILTER = "openai_errors.lua"
+# Where the Lua filter's ERROR_TYPES gets its entries (lua_source).
+LUA_ERROR_TYPES_MARKER = "--[[ error types ]]"
+# Every status an error can have: Envoy's own replies, and the statuses Envoy gives bare gRPC
+# codes, are among them.
+ERROR_STATUSES = range(400, 600)
+# The indentation of ${lua_source} in the template, a YAML literal block.
+LUA_SOURCE_INDENT = " " * 18
 DESCRIPTOR = "gateway.pb"
 # The admin API's request bodies (a key's name, models and limits) are a few hundred bytes.
 ADMIN_BODY_BYTES = 64 * 1024
@@ -71,7 +79,7 @@ def render_config(
         http_port=settings.http_port,
         backend_host=backend_host or _connect_host(settings.grpc_host),
         grpc_port=grpc_port,
-        lua_path=assets / LUA_FILTER,
+        lua_source=_literal_block(lua_source(), LUA_SOURCE_INDENT),
         descriptor_path=assets / DESCRIPTOR,
         max_body_bytes=settings.max_body_bytes,
         admin_body_bytes=ADMIN_BODY_BYTES,
@@ -88,6 +96,24 @@ def render_config(
         cors_policy=cors_policy,
         transport_socket=transport_socket(settings.tls_cert, settings.tls_key),
     )
+
+
+def lua_source() -> str:
+    """The Lua filter as Envoy runs it: envoy/openai_errors.lua with the backend's error type
+    of every error status (errors.default_error_type) written into its ERROR_TYPES."""
+    source = (assets_dir() / LUA_FILTER).read_text()
+    if source.count(LUA_ERROR_TYPES_MARKER) != 1:
+        raise ValueError(f"{LUA_FILTER} must hold {LUA_ERROR_TYPES_MARKER!r} exactly once")
+    entries = " ".join(f'[{status}]="{default_error_type(status)}",' for status in ERROR_STATUSES)
+    lines = textwrap.wrap(entries, width=96, initial_indent="  ", subsequent_indent="  ")
+    return source.replace(LUA_ERROR_TYPES_MARKER, "\n" + "\n".join(lines) + "\n")
+
+
+def _literal_block(text: str, indent: str) -> str:
+    """`text` as the body of a YAML literal block (`|`) whose first line the template indents:
+    the other lines get the same indentation, blank ones none (no trailing spaces)."""
+    lines = text.splitlines()
+    return "\n".join([lines[0], *(indent + line if line else "" for line in lines[1:])])
 
 
 def keyless_routes() -> str:
