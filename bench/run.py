@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from gateway_process import Gateway, free_port  # noqa: E402
 
-from typegpt_gateway import envoy  # noqa: E402
 from typegpt_gateway.keystore.store import KeyStore  # noqa: E402
+from typegpt_gateway.process import envoy, envoy_config  # noqa: E402
 from typegpt_gateway.settings import Settings  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -199,7 +199,7 @@ class Floor:
         self.http_port, grpc_port = free_port(), free_port()
         settings = Settings(host="127.0.0.1", http_port=self.http_port)
         config = workdir / "envoy.yaml"
-        config.write_text(envoy.render_config(settings, grpc_port=grpc_port))
+        config.write_text(envoy_config.render_config(settings, grpc_port=grpc_port))
         self.backend = subprocess.Popen(
             [
                 sys.executable,

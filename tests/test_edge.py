@@ -27,7 +27,7 @@ from openai_shape import assert_error, chat_body, sse_payloads
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 from typegpt_gateway.errors import default_error_type, grpc_code_for
 from typegpt_gateway.keystore.records import bearer_token, missing_key_error
-from typegpt_gateway.process.envoy import (
+from typegpt_gateway.process.envoy_config import (
     ADMIN_BODY_BYTES,
     ERROR_STATUSES,
     LUA_ERROR_TYPES_MARKER,

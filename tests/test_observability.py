@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 from typegpt_gateway.ops import metrics, observe
-from typegpt_gateway.process.envoy import render_config
+from typegpt_gateway.process.envoy_config import render_config
 from typegpt_gateway.settings import Settings
 
 CHAT = "/v1/chat/completions"

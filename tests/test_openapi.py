@@ -32,7 +32,8 @@ from google.api import annotations_pb2
 from openai_shape import chat_body, sse_payloads
 
 from typegpt.gateway.v1 import chat_pb2, keys_pb2, status_pb2
-from typegpt_gateway.process.envoy import binary, render_config
+from typegpt_gateway.process.envoy import binary
+from typegpt_gateway.process.envoy_config import render_config
 from typegpt_gateway.settings import Settings
 
 MAX_BODY = 64 * 1024

@@ -27,9 +27,9 @@ from .envoy import (
     admin_address_file,
     connect_host,
     relay_output,
-    render_config,
     start_envoy,
 )
+from .envoy_config import render_config
 
 logger = logging.getLogger("typegpt_gateway")
 
