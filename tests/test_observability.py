@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
-from typegpt_gateway.ops import metrics, observe
+from typegpt_gateway.ops import metrics_server, observe
 from typegpt_gateway.process.envoy import render_config
 from typegpt_gateway.settings import Settings
 
@@ -541,8 +541,8 @@ def test_idle_and_half_sent_connections_cannot_exhaust_the_metrics_port(make_gat
         assert rss - rss_before < 50 * MiB, (rss_before, rss)
         # The cap holds within one burst of accepts: at most MAX_CONNECTIONS sockets stay.
         files = len(os.listdir(f"/proc/{gw.process.pid}/fd"))
-        assert files <= files_before + metrics.MAX_CONNECTIONS + 1, (files_before, files)
-        left_open = _wait_closed_by_peer(sockets, metrics.IDLE_TIMEOUT + 5)
+        assert files <= files_before + metrics_server.MAX_CONNECTIONS + 1, (files_before, files)
+        left_open = _wait_closed_by_peer(sockets, metrics_server.IDLE_TIMEOUT + 5)
         assert not left_open, f"{len(left_open)} connections still open"
     finally:
         for sock in sockets:
@@ -555,7 +555,7 @@ def test_a_large_registry_is_scraped_whole_plain_and_gzipped():
     series = Gauge("many", "One series per label value.", ("name",), registry=registry)
     for i in range(LARGE_REGISTRY_SERIES):
         series.labels(f"series-{i:06d}").set(i)
-    server = metrics.MetricsServer("127.0.0.1", 0, None, registry=registry)
+    server = metrics_server.MetricsServer("127.0.0.1", 0, None, registry=registry)
     try:
         url = f"http://127.0.0.1:{server.port}/metrics"
         for encoding in ("gzip", "identity"):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from ..ops.metrics import MetricsServer
+from ..ops.metrics_server import MetricsServer
 from ..settings import Settings
 from ..upstream.upstreams_file import ConfigError
 from .backend import Backend, start_backend
