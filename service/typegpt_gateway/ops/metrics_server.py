@@ -1,7 +1,7 @@
 """The metrics HTTP server, on its own port (GATEWAY_METRICS_PORT, 9464), never the public one.
 
 `/metrics` is the gateway's registry (metrics.py); `/metrics/envoy` relays Envoy's own
-statistics from its admin interface, which stays bound to 127.0.0.1.
+statistics, which the Envoy sidecar fetches from its admin interface (bound to 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -11,18 +11,14 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import aiohttp
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .metrics import REGISTRY
-
-if TYPE_CHECKING:  # envoy imports logs, which imports observe, which imports metrics
-    from ..process.envoy import EnvoyAdmin
 
 ENVOY_STATS_PATH = "/metrics/envoy"
 SERVER_NAME = "typegpt-gateway"
@@ -33,13 +29,21 @@ IDLE_TIMEOUT = 5.0
 MAX_CONNECTIONS = 64
 # How long the body of a request (none is expected) is read and ignored after the answer.
 LINGER_SECONDS = 1.0
-ENVOY_TIMEOUT = 5.0
 # Start and stop of the server's thread (stopping waits for answers being written).
 CALL_TIMEOUT = 10.0
 _TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 _T = TypeVar("_T")
 Responder = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class StatsUnavailable(Exception):
+    """Why Envoy's statistics cannot be had right now (raised by an EnvoyStats)."""
+
+
+# Envoy's /stats/prometheus: its status and body, or StatsUnavailable. Called on the metrics
+# server's own event loop, never the gateway's.
+EnvoyStats = Callable[[], Awaitable[tuple[int, bytes]]]
 
 
 class _CappedServer(web.Server):
@@ -86,14 +90,14 @@ class MetricsServer:
         self,
         host: str,
         port: int,
-        envoy_admin: EnvoyAdmin | None,
+        envoy_stats: EnvoyStats | None,
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # Bound here, so that a port in use is an OSError for the caller.
         sock = socket.create_server((host, port), family=family)
         self.port: int = sock.getsockname()[1]
-        self._envoy = envoy_admin
+        self._envoy_stats = envoy_stats
         self._registry_answer = make_aiohttp_handler(registry)
         self._loop = asyncio.new_event_loop()
         # aiohttp gzips an answer over 1 MiB in the loop's default executor: one thread.
@@ -101,7 +105,7 @@ class MetricsServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="metrics", daemon=True)
         self._thread.start()
         try:
-            self._runner, self._session = self._call(self._start(sock))
+            self._runner = self._call(self._start(sock))
         except BaseException:
             sock.close()
             self._halt()
@@ -110,7 +114,7 @@ class MetricsServer:
     def _call(self, work: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result(CALL_TIMEOUT)
 
-    async def _start(self, sock: socket.socket) -> tuple[web.BaseRunner, aiohttp.ClientSession]:
+    async def _start(self, sock: socket.socket) -> web.BaseRunner:
         server = _CappedServer(
             self._respond,
             keepalive_timeout=IDLE_TIMEOUT,
@@ -120,33 +124,27 @@ class MetricsServer:
         runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
         await web.SockSite(runner, sock).start()
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ENVOY_TIMEOUT))
-        return runner, session
+        return runner
 
     async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         if request.path == ENVOY_STATS_PATH:
-            return await self._envoy_stats()
+            return await self._relay_envoy_stats()
         return await self._registry_answer(request)  # type: ignore[arg-type]
 
-    async def _envoy_stats(self) -> web.Response:
-        """Relays Envoy's /stats/prometheus from its admin interface."""
+    async def _relay_envoy_stats(self) -> web.Response:
+        """Envoy's /stats/prometheus as Envoy answered it, or 503 saying why not."""
         try:
-            if self._envoy is None:
-                raise LookupError("no Envoy runs in this process (serve --no-envoy)")
-            url = self._envoy.url("/stats/prometheus")
-            if url is None:
-                raise LookupError("Envoy has not written its admin address yet")
-            async with self._session.get(url) as reply:
-                status, body = reply.status, await reply.read()
-        except (LookupError, aiohttp.ClientError, TimeoutError) as exc:
-            status, body = 503, f"Envoy stats unavailable: {exc or type(exc).__name__}\n".encode()
+            if self._envoy_stats is None:
+                raise StatsUnavailable("no Envoy runs in this process (serve --no-envoy)")
+            status, body = await self._envoy_stats()
+        except StatsUnavailable as exc:
+            status, body = 503, f"Envoy stats unavailable: {exc}\n".encode()
         return web.Response(status=status, body=body, headers={"Content-Type": _TEXT_FORMAT})
 
     async def _stop(self) -> None:
         await self._runner.cleanup()
-        await self._session.close()
         await self._loop.shutdown_default_executor()
 
     def _halt(self) -> None:

@@ -11,12 +11,13 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-import httpx
+import aiohttp
 
 from ..api.access import keyless_paths
 from ..errors import GatewayError
 from ..keystore.records import missing_key_error
 from ..ops import logs
+from ..ops.metrics_server import StatsUnavailable
 from ..redaction import redact
 from ..settings import MiB, Settings
 from . import cors
@@ -35,6 +36,8 @@ LOG_FORMAT = (
 # The variables Envoy inherits (envoy_environment): none of them holds a secret.
 ENVOY_ENV_NAMES = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "TZ"})
 ENVOY_ENV_PREFIXES = ("LC_",)
+# Longest wait for Envoy's statistics, for one scrape of /metrics/envoy.
+STATS_TIMEOUT = 5.0
 
 
 def assets_dir() -> Path:
@@ -216,7 +219,10 @@ def connect_host(settings: Settings) -> str:
 
 
 class EnvoyAdmin:
-    """Envoy's admin interface (on 127.0.0.1), for a graceful stop and Envoy's statistics."""
+    """Envoy's admin interface (on 127.0.0.1), for a graceful stop and Envoy's statistics.
+
+    Each call opens its own aiohttp session: calls come from the gateway's event loop and from
+    the metrics server's, and a session belongs to the loop it was made on."""
 
     def __init__(self, address_file: Path) -> None:
         self._address_file = address_file
@@ -235,9 +241,9 @@ class EnvoyAdmin:
         if url is None:
             return False
         try:
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                return (await client.post(url)).status_code == 200
-        except httpx.HTTPError:
+            async with _session(timeout=2.0) as session, session.post(url) as reply:
+                return reply.status == 200
+        except (aiohttp.ClientError, TimeoutError):
             return False
 
     async def wait_idle(self) -> None:
@@ -246,12 +252,29 @@ class EnvoyAdmin:
         url = self.url("/stats?filter=^http\\.http\\.downstream_rq_active$")
         if url is None:
             return
-        async with httpx.AsyncClient(timeout=1.0) as client:
+        async with _session(timeout=1.0) as session:
             while True:
                 try:
-                    text = (await client.get(url)).text.strip()
-                except httpx.HTTPError:
+                    async with session.get(url) as reply:
+                        text = (await reply.read()).decode("utf-8", "replace").strip()
+                except (aiohttp.ClientError, TimeoutError):
                     return
                 if not text or text.endswith(": 0"):
                     return
                 await asyncio.sleep(0.05)
+
+    async def prometheus_stats(self) -> tuple[int, bytes]:
+        """Envoy's /stats/prometheus: its status and body (the metrics server's EnvoyStats)."""
+        url = self.url("/stats/prometheus")
+        if url is None:
+            raise StatsUnavailable("Envoy has not written its admin address yet")
+        try:
+            async with _session(timeout=STATS_TIMEOUT) as session, session.get(url) as reply:
+                return reply.status, await reply.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StatsUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+def _session(timeout: float) -> aiohttp.ClientSession:
+    # No proxy from the environment (trust_env is off): Envoy's admin is on loopback.
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
