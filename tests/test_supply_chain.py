@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -139,6 +140,63 @@ def test_declared_floors_admit_nothing_the_generated_stubs_refuse() -> None:
             f"{name}>={needed}: an install within the range fails at import"
         )
         assert locked()[name] >= needed
+
+
+SERVICE = ROOT / "service"
+FIRST_PARTY = {"typegpt", "typegpt_gateway"}
+
+
+def runtime_imports() -> dict[str, str]:
+    """Every module the gateway's code (generated stubs included) imports from outside the
+    standard library and itself, with the first file that does: imports inside functions and
+    under TYPE_CHECKING count too. `from package import name` counts as `package.name` when
+    that is a module of its own (`google.api.annotations_pb2`, not the `google` namespace)."""
+    found: dict[str, str] = {}
+    for path in sorted(SERVICE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [f"{node.module}.{alias.name}" for alias in node.names]
+                modules = [m if _is_module(m) else node.module for m in modules]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
+                    found.setdefault(module, str(path.relative_to(ROOT)))
+    return found
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # its parent is not a package: `name` is an attribute
+        return False
+
+
+def _file_owners() -> dict[Path, str]:
+    """Each installed file, and the distribution that installed it."""
+    owners = {}
+    for dist in importlib.metadata.distributions():
+        for file in dist.files or ():
+            owners[Path(dist.locate_file(file)).resolve()] = canonicalize_name(dist.name)
+    return owners
+
+
+def test_every_module_the_gateway_imports_comes_from_a_declared_runtime_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {canonicalize_name(Requirement(text).name) for text in project["dependencies"]}
+    owners = _file_owners()
+    undeclared = []
+    for module, where in runtime_imports().items():
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, f"{where} imports {module}: missing"
+        owner = owners.get(Path(spec.origin).resolve())
+        if owner not in runtime:
+            undeclared.append(f"{where} imports {module} (from {owner or 'no distribution'})")
+    # A dependency's own dependencies, or the test extra, may change or go: declare it.
+    assert undeclared == [], f"not in pyproject.toml's [project] dependencies: {undeclared}"
 
 
 def test_every_pin_carries_hashes() -> None:
