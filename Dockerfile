@@ -8,8 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# The dependencies exactly as CI audits them: every pin of the lock, hash-checked. The lock
-# holds the test tools too (one lock, one audit), and the build backend for the next step.
+# What runs the gateway, as CI audits and tests it: every pin of the runtime lock, hash-checked,
+# the build backend for the next step included. The test tools (requirements-dev.lock) stay out.
 WORKDIR /src
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock

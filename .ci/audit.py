@@ -1,4 +1,5 @@
-"""CI's dependency audit: pip-audit over every pinned package of requirements.lock.
+"""CI's dependency audit: pip-audit over every pinned package of both locks, requirements.lock
+(what runs the gateway) and requirements-dev.lock (the same pins and the test tools).
 
 Exit 1 when a package has a known vulnerability with a fixed version (upgrade it: see the
 README's "Dependencies" section). A vulnerability without a fix yet is printed, not fatal.
@@ -7,7 +8,7 @@ pip-audit asks PyPI's per-version JSON API (or OSV) about each package. Where ne
 reached, e.g. behind a proxy that only serves package downloads, nothing can be audited: this
 says so loudly and exits 0, or 2 with AUDIT_REQUIRED=1, rather than calling the lock clean.
 
-    python .ci/audit.py [--service pypi|osv] [--osv-url URL] [--lock FILE]
+    python .ci/audit.py [--service pypi|osv] [--osv-url URL] [--lock FILE]...
 """
 
 from __future__ import annotations
@@ -21,17 +22,21 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCKS = (ROOT / "requirements.lock", ROOT / "requirements-dev.lock")
 # pip-audit's words for a service that could not be reached.
 UNREACHABLE_MARKERS = ("ConnectionError", "Max retries exceeded", "Could not connect")
 
 
-def run_pip_audit(lock: Path, service: str, osv_url: str | None, cache: Path) -> tuple[dict, str]:
-    """pip-audit's JSON report (empty when it failed) and its stderr."""
+def run_pip_audit(
+    locks: list[Path], service: str, osv_url: str | None, cache: Path
+) -> tuple[dict, str]:
+    """pip-audit's JSON report (empty when it failed) and its stderr. A package pinned in
+    several locks is asked about once (pip-audit refuses two different pins of one package)."""
     report = cache / f"report-{service}.json"
     command = [
         sys.executable, "-m", "pip_audit",
-        "--requirement", str(lock),
-        "--disable-pip", "--no-deps",  # the lock is complete and hashed: no resolution
+        *(arg for lock in locks for arg in ("--requirement", str(lock))),
+        "--disable-pip", "--no-deps",  # the locks are complete and hashed: no resolution
         "--vulnerability-service", service,
         "--format", "json", "--output", str(report),
         "--progress-spinner", "off",
@@ -61,15 +66,16 @@ def audited(report: dict) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lock", type=Path, default=ROOT / "requirements.lock")
+    parser.add_argument("--lock", type=Path, action="append", help="default: both locks")
     parser.add_argument("--service", choices=("pypi", "osv"), action="append")
     parser.add_argument("--osv-url")
     args = parser.parse_args()
     services = args.service or ["pypi", "osv"]
+    locks = args.lock or list(LOCKS)
 
     with tempfile.TemporaryDirectory(prefix="audit-") as tmp:
         for service in services:
-            report, stderr = run_pip_audit(args.lock, service, args.osv_url, Path(tmp))
+            report, stderr = run_pip_audit(locks, service, args.osv_url, Path(tmp))
             checked = audited(report)
             if checked:
                 break
@@ -81,7 +87,7 @@ def main() -> int:
         else:
             print(
                 "audit: NOT AUDITED - no vulnerability service could be reached from this "
-                f"machine ({', '.join(services)}). The lock was not checked for known "
+                f"machine ({', '.join(services)}). The locks were not checked for known "
                 "vulnerabilities; run `python .ci/audit.py` where PyPI's JSON API or OSV "
                 "answers.",
                 file=sys.stderr,
@@ -98,8 +104,8 @@ def main() -> int:
                 unfixed.append(f"{line} (no fix released yet)")
     skipped = len(report.get("dependencies", [])) - len(checked)
     print(
-        f"audit: {len(checked)} pinned packages checked with {service}"
-        + (f", {skipped} skipped" if skipped else "")
+        f"audit: {len(checked)} pinned packages of {', '.join(lock.name for lock in locks)} "
+        f"checked with {service}" + (f", {skipped} skipped" if skipped else "")
     )
     for line in unfixed:
         print(f"audit: warning: {line}")

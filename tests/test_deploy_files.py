@@ -449,10 +449,10 @@ def _pip_installs() -> list[list[str]]:
     return installs
 
 
-def test_dockerfile_installs_the_hashed_lock_then_the_package_alone() -> None:
-    # What CI audits is what the image runs: every dependency from requirements.lock, hash
+def test_dockerfile_installs_the_hashed_runtime_lock_then_the_package_alone() -> None:
+    # What CI audits is what the image runs: every dependency from the runtime lock, hash
     # checked, then the gateway itself without resolving anything (the build backend too
-    # comes from the lock).
+    # comes from the lock). The test tools of requirements-dev.lock have no place in it.
     first, *rest = _pip_installs()
     assert "--require-hashes" in first and first.count("-r") == 1, first
     assert first[first.index("-r") + 1] == "requirements.lock", first

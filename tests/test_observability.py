@@ -9,6 +9,7 @@ import os
 import select
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +28,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
-from typegpt_gateway.ops import metrics, observe
+from typegpt_gateway.ops import metrics_server, observe
 from typegpt_gateway.process.envoy_config import render_config
 from typegpt_gateway.settings import Settings
 
@@ -541,8 +542,8 @@ def test_idle_and_half_sent_connections_cannot_exhaust_the_metrics_port(make_gat
         assert rss - rss_before < 50 * MiB, (rss_before, rss)
         # The cap holds within one burst of accepts: at most MAX_CONNECTIONS sockets stay.
         files = len(os.listdir(f"/proc/{gw.process.pid}/fd"))
-        assert files <= files_before + metrics.MAX_CONNECTIONS + 1, (files_before, files)
-        left_open = _wait_closed_by_peer(sockets, metrics.IDLE_TIMEOUT + 5)
+        assert files <= files_before + metrics_server.MAX_CONNECTIONS + 1, (files_before, files)
+        left_open = _wait_closed_by_peer(sockets, metrics_server.IDLE_TIMEOUT + 5)
         assert not left_open, f"{len(left_open)} connections still open"
     finally:
         for sock in sockets:
@@ -555,7 +556,7 @@ def test_a_large_registry_is_scraped_whole_plain_and_gzipped():
     series = Gauge("many", "One series per label value.", ("name",), registry=registry)
     for i in range(LARGE_REGISTRY_SERIES):
         series.labels(f"series-{i:06d}").set(i)
-    server = metrics.MetricsServer("127.0.0.1", 0, None, registry=registry)
+    server = metrics_server.MetricsServer("127.0.0.1", 0, None, registry=registry)
     try:
         url = f"http://127.0.0.1:{server.port}/metrics"
         for encoding in ("gzip", "identity"):
@@ -568,6 +569,36 @@ def test_a_large_registry_is_scraped_whole_plain_and_gzipped():
             assert len(family.samples) == LARGE_REGISTRY_SERIES
     finally:
         server.close()
+
+
+def test_envoy_stats_are_asked_on_the_metrics_thread_and_relayed_as_answered():
+    asked_on: list[str] = []
+
+    async def envoy_stats() -> tuple[int, bytes]:
+        asked_on.append(threading.current_thread().name)
+        return 200, b"envoy_server_live 1\n"
+
+    async def envoy_down() -> tuple[int, bytes]:
+        raise metrics_server.StatsUnavailable("Envoy did not answer")
+
+    answers = {}
+    for name, stats in (("up", envoy_stats), ("down", envoy_down), ("none", None)):
+        server = metrics_server.MetricsServer("127.0.0.1", 0, stats, registry=CollectorRegistry())
+        try:
+            url = f"http://127.0.0.1:{server.port}{metrics_server.ENVOY_STATS_PATH}"
+            answers[name] = httpx.get(url, timeout=30)
+        finally:
+            server.close()
+    assert asked_on == ["metrics"]
+    assert (answers["up"].status_code, answers["up"].text) == (200, "envoy_server_live 1\n")
+    assert answers["down"].status_code == 503
+    assert answers["down"].text == "Envoy stats unavailable: Envoy did not answer\n"
+    assert answers["none"].status_code == 503
+    assert answers["none"].text == (
+        "Envoy stats unavailable: no Envoy runs in this process (serve --no-envoy)\n"
+    )
+    for answer in answers.values():
+        assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
 
 
 def test_metrics_port_zero_turns_metrics_off(make_gateway):

@@ -6,6 +6,7 @@ why; SIGTERM/SIGINT must stop both promptly with exit code 0 and leave no Envoy 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,9 +22,11 @@ from typing import IO
 import httpx
 import pytest
 from fake_upstream import Reply
-from gateway_process import CLI, UPSTREAM_KEY, Gateway
+from gateway_process import CLI, UPSTREAM_KEY, Gateway, free_port
 
 from typegpt_gateway.ops import logs
+from typegpt_gateway.ops.metrics_server import StatsUnavailable
+from typegpt_gateway.process.envoy import EnvoyAdmin
 
 EXIT_TIMEOUT = 8.0
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}
@@ -288,6 +291,66 @@ def test_no_envoy_serves_grpc_only(make_gateway) -> None:
     unhealthy = _health(gw.grpc_target)
     assert unhealthy.returncode == 1
     assert "unhealthy" in unhealthy.stderr
+
+
+# -- Envoy's admin interface ---------------------------------------------------------------
+
+
+def _envoy_admin(gw: Gateway) -> EnvoyAdmin:
+    """The sidecar's view of the running Envoy: the address file its command line names."""
+    pid, _ = envoy_child(gw)
+    args = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    return EnvoyAdmin(Path(args[args.index("--admin-address-path") + 1]))
+
+
+def test_envoy_admin_reads_stats_waits_for_requests_and_closes_the_listener(
+    make_gateway, upstream
+) -> None:
+    gw = make_gateway().start()
+    key, warmup = chat_with_fresh_key(gw, "admin-calls")
+    assert warmup.status_code == 200, warmup.text
+    admin = _envoy_admin(gw)
+
+    status, body = asyncio.run(admin.prometheus_stats())
+    assert status == 200 and b"envoy_cluster_upstream_rq" in body
+
+    # A request Envoy still carries keeps wait_idle waiting; its end lets it return.
+    upstream.enqueue(Reply.hang(60))
+    seen = len(upstream.requests)
+    body = json.dumps(CHAT).encode()
+    with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as client:
+        client.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            + f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert upstream.wait_for_requests(seen + 1, 10), gw.log()
+        with pytest.raises(TimeoutError):
+            asyncio.run(asyncio.wait_for(admin.wait_idle(), 1))
+    asyncio.run(asyncio.wait_for(admin.wait_idle(), 30))
+
+    assert asyncio.run(admin.stop_listening())
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", gw.http_port)) != 0:
+                break
+        assert time.monotonic() < deadline, "Envoy still accepts connections"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("address", [None, "unreachable"])
+def test_envoy_admin_without_an_envoy_to_ask(tmp_path, address) -> None:
+    address_file = tmp_path / "envoy-admin-address"
+    if address == "unreachable":
+        address_file.write_text(f"127.0.0.1:{free_port()}\n")
+    admin = EnvoyAdmin(address_file)
+    reason = "not written its admin address" if address is None else "Cannot connect"
+    with pytest.raises(StatsUnavailable, match=reason):
+        asyncio.run(admin.prometheus_stats())
+    assert asyncio.run(admin.stop_listening()) is False
+    asyncio.run(asyncio.wait_for(admin.wait_idle(), 30))
 
 
 # -- a stalled log reader -------------------------------------------------------------------

@@ -1,15 +1,18 @@
 """Pinned, hashed dependencies and the CI audit.
 
-The lock must cover pyproject.toml (a dependency added there without regenerating the lock
-fails here), and .ci/audit.py must fail on a vulnerability with a fix, warn on one without,
-and say plainly when it could not audit at all. The audit runs the real pip-audit against a
-vulnerability service played by a local HTTP server in OSV's format.
+Two locks: requirements.lock, what runs the gateway (the image and the quick start install it),
+and requirements-dev.lock, the same pins plus the test tools. Each must cover pyproject.toml (a
+dependency added there without regenerating the locks fails here), the test tools must stay
+out of the runtime lock, and .ci/audit.py must audit both, fail on a vulnerability with a fix,
+warn on one without, and say plainly when it could not audit at all. The audit runs the real
+pip-audit against a vulnerability service played by a local HTTP server in OSV's format.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -30,48 +33,95 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
+DEV_LOCK = ROOT / "requirements-dev.lock"
+LOCKS = (LOCK, DEV_LOCK)
 AUDIT = ROOT / ".ci" / "audit.py"
-REGENERATE = (
-    "pip-compile --generate-hashes --extra test --build-deps-for editable --allow-unsafe "
-    "--strip-extras --no-emit-index-url --no-emit-find-links --output-file requirements.lock "
-    "pyproject.toml"
+_COMPILE = (
+    "pip-compile --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url "
+    "--no-emit-find-links"
 )
+# The dev lock is compiled with the runtime lock as a constraint: the tests run the very pins
+# the gateway runs with.
+REGENERATE = {
+    LOCK: f"{_COMPILE} --build-deps-for wheel --output-file requirements.lock pyproject.toml",
+    DEV_LOCK: (
+        f"{_COMPILE} --extra test --build-deps-for editable --constraint requirements.lock "
+        "--output-file requirements-dev.lock pyproject.toml"
+    ),
+}
+# pip-compile's options that take a value.
+_VALUED = {"--build-deps-for", "--extra", "--constraint", "--output-file"}
 # CI's fresh Debian 12 machine runs Python 3.11.2: some packages need more there (redis needs
 # async-timeout below 3.11.3), so a lock compiled on a later Python could not install.
 DEBIAN_12_PYTHON = {"python_version": "3.11", "python_full_version": "3.11.2"}
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", re.MULTILINE)
 
 
-def locked() -> dict[str, Version]:
+def locked(lock: Path = LOCK) -> dict[str, Version]:
     return {
         canonicalize_name(name): Version(version)
-        for name, version in _PIN.findall(LOCK.read_text())
+        for name, version in _PIN.findall(lock.read_text())
     }
 
 
-def declared() -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    texts = [
-        *project["project"]["dependencies"],
-        *(text for group in project["project"]["optional-dependencies"].values() for text in group),
-        *project["build-system"]["requires"],
-    ]
+def every_pin() -> dict[str, Version]:
+    return {name: version for lock in LOCKS for name, version in locked(lock).items()}
+
+
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def runtime_declared() -> list[Requirement]:
+    """What installing the gateway needs: its dependencies and its build backend."""
+    project = _project()
+    texts = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
     return [Requirement(text) for text in texts]
 
 
-def test_lock_pins_every_declared_dependency_within_its_range() -> None:
-    pins = locked()
+def declared_test_extra() -> list[Requirement]:
+    return [Requirement(text) for text in _project()["project"]["optional-dependencies"]["test"]]
+
+
+def _regenerate() -> str:
+    return " && ".join(REGENERATE.values())
+
+
+@pytest.mark.parametrize(
+    ("lock", "needed"),
+    [(LOCK, runtime_declared), (DEV_LOCK, lambda: runtime_declared() + declared_test_extra())],
+    ids=["runtime", "dev"],
+)
+def test_lock_pins_every_declared_dependency_within_its_range(lock, needed) -> None:
+    pins = locked(lock)
     stale = [
         str(req)
-        for req in declared()
+        for req in needed()
         if canonicalize_name(req.name) not in pins
         or not req.specifier.contains(pins[canonicalize_name(req.name)], prereleases=True)
     ]
-    assert stale == [], f"requirements.lock is stale for {stale}; regenerate it: {REGENERATE}"
+    assert stale == [], f"{lock.name} is stale for {stale}; regenerate the locks: {_regenerate()}"
 
 
-def test_lock_holds_what_every_pin_needs_on_debian_12s_python() -> None:
-    pins = locked()
+def test_the_runtime_lock_holds_no_test_tool() -> None:
+    runtime = {canonicalize_name(req.name) for req in runtime_declared()}
+    tools = {canonicalize_name(req.name) for req in declared_test_extra()} - runtime
+    assert sorted(tools & set(locked(LOCK))) == [], "test tools in requirements.lock"
+
+
+def test_the_dev_lock_holds_the_runtime_pins_at_the_same_versions() -> None:
+    dev = locked(DEV_LOCK)
+    differ = {
+        name: (str(version), str(dev.get(name)))
+        for name, version in locked(LOCK).items()
+        if dev.get(name) != version
+    }
+    assert differ == {}, f"(runtime, dev) pins differ; regenerate the locks: {_regenerate()}"
+
+
+@pytest.mark.parametrize("lock", LOCKS, ids=lambda lock: lock.name)
+def test_lock_holds_what_every_pin_needs_on_debian_12s_python(lock) -> None:
+    pins = locked(lock)
     missing = []
     for name in pins:
         try:
@@ -84,7 +134,7 @@ def test_lock_holds_what_every_pin_needs_on_debian_12s_python() -> None:
             needed = marker is None or marker.evaluate({**DEBIAN_12_PYTHON, "extra": ""})
             if needed and canonicalize_name(requirement.name) not in pins:
                 missing.append(f"{name} needs {requirement}")
-    assert missing == [], f"regenerate requirements.lock with Python 3.11.2: {missing}"
+    assert missing == [], f"regenerate {lock.name} with Python 3.11.2: {missing}"
 
 
 STUBS = ROOT / "service" / "typegpt" / "gateway" / "v1"
@@ -130,7 +180,7 @@ def floor(specifier: SpecifierSet) -> Version | None:
 
 
 def test_declared_floors_admit_nothing_the_generated_stubs_refuse() -> None:
-    requirements = {canonicalize_name(req.name): req for req in declared()}
+    requirements = {canonicalize_name(req.name): req for req in runtime_declared()}
     for name, needed in stub_requirements().items():
         specifier = requirements[name].specifier
         lowest = floor(specifier)
@@ -141,25 +191,104 @@ def test_declared_floors_admit_nothing_the_generated_stubs_refuse() -> None:
         assert locked()[name] >= needed
 
 
-def test_every_pin_carries_hashes() -> None:
-    blocks = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text().split("\n", 1)[1])
+SERVICE = ROOT / "service"
+FIRST_PARTY = {"typegpt", "typegpt_gateway"}
+
+
+def runtime_imports() -> dict[str, str]:
+    """Every module the gateway's code (generated stubs included) imports from outside the
+    standard library and itself, with the first file that does: imports inside functions and
+    under TYPE_CHECKING count too. `from package import name` counts as `package.name` when
+    that is a module of its own (`google.api.annotations_pb2`, not the `google` namespace)."""
+    found: dict[str, str] = {}
+    for path in sorted(SERVICE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [f"{node.module}.{alias.name}" for alias in node.names]
+                modules = [m if _is_module(m) else node.module for m in modules]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
+                    found.setdefault(module, str(path.relative_to(ROOT)))
+    return found
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # its parent is not a package: `name` is an attribute
+        return False
+
+
+def _file_owners() -> dict[Path, str]:
+    """Each installed file, and the distribution that installed it."""
+    owners = {}
+    for dist in importlib.metadata.distributions():
+        for file in dist.files or ():
+            owners[Path(dist.locate_file(file)).resolve()] = canonicalize_name(dist.name)
+    return owners
+
+
+def test_every_module_the_gateway_imports_comes_from_a_declared_runtime_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {canonicalize_name(Requirement(text).name) for text in project["dependencies"]}
+    owners = _file_owners()
+    undeclared = []
+    for module, where in runtime_imports().items():
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, f"{where} imports {module}: missing"
+        owner = owners.get(Path(spec.origin).resolve())
+        if owner not in runtime:
+            undeclared.append(f"{where} imports {module} (from {owner or 'no distribution'})")
+    # A dependency's own dependencies, or the test extra, may change or go: declare it.
+    assert undeclared == [], f"not in pyproject.toml's [project] dependencies: {undeclared}"
+
+
+@pytest.mark.parametrize("lock", LOCKS, ids=lambda lock: lock.name)
+def test_every_pin_carries_hashes(lock) -> None:
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", lock.read_text().split("\n", 1)[1])
     pinned = [block for block in blocks if _PIN.match(block)]
-    assert len(pinned) == len(locked()) > 20
+    assert len(pinned) == len(locked(lock)) > 20
     for block in pinned:
         assert "--hash=sha256:" in block, block.splitlines()[0]
 
 
-def test_regeneration_command_is_the_documented_one() -> None:
-    header = "\n".join(line for line in LOCK.read_text().splitlines()[:10] if line.startswith("#"))
-    assert set(re.findall(r"--[a-z-]+", header)) == set(re.findall(r"--[a-z-]+", REGENERATE))
-    assert REGENERATE in (ROOT / "README.md").read_text()
+def _options(command: str) -> set[str]:
+    """A pip-compile command's options, `--name` or `--name=value`, however it was written."""
+    words = command.replace("=", " ").split()
+    return {
+        f"{word}={words[i + 1]}" if word in _VALUED else word
+        for i, word in enumerate(words)
+        if word.startswith("--")
+    }
 
 
-def test_readme_installs_from_the_lock_and_ci_audits() -> None:
+@pytest.mark.parametrize("lock", LOCKS, ids=lambda lock: lock.name)
+def test_regeneration_command_is_the_documented_one(lock) -> None:
+    header = [line for line in lock.read_text().splitlines()[:10] if line.startswith("#    ")]
+    assert len(header) == 1 and "pip-compile" in header[0], header
+    assert _options(header[0]) == _options(REGENERATE[lock])
+    assert REGENERATE[lock] in (ROOT / "README.md").read_text()
+
+
+def _fenced_after(text: str, marker: str) -> str:
+    return text.split(marker, 1)[1].split("```", 2)[1]
+
+
+def test_readme_installs_the_runtime_lock_to_run_and_the_dev_lock_to_test() -> None:
     readme = (ROOT / "README.md").read_text()
-    command = readme.split("<!-- test-command -->", 1)[1].split("```", 2)[1]
-    assert "pip install --require-hashes -r requirements.lock" in command
-    assert "pip install --no-deps --no-build-isolation -e ." in command
+    quick_start = _fenced_after(readme, "## Quick start")
+    assert "pip install --require-hashes -r requirements.lock && " in quick_start
+    assert "pip install --no-deps --no-build-isolation . " in quick_start
+    assert "requirements-dev.lock" not in quick_start
+    command = _fenced_after(readme, "<!-- test-command -->")
+    assert "pip install --require-hashes -r requirements-dev.lock && " in command
+    assert "pip install --no-deps --no-build-isolation -e . " in command
+    assert "requirements.lock" not in command.replace("requirements-dev.lock", "")
     ci = (ROOT / ".ci" / "run").read_text()
     assert ".ci/audit.py" in ci
 
@@ -226,13 +355,13 @@ def _audit(url: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_audit_fails_on_a_vulnerability_with_a_fix(osv) -> None:
-    version = locked()["httpx"]
-    osv.vulns["httpx"] = [_vuln("httpx", "999.0")]
+    version = locked(DEV_LOCK)["pytest"]
+    osv.vulns["pytest"] = [_vuln("pytest", "999.0")]
     result = _audit(osv.url)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"VULNERABLE: httpx=={version}: GHSA-test-httpx (fixed in 999.0)" in result.stdout
-    # Every pinned package was asked about, not just the top-level ones.
-    assert {q["package"]["name"] for q in osv.queries} == set(locked())
+    assert f"VULNERABLE: pytest=={version}: GHSA-test-pytest (fixed in 999.0)" in result.stdout
+    # Every pinned package of both locks was asked about, not just the top-level ones.
+    assert {q["package"]["name"] for q in osv.queries} == set(every_pin())
 
 
 def test_audit_warns_but_passes_on_a_vulnerability_without_a_fix(osv) -> None:
@@ -240,7 +369,8 @@ def test_audit_warns_but_passes_on_a_vulnerability_without_a_fix(osv) -> None:
     result = _audit(osv.url)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning: orjson==" in result.stdout and "no fix released yet" in result.stdout
-    assert f"{len(locked())} pinned packages checked with osv" in result.stdout
+    checked = f"{len(every_pin())} pinned packages of requirements.lock, requirements-dev.lock"
+    assert f"{checked} checked with osv" in result.stdout
 
 
 def test_audit_says_so_when_no_service_answers() -> None:

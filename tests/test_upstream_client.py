@@ -12,19 +12,24 @@ import asyncio
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
 import traceback
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import aiohttp
 import httpx
 import pytest
 from gateway_process import SCRIPTED_FAILURES, UPSTREAM_KEY, free_port
 from openai_shape import assert_error
+from tls_certs import make_server_certificate
 
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.settings import Settings
+from typegpt_gateway.upstream.client import finish
 from typegpt_gateway.upstream.failover import Failover
 from typegpt_gateway.upstream.retry import AttemptFailed
 
@@ -188,3 +193,67 @@ def test_a_connect_timeout_is_a_retryable_502_not_a_late_answer() -> None:
     assert "ConnectionTimeoutError" in failure.error.message
     assert failure.retryable and failure.cools
     assert waited < 4
+
+
+# --- trust: the upstream's certificate -----------------------------------------------------
+
+
+class _Answers(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        body = b'{"choices": []}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def https_upstream(tmp_path) -> Iterator[tuple[str, Path]]:
+    """The base URL of an upstream on HTTPS, and the private CA that signed its certificate."""
+    certificate = make_server_certificate(tmp_path / "certs")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate.cert, certificate.key)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/v1", certificate.ca
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+async def _status(base_url: str) -> int:
+    failover = Failover.from_settings(_settings(base_url))
+    try:
+        due = failover.deadlines().first_byte()
+        response = await failover.upstreams[0].open_chat(CHAT_BODY, stream=False, due=due)
+        await response.read()
+        finish(response)
+        return response.status
+    finally:
+        await failover.aclose()
+
+
+def test_an_upstream_signed_by_a_private_ca_is_trusted_through_ssl_cert_file(
+    https_upstream, monkeypatch
+) -> None:
+    base_url, ca = https_upstream
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    assert asyncio.run(asyncio.wait_for(_status(base_url), 10)) == 200
+
+    # Without it, nothing the client trusts vouches for the certificate.
+    monkeypatch.delenv("SSL_CERT_FILE")
+    with pytest.raises(AttemptFailed) as failed:
+        asyncio.run(asyncio.wait_for(_status(base_url), 10))
+    assert failed.value.error.status == 502
+    assert isinstance(failed.value.__cause__, aiohttp.ClientConnectorCertificateError)

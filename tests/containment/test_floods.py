@@ -31,7 +31,7 @@ from steady_load import (
     assert_contained,
 )
 
-from typegpt_gateway.ops import metrics
+from typegpt_gateway.ops import metrics_server
 
 FLOOD_REQUESTS = 10_000
 FLOOD_CONCURRENCY = 32
@@ -157,7 +157,7 @@ def test_idle_connections_to_the_metrics_port_cost_no_thread_each(served):
         during,
         f"a scrape meanwhile took {scrape_seconds * 1000:.0f} ms",
         # The metrics server keeps up to its cap of connections open, and no more.
-        max_fd_growth=metrics.MAX_CONNECTIONS,
+        max_fd_growth=metrics_server.MAX_CONNECTIONS,
     )
     assert scrape_seconds < 5
 

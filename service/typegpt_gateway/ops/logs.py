@@ -235,8 +235,6 @@ def configure(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # httpx (Envoy's admin calls, the startup health check) logs each request at INFO: noise.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("grpc._cython.cygrpc").addFilter(_no_metadata_encoding_errors)
     # No line prints the caller's file and line, thread or process: a record need not look
     # them up, which it would on every request (the logging HOWTO's "Optimization").

@@ -1,23 +1,11 @@
-"""Prometheus metrics: every metric the gateway exports, and the HTTP server that serves them.
-
-The server listens on its own port (GATEWAY_METRICS_PORT, 9464), never the public one.
-`/metrics` is the gateway's registry; `/metrics/envoy` relays Envoy's own statistics from its
-admin interface, which stays bound to 127.0.0.1. Labels carry key *names*, never keys.
+"""Prometheus metrics: every metric the gateway exports, in one registry (served by
+metrics_server.py). Labels carry key *names*, never keys.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
-import threading
-from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -27,10 +15,6 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
-from prometheus_client.aiohttp import make_aiohttp_handler
-
-if TYPE_CHECKING:  # envoy imports logs, which imports observe, which imports this module
-    from ..process.envoy import EnvoyAdmin
 
 logger = logging.getLogger(__name__)
 
@@ -127,140 +111,3 @@ INFLIGHT_REQUESTS = Gauge(
     "Requests being handled right now, streams included.",
     registry=REGISTRY,
 )
-
-ENVOY_STATS_PATH = "/metrics/envoy"
-SERVER_NAME = "typegpt-gateway"
-# A scraper sends its request at once and Prometheus scrapes every 15 to 60 s: a connection
-# that says nothing for this long (before its first request or between two) is closed.
-IDLE_TIMEOUT = 5.0
-# Scrapers (a Prometheus pair, an agent, a person with curl) need a handful of connections.
-MAX_CONNECTIONS = 64
-# How long the body of a request (none is expected) is read and ignored after the answer.
-LINGER_SECONDS = 1.0
-ENVOY_TIMEOUT = 5.0
-# Start and stop of the server's thread (stopping waits for answers being written).
-CALL_TIMEOUT = 10.0
-_TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
-
-_T = TypeVar("_T")
-Responder = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-class _CappedServer(web.Server):
-    """aiohttp's low-level server, holding at most MAX_CONNECTIONS connections. One more
-    pushes out the oldest connection that has no request being answered (idle, or still
-    sending its request), so that such connections can never keep a scrape out."""
-
-    def __init__(self, respond: Responder, **kwargs: Any) -> None:
-        self._answering: set[RequestHandler] = set()
-        self._respond = respond
-        super().__init__(self._answer, **kwargs)
-
-    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
-        self._answering.add(request.protocol)
-        try:
-            response = await self._respond(request)
-        finally:
-            self._answering.discard(request.protocol)
-        # Our own name, so that aiohttp does not announce its and Python's versions.
-        response.headers["Server"] = SERVER_NAME
-        return response
-
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
-        # An aborted transport stays open until the loop's next turn, and a burst of accepts
-        # happens in one turn: only those not already closing count.
-        open_ = [
-            c for c in self.connections if c.transport is not None and not c.transport.is_closing()
-        ]
-        if len(open_) > MAX_CONNECTIONS:
-            # The newest one at worst: it has no request yet.
-            oldest = next(c for c in open_ if c not in self._answering)
-            assert oldest.transport is not None
-            oldest.transport.abort()
-
-
-class MetricsServer:
-    """The metrics HTTP server: aiohttp on a thread and event loop of its own, so that a
-    scrape never waits on the gateway's loop and its clients never weigh on it. Connections
-    are capped and time out (IDLE_TIMEOUT); the registry is rendered on the metrics thread,
-    and a large answer is gzipped on one more."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        envoy_admin: EnvoyAdmin | None,
-        registry: CollectorRegistry = REGISTRY,
-    ) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # Bound here, so that a port in use is an OSError for the caller.
-        sock = socket.create_server((host, port), family=family)
-        self.port: int = sock.getsockname()[1]
-        self._envoy = envoy_admin
-        self._registry_answer = make_aiohttp_handler(registry)
-        self._loop = asyncio.new_event_loop()
-        # aiohttp gzips an answer over 1 MiB in the loop's default executor: one thread.
-        self._loop.set_default_executor(ThreadPoolExecutor(1, thread_name_prefix="metrics-gzip"))
-        self._thread = threading.Thread(target=self._loop.run_forever, name="metrics", daemon=True)
-        self._thread.start()
-        try:
-            self._runner, self._session = self._call(self._start(sock))
-        except BaseException:
-            sock.close()
-            self._halt()
-            raise
-
-    def _call(self, work: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(work, self._loop).result(CALL_TIMEOUT)
-
-    async def _start(self, sock: socket.socket) -> tuple[web.BaseRunner, aiohttp.ClientSession]:
-        server = _CappedServer(
-            self._respond,
-            keepalive_timeout=IDLE_TIMEOUT,
-            lingering_time=LINGER_SECONDS,
-            access_log=None,  # scrapes are not worth a log line each
-        )
-        runner = web.ServerRunner(server, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ENVOY_TIMEOUT))
-        return runner, session
-
-    async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
-        if request.path == ENVOY_STATS_PATH:
-            return await self._envoy_stats()
-        return await self._registry_answer(request)  # type: ignore[arg-type]
-
-    async def _envoy_stats(self) -> web.Response:
-        """Relays Envoy's /stats/prometheus from its admin interface."""
-        try:
-            if self._envoy is None:
-                raise LookupError("no Envoy runs in this process (serve --no-envoy)")
-            url = self._envoy.url("/stats/prometheus")
-            if url is None:
-                raise LookupError("Envoy has not written its admin address yet")
-            async with self._session.get(url) as reply:
-                status, body = reply.status, await reply.read()
-        except (LookupError, aiohttp.ClientError, TimeoutError) as exc:
-            status, body = 503, f"Envoy stats unavailable: {exc or type(exc).__name__}\n".encode()
-        return web.Response(status=status, body=body, headers={"Content-Type": _TEXT_FORMAT})
-
-    async def _stop(self) -> None:
-        await self._runner.cleanup()
-        await self._session.close()
-        await self._loop.shutdown_default_executor()
-
-    def _halt(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(CALL_TIMEOUT)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-    def close(self) -> None:
-        try:
-            self._call(self._stop())
-        finally:
-            self._halt()

@@ -8,9 +8,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from ..ops import logs
+from ..ops.metrics_server import StatsUnavailable
 from ..redaction import redact
 from ..settings import Settings
 from .envoy_config import connect_host_for
@@ -24,6 +25,8 @@ LOG_FORMAT = (
 # The variables Envoy inherits (envoy_environment): none of them holds a secret.
 ENVOY_ENV_NAMES = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "TZ"})
 ENVOY_ENV_PREFIXES = ("LC_",)
+# Longest wait for Envoy's statistics, for one scrape of /metrics/envoy.
+STATS_TIMEOUT = 5.0
 
 
 def binary() -> Path:
@@ -102,7 +105,10 @@ def connect_host(settings: Settings) -> str:
 
 
 class EnvoyAdmin:
-    """Envoy's admin interface (on 127.0.0.1), for a graceful stop and Envoy's statistics."""
+    """Envoy's admin interface (on 127.0.0.1), for a graceful stop and Envoy's statistics.
+
+    Each call opens its own aiohttp session: calls come from the gateway's event loop and from
+    the metrics server's, and a session belongs to the loop it was made on."""
 
     def __init__(self, address_file: Path) -> None:
         self._address_file = address_file
@@ -121,9 +127,9 @@ class EnvoyAdmin:
         if url is None:
             return False
         try:
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                return (await client.post(url)).status_code == 200
-        except httpx.HTTPError:
+            async with _session(timeout=2.0) as session, session.post(url) as reply:
+                return reply.status == 200
+        except (aiohttp.ClientError, TimeoutError):
             return False
 
     async def wait_idle(self) -> None:
@@ -132,12 +138,29 @@ class EnvoyAdmin:
         url = self.url("/stats?filter=^http\\.http\\.downstream_rq_active$")
         if url is None:
             return
-        async with httpx.AsyncClient(timeout=1.0) as client:
+        async with _session(timeout=1.0) as session:
             while True:
                 try:
-                    text = (await client.get(url)).text.strip()
-                except httpx.HTTPError:
+                    async with session.get(url) as reply:
+                        text = (await reply.read()).decode("utf-8", "replace").strip()
+                except (aiohttp.ClientError, TimeoutError):
                     return
                 if not text or text.endswith(": 0"):
                     return
                 await asyncio.sleep(0.05)
+
+    async def prometheus_stats(self) -> tuple[int, bytes]:
+        """Envoy's /stats/prometheus: its status and body (the metrics server's EnvoyStats)."""
+        url = self.url("/stats/prometheus")
+        if url is None:
+            raise StatsUnavailable("Envoy has not written its admin address yet")
+        try:
+            async with _session(timeout=STATS_TIMEOUT) as session, session.get(url) as reply:
+                return reply.status, await reply.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StatsUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+def _session(timeout: float) -> aiohttp.ClientSession:
+    # No proxy from the environment (trust_env is off): Envoy's admin is on loopback.
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))

@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 
-from ..ops.metrics import MetricsServer
+from ..ops.metrics_server import MetricsServer
 from ..settings import Settings
 from ..upstream.upstreams_file import ConfigError
 from .backend import Backend, start_backend
@@ -41,12 +41,13 @@ GC_YOUNG_THRESHOLD = 20_000
 
 async def _wait_until_healthy(url: str, envoy: asyncio.subprocess.Process) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT
-    # Our own listener over loopback: its certificate need not name 127.0.0.1.
-    async with httpx.AsyncClient(timeout=1.0, verify=False) as client:  # noqa: S501
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
         while time.monotonic() < deadline and envoy.returncode is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url)).status_code == 200:
-                    return True
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                # Our own listener over loopback: its certificate need not name 127.0.0.1.
+                async with session.get(url, ssl=False) as reply:
+                    if reply.status == 200:
+                        return True
             await asyncio.sleep(0.1)
     return False
 
@@ -149,7 +150,8 @@ def _freeze_startup_heap() -> None:
 def _start_metrics(settings: Settings, envoy_admin: EnvoyAdmin | None) -> MetricsServer | None:
     if settings.metrics_port == 0:
         return None
-    metrics = MetricsServer(settings.metrics_host, settings.metrics_port, envoy_admin)
+    envoy_stats = envoy_admin.prometheus_stats if envoy_admin is not None else None
+    metrics = MetricsServer(settings.metrics_host, settings.metrics_port, envoy_stats)
     logger.info(
         "metrics on http://%s:%s/metrics (Envoy's at /metrics/envoy)",
         _url_host(settings.metrics_host),

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import ssl
 import time
 import urllib.request
 from collections.abc import Mapping
 
 import aiohttp
-import httpx
 import orjson
 from yarl import URL
 
@@ -45,8 +45,9 @@ class Upstream:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=0,
-                # The CA bundle httpx trusts (certifi, or SSL_CERT_FILE / SSL_CERT_DIR).
-                ssl=httpx.create_ssl_context(),
+                # The system's CAs, as OpenSSL finds them: SSL_CERT_FILE and SSL_CERT_DIR,
+                # when set, name the file and directory it reads instead of its own.
+                ssl=ssl.create_default_context(),
                 # Fresh DNS answers for a failed-over or re-pointed host, as with httpx.
                 use_dns_cache=False,
                 keepalive_timeout=5.0,
