@@ -86,7 +86,7 @@ def test_upstream_repr_and_connection_errors_hide_the_key() -> None:
     error = failure.error
     assert error.status == 502
     cause = failure.__cause__
-    assert cause is not None  # the aiohttp exception (tests/test_upstream_client.py covers
+    assert cause is not None  # the aiohttp exception (tests/upstream/test_upstream_client.py covers
     # the ones that carry the request's headers)
     texts = [str(failure), repr(failure), str(error), repr(error), error.to_json()]
     texts += [str(cause), repr(cause), "".join(traceback.format_exception(failure))]
