@@ -1,7 +1,7 @@
 """Regenerates the Python stubs and Envoy's descriptor set from `protos/`.
 
 Run `python protos/generate.py` from a source checkout after editing a .proto; the
-outputs are committed, and tests/test_protos.py fails when they are stale.
+outputs are committed, and tests/project/test_protos.py fails when they are stale.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def test_upstream_repr_and_connection_errors_hide_the_key() -> None:
     error = failure.error
     assert error.status == 502
     cause = failure.__cause__
-    assert cause is not None  # the aiohttp exception (tests/test_upstream_client.py covers
+    assert cause is not None  # the aiohttp exception (tests/upstream/test_upstream_client.py covers
     # the ones that carry the request's headers)
     texts = [str(failure), repr(failure), str(error), repr(error), error.to_json()]
     texts += [str(cause), repr(cause), "".join(traceback.format_exception(failure))]
@@ -203,6 +203,30 @@ def test_json_log_lines_are_redacted_and_stay_json() -> None:
 def test_words_that_merely_contain_sk_dash_are_left_alone() -> None:
     assert redact("model task-manager-v2") == "model task-manager-v2"
     assert redact("key sk-proj-abc123def456") == "key sk-[redacted]"
+
+
+# A byte that is not UTF-8 reaches text decoded (as Latin-1 by grpc, as U+FFFD elsewhere) or
+# escaped: by repr (\xe9), by JSON (\u00e9), or both in a JSON log line (\\xe9).
+ODD_BYTE_FORMS = ["\xe9", "\ufffd", "\\xe9", "\\\\xe9", "\\u00e9", "\\ufffd"]
+
+
+@pytest.mark.parametrize("form", ODD_BYTE_FORMS)
+@pytest.mark.parametrize(
+    "halves",
+    [
+        ("sk-cmjBA9iDH2ByUuwDtB", "AKLEvfgkFxPq1gW9nu0eVy6ZA"),
+        ("admin-SECRET-key", "for-tests-0123"),
+    ],
+)
+def test_a_key_holding_a_byte_that_is_not_utf8_is_redacted_whole(halves, form) -> None:
+    key = form.join(halves)
+    for text in (f"Invalid encoding on b'Bearer {key}'", f'"authorization": "Bearer {key}"'):
+        redacted = redact(text)
+        assert not [half for half in halves if half in redacted], redacted
+    if key.startswith("sk-"):
+        redacted = redact(f"key {key}, then more")
+        assert not [half for half in halves if half in redacted], redacted
+        assert redacted.endswith(", then more")
 
 
 def _escape_every(text: str, chars: str, spec: str = "04X") -> str:

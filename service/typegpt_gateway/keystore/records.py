@@ -56,7 +56,7 @@ def bearer_token(authorization: str | None) -> str | None:
     """The key of an `Authorization: Bearer <key>` header, or None when absent or malformed.
 
     Envoy's Lua filter (envoy/openai_errors.lua, `lacks_key`) mirrors this rule to refuse such
-    requests on their headers: change both together (tests/test_edge.py holds them equal)."""
+    requests on their headers: change both together (tests/e2e/test_edge.py holds them equal)."""
     if not authorization:
         return None
     match = _BEARER.match(authorization)

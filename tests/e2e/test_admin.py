@@ -296,7 +296,7 @@ def test_an_empty_admin_key_counts_as_none(make_gateway):
 
 GARBAGE_REQUESTS = 2_000
 FLOOD_CONNECTIONS = 200
-FLOOD = Path(__file__).with_name("garbage_flood.py")
+FLOOD = Path(__file__).resolve().parents[1] / "garbage_flood.py"
 # One way, between the gateway and its PostgreSQL: a key store 20 ms (a round trip) away,
 # where each store read under the store's one lock is felt.
 STORE_DELAY = 0.010

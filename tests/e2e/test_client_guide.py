@@ -20,11 +20,11 @@ import pytest
 from fake_upstream import DEFAULT_CONTENT, FakeUpstream
 from gateway_process import UPSTREAM_KEY, Gateway
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 SNIPPETS = TESTS / "snippets"
 JS_DIR = TESTS / "js"
 NODE_MODULES = JS_DIR / "node_modules"
-GUIDE = Path(__file__).resolve().parents[2] / "shared" / "client-guide.md"
+GUIDE = Path(__file__).resolve().parents[3] / "shared" / "client-guide.md"
 
 # Guide section number -> the snippet copied from its code block.
 SECTIONS = {

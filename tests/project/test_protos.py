@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # A build tool beside the protos, not part of the installed package.
 _spec = importlib.util.spec_from_file_location("generate", REPO / "protos" / "generate.py")
 assert _spec is not None and _spec.loader is not None

@@ -34,7 +34,7 @@ from gateway_process import UPSTREAM_KEY, Gateway
 from openai import OpenAI
 from openai_shape import GUIDE_MODELS
 
-JS_DIR = Path(__file__).resolve().parent / "js"
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
 SDK_CHECK = JS_DIR / "sdk_check.mjs"
 
 MODEL = "gpt-4o"

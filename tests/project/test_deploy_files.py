@@ -24,7 +24,7 @@ import yaml
 from typegpt_gateway.process.envoy import LOG_FORMAT as ENVOY_LOG_FORMAT
 from typegpt_gateway.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE_ENVOY_CONFIG = REPO / "envoy" / "compose" / "envoy.yaml"

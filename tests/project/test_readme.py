@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typegpt_gateway.settings import Settings
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def env_name(field: str) -> str:

@@ -17,8 +17,6 @@ import pytest
 from gateway_process import ADMIN_KEY, Gateway
 from openai_shape import ERROR_KEYS
 
-from typegpt_gateway.redaction import redact
-
 CHAT = "/v1/chat/completions"
 
 
@@ -206,30 +204,6 @@ def test_a_request_with_bytes_that_are_not_utf8_makes_one_log_line(
         assert half not in "\n".join(lines)
     assert len(lines) <= 1, f"{len(lines)} lines, first: {lines[0][:300]}"
     assert all(request_id in line for line in lines), lines
-
-
-# A byte that is not UTF-8 reaches text decoded (as Latin-1 by grpc, as U+FFFD elsewhere) or
-# escaped: by repr (\xe9), by JSON (\u00e9), or both in a JSON log line (\\xe9).
-ODD_BYTE_FORMS = ["\xe9", "\ufffd", "\\xe9", "\\\\xe9", "\\u00e9", "\\ufffd"]
-
-
-@pytest.mark.parametrize("form", ODD_BYTE_FORMS)
-@pytest.mark.parametrize(
-    "halves",
-    [
-        ("sk-cmjBA9iDH2ByUuwDtB", "AKLEvfgkFxPq1gW9nu0eVy6ZA"),
-        ("admin-SECRET-key", "for-tests-0123"),
-    ],
-)
-def test_a_key_holding_a_byte_that_is_not_utf8_is_redacted_whole(halves, form) -> None:
-    key = form.join(halves)
-    for text in (f"Invalid encoding on b'Bearer {key}'", f'"authorization": "Bearer {key}"'):
-        redacted = redact(text)
-        assert not [half for half in halves if half in redacted], redacted
-    if key.startswith("sk-"):
-        redacted = redact(f"key {key}, then more")
-        assert not [half for half in halves if half in redacted], redacted
-        assert redacted.endswith(", then more")
 
 
 # --- request ids ------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ misbehave on demand: retries, timeouts, cancellation, failover and cooldowns, gr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import socket
@@ -22,9 +21,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_shape import assert_error, chat_body, sse_payloads
 
-from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
-from typegpt_gateway.process.backend import start_backend
-from typegpt_gateway.settings import Settings
+from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 
 CHAT = "/v1/chat/completions"
 # Short limits so that every fault shows within seconds.
@@ -572,32 +569,3 @@ def test_draining_backend_is_not_ready_before_it_stops(spawn, upstream):
     thread.join(10)
     assert gw.process.wait(10) == 0
     assert UPSTREAM_KEY not in gw.log()
-
-
-def test_begin_drain_turns_health_and_readiness_before_anything_stops(tmp_path, upstream):
-    """In process: after begin_drain the server still answers, and says it is not ready."""
-
-    async def main() -> None:
-        settings = Settings(
-            TYPEGPT_BASE_URL=upstream.base_url,
-            db=tmp_path / "k.db",
-            grpc_host="127.0.0.1",
-            grpc_port=0,
-        )
-        backend = await start_backend(settings)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{backend.port}") as channel:
-                health = health_pb2_grpc.HealthStub(channel)
-                status = status_pb2_grpc.StatusServiceStub(channel)
-                serving = health_pb2.HealthCheckResponse.SERVING
-                assert (await health.Check(health_pb2.HealthCheckRequest())).status == serving
-                await backend.begin_drain()
-                reply = await health.Check(health_pb2.HealthCheckRequest())
-                assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-                with pytest.raises(grpc.aio.AioRpcError) as excinfo:
-                    await status.GetReadiness(status_pb2.GetReadinessRequest())
-                assert excinfo.value.code() == grpc.StatusCode.UNAVAILABLE
-        finally:
-            await backend.stop(0)
-
-    asyncio.run(asyncio.wait_for(main(), 10))

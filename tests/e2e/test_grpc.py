@@ -27,7 +27,7 @@ from openai_shape import GUIDE_MODELS
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "grpc_client.py"
 RPC_TIMEOUT = 10.0
 SEED = 2**60

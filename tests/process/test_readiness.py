@@ -16,9 +16,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_shape import assert_error
 
+from typegpt.gateway.v1 import status_pb2, status_pb2_grpc
 from typegpt_gateway.limits.redis_backend import RedisBackend
 from typegpt_gateway.process import readiness
+from typegpt_gateway.process.backend import start_backend
 from typegpt_gateway.process.readiness import ReadinessProbe, in_thread, rate_limits_check
+from typegpt_gateway.settings import Settings
 
 
 def test_a_hung_check_runs_once_however_many_probes_ask(monkeypatch):
@@ -56,6 +59,35 @@ def test_draining_is_not_ready_without_asking_anything():
     probe = ReadinessProbe(never)
     probe.draining = True
     assert asyncio.run(probe.problem()) == "draining"
+
+
+def test_begin_drain_turns_health_and_readiness_before_anything_stops(tmp_path, upstream):
+    """In process: after begin_drain the server still answers, and says it is not ready."""
+
+    async def main() -> None:
+        settings = Settings(
+            TYPEGPT_BASE_URL=upstream.base_url,
+            db=tmp_path / "k.db",
+            grpc_host="127.0.0.1",
+            grpc_port=0,
+        )
+        backend = await start_backend(settings)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{backend.port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                status = status_pb2_grpc.StatusServiceStub(channel)
+                serving = health_pb2.HealthCheckResponse.SERVING
+                assert (await health.Check(health_pb2.HealthCheckRequest())).status == serving
+                await backend.begin_drain()
+                reply = await health.Check(health_pb2.HealthCheckRequest())
+                assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+                    await status.GetReadiness(status_pb2.GetReadinessRequest())
+                assert excinfo.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await backend.stop(0)
+
+    asyncio.run(asyncio.wait_for(main(), 10))
 
 
 def test_redis_check_follows_a_paused_and_resumed_redis(redis_server):
