@@ -360,7 +360,9 @@ def _since(text: str | None) -> dt.date | None:
     try:
         days = parse_duration(text) // 86_400
     except ValueError as exc:
-        raise typer.BadParameter("a date (2026-05-01) or a lookback (7d)", "--since") from exc
+        raise typer.BadParameter(
+            "a date (2026-05-01) or a lookback (7d)", param_hint="--since"
+        ) from exc
     return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=max(days - 1, 0))
 
 
