@@ -9,7 +9,7 @@ import datetime as dt
 import json
 import logging
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,7 +54,8 @@ PeriodOption = Annotated[
 ]
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(**overrides: Any) -> Settings:
+    # Any: Settings validates each option's value as it does the environment's.
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
 
 
@@ -162,7 +163,8 @@ def health(
 
     with grpc.insecure_channel(target) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
+            # The stubs (types-grpcio-health-checking) leave out the methods HealthStub sets up.
+            reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(), timeout=timeout
             )
         except grpc.RpcError as exc:
@@ -315,7 +317,7 @@ def keys_list(db: DbOption = None) -> None:
     _table(header, rows)
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -358,7 +360,9 @@ def _since(text: str | None) -> dt.date | None:
     try:
         days = parse_duration(text) // 86_400
     except ValueError as exc:
-        raise typer.BadParameter("a date (2026-05-01) or a lookback (7d)", "--since") from exc
+        raise typer.BadParameter(
+            "a date (2026-05-01) or a lookback (7d)", param_hint="--since"
+        ) from exc
     return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=max(days - 1, 0))
 
 

@@ -459,6 +459,13 @@ def test_cli_applies_the_same_rules(gateway):
     assert result.returncode != 0 and "catalog" in result.stderr
 
 
+def test_cli_refuses_a_since_that_is_neither_a_date_nor_a_lookback(tmp_path):
+    result = cli(tmp_path / "keys.db", "keys", "usage", "someone", "--since", "soon", check=False)
+    assert result.returncode == 2, result.stderr
+    assert "--since" in result.stderr and "lookback" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_cli_backup_copies_the_live_store(gateway, admin, tmp_path):
     name = unique("backed-up")
     admin.post(KEYS, json={"name": name, "rpm": 3})

@@ -66,17 +66,21 @@ class CallGuard(grpc.aio.ServerInterceptor):
         self._message_timeout = message_timeout
         # Per method, the handler grpc found and its guarded twin: made once, not per call.
         # Bounded: only methods the server serves get here.
-        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._guarded: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method = handler_call_details.method
         known = self._guarded.get(method)
         if known is not None and known[0] is handler:
             return known[1]
@@ -86,22 +90,22 @@ class CallGuard(grpc.aio.ServerInterceptor):
         return guarded
 
 
-async def _refuse(context: grpc.aio.ServicerContext, route: str, error: GatewayError) -> None:
+async def _refuse(context: observe.Context, route: str, error: GatewayError) -> None:
     """Ends the call with `error`, logged and counted like any other answer; never returns."""
     with observe.observed(route, context.invocation_metadata()):
         await abort(context, error)
 
 
 def _guarded(
-    handler: grpc.RpcMethodHandler,
+    handler: grpc.RpcMethodHandler[Any, Any],
     route: str,
     refusal: Callable[[], GatewayError] | None,
     timeout: float,
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler, declared request-streaming so that it runs before the request message
     is read: it checks the key, then reads the one message itself, within `timeout` seconds."""
 
-    async def request(context: grpc.aio.ServicerContext) -> Any:
+    async def request(context: observe.Context) -> Any:
         if refusal is not None:
             try:
                 authorization = authorization_of(context)
@@ -125,19 +129,18 @@ def _guarded(
             await _refuse(context, route, GatewayError(400, "The call carried no request message."))
         return message
 
+    behavior = _behavior(handler)
     if not handler.response_streaming:
-        behavior = handler.unary_unary
 
-        async def unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        async def unary(requests: AsyncIterator[Any], context: observe.Context) -> Any:
             return await behavior(await request(context), context)
 
         return _request_streaming(handler, unary)
 
-    behavior = handler.unary_stream
     if inspect.isasyncgenfunction(behavior):
 
         async def streamed(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+            requests: AsyncIterator[Any], context: observe.Context
         ) -> AsyncIterator[Any]:
             async with contextlib.aclosing(behavior(await request(context), context)) as answers:
                 async for answer in answers:
@@ -146,15 +149,25 @@ def _guarded(
         return _request_streaming(handler, streamed)
 
     # A streaming handler that writes with context.write (grpc.health's Watch).
-    async def written(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+    async def written(requests: AsyncIterator[Any], context: observe.Context) -> None:
         await behavior(await request(context), context)
 
     return _request_streaming(handler, written)
 
 
+def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
+    """The handler's behaviour for its one request message. grpc's stubs type it as the sync
+    server calls it; grpc.aio calls it with its own context and awaits (or iterates) what it
+    returns, so it is only known to be callable."""
+    behavior = handler.unary_stream if handler.response_streaming else handler.unary_unary
+    if behavior is None:
+        raise TypeError("a method handler without the behaviour its kind calls for")
+    return behavior
+
+
 def _request_streaming(
-    handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]
-) -> grpc.RpcMethodHandler:
+    handler: grpc.RpcMethodHandler[Any, Any], behavior: Callable[..., Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
     make = (
         grpc.stream_stream_rpc_method_handler
         if handler.response_streaming

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import grpc
 from google.api import httpbody_pb2
@@ -45,7 +45,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def _answer(
         self,
         body: bytes | Callable[[], bytes],
-        context: grpc.aio.ServicerContext,
+        context: observe.Context,
         content_type: str = JSON,
     ) -> AsyncIterator[bytes | Stream]:
         """The answer to a chat request, its rate-limit headers sent as initial metadata
@@ -77,8 +77,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def CreateChatCompletionHttp(
         self,
         request: chat_pb2.CreateChatCompletionHttpRequest,
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[chat_pb2.CreateChatCompletionHttpResponse]:
+        context: grpc.aio.ServicerContext[
+            chat_pb2.CreateChatCompletionHttpRequest, chat_pb2.CreateChatCompletionHttpResponse
+        ],
+    ) -> AsyncGenerator[chat_pb2.CreateChatCompletionHttpResponse, None]:
         # Envoy's transcoder puts the client's Content-Type header, as sent, in the HttpBody.
         http_body = request.http_body
         async with self._answer(http_body.data, context, http_body.content_type) as answer:
@@ -110,7 +112,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     @observe.rpc("ChatService/CreateChatCompletion")
     async def CreateChatCompletion(
-        self, request: chat_pb2.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
+        self,
+        request: chat_pb2.CreateChatCompletionRequest,
+        context: grpc.aio.ServicerContext[
+            chat_pb2.CreateChatCompletionRequest, chat_pb2.CreateChatCompletionResponse
+        ],
     ) -> chat_pb2.CreateChatCompletionResponse:
         body = functools.partial(proto_json.request_body, request.params, stream=False)
         async with self._answer(body, context) as answer:
@@ -124,8 +130,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     @observe.rpc("ChatService/StreamChatCompletion")
     async def StreamChatCompletion(
-        self, request: chat_pb2.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
+        self,
+        request: chat_pb2.StreamChatCompletionRequest,
+        context: grpc.aio.ServicerContext[
+            chat_pb2.StreamChatCompletionRequest, chat_pb2.StreamChatCompletionResponse
+        ],
+    ) -> AsyncGenerator[chat_pb2.StreamChatCompletionResponse, None]:
         body = functools.partial(
             proto_json.request_body,
             request.params,
@@ -150,7 +160,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     @observe.rpc("ChatService/ListModels")
     async def ListModels(
-        self, request: chat_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: chat_pb2.ListModelsRequest,
+        context: grpc.aio.ServicerContext[chat_pb2.ListModelsRequest, chat_pb2.ListModelsResponse],
     ) -> chat_pb2.ListModelsResponse:
         try:
             key = await self._pipeline.authenticate(authorization_of(context))
@@ -163,7 +175,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     @observe.rpc("ChatService/GetModel")
     async def GetModel(
-        self, request: chat_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+        self,
+        request: chat_pb2.GetModelRequest,
+        context: grpc.aio.ServicerContext[chat_pb2.GetModelRequest, chat_pb2.Model],
     ) -> chat_pb2.Model:
         try:
             key = await self._pipeline.authenticate(authorization_of(context))

@@ -94,7 +94,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         register_secret(admin_key)
 
     async def _run(
-        self, context: grpc.aio.ServicerContext, operation: Callable[[], T], *, writes: bool
+        self, context: observe.Context, operation: Callable[[], T], *, writes: bool
     ) -> T:
         """Authorizes the caller, then runs `operation` off the event loop; errors abort."""
         try:
@@ -113,7 +113,9 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
 
     @observe.rpc("KeyService/CreateKey")
     async def CreateKey(
-        self, request: keys_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: keys_pb2.CreateKeyRequest,
+        context: grpc.aio.ServicerContext[keys_pb2.CreateKeyRequest, keys_pb2.ApiKey],
     ) -> keys_pb2.ApiKey:
         record, key = await self._run(
             context, lambda: self._admin.create(request.name, create_limits(request)), writes=True
@@ -122,7 +124,9 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
 
     @observe.rpc("KeyService/ListKeys")
     async def ListKeys(
-        self, request: keys_pb2.ListKeysRequest, context: grpc.aio.ServicerContext
+        self,
+        request: keys_pb2.ListKeysRequest,
+        context: grpc.aio.ServicerContext[keys_pb2.ListKeysRequest, keys_pb2.ListKeysResponse],
     ) -> keys_pb2.ListKeysResponse:
         records = await self._run(context, self._admin.list, writes=False)
         now = time.time()
@@ -132,14 +136,18 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
 
     @observe.rpc("KeyService/GetKey")
     async def GetKey(
-        self, request: keys_pb2.GetKeyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: keys_pb2.GetKeyRequest,
+        context: grpc.aio.ServicerContext[keys_pb2.GetKeyRequest, keys_pb2.ApiKey],
     ) -> keys_pb2.ApiKey:
         record = await self._run(context, lambda: self._admin.get(request.name), writes=False)
         return api_key_message(record, time.time())
 
     @observe.rpc("KeyService/UpdateKey")
     async def UpdateKey(
-        self, request: keys_pb2.UpdateKeyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: keys_pb2.UpdateKeyRequest,
+        context: grpc.aio.ServicerContext[keys_pb2.UpdateKeyRequest, keys_pb2.ApiKey],
     ) -> keys_pb2.ApiKey:
         record = await self._run(
             context, lambda: self._admin.update(request.name, update_limits(request)), writes=True
@@ -148,14 +156,20 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
 
     @observe.rpc("KeyService/RevokeKey")
     async def RevokeKey(
-        self, request: keys_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: keys_pb2.RevokeKeyRequest,
+        context: grpc.aio.ServicerContext[keys_pb2.RevokeKeyRequest, keys_pb2.ApiKey],
     ) -> keys_pb2.ApiKey:
         record = await self._run(context, lambda: self._admin.revoke(request.name), writes=True)
         return api_key_message(record, time.time())
 
     @observe.rpc("KeyService/GetKeyUsage")
     async def GetKeyUsage(
-        self, request: keys_pb2.GetKeyUsageRequest, context: grpc.aio.ServicerContext
+        self,
+        request: keys_pb2.GetKeyUsageRequest,
+        context: grpc.aio.ServicerContext[
+            keys_pb2.GetKeyUsageRequest, keys_pb2.GetKeyUsageResponse
+        ],
     ) -> keys_pb2.GetKeyUsageResponse:
         def usage() -> list[UsageRow]:
             since = parse_day(request.since) if request.since else None

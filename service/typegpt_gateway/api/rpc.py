@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import grpc
-
 from ..errors import GatewayError
 from ..ops import observe
 
@@ -25,7 +23,7 @@ def several_credentials_error() -> GatewayError:
     )
 
 
-def authorization_of(context: grpc.aio.ServicerContext) -> str | None:
+def authorization_of(context: observe.Context) -> str | None:
     """The call's one `authorization` value; several are refused (GatewayError), as Envoy
     refuses them on its port: which one counts must not depend on who reads them."""
     values = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
@@ -36,7 +34,7 @@ def authorization_of(context: grpc.aio.ServicerContext) -> str | None:
     return values[0]
 
 
-async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> None:
+async def abort(context: observe.Context, error: GatewayError) -> None:
     """Ends the RPC with `error`; never returns."""
     exchange = observe.current()
     exchange.failed(error)

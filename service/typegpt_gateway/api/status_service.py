@@ -22,12 +22,20 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         self._readiness = readiness
 
     async def GetHealth(
-        self, request: status_pb2.GetHealthRequest, context: grpc.aio.ServicerContext
+        self,
+        request: status_pb2.GetHealthRequest,
+        context: grpc.aio.ServicerContext[
+            status_pb2.GetHealthRequest, status_pb2.GetHealthResponse
+        ],
     ) -> status_pb2.GetHealthResponse:
         return status_pb2.GetHealthResponse(status="ok")
 
     async def GetReadiness(
-        self, request: status_pb2.GetReadinessRequest, context: grpc.aio.ServicerContext
+        self,
+        request: status_pb2.GetReadinessRequest,
+        context: grpc.aio.ServicerContext[
+            status_pb2.GetReadinessRequest, status_pb2.GetReadinessResponse
+        ],
     ) -> status_pb2.GetReadinessResponse:
         problem = await self._readiness()
         if problem is not None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import aiohttp
@@ -48,7 +48,7 @@ class Stream:
         # Whether it ended in an error (told to the client), not with [DONE] or a client gone.
         self.failed = False
 
-    async def batches(self) -> AsyncIterator[list[bytes]]:
+    async def batches(self) -> AsyncGenerator[list[bytes], None]:
         """Yields the `data` payloads of each network read as one batch, or an empty batch
         after `keepalive` seconds of silence. Returns after `[DONE]`; raises GatewayError when
         the upstream fails, ends early or stays silent too long, or the gateway stops, since

@@ -86,21 +86,27 @@ def _member_spans(text: str, name: str) -> list[tuple[int, int, Any]]:
     ValueError for any other text, so that nothing is edited at a guessed place."""
     decoder = json.JSONDecoder()
 
+    def skip_space(at: int) -> int:
+        space = _SPACE.match(text, at)
+        assert space is not None  # a `*` pattern matches the empty string too
+        return space.end()
+
     def past(at: int, token: str) -> int:
-        at = _SPACE.match(text, at).end()
+        at = skip_space(at)
         if text[at] != token:
             raise ValueError(f"expected {token!r} at {at}")
         return at + 1
 
     spans = []
-    at = _SPACE.match(text, past(0, "{")).end()
+    at = skip_space(past(0, "{"))
     while text[at] != "}":
-        key, at = json.decoder.scanstring(text, past(at, '"'))
-        at = _SPACE.match(text, past(at, ":")).end()
+        # The member's name, decoded as JSON decodes it (escapes included).
+        key, at = decoder.raw_decode(text, past(at, '"') - 1)
+        at = skip_space(past(at, ":"))
         value, end = decoder.raw_decode(text, at)
         if key == name:
             spans.append((at, end, value))
-        at = _SPACE.match(text, end).end()
+        at = skip_space(end)
         if text[at] == ",":
             at += 1
     return spans

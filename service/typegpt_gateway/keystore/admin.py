@@ -8,6 +8,7 @@ its own way.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import math
 import re
@@ -84,8 +85,13 @@ def check_models(models: object, catalog: Collection[str]) -> tuple[str, ...]:
 def check_count(param: str, value: object) -> int:
     most = _MAX_COUNTS.get(param, _MAX_COUNT)
     # bool is an int in Python; JSON numbers arrive as floats (60.0) through the transcoder.
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value != int(value) or not 1 <= value <= most:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value != int(value)
+        or not 1 <= value <= most
+    ):
         raise _invalid(f"'{param}' must be a whole number from 1 to {most}.", param)
     return int(value)
 
@@ -211,6 +217,6 @@ class KeyAdmin:
             raise _not_found(name, live=True) from None
         return self.get(name)
 
-    def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]:
+    def usage(self, name: str, since: dt.date | None = None) -> builtins.list[UsageRow]:
         self.get(name)  # 404 for a name that never existed
         return self.store.usage(name, since)

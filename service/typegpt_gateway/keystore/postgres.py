@@ -8,12 +8,12 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .store import LOCK_WAIT, BackupUnsupportedError, SqlStore
 
@@ -148,14 +148,14 @@ class PostgresKeyStore(SqlStore):
         with self._locked(), self._transaction():
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             for statement in filter(str.strip, _SCHEMA.split(";")):
-                self._conn.execute(statement)  # type: ignore[call-overload]
+                self._conn.execute(statement)
 
     def __repr__(self) -> str:
         return "PostgresKeyStore()"  # the URL may hold a password
 
     def _connect(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(
-            self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, **self._tcp
+            make_conninfo(self._url, **self._tcp), autocommit=True, connect_timeout=CONNECT_TIMEOUT
         )
         # Ours only where nothing set them (the URL's options, ALTER ROLE or DATABASE, the
         # server's configuration): 0, their default, means no bound at all.
@@ -188,11 +188,11 @@ class PostgresKeyStore(SqlStore):
         return self._conn
 
     def _execute(self, sql: str, params: Iterable[Any] = ()) -> psycopg.Cursor[Any]:
-        return self._connection().execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
+        return self._connection().execute(sql.replace("?", "%s"), tuple(params))
 
-    def _executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+    def _executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._connection().cursor() as cursor:
-            cursor.executemany(sql.replace("?", "%s"), [tuple(row) for row in rows])  # type: ignore[arg-type]
+            cursor.executemany(sql.replace("?", "%s"), [tuple(row) for row in rows])
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -204,7 +204,10 @@ class PostgresKeyStore(SqlStore):
 
     def data_version(self) -> int:
         with self._locked():
-            return int(self._execute("SELECT version FROM keys_version WHERE id = 1").fetchone()[0])
+            row = self._execute("SELECT version FROM keys_version WHERE id = 1").fetchone()
+        if row is None:  # the schema inserts it; only a hand-made change takes it away
+            raise LookupError("keys_version has no row")
+        return int(row[0])
 
     def backup(self, destination: Path) -> None:
         raise BackupUnsupportedError(

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -150,7 +150,7 @@ def open_store(settings: Settings) -> Store:
     return KeyStore(settings.db)
 
 
-def _record(row: tuple) -> KeyRecord:
+def _record(row: tuple[Any, ...]) -> KeyRecord:
     values = dict(zip(_FIELDS, row, strict=True))
     models = values.pop("models")
     values["key_hash"] = bytes(values["key_hash"])
@@ -200,7 +200,7 @@ class SqlStore:
     def _execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
         raise NotImplementedError
 
-    def _executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+    def _executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         raise NotImplementedError
 
     @contextlib.contextmanager
@@ -385,7 +385,7 @@ class KeyStore(SqlStore):
     def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, tuple(params))
 
-    def _executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+    def _executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._db.executemany(sql, rows)
 
     @contextlib.contextmanager

@@ -116,7 +116,7 @@ class _Queueing(QueueHandler):
         self._dropped = 0
         self._dropped_lock = threading.Lock()  # records are logged from several threads
 
-    def prepare(self, record: logging.LogRecord) -> str:  # type: ignore[override]
+    def prepare(self, record: logging.LogRecord) -> str:
         return self.format(record)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -125,6 +125,8 @@ class _Queueing(QueueHandler):
             return
         super().emit(record)
 
+    # QueueHandler hands enqueue what prepare returned: here the line, where the stubs expect
+    # the record that the base class's prepare would return.
     def enqueue(self, line: str) -> None:  # type: ignore[override]
         with self._dropped_lock:
             dropped, self._dropped = self._dropped, 0
@@ -238,7 +240,7 @@ def configure(level: int = logging.INFO) -> None:
     logging.getLogger("grpc._cython.cygrpc").addFilter(_no_metadata_encoding_errors)
     # No line prints the caller's file and line, thread or process: a record need not look
     # them up, which it would on every request (the logging HOWTO's "Optimization").
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

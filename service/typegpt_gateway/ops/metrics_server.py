@@ -131,6 +131,8 @@ class MetricsServer:
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         if request.path == ENVOY_STATS_PATH:
             return await self._relay_envoy_stats()
+        # prometheus-client types its handler for a routed web.Request, but it reads only the
+        # query and headers, which the low-level server's BaseRequest has.
         return await self._registry_answer(request)  # type: ignore[arg-type]
 
     async def _relay_envoy_stats(self) -> web.Response:

@@ -16,10 +16,12 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import grpc
 
 from ..errors import GatewayError
 from . import metrics
@@ -137,7 +139,7 @@ def new_request_id() -> str:
     return str(uuid.uuid4())
 
 
-def request_id_from(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+def request_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """The client's x-request-id (Envoy sets one when the client did not), else a new one."""
     for key, value in metadata or ():
         if key == REQUEST_ID and isinstance(value, str) and _acceptable_id(value):
@@ -169,7 +171,7 @@ def retrying_on(upstream: str) -> None:
 @contextlib.contextmanager
 def observed(
     route: str,
-    metadata: Sequence[tuple[str, str | bytes]] | None,
+    metadata: Iterable[tuple[str, str | bytes]] | None,
     *,
     body: bytes | None = None,
     transcoded: bool = False,
@@ -208,42 +210,68 @@ def streaming(exchange: Exchange) -> Iterator[None]:
         metrics.INFLIGHT_STREAMS.dec()
 
 
-Handler = TypeVar("Handler", bound=Callable[..., Any])
+# A servicer method's context: any RPC's, whatever its messages.
+Context = grpc.aio.ServicerContext[Any, Any]
+_Servicer = TypeVar("_Servicer")
+_Request = TypeVar("_Request")
+_Answer = TypeVar("_Answer")
+_Streamed = Callable[[_Servicer, _Request, Context], AsyncGenerator[_Answer, None]]
+_Unary = Callable[[_Servicer, _Request, Context], Coroutine[Any, Any, _Answer]]
 
 
-def rpc(route: str, *, transcoded: bool = False) -> Callable[[Handler], Handler]:
-    """Observes a servicer method (unary or server-streaming) as `route`, and returns the
-    request id in the initial metadata of an answer; an error carries it in its trailing
-    metadata instead (servicer.abort), since nothing was sent before. A `transcoded` method
-    (the one behind Envoy's REST route) sends it in trailing metadata: see send_headers."""
+class _Observer:
+    """rpc()'s decorator: the servicer method it wraps keeps its signature."""
 
-    def wrap(handler: Handler) -> Handler:
+    def __init__(self, route: str, transcoded: bool) -> None:
+        self._route = route
+        self._transcoded = transcoded
+
+    @overload
+    def __call__(
+        self, handler: _Streamed[_Servicer, _Request, _Answer], /
+    ) -> _Streamed[_Servicer, _Request, _Answer]: ...
+
+    @overload
+    def __call__(
+        self, handler: _Unary[_Servicer, _Request, _Answer], /
+    ) -> _Unary[_Servicer, _Request, _Answer]: ...
+
+    def __call__(self, handler: Callable[..., Any], /) -> Callable[..., Any]:
+        route, transcoded = self._route, self._transcoded
         if inspect.isasyncgenfunction(handler):
 
             @functools.wraps(handler)
-            async def streamed(self: object, request: Any, context: Any) -> AsyncIterator[Any]:
+            async def streamed(
+                servicer: object, request: object, context: Context
+            ) -> AsyncGenerator[Any, None]:
                 with observed(route, context.invocation_metadata(), transcoded=transcoded):
-                    answers = handler(self, request, context)
+                    answers = handler(servicer, request, context)
                     async with contextlib.aclosing(answers):
                         async for answer in answers:
                             await send_headers(context)
                             yield answer
 
-            return streamed  # type: ignore[return-value]
+            return streamed
 
         @functools.wraps(handler)
-        async def unary(self: object, request: Any, context: Any) -> Any:
+        async def unary(servicer: object, request: object, context: Context) -> Any:
             with observed(route, context.invocation_metadata(), transcoded=transcoded):
-                answer = await handler(self, request, context)
+                answer = await handler(servicer, request, context)
                 await send_headers(context)
                 return answer
 
-        return unary  # type: ignore[return-value]
-
-    return wrap
+        return unary
 
 
-async def send_headers(context: Any, headers: Sequence[tuple[str, str]] = ()) -> None:
+def rpc(route: str, *, transcoded: bool = False) -> _Observer:
+    """Observes a servicer method (unary or server-streaming) as `route`, and returns the
+    request id in the initial metadata of an answer; an error carries it in its trailing
+    metadata instead (servicer.abort), since nothing was sent before. A `transcoded` method
+    (the one behind Envoy's REST route) sends it in trailing metadata: see send_headers."""
+    return _Observer(route, transcoded)
+
+
+async def send_headers(context: Context, headers: Sequence[tuple[str, str]] = ()) -> None:
     """Sends the answer's initial metadata once: `headers` (such as the rate-limit ones) and
     the request id."""
     exchange = current()

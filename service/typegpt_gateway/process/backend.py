@@ -203,7 +203,7 @@ async def start_backend(settings: Settings) -> Backend:
     await server.start()
 
     async def report_health(ready: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING
+        status: int = health_pb2.HealthCheckResponse.SERVING
         if not ready:
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *SERVICE_NAMES):

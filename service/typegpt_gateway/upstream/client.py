@@ -142,11 +142,11 @@ def read_available(response: aiohttp.ClientResponse) -> bytes:
     if error is None:
         return content.read_nowait()
     # No public way to read past a stored error: set it aside for one read.
-    content._exception = None  # type: ignore[attr-defined]
+    content._exception = None
     try:
         data = content.read_nowait()
     finally:
-        content._exception = error  # type: ignore[attr-defined]
+        content._exception = error
     if data:
         return data
     raise error

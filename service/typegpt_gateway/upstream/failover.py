@@ -86,16 +86,18 @@ class Failover:
         for operators and routing, never for readiness (a replica is not less able to serve
         because an upstream fails; taking every replica out at once would make it worse)."""
         for route in self.router.routes:
-            name = route.name
-            metrics.UPSTREAM_RESTING.labels(name).set_function(
-                lambda name=name: float(self.router.resting(name, time.monotonic()))
-            )
-            metrics.UPSTREAM_MODELS_RESTING.labels(name).set_function(
-                lambda name=name: float(self.router.models_resting(name, time.monotonic()))
-            )
-            metrics.UPSTREAM_CONSECUTIVE_FAILURES.labels(name).set_function(
-                lambda name=name: float(self.router.consecutive_failures(name))
-            )
+            self._export_upstream_health(route.name)
+
+    def _export_upstream_health(self, name: str) -> None:
+        metrics.UPSTREAM_RESTING.labels(name).set_function(
+            lambda: float(self.router.resting(name, time.monotonic()))
+        )
+        metrics.UPSTREAM_MODELS_RESTING.labels(name).set_function(
+            lambda: float(self.router.models_resting(name, time.monotonic()))
+        )
+        metrics.UPSTREAM_CONSECUTIVE_FAILURES.labels(name).set_function(
+            lambda: float(self.router.consecutive_failures(name))
+        )
 
     def deadlines(self) -> Deadlines:
         return Deadlines(self.timeouts, asyncio.get_running_loop().time())

@@ -95,8 +95,8 @@ async def call_with_retries(
     async for attempt in _retrying(rest, next_upstream, sleep):
         with attempt:
             if replay is not None:
-                failure, replay = replay, None
-                raise failure
+                first, replay = replay, None
+                raise first
             return await call()
     raise AssertionError("unreachable: tenacity returns or raises")
 
