@@ -1,0 +1,81 @@
+"""Envoy's config as rendered, read back as YAML: no Envoy runs. What the rendered config does
+when Envoy runs it is tested end to end (tests/e2e/test_edge.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from typegpt_gateway.errors import default_error_type
+from typegpt_gateway.keystore.records import missing_key_error
+from typegpt_gateway.process.envoy_config import (
+    ERROR_STATUSES,
+    LUA_ERROR_TYPES_MARKER,
+    LUA_FILTER,
+    assets_dir,
+    lua_source,
+    render_config,
+)
+from typegpt_gateway.settings import Settings
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
+def test_rendered_admin_address_is_loopback_whatever_the_http_host(host) -> None:
+    config = yaml.safe_load(render_config(Settings(host=host, envoy_admin_port=9901), grpc_port=1))
+    assert config["admin"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 9901,
+    }
+    assert (
+        config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == host
+    )
+
+
+def test_rendered_routes_need_a_key_but_health() -> None:
+    config = yaml.safe_load(render_config(Settings(), grpc_port=1))
+    (host,) = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"]
+    refusals = {
+        json.dumps(route["match"]): route.get("metadata", {})
+        .get("filter_metadata", {})
+        .get("envoy.filters.http.lua", {})
+        .get("missing_key")
+        for route in host["routes"]
+    }
+    assert refusals == {
+        '{"path": "/healthz"}': None,
+        '{"path": "/readyz"}': None,
+        # The backend answers a missing admin key: only it knows whether the admin API is on.
+        '{"prefix": "/v1/admin/"}': None,
+        '{"prefix": "/"}': {"status": "401", "body": missing_key_error().to_json()},
+    }
+
+
+def _lua_filter_source(config: dict) -> str:
+    (lua,) = [
+        http_filter["typed_config"]
+        for http_filter in config["static_resources"]["listeners"][0]["filter_chains"][0][
+            "filters"
+        ][0]["typed_config"]["http_filters"]
+        if http_filter["name"] == "envoy.filters.http.lua"
+    ]
+    return lua["default_source_code"]["inline_string"]
+
+
+def test_rendered_lua_filter_types_every_status_as_the_backend_does() -> None:
+    source = _lua_filter_source(yaml.safe_load(render_config(Settings(), grpc_port=1)))
+    (table,) = re.findall(r"^local ERROR_TYPES = (\{.*?^\})$", source, re.MULTILINE | re.DOTALL)
+    entries = re.findall(r'\[(\d+)\]\s*=\s*"([a-z_]+)"', table)
+    # No entry twice, and nothing else in the table.
+    assert len(entries) == len(dict(entries)) == table.count("=")
+    assert {int(status): error_type for status, error_type in entries} == {
+        status: default_error_type(status) for status in ERROR_STATUSES
+    }
+    # The rest is the Lua file as checked in, kept whole through the YAML.
+    lua_file = (assets_dir() / LUA_FILTER).read_text()
+    assert source.replace(table, "{" + LUA_ERROR_TYPES_MARKER + "}") == lua_file
+    assert source == lua_source()
