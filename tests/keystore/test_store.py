@@ -19,11 +19,11 @@ import pytest
 from counted_store import CountedReads
 
 from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.keystore.cache import KeyCache
 from typegpt_gateway.keystore.postgres import PostgresKeyStore
 from typegpt_gateway.keystore.records import hash_key
 from typegpt_gateway.keystore.store import (
     BackupUnsupportedError,
-    KeyCache,
     KeyExistsError,
     KeyNotFoundError,
     KeyStore,
