@@ -18,8 +18,9 @@ from pydantic import ValidationError
 
 from .errors import GatewayError
 from .keystore.admin import KeyAdmin
+from .keystore.opening import open_store
 from .keystore.records import KeyRecord, parse_duration
-from .keystore.store import BackupUnsupportedError, open_store
+from .keystore.store import BackupUnsupportedError
 from .redaction import install_log_redaction
 from .settings import Settings
 

@@ -18,7 +18,7 @@ from typegpt_gateway.api.key_service import KeyServicer
 from typegpt_gateway.keystore.admin import KeyAdmin
 from typegpt_gateway.keystore.cache import KeyCache
 from typegpt_gateway.keystore.records import KeyRecord
-from typegpt_gateway.keystore.store import KeyStore
+from typegpt_gateway.keystore.sqlite import KeyStore
 
 ADMIN_KEY = "admin-key-for-keyservice-tests"
 ADMIN = (("authorization", f"Bearer {ADMIN_KEY}"),)

@@ -22,11 +22,11 @@ from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keystore.cache import KeyCache
 from typegpt_gateway.keystore.postgres import PostgresKeyStore
 from typegpt_gateway.keystore.records import hash_key
+from typegpt_gateway.keystore.sqlite import KeyStore
 from typegpt_gateway.keystore.store import (
     BackupUnsupportedError,
     KeyExistsError,
     KeyNotFoundError,
-    KeyStore,
     Store,
     UsageRow,
 )
