@@ -274,13 +274,13 @@ def test_a_usage_batch_is_counted_once_however_often_it_is_written(store_factory
 
 
 def test_batch_ids_are_forgotten_after_the_retention(store_factory, monkeypatch):
-    import typegpt_gateway.keystore.store
+    import typegpt_gateway.keystore.sql
 
     store = store_factory()
     row = [("k", UsageRow(DAY, "gpt-4o", requests=1))]
     assert store.add_usage(row, batch_id="old") is True
     # Every id is past the retention: the next write prunes them all, so the table stays small.
-    monkeypatch.setattr(typegpt_gateway.keystore.store, "BATCH_ID_RETENTION", -1.0)
+    monkeypatch.setattr(typegpt_gateway.keystore.sql, "BATCH_ID_RETENTION", -1.0)
     assert store.add_usage(row, batch_id="new") is True
     assert store.add_usage(row, batch_id="old") is True
     assert store.usage("k") == [UsageRow(DAY, "gpt-4o", requests=3)]
@@ -404,7 +404,7 @@ def _call_within(seconds: float, call: Callable[[], object]) -> tuple[BaseExcept
 
 
 def test_sqlite_waits_a_bounded_time_for_another_writer(tmp_path):
-    from typegpt_gateway.keystore.store import LOCK_WAIT
+    from typegpt_gateway.keystore.sql import LOCK_WAIT
 
     store = KeyStore(tmp_path / "keys.db")
     other = sqlite3.connect(tmp_path / "keys.db", isolation_level=None)
@@ -436,7 +436,7 @@ def _table_locked(url: str, table: str) -> Iterator[None]:
 def test_postgres_call_blocked_by_a_lock_fails_within_the_lock_timeout(postgres_server):
     import psycopg
 
-    from typegpt_gateway.keystore.store import LOCK_WAIT
+    from typegpt_gateway.keystore.sql import LOCK_WAIT
 
     url = postgres_server.new_database()
     with contextlib.closing(PostgresKeyStore(url)) as store:
@@ -487,10 +487,11 @@ def test_postgres_call_to_a_stopped_server_is_cut_off_and_holds_up_no_other(
     import psycopg
 
     import typegpt_gateway.keystore.postgres
+    import typegpt_gateway.keystore.sql
     import typegpt_gateway.keystore.store
 
     monkeypatch.setattr(typegpt_gateway.keystore.postgres, "CALL_TIMEOUT", 3.0)
-    monkeypatch.setattr(typegpt_gateway.keystore.store, "LOCK_WAIT", 1.0)
+    monkeypatch.setattr(typegpt_gateway.keystore.sql, "LOCK_WAIT", 1.0)
     url = postgres_server.new_database()
     with contextlib.closing(PostgresKeyStore(url)) as store:
         (backend,) = _backend_pids(url)

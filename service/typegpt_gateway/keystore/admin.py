@@ -19,14 +19,8 @@ from typing import Literal
 from ..errors import GatewayError
 from ..ops.observe import UNKNOWN_MODEL
 from .records import KeyRecord, parse_duration
-from .store import (
-    BUDGET_PERIODS,
-    LIMIT_FIELDS,
-    KeyExistsError,
-    KeyNotFoundError,
-    Store,
-    UsageRow,
-)
+from .sql import BUDGET_PERIODS, LIMIT_FIELDS
+from .store import KeyExistsError, KeyNotFoundError, Store, UsageRow
 
 # A name travels in admin URLs (/v1/admin/keys/{name}), metrics labels and log lines.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")

@@ -1,5 +1,5 @@
 """The PostgreSQL key store (DATABASE_URL=postgresql://…), for replicas that share keys and
-the usage ledger across hosts. Same interface and SQL as the SQLite store (`store`)."""
+the usage ledger across hosts. Same interface (`store`) and SQL (`sql`) as the SQLite store."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .store import LOCK_WAIT, BackupUnsupportedError, SqlStore
+from .sql import LOCK_WAIT, SqlStore
+from .store import BackupUnsupportedError
 
 # The store's statements take milliseconds; one running this long is stuck, and it holds the
 # store's one connection (and so every other store call) behind it. Above LOCK_WAIT, so that a

@@ -1,6 +1,6 @@
-"""Key stores behind one interface: SQLite (default; one file shared by the CLI and the server)
-and PostgreSQL (`pgstore`, for replicas on several hosts). Both hold the keys, hashed, and the
-usage ledger. The SQL below is what both dialects accept alike."""
+"""The SQL both key stores share (SqlStore): SQLite (`sqlite`) and PostgreSQL (`postgres`)
+subclass it, connect, and supply their dialect's few differences. The SQL below is what both
+dialects accept alike."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .records import SHOWN_PREFIX_CHARS, KeyRecord, hash_key, new_key
+from .store import KeyExistsError, KeyNotFoundError, StoreBusyError, UsageRow
 
 # How long a call waits for a lock another connection holds (SQLite's busy timeout,
 # PostgreSQL's lock_timeout). Other writers hold theirs for milliseconds (a CLI command, another
@@ -39,54 +38,6 @@ LIMIT_FIELDS = (
 _FIELDS = ("name", "key_hash", "prefix", "created_at", *LIMIT_FIELDS, "revoked_at")
 _COLUMNS = ", ".join(_FIELDS)
 BUDGET_PERIODS = ("day", "month")
-
-
-class KeyExistsError(Exception):
-    pass
-
-
-class KeyNotFoundError(Exception):
-    pass
-
-
-class StoreBusyError(TimeoutError):
-    """Another call has held the store's connection for longer than LOCK_WAIT."""
-
-
-class BackupUnsupportedError(Exception):
-    """This store is backed up with its database server's own tools."""
-
-
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    """One key's use of one model on one UTC day."""
-
-    day: dt.date
-    model: str
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    errors: int = 0
-
-
-class Store(Protocol):
-    """What the gateway and the CLI need from a key store."""
-
-    def create(
-        self, name: str, *, expires_in: float | None = None, **limits: Any
-    ) -> tuple[KeyRecord, str]: ...
-    def revoke(self, name: str) -> None: ...
-    def get(self, name: str) -> KeyRecord: ...
-    def update(self, name: str, **limits: Any) -> KeyRecord: ...
-    def records(self) -> list[KeyRecord]: ...
-    def by_hash(self) -> dict[bytes, KeyRecord]: ...
-    def data_version(self) -> int: ...
-    def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]: ...
-    def add_usage(
-        self, entries: Iterable[tuple[str, UsageRow]], *, batch_id: str | None = None
-    ) -> bool: ...
-    def backup(self, destination: Path) -> None: ...
-    def close(self) -> None: ...
 
 
 def _record(row: tuple[Any, ...]) -> KeyRecord:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .store import LOCK_WAIT, SqlStore
+from .sql import LOCK_WAIT, SqlStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (

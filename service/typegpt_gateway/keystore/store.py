@@ -1,0 +1,60 @@
+"""The key store's interface, whatever the database behind it (`sqlite`, `postgres`): what the
+gateway and the CLI call, the rows of the usage ledger, and the errors a store raises."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .records import KeyRecord
+
+
+class KeyExistsError(Exception):
+    pass
+
+
+class KeyNotFoundError(Exception):
+    pass
+
+
+class StoreBusyError(TimeoutError):
+    """Another call has held the store's connection for longer than LOCK_WAIT."""
+
+
+class BackupUnsupportedError(Exception):
+    """This store is backed up with its database server's own tools."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One key's use of one model on one UTC day."""
+
+    day: dt.date
+    model: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+
+
+class Store(Protocol):
+    """What the gateway and the CLI need from a key store."""
+
+    def create(
+        self, name: str, *, expires_in: float | None = None, **limits: Any
+    ) -> tuple[KeyRecord, str]: ...
+    def revoke(self, name: str) -> None: ...
+    def get(self, name: str) -> KeyRecord: ...
+    def update(self, name: str, **limits: Any) -> KeyRecord: ...
+    def records(self) -> list[KeyRecord]: ...
+    def by_hash(self) -> dict[bytes, KeyRecord]: ...
+    def data_version(self) -> int: ...
+    def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]: ...
+    def add_usage(
+        self, entries: Iterable[tuple[str, UsageRow]], *, batch_id: str | None = None
+    ) -> bool: ...
+    def backup(self, destination: Path) -> None: ...
+    def close(self) -> None: ...
