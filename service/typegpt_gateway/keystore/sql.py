@@ -7,13 +7,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from .records import SHOWN_PREFIX_CHARS, KeyRecord, hash_key, new_key
+from .schema import Dialect, migrate
 from .store import KeyExistsError, KeyNotFoundError, StoreBusyError, UsageRow
+
+logger = logging.getLogger(__name__)
 
 # How long a call waits for a lock another connection holds (SQLite's busy timeout,
 # PostgreSQL's lock_timeout). Other writers hold theirs for milliseconds (a CLI command, another
@@ -68,6 +72,7 @@ def _check_limits(limits: dict[str, Any]) -> dict[str, Any]:
 class SqlStore:
     """The stores' shared logic; subclasses connect and supply the dialect's few differences."""
 
+    _dialect: ClassVar[Dialect]
     _integrity_errors: tuple[type[Exception], ...] = ()
 
     def __init__(self) -> None:
@@ -97,6 +102,18 @@ class SqlStore:
     def _transaction(self) -> Iterator[None]:
         raise NotImplementedError
         yield
+
+    def _migrate(self) -> None:
+        """Brings the database to the schema this code knows (`schema`), once, whoever else
+        opens it at the same moment; called by the subclass once connected."""
+        with self._locked(), self._transaction():
+            found, latest = migrate(self._execute, self._dialect)
+        if found != latest and found != 0:  # 0: a new database, made at `latest`
+            logger.info(
+                "key store schema upgraded from %s to version %d",
+                "a release before versions" if found is None else f"version {found}",
+                latest,
+            )
 
     def _changed(self) -> None:
         """Called inside each write to keys, so that `data_version` moves."""

@@ -28,6 +28,10 @@ class BackupUnsupportedError(Exception):
     """This store is backed up with its database server's own tools."""
 
 
+class SchemaTooNewError(Exception):
+    """The database was upgraded by a newer release: its schema is past what this one knows."""
+
+
 @dataclass(frozen=True, slots=True)
 class UsageRow:
     """One key's use of one model on one UTC day."""
