@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from counted_store import CountedReads
+from old_store_schemas import FIRST_SCHEMA, LEDGER_SCHEMA_POSTGRES, LEDGER_SCHEMA_SQLITE
 
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keystore.cache import KeyCache
@@ -117,23 +118,6 @@ def test_concurrent_writers_lose_nothing(store_factory):
     for thread in threads:
         thread.join(60)
     assert stores[0].usage("k") == [UsageRow(DAY, "gpt-4o", 60, 120, 180, 0)]
-
-
-# The schema of the first release (before limits and the ledger), verbatim.
-FIRST_SCHEMA = """
-CREATE TABLE IF NOT EXISTS keys (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    key_hash BLOB NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,
-    models TEXT,
-    rpm INTEGER,
-    created_at REAL NOT NULL,
-    expires_at REAL,
-    revoked_at REAL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
-"""
 
 
 def test_sqlite_store_from_the_first_release_is_migrated(tmp_path):
@@ -284,68 +268,6 @@ def test_batch_ids_are_forgotten_after_the_retention(store_factory, monkeypatch)
     assert store.add_usage(row, batch_id="new") is True
     assert store.add_usage(row, batch_id="old") is True
     assert store.usage("k") == [UsageRow(DAY, "gpt-4o", requests=3)]
-
-
-# The SQLite and PostgreSQL schemas of the release before batch ids, verbatim.
-LEDGER_SCHEMA_SQLITE = """
-CREATE TABLE keys (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    key_hash BLOB NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,
-    models TEXT,
-    rpm INTEGER,
-    created_at REAL NOT NULL,
-    expires_at REAL,
-    revoked_at REAL,
-    tpm INTEGER,
-    max_concurrent INTEGER,
-    budget_tokens INTEGER,
-    budget_period TEXT
-);
-CREATE UNIQUE INDEX keys_live_name ON keys(name) WHERE revoked_at IS NULL;
-CREATE TABLE usage (
-    key_name TEXT NOT NULL,
-    day TEXT NOT NULL,
-    model TEXT NOT NULL,
-    requests INTEGER NOT NULL DEFAULT 0,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    errors INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (key_name, day, model)
-);
-"""
-LEDGER_SCHEMA_POSTGRES = """
-CREATE TABLE IF NOT EXISTS keys (
-    id BIGSERIAL PRIMARY KEY,
-    name TEXT NOT NULL,
-    key_hash BYTEA NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,
-    models TEXT,
-    rpm BIGINT,
-    tpm BIGINT,
-    max_concurrent BIGINT,
-    budget_tokens BIGINT,
-    budget_period TEXT,
-    created_at DOUBLE PRECISION NOT NULL,
-    expires_at DOUBLE PRECISION,
-    revoked_at DOUBLE PRECISION
-);
-CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
-CREATE TABLE IF NOT EXISTS usage (
-    key_name TEXT NOT NULL,
-    day TEXT NOT NULL,
-    model TEXT NOT NULL,
-    requests BIGINT NOT NULL DEFAULT 0,
-    prompt_tokens BIGINT NOT NULL DEFAULT 0,
-    completion_tokens BIGINT NOT NULL DEFAULT 0,
-    errors BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (key_name, day, model)
-);
--- PostgreSQL has no SQLite data_version: every write to keys bumps this counter instead.
-CREATE TABLE IF NOT EXISTS keys_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
-INSERT INTO keys_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
-"""
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgres"])

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from .store import SchemaTooNewError
@@ -87,14 +88,14 @@ POSTGRESQL = Dialect(
 
 
 @dataclass(frozen=True, slots=True)
-class _Statement:
+class Statement:
     sql: str
     only: str | None  # the one dialect it is for
 
 
-def _parse(text: str, source: str) -> tuple[_Statement, ...]:
+def parse(text: str, source: str) -> tuple[Statement, ...]:
     """The statements of a migration file, each ending with `;` at the end of a line."""
-    statements: list[_Statement] = []
+    statements: list[Statement] = []
     lines: list[str] = []
     only: str | None = None
     for line in text.splitlines():
@@ -104,28 +105,31 @@ def _parse(text: str, source: str) -> tuple[_Statement, ...]:
         elif stripped and not stripped.startswith("--"):
             lines.append(line)
             if stripped.endswith(";"):
-                statements.append(_Statement("\n".join(lines).strip().removesuffix(";"), only))
+                statements.append(Statement("\n".join(lines).strip().removesuffix(";"), only))
                 lines, only = [], None
     if lines:
         raise ValueError(f"{source}: the last statement does not end with ';'")
     return tuple(statements)
 
 
-def _load() -> tuple[tuple[_Statement, ...], ...]:
-    """The migrations in order: the one at index i brings a database to version i + 1."""
-    folder = resources.files(__package__) / "migrations"
+def load(folder: Traversable) -> tuple[tuple[Statement, ...], ...]:
+    """The migrations in `folder`, in order: the one at index i brings a database to version
+    i + 1."""
     files = sorted(
-        (int(match.group(1)), entry)
-        for entry in folder.iterdir()
-        if (match := _FILE_NAME.match(entry.name))
+        (
+            (int(match.group(1)), entry)
+            for entry in folder.iterdir()
+            if (match := _FILE_NAME.match(entry.name))
+        ),
+        key=lambda numbered: numbered[0],
     )
     numbers = [number for number, _ in files]
     if numbers != list(range(1, len(files) + 1)):
         raise ValueError(f"migrations/ must number its files 1, 2, 3… without gaps: {numbers}")
-    return tuple(_parse(entry.read_text("utf-8"), entry.name) for _, entry in files)
+    return tuple(parse(entry.read_text("utf-8"), entry.name) for _, entry in files)
 
 
-MIGRATIONS = _load()
+MIGRATIONS = load(resources.files(__package__) / "migrations")
 # The version this release's code reads and writes.
 LATEST = len(MIGRATIONS)
 
