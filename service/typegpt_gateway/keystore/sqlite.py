@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,27 @@ class KeyStore(SqlStore):
         # data_version ignores this connection's own commits: count those here.
         self._own_writes = 0
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._use_wal()
             self._db.execute(f"PRAGMA busy_timeout={round(LOCK_WAIT * 1000)}")
             self._migrate()
         except BaseException:
             self._db.close()
             raise
+
+    def _use_wal(self) -> None:
+        """WAL mode: readers go on while one connection writes. A file's first switch to it
+        turns the shared lock of its read into an exclusive one, and SQLite answers "database
+        is locked" at once, without waiting, when another connection is doing the same (the
+        CLI and the server opening a new file together): tried again until LOCK_WAIT."""
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.005)
 
     def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, tuple(params))
