@@ -54,7 +54,7 @@ def test_create_get_update_revoke(store_factory):
 
     with pytest.raises(ValueError, match="rpm"):
         store.update("alice", rpm=0)
-    with pytest.raises(ValueError, match="not a key limit"):
+    with pytest.raises(ValueError, match="Unknown limit: key_hash"):
         store.update("alice", key_hash=b"x")
     with pytest.raises(KeyExistsError):
         store.create("alice")

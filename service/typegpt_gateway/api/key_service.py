@@ -18,8 +18,9 @@ from google.protobuf import json_format, struct_pb2
 
 from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
 
-from ..keystore.admin import ADMIN, COUNT_LIMITS, LIMIT_PARAMS, KeyAdmin, parse_day, status
+from ..keystore.admin import ADMIN, LIMIT_PARAMS, KeyAdmin, parse_day, status
 from ..keystore.cache import KeyCache
+from ..keystore.key_limits import COUNT_LIMITS
 from ..keystore.records import KeyRecord
 from ..keystore.store import UsageRow
 from ..ops import observe

@@ -10,9 +10,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+from .key_limits import LIMIT_FIELDS, check_limits
 from .records import SHOWN_PREFIX_CHARS, KeyRecord, hash_key, new_key
 from .schema import Dialect, migrate
 from .store import KeyExistsError, KeyNotFoundError, StoreBusyError, UsageRow
@@ -29,19 +30,8 @@ LOCK_WAIT = 5.0
 # (an id per flush interval per replica while requests come in).
 BATCH_ID_RETENTION = 7 * 24 * 3600.0
 
-# What `update` may change; None clears a limit (unlimited, all models, never expires).
-LIMIT_FIELDS = (
-    "models",
-    "rpm",
-    "tpm",
-    "max_concurrent",
-    "budget_tokens",
-    "budget_period",
-    "expires_at",
-)
 _FIELDS = ("name", "key_hash", "prefix", "created_at", *LIMIT_FIELDS, "revoked_at")
 _COLUMNS = ", ".join(_FIELDS)
-BUDGET_PERIODS = ("day", "month")
 
 
 def _record(row: tuple[Any, ...]) -> KeyRecord:
@@ -51,21 +41,13 @@ def _record(row: tuple[Any, ...]) -> KeyRecord:
     return KeyRecord(**values, models=tuple(json.loads(models)) if models is not None else None)
 
 
-def _check_limits(limits: dict[str, Any]) -> dict[str, Any]:
-    """The columns and values to store for `limits`, or ValueError."""
-    unknown = set(limits) - set(LIMIT_FIELDS)
-    if unknown:
-        raise ValueError(f"not a key limit: {', '.join(sorted(unknown))}")
-    values = dict(limits)
-    for field in ("rpm", "tpm", "max_concurrent", "budget_tokens"):
-        value = values.get(field)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{field} must be a positive integer or None (unlimited)")
-    period = values.get("budget_period")
-    if period is not None and period not in BUDGET_PERIODS:
-        raise ValueError("budget_period must be 'day' or 'month'")
-    if "models" in values and values["models"] is not None:
-        values["models"] = json.dumps(sorted(set(values["models"])))
+def _stored(limits: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns' values for `limits`, which the limit rule must accept (else InvalidLimit,
+    a ValueError)."""
+    values = check_limits(limits)
+    models = values.get("models")
+    if isinstance(models, tuple):  # None, else the rule's tuple of names
+        values["models"] = json.dumps(list(models))
     return values
 
 
@@ -133,11 +115,12 @@ class SqlStore:
             raise ValueError("a key needs a name")
         if limits.get("budget_tokens") is not None and limits.get("budget_period") is None:
             limits["budget_period"] = "month"
-        row = _check_limits({field: None for field in LIMIT_FIELDS} | limits)
-        key = new_key()
+        limits = {field: None for field in LIMIT_FIELDS} | limits
         now = time.time()
         if expires_in is not None:
-            row["expires_at"] = now + expires_in
+            limits["expires_at"] = now + expires_in
+        row = _stored(limits)
+        key = new_key()
         row |= {
             "name": name,
             "key_hash": hash_key(key),
@@ -181,7 +164,7 @@ class SqlStore:
     def update(self, name: str, **limits: Any) -> KeyRecord:
         """Changes limits of the live key `name` in place (its key stays the same); None
         clears one. A budget without a period is monthly."""
-        values = _check_limits(limits)
+        values = _stored(limits)
         with self._locked(), self._transaction():
             current = self.get(name)
             if values.get("budget_tokens") is not None and "budget_period" not in values:
