@@ -13,7 +13,6 @@ import datetime as dt
 import re
 import time
 from collections.abc import Collection, Mapping
-from typing import Literal
 
 from ..errors import GatewayError
 from ..ops.observe import UNKNOWN_MODEL
@@ -31,8 +30,6 @@ ADMIN = "admin"
 RESERVED_NAMES = frozenset({ADMIN, UNKNOWN_MODEL})
 # What create and update accept: the stored limits, with a lifetime instead of a date.
 LIMIT_PARAMS = (*(field for field in LIMIT_FIELDS if field != "expires_at"), "expires_in")
-
-Status = Literal["active", "expired", "revoked"]
 
 
 def _invalid(message: str, param: str) -> GatewayError:
@@ -103,14 +100,6 @@ def check_limits(
         if field == "models" and isinstance(checked, tuple):
             check_models(checked, catalog)
     return fields
-
-
-def status(record: KeyRecord, now: float) -> Status:
-    if record.revoked_at is not None:
-        return "revoked"
-    if record.expires_at is not None and now >= record.expires_at:
-        return "expired"
-    return "active"
 
 
 def parse_day(text: str) -> dt.date:
