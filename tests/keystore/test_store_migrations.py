@@ -351,6 +351,17 @@ def test_the_cli_refuses_a_newer_store_with_an_error_not_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_serve_refuses_a_newer_store_with_an_error_not_a_traceback(make_gateway):
+    gateway = make_gateway()
+    KeyStore(gateway.db).close()
+    make_newer(Database("sqlite", str(gateway.db)))
+    with pytest.raises(RuntimeError, match="exited early"):
+        gateway.start()
+    assert gateway.process is not None and gateway.process.returncode == 1
+    log = gateway.log()
+    assert "the key store's schema is at version" in log and "Traceback" not in log, log
+
+
 # -- later versions: each run once, in one transaction -----------------------------------------
 
 # A version 2, as a later release might add.
