@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from gateway_process import Gateway, free_port  # noqa: E402
 
-from typegpt_gateway.keystore.store import KeyStore  # noqa: E402
+from typegpt_gateway.keystore.sqlite import KeyStore  # noqa: E402
 from typegpt_gateway.process import envoy, envoy_config  # noqa: E402
 from typegpt_gateway.settings import Settings  # noqa: E402
 

@@ -9,7 +9,8 @@ from gateway_process import SCRIPTED_FAILURES, Gateway
 from servers import PostgresServer, RedisServer
 
 from typegpt_gateway.keystore.postgres import PostgresKeyStore
-from typegpt_gateway.keystore.store import KeyStore, Store
+from typegpt_gateway.keystore.sqlite import KeyStore
+from typegpt_gateway.keystore.store import Store
 
 
 @pytest.fixture(scope="session")

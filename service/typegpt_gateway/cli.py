@@ -18,8 +18,9 @@ from pydantic import ValidationError
 
 from .errors import GatewayError
 from .keystore.admin import KeyAdmin
+from .keystore.opening import open_store
 from .keystore.records import KeyRecord, parse_duration
-from .keystore.store import BackupUnsupportedError, open_store
+from .keystore.store import BackupUnsupportedError, SchemaTooNewError
 from .redaction import install_log_redaction
 from .settings import Settings
 
@@ -185,7 +186,11 @@ def _when(timestamp: float | None) -> str:
 def _key_admin(db: Path | None) -> Iterator[KeyAdmin]:
     """The key admin core on the local store; its refusals become CLI errors."""
     settings = _settings(db=db)
-    store = open_store(settings)
+    try:
+        store = open_store(settings)
+    except SchemaTooNewError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
     try:
         yield KeyAdmin(store, settings.models)
     except GatewayError as error:

@@ -17,7 +17,8 @@ from counted_store import CountedReads
 import typegpt_gateway
 from typegpt_gateway.api.admin_auth import authorize_admin
 from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.keystore.store import KeyCache, KeyStore
+from typegpt_gateway.keystore.cache import KeyCache
+from typegpt_gateway.keystore.sqlite import KeyStore
 
 CALLS = 200
 ADMIN_KEY = "admin-key-for-unit-tests"

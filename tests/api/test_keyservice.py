@@ -16,8 +16,9 @@ from counted_store import CountedReads
 from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
 from typegpt_gateway.api.key_service import KeyServicer
 from typegpt_gateway.keystore.admin import KeyAdmin
+from typegpt_gateway.keystore.cache import KeyCache
 from typegpt_gateway.keystore.records import KeyRecord
-from typegpt_gateway.keystore.store import KeyCache, KeyStore
+from typegpt_gateway.keystore.sqlite import KeyStore
 
 ADMIN_KEY = "admin-key-for-keyservice-tests"
 ADMIN = (("authorization", f"Bearer {ADMIN_KEY}"),)

@@ -44,7 +44,7 @@ from typegpt_gateway.chat.pipeline import ChatPipeline
 from typegpt_gateway.chat.sse import DONE_FRAME, KEEPALIVE_FRAME
 from typegpt_gateway.chat.usage_meter import UsageMeter
 from typegpt_gateway.keystore.ledger import UsageLedger
-from typegpt_gateway.keystore.store import KeyStore
+from typegpt_gateway.keystore.sqlite import KeyStore
 from typegpt_gateway.ops import observe
 from typegpt_gateway.process.backend import Backend, start_backend
 from typegpt_gateway.process.readiness import ReadinessProbe

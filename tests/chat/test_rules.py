@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 
@@ -81,6 +82,37 @@ def test_authenticate_rules():
         assert caught.value.type == "authentication_error"
     with pytest.raises(GatewayError):
         authenticate(cases[-1][0], lookup, now=200.0)  # expiry is inclusive
+
+
+def test_key_status():
+    key = _record("sk-key")
+    assert records.status(key, 100.0) == "active"
+    assert records.status(dataclasses.replace(key, expires_at=101.0), 100.0) == "active"
+    assert records.status(dataclasses.replace(key, expires_at=100.0), 100.0) == "expired"
+    assert records.status(dataclasses.replace(key, revoked_at=1.0), 100.0) == "revoked"
+    revoked_and_expired = dataclasses.replace(key, revoked_at=1.0, expires_at=99.0)
+    assert records.status(revoked_and_expired, 100.0) == "revoked"
+
+
+@pytest.mark.parametrize("revoked_at", [None, 50.0])
+@pytest.mark.parametrize("expires_at", [None, 99.0, 100.0, 101.0])
+def test_authenticate_refuses_exactly_the_keys_status_calls_inactive(revoked_at, expires_at):
+    """One rule: the admin API shows the status that decides the key's next request."""
+    record = _record("sk-key", revoked_at=revoked_at, expires_at=expires_at)
+    state = records.status(record, 100.0)
+    try:
+        authenticate("Bearer sk-key", {record.key_hash: record}, now=100.0)
+    except GatewayError as refused:
+        assert refused.status == 403
+        assert (
+            refused.message
+            == {
+                "revoked": "Invalid API key: this key has been revoked",
+                "expired": "Invalid API key: this key has expired",
+            }[state]
+        )
+    else:
+        assert state == "active"
 
 
 def test_key_record_repr_shows_no_hash():

@@ -20,7 +20,7 @@ from gateway_process import Gateway
 from openai_shape import assert_error, chat_body, sse_payloads
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
-from typegpt_gateway.keystore.store import KeyStore
+from typegpt_gateway.keystore.sqlite import KeyStore
 
 CHAT = "/v1/chat/completions"
 TOKENS_PER_CALL = PROMPT_TOKENS_PER_MESSAGE + COMPLETION_TOKENS  # the fake's usage for chat_body()

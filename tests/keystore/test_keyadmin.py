@@ -3,14 +3,12 @@ file and a real PostgreSQL."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import pytest
 
 from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.keystore.admin import KeyAdmin, check_limits, check_name, parse_day, status
-from typegpt_gateway.keystore.records import KeyRecord
+from typegpt_gateway.keystore.admin import KeyAdmin, check_limits, check_name, parse_day
 
 CATALOG = ("gpt-4o", "o3", "gpt-5")
 NOW = 1_700_000_000.0
@@ -107,14 +105,6 @@ def test_a_stored_key_under_a_reserved_name_can_still_be_managed(store_factory):
     with pytest.raises(GatewayError) as excinfo:
         admin.create("admin", {})
     assert excinfo.value.status == 400
-
-
-def test_status():
-    record = KeyRecord(name="n", key_hash=b"", prefix="sk-", created_at=NOW)
-    assert status(record, NOW) == "active"
-    assert status(dataclasses.replace(record, expires_at=NOW + 1), NOW) == "active"
-    assert status(dataclasses.replace(record, expires_at=NOW), NOW) == "expired"
-    assert status(dataclasses.replace(record, revoked_at=NOW, expires_at=NOW), NOW) == "revoked"
 
 
 def test_parse_day():

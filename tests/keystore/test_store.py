@@ -17,16 +17,17 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from counted_store import CountedReads
+from old_store_schemas import FIRST_SCHEMA, LEDGER_SCHEMA_POSTGRES, LEDGER_SCHEMA_SQLITE
 
 from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.keystore.cache import KeyCache
 from typegpt_gateway.keystore.postgres import PostgresKeyStore
 from typegpt_gateway.keystore.records import hash_key
+from typegpt_gateway.keystore.sqlite import KeyStore
 from typegpt_gateway.keystore.store import (
     BackupUnsupportedError,
-    KeyCache,
     KeyExistsError,
     KeyNotFoundError,
-    KeyStore,
     Store,
     UsageRow,
 )
@@ -53,7 +54,7 @@ def test_create_get_update_revoke(store_factory):
 
     with pytest.raises(ValueError, match="rpm"):
         store.update("alice", rpm=0)
-    with pytest.raises(ValueError, match="not a key limit"):
+    with pytest.raises(ValueError, match="Unknown limit: key_hash"):
         store.update("alice", key_hash=b"x")
     with pytest.raises(KeyExistsError):
         store.create("alice")
@@ -117,23 +118,6 @@ def test_concurrent_writers_lose_nothing(store_factory):
     for thread in threads:
         thread.join(60)
     assert stores[0].usage("k") == [UsageRow(DAY, "gpt-4o", 60, 120, 180, 0)]
-
-
-# The schema of the first release (before limits and the ledger), verbatim.
-FIRST_SCHEMA = """
-CREATE TABLE IF NOT EXISTS keys (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    key_hash BLOB NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,
-    models TEXT,
-    rpm INTEGER,
-    created_at REAL NOT NULL,
-    expires_at REAL,
-    revoked_at REAL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
-"""
 
 
 def test_sqlite_store_from_the_first_release_is_migrated(tmp_path):
@@ -274,78 +258,16 @@ def test_a_usage_batch_is_counted_once_however_often_it_is_written(store_factory
 
 
 def test_batch_ids_are_forgotten_after_the_retention(store_factory, monkeypatch):
-    import typegpt_gateway.keystore.store
+    import typegpt_gateway.keystore.sql
 
     store = store_factory()
     row = [("k", UsageRow(DAY, "gpt-4o", requests=1))]
     assert store.add_usage(row, batch_id="old") is True
     # Every id is past the retention: the next write prunes them all, so the table stays small.
-    monkeypatch.setattr(typegpt_gateway.keystore.store, "BATCH_ID_RETENTION", -1.0)
+    monkeypatch.setattr(typegpt_gateway.keystore.sql, "BATCH_ID_RETENTION", -1.0)
     assert store.add_usage(row, batch_id="new") is True
     assert store.add_usage(row, batch_id="old") is True
     assert store.usage("k") == [UsageRow(DAY, "gpt-4o", requests=3)]
-
-
-# The SQLite and PostgreSQL schemas of the release before batch ids, verbatim.
-LEDGER_SCHEMA_SQLITE = """
-CREATE TABLE keys (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    key_hash BLOB NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,
-    models TEXT,
-    rpm INTEGER,
-    created_at REAL NOT NULL,
-    expires_at REAL,
-    revoked_at REAL,
-    tpm INTEGER,
-    max_concurrent INTEGER,
-    budget_tokens INTEGER,
-    budget_period TEXT
-);
-CREATE UNIQUE INDEX keys_live_name ON keys(name) WHERE revoked_at IS NULL;
-CREATE TABLE usage (
-    key_name TEXT NOT NULL,
-    day TEXT NOT NULL,
-    model TEXT NOT NULL,
-    requests INTEGER NOT NULL DEFAULT 0,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    errors INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (key_name, day, model)
-);
-"""
-LEDGER_SCHEMA_POSTGRES = """
-CREATE TABLE IF NOT EXISTS keys (
-    id BIGSERIAL PRIMARY KEY,
-    name TEXT NOT NULL,
-    key_hash BYTEA NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,
-    models TEXT,
-    rpm BIGINT,
-    tpm BIGINT,
-    max_concurrent BIGINT,
-    budget_tokens BIGINT,
-    budget_period TEXT,
-    created_at DOUBLE PRECISION NOT NULL,
-    expires_at DOUBLE PRECISION,
-    revoked_at DOUBLE PRECISION
-);
-CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
-CREATE TABLE IF NOT EXISTS usage (
-    key_name TEXT NOT NULL,
-    day TEXT NOT NULL,
-    model TEXT NOT NULL,
-    requests BIGINT NOT NULL DEFAULT 0,
-    prompt_tokens BIGINT NOT NULL DEFAULT 0,
-    completion_tokens BIGINT NOT NULL DEFAULT 0,
-    errors BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (key_name, day, model)
-);
--- PostgreSQL has no SQLite data_version: every write to keys bumps this counter instead.
-CREATE TABLE IF NOT EXISTS keys_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
-INSERT INTO keys_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
-"""
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
@@ -404,7 +326,7 @@ def _call_within(seconds: float, call: Callable[[], object]) -> tuple[BaseExcept
 
 
 def test_sqlite_waits_a_bounded_time_for_another_writer(tmp_path):
-    from typegpt_gateway.keystore.store import LOCK_WAIT
+    from typegpt_gateway.keystore.sql import LOCK_WAIT
 
     store = KeyStore(tmp_path / "keys.db")
     other = sqlite3.connect(tmp_path / "keys.db", isolation_level=None)
@@ -436,7 +358,7 @@ def _table_locked(url: str, table: str) -> Iterator[None]:
 def test_postgres_call_blocked_by_a_lock_fails_within_the_lock_timeout(postgres_server):
     import psycopg
 
-    from typegpt_gateway.keystore.store import LOCK_WAIT
+    from typegpt_gateway.keystore.sql import LOCK_WAIT
 
     url = postgres_server.new_database()
     with contextlib.closing(PostgresKeyStore(url)) as store:
@@ -487,10 +409,11 @@ def test_postgres_call_to_a_stopped_server_is_cut_off_and_holds_up_no_other(
     import psycopg
 
     import typegpt_gateway.keystore.postgres
+    import typegpt_gateway.keystore.sql
     import typegpt_gateway.keystore.store
 
     monkeypatch.setattr(typegpt_gateway.keystore.postgres, "CALL_TIMEOUT", 3.0)
-    monkeypatch.setattr(typegpt_gateway.keystore.store, "LOCK_WAIT", 1.0)
+    monkeypatch.setattr(typegpt_gateway.keystore.sql, "LOCK_WAIT", 1.0)
     url = postgres_server.new_database()
     with contextlib.closing(PostgresKeyStore(url)) as store:
         (backend,) = _backend_pids(url)

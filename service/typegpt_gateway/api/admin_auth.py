@@ -5,8 +5,8 @@ from __future__ import annotations
 import hmac
 
 from ..errors import GatewayError
+from ..keystore.cache import KeyCache
 from ..keystore.records import bearer_token, hash_key
-from ..keystore.store import KeyCache
 
 
 def admin_off() -> GatewayError:

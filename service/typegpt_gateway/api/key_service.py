@@ -18,9 +18,11 @@ from google.protobuf import json_format, struct_pb2
 
 from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
 
-from ..keystore.admin import ADMIN, COUNT_LIMITS, LIMIT_PARAMS, KeyAdmin, parse_day, status
-from ..keystore.records import KeyRecord
-from ..keystore.store import KeyCache, UsageRow
+from ..keystore.admin import ADMIN, LIMIT_PARAMS, KeyAdmin, parse_day
+from ..keystore.cache import KeyCache
+from ..keystore.key_limits import COUNT_LIMITS
+from ..keystore.records import KeyRecord, status
+from ..keystore.store import UsageRow
 from ..ops import observe
 from ..redaction import register_secret
 from .admin_auth import authorize_admin

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 
 from ..errors import GatewayError
+from ..keystore.cache import KeyCache
 from ..keystore.records import KeyRecord
-from ..keystore.store import KeyCache
 from ..ops import observe
 from ..upstream.failover import Failover
 from ..upstream.timeouts import Deadlines

@@ -1,32 +1,24 @@
 """Key administration: the one core behind the `keys` CLI and the KeyService admin API.
 
 It checks what an operator asks for (names, models, limits, lifetimes) and applies it to the
-key store. Both front ends only translate their inputs and outputs; every rule lives here and
-fails with a GatewayError (400 with the offending `param`, 404, 409) that each front end shows
-its own way.
+key store. Both front ends only translate their inputs and outputs; every rule lives here, or
+below it where the store applies it too (the limits' values: key_limits), and fails with a
+GatewayError (400 with the offending `param`, 404, 409) that each front end shows its own way.
 """
 
 from __future__ import annotations
 
 import builtins
 import datetime as dt
-import math
 import re
 import time
 from collections.abc import Collection, Mapping
-from typing import Literal
 
 from ..errors import GatewayError
 from ..ops.observe import UNKNOWN_MODEL
+from .key_limits import LIMIT_FIELDS, InvalidLimit, check_limit
 from .records import KeyRecord, parse_duration
-from .store import (
-    BUDGET_PERIODS,
-    LIMIT_FIELDS,
-    KeyExistsError,
-    KeyNotFoundError,
-    Store,
-    UsageRow,
-)
+from .store import KeyExistsError, KeyNotFoundError, Store, UsageRow
 
 # A name travels in admin URLs (/v1/admin/keys/{name}), metrics labels and log lines.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
@@ -36,18 +28,8 @@ ADMIN = "admin"
 # name the catalog lacks): a client key named so would pass for them. Reserved in any case,
 # since a reader of a dashboard does not tell "Admin" from "admin".
 RESERVED_NAMES = frozenset({ADMIN, UNKNOWN_MODEL})
-# Limits set as whole numbers of at least 1, up to what the admin API's JSON can carry
-# exactly (uint32 fields; budget_tokens is a double, exact to 2^53).
-COUNT_LIMITS = ("rpm", "tpm", "max_concurrent", "budget_tokens")
-_MAX_COUNTS = {"budget_tokens": 2**53}
-_MAX_COUNT = 2**32 - 1
-# The last expiry time the admin API's uint32 Unix seconds can carry (2106-02-07): a later
-# one would be stored, then fail every answer that shows the record.
-_LAST_EXPIRY = 2**32 - 1
 # What create and update accept: the stored limits, with a lifetime instead of a date.
 LIMIT_PARAMS = (*(field for field in LIMIT_FIELDS if field != "expires_at"), "expires_in")
-
-Status = Literal["active", "expired", "revoked"]
 
 
 def _invalid(message: str, param: str) -> GatewayError:
@@ -70,38 +52,12 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_models(models: object, catalog: Collection[str]) -> tuple[str, ...]:
-    if not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
-        raise _invalid("'models' must be a list of model names (null for all models).", "models")
-    wanted = tuple(sorted({model.strip() for model in models if model.strip()}))
-    if not wanted:
-        raise _invalid("'models' must name at least one model (null for all models).", "models")
-    unknown = [model for model in wanted if model not in catalog]
+def check_models(models: tuple[str, ...], catalog: Collection[str]) -> tuple[str, ...]:
+    """`models` (as the limit rule gave them), if the catalog has each."""
+    unknown = [model for model in models if model not in catalog]
     if unknown:
         raise _invalid(f"Not in the model catalog: {', '.join(unknown)}.", "models")
-    return wanted
-
-
-def check_count(param: str, value: object) -> int:
-    most = _MAX_COUNTS.get(param, _MAX_COUNT)
-    # bool is an int in Python; JSON numbers arrive as floats (60.0) through the transcoder.
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value != int(value)
-        or not 1 <= value <= most
-    ):
-        raise _invalid(f"'{param}' must be a whole number from 1 to {most}.", param)
-    return int(value)
-
-
-def check_budget_period(value: object) -> str:
-    if value not in BUDGET_PERIODS:
-        raise _invalid(
-            f"'budget_period' must be one of {', '.join(BUDGET_PERIODS)}.", "budget_period"
-        )
-    return str(value)
+    return models
 
 
 def lifetime_seconds(value: object) -> float:
@@ -123,33 +79,27 @@ def lifetime_seconds(value: object) -> float:
 def check_limits(
     limits: Mapping[str, object], catalog: Collection[str], now: float
 ) -> dict[str, object]:
-    """The store's fields for the given limits (a None value removes that limit). Pure."""
+    """The store's fields for the given limits (a None value removes that limit): the limit
+    rule (key_limits) on each, after the lifetime becomes a time, and models in the catalog.
+    Pure."""
     unknown = set(limits) - set(LIMIT_PARAMS)
     if unknown:
         raise _invalid(f"Unknown limit: {', '.join(sorted(unknown))}.", sorted(unknown)[0])
     fields: dict[str, object] = {}
     for param, value in limits.items():
-        if value is None:
-            fields["expires_at" if param == "expires_in" else param] = None
-        elif param == "models":
-            fields[param] = check_models(value, catalog)
-        elif param == "budget_period":
-            fields[param] = check_budget_period(value)
-        elif param == "expires_in":
-            fields["expires_at"] = expires_at = now + lifetime_seconds(value)
-            if not expires_at <= _LAST_EXPIRY:
-                raise _invalid("'expires_in' is too long: keys expire by 2106.", param)
-        else:
-            fields[param] = check_count(param, value)
+        field = param
+        if param == "expires_in":
+            field = "expires_at"
+            value = None if value is None else now + lifetime_seconds(value)
+        try:
+            fields[field] = checked = check_limit(field, value)
+        except InvalidLimit as refused:
+            if field == "expires_at":
+                raise _invalid("'expires_in' is too long: keys expire by 2106.", param) from None
+            raise _invalid(refused.message, refused.param) from None
+        if field == "models" and isinstance(checked, tuple):
+            check_models(checked, catalog)
     return fields
-
-
-def status(record: KeyRecord, now: float) -> Status:
-    if record.revoked_at is not None:
-        return "revoked"
-    if record.expires_at is not None and now >= record.expires_at:
-        return "expired"
-    return "active"
 
 
 def parse_day(text: str) -> dt.date:

@@ -1,5 +1,5 @@
 """The PostgreSQL key store (DATABASE_URL=postgresql://…), for replicas that share keys and
-the usage ledger across hosts. Same interface and SQL as the SQLite store (`store`)."""
+the usage ledger across hosts. Same interface (`store`) and SQL (`sql`) as the SQLite store."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .store import LOCK_WAIT, BackupUnsupportedError, SqlStore
+from .schema import POSTGRESQL
+from .sql import LOCK_WAIT, SqlStore
+from .store import BackupUnsupportedError
 
 # The store's statements take milliseconds; one running this long is stuck, and it holds the
 # store's one connection (and so every other store call) behind it. Above LOCK_WAIT, so that a
@@ -36,47 +38,6 @@ TCP_SETTINGS = {
     "keepalives_count": 3,
     "tcp_user_timeout": 25_000,
 }
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS keys (
-    id BIGSERIAL PRIMARY KEY,
-    name TEXT NOT NULL,
-    key_hash BYTEA NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,
-    models TEXT,
-    rpm BIGINT,
-    tpm BIGINT,
-    max_concurrent BIGINT,
-    budget_tokens BIGINT,
-    budget_period TEXT,
-    created_at DOUBLE PRECISION NOT NULL,
-    expires_at DOUBLE PRECISION,
-    revoked_at DOUBLE PRECISION
-);
-CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
-CREATE TABLE IF NOT EXISTS usage (
-    key_name TEXT NOT NULL,
-    day TEXT NOT NULL,
-    model TEXT NOT NULL,
-    requests BIGINT NOT NULL DEFAULT 0,
-    prompt_tokens BIGINT NOT NULL DEFAULT 0,
-    completion_tokens BIGINT NOT NULL DEFAULT 0,
-    errors BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (key_name, day, model)
-);
--- PostgreSQL has no SQLite data_version: every write to keys bumps this counter instead.
-CREATE TABLE IF NOT EXISTS keys_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
-INSERT INTO keys_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
--- The usage batches written, so that a batch written again (its commit's answer was lost) is
--- not counted twice.
-CREATE TABLE IF NOT EXISTS ledger_batches (
-    id TEXT PRIMARY KEY,
-    written_at DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ledger_batches_written_at ON ledger_batches(written_at);
-"""
-# Any constant: serialises schema creation between replicas starting at once.
-_SCHEMA_LOCK = 0x7479_7065_6770_74
 
 
 class _Watchdog:
@@ -128,6 +89,7 @@ class _Watchdog:
 
 
 class PostgresKeyStore(SqlStore):
+    _dialect = POSTGRESQL
     _integrity_errors = (psycopg.errors.UniqueViolation,)
 
     def __init__(self, url: str) -> None:
@@ -139,16 +101,14 @@ class PostgresKeyStore(SqlStore):
         self._watchdog = _Watchdog(self._cut_off)
         try:
             self._conn = self._connect()
-            self._create_schema()
         except BaseException:
             self._watchdog.close()
             raise
-
-    def _create_schema(self) -> None:
-        with self._locked(), self._transaction():
-            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                self._conn.execute(statement)
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         return "PostgresKeyStore()"  # the URL may hold a password
@@ -212,7 +172,8 @@ class PostgresKeyStore(SqlStore):
     def backup(self, destination: Path) -> None:
         raise BackupUnsupportedError(
             "a PostgreSQL key store is backed up with PostgreSQL's own tools, e.g. "
-            "`pg_dump --table keys --table usage --table keys_version $DATABASE_URL`"
+            "`pg_dump --table keys --table usage --table keys_version --table schema_version "
+            "$DATABASE_URL`"
         )
 
     def close(self) -> None:

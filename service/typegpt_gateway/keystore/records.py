@@ -7,6 +7,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import GatewayError
 
@@ -47,6 +48,20 @@ class KeyRecord:
         return self.models is None or model in self.models
 
 
+Status = Literal["active", "expired", "revoked"]
+
+
+def status(record: KeyRecord, now: float) -> Status:
+    """Whether the key works at `now`: the one rule behind `authenticate` and the status the
+    admin API and the CLI show. A revoked key is revoked, expired or not; expiry is
+    inclusive."""
+    if record.revoked_at is not None:
+        return "revoked"
+    if record.expires_at is not None and now >= record.expires_at:
+        return "expired"
+    return "active"
+
+
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -85,12 +100,13 @@ def authenticate(
     # The dict finds the candidate by its hash; the comparison itself is constant-time.
     if record is None or not hmac.compare_digest(record.key_hash, digest):
         raise GatewayError(403, "Invalid API key", "authentication_error")
-    if record.revoked_at is not None:
-        raise GatewayError(
-            403, "Invalid API key: this key has been revoked", "authentication_error"
-        )
-    if record.expires_at is not None and now >= record.expires_at:
-        raise GatewayError(403, "Invalid API key: this key has expired", "authentication_error")
+    match status(record, now):
+        case "revoked":
+            raise GatewayError(
+                403, "Invalid API key: this key has been revoked", "authentication_error"
+            )
+        case "expired":
+            raise GatewayError(403, "Invalid API key: this key has expired", "authentication_error")
     return record
 
 

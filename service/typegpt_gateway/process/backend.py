@@ -31,9 +31,11 @@ from ..chat.accounting import Accounting
 from ..chat.catalog import Catalog
 from ..chat.pipeline import ChatPipeline
 from ..keystore.admin import KeyAdmin
+from ..keystore.cache import KeyCache
 from ..keystore.ledger import UsageLedger
+from ..keystore.opening import open_store
 from ..keystore.records import missing_key_error
-from ..keystore.store import KeyCache, Store, open_store
+from ..keystore.store import Store
 from ..limits import Backend as LimiterBackend
 from ..limits import InProcessBackend, Limiter
 from ..redaction import register_url_password

@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..api.status_service import Check
-from ..keystore.store import KeyStore, Store
+from ..keystore.sqlite import KeyStore
+from ..keystore.store import Store
 from ..limits import Backend as LimiterBackend
 from ..limits import LimiterUnavailableError
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
+from ..keystore.store import SchemaTooNewError
 from ..ops.metrics_server import MetricsServer
 from ..settings import Settings
 from ..upstream.upstreams_file import ConfigError
@@ -105,6 +106,9 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         backend = await start_backend(settings)
     except ConfigError as exc:
         logger.error("bad config: %s", exc)
+        return 1
+    except SchemaTooNewError as exc:
+        logger.error("%s", exc)
         return 1
     except RuntimeError as exc:
         logger.error(

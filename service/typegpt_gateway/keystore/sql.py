@@ -1,0 +1,243 @@
+"""The SQL both key stores share (SqlStore): SQLite (`sqlite`) and PostgreSQL (`postgres`)
+subclass it, connect, and supply their dialect's few differences. The SQL below is what both
+dialects accept alike."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+from .key_limits import LIMIT_FIELDS, check_limits
+from .records import SHOWN_PREFIX_CHARS, KeyRecord, hash_key, new_key
+from .schema import Dialect, migrate
+from .store import KeyExistsError, KeyNotFoundError, StoreBusyError, UsageRow
+
+logger = logging.getLogger(__name__)
+
+# How long a call waits for a lock another connection holds (SQLite's busy timeout,
+# PostgreSQL's lock_timeout). Other writers hold theirs for milliseconds (a CLI command, another
+# replica's ledger write); a wait this long means a stuck transaction, and the store's one
+# connection must not stay held behind it.
+LOCK_WAIT = 5.0
+# How long the store remembers a usage batch's id. A batch is retried only by the process that
+# made it and only while its store fails: a week is far beyond that, and the table stays small
+# (an id per flush interval per replica while requests come in).
+BATCH_ID_RETENTION = 7 * 24 * 3600.0
+
+_FIELDS = ("name", "key_hash", "prefix", "created_at", *LIMIT_FIELDS, "revoked_at")
+_COLUMNS = ", ".join(_FIELDS)
+
+
+def _record(row: tuple[Any, ...]) -> KeyRecord:
+    values = dict(zip(_FIELDS, row, strict=True))
+    models = values.pop("models")
+    values["key_hash"] = bytes(values["key_hash"])
+    return KeyRecord(**values, models=tuple(json.loads(models)) if models is not None else None)
+
+
+def _stored(limits: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns' values for `limits`, which the limit rule must accept (else InvalidLimit,
+    a ValueError)."""
+    values = check_limits(limits)
+    models = values.get("models")
+    if isinstance(models, tuple):  # None, else the rule's tuple of names
+        values["models"] = json.dumps(list(models))
+    return values
+
+
+class SqlStore:
+    """The stores' shared logic; subclasses connect and supply the dialect's few differences."""
+
+    _dialect: ClassVar[Dialect]
+    _integrity_errors: tuple[type[Exception], ...] = ()
+
+    def __init__(self) -> None:
+        # One connection, used by the event loop's worker threads one at a time: a
+        # transaction must not interleave with another thread's statements.
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The connection, for one call (calls nest: `update` reads through `get`). Waiting
+        longer than LOCK_WAIT for it fails the call: behind a stuck call, every other one (the
+        ledger, budget reads, key refresh, the admin API) would queue, each holding a thread."""
+        if not self._lock.acquire(timeout=LOCK_WAIT):
+            raise StoreBusyError(f"the key store was busy with another call for {LOCK_WAIT:g} s")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    def _executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        raise NotImplementedError
+        yield
+
+    def _migrate(self) -> None:
+        """Brings the database to the schema this code knows (`schema`), once, whoever else
+        opens it at the same moment; called by the subclass once connected."""
+        with self._locked(), self._transaction():
+            found, latest = migrate(self._execute, self._dialect)
+        if found != latest and found != 0:  # 0: a new database, made at `latest`
+            logger.info(
+                "key store schema upgraded from %s to version %d",
+                "a release before versions" if found is None else f"version {found}",
+                latest,
+            )
+
+    def _changed(self) -> None:
+        """Called inside each write to keys, so that `data_version` moves."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def data_version(self) -> int:
+        raise NotImplementedError
+
+    def create(
+        self, name: str, *, expires_in: float | None = None, **limits: Any
+    ) -> tuple[KeyRecord, str]:
+        """Stores a new key with `limits` (LIMIT_FIELDS; unset is unlimited) and returns its
+        record and the key itself, which is never stored. A budget is monthly unless said."""
+        if not name.strip():
+            raise ValueError("a key needs a name")
+        if limits.get("budget_tokens") is not None and limits.get("budget_period") is None:
+            limits["budget_period"] = "month"
+        limits = {field: None for field in LIMIT_FIELDS} | limits
+        now = time.time()
+        if expires_in is not None:
+            limits["expires_at"] = now + expires_in
+        row = _stored(limits)
+        key = new_key()
+        row |= {
+            "name": name,
+            "key_hash": hash_key(key),
+            "prefix": key[:SHOWN_PREFIX_CHARS],
+            "created_at": now,
+            "revoked_at": None,
+        }
+        placeholders = ", ".join("?" for _ in _FIELDS)
+        try:
+            with self._locked(), self._transaction():
+                self._execute(
+                    f"INSERT INTO keys ({_COLUMNS}) VALUES ({placeholders})",  # noqa: S608
+                    [row[field] for field in _FIELDS],
+                )
+                self._changed()
+        except self._integrity_errors as exc:
+            raise KeyExistsError(f"a live key named {name!r} already exists") from exc
+        return _record(tuple(row[field] for field in _FIELDS)), key
+
+    def revoke(self, name: str) -> None:
+        with self._locked(), self._transaction():
+            cursor = self._execute(
+                "UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (time.time(), name),
+            )
+            if cursor.rowcount == 0:
+                raise KeyNotFoundError(f"no live key named {name!r}")
+            self._changed()
+
+    def get(self, name: str) -> KeyRecord:
+        """The live key of that name."""
+        with self._locked():
+            row = self._execute(
+                f"SELECT {_COLUMNS} FROM keys WHERE name = ? AND revoked_at IS NULL",  # noqa: S608
+                (name,),
+            ).fetchone()
+        if row is None:
+            raise KeyNotFoundError(f"no live key named {name!r}")
+        return _record(row)
+
+    def update(self, name: str, **limits: Any) -> KeyRecord:
+        """Changes limits of the live key `name` in place (its key stays the same); None
+        clears one. A budget without a period is monthly."""
+        values = _stored(limits)
+        with self._locked(), self._transaction():
+            current = self.get(name)
+            if values.get("budget_tokens") is not None and "budget_period" not in values:
+                values["budget_period"] = current.budget_period or "month"
+            if values:
+                assignments = ", ".join(f"{field} = ?" for field in values)
+                self._execute(
+                    f"UPDATE keys SET {assignments} WHERE name = ? AND revoked_at IS NULL",  # noqa: S608
+                    [*values.values(), name],
+                )
+                self._changed()
+            return self.get(name)
+
+    def records(self) -> list[KeyRecord]:
+        with self._locked():
+            rows = self._execute(
+                f"SELECT {_COLUMNS} FROM keys ORDER BY created_at, id"  # noqa: S608
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def by_hash(self) -> dict[bytes, KeyRecord]:
+        return {record.key_hash: record for record in self.records()}
+
+    def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]:
+        """The ledger of key `name` (every key that had the name), oldest day first."""
+        with self._locked():
+            rows = self._execute(
+                "SELECT day, model, requests, prompt_tokens, completion_tokens, errors "
+                "FROM usage WHERE key_name = ? AND day >= ? ORDER BY day, model",
+                (name, (since or dt.date.min).isoformat()),
+            ).fetchall()
+        return [UsageRow(dt.date.fromisoformat(day), *rest) for day, *rest in rows]
+
+    def add_usage(
+        self, entries: Iterable[tuple[str, UsageRow]], *, batch_id: str | None = None
+    ) -> bool:
+        """Adds the counts to the ledger, all or nothing. With a `batch_id`, only once: False
+        (and nothing added) when a batch of that id was already written."""
+        rows = [
+            (
+                name,
+                row.day.isoformat(),
+                row.model,
+                row.requests,
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.errors,
+            )
+            for name, row in entries
+        ]
+        if not rows:
+            return True
+        with self._locked(), self._transaction():
+            if batch_id is not None:
+                now = time.time()
+                recorded = self._execute(
+                    "INSERT INTO ledger_batches (id, written_at) VALUES (?, ?) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (batch_id, now),
+                )
+                if recorded.rowcount == 0:
+                    return False
+                self._execute(
+                    "DELETE FROM ledger_batches WHERE written_at < ?", (now - BATCH_ID_RETENTION,)
+                )
+            self._executemany(
+                "INSERT INTO usage (key_name, day, model, requests, prompt_tokens, "
+                "completion_tokens, errors) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key_name, day, model) DO UPDATE SET "
+                "requests = usage.requests + excluded.requests, "
+                "prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens, "
+                "completion_tokens = usage.completion_tokens + excluded.completion_tokens, "
+                "errors = usage.errors + excluded.errors",
+                rows,
+            )
+        return True
