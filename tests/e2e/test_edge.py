@@ -188,6 +188,8 @@ def test_headers_grpc_metadata_cannot_carry_are_dropped_not_fatal(gateway, api_k
 # Announced but never sent in full: 32 MiB less a little, within the body limit.
 ANNOUNCED_BODY = 33_554_000
 UNFINISHED_BODY = 30 * 1024 * 1024
+# How long Envoy may take to free what it read ahead of refused uploads.
+HELD_MEMORY_WAIT = 15.0
 
 
 def _missing_key_answer(gw: Gateway) -> dict:
@@ -366,8 +368,13 @@ def test_stalled_uploads_without_a_key_hold_no_memory(make_gateway) -> None:
     with ThreadPoolExecutor(6) as pool:
         socks = list(pool.map(lambda _: _stall_upload(gw.http_port, CHAT, sent), range(6)))
     try:
-        grown = _envoy_memory(gw) - baseline
-        assert grown < 16 * 1024 * 1024, f"Envoy grew by {grown / 2**20:.0f} MiB"
+        # Envoy may read ahead of a refused request (its connection buffer holds a 32 MiB body)
+        # and frees that as it closes the connection: what counts is what the stalled uploads
+        # still hold while they stay open, not a transient peak on a busy machine.
+        deadline = time.monotonic() + HELD_MEMORY_WAIT
+        while (grown := _envoy_memory(gw) - baseline) >= 16 * 1024 * 1024:
+            assert time.monotonic() < deadline, f"Envoy holds {grown / 2**20:.0f} MiB more"
+            time.sleep(0.1)
     finally:
         for sock in socks:
             sock.close()
