@@ -106,7 +106,7 @@ def _apply_patch(patch: dict[str, Any], resources: list[Resource], directory: Pa
     if not isinstance(operations, list):
         raise KustomizeError(f"{directory}: only JSON patches (a list of operations) are read")
     targets = [index for index, r in enumerate(resources) if _matches(r, patch["target"])]
-    # kustomize lets a patch match nothing; here that is a mistake in the patch.
+    # A target selecting nothing is no error to kustomize; here it is a mistake in the patch.
     if not targets:
         raise KustomizeError(f"{directory}: patch target {patch['target']} matches nothing")
     for index in targets:

@@ -29,7 +29,7 @@ from typegpt_gateway.api.access import keyless_paths
 from typegpt_gateway.ops import metrics
 from typegpt_gateway.process.supervisor import STOP_GRACE
 from typegpt_gateway.settings import Settings
-from typegpt_gateway.upstream.upstreams_file import load_config
+from typegpt_gateway.upstream.upstreams_file import GatewayConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -157,7 +157,9 @@ def volume_for(container: dict[str, Any], pod: dict[str, Any], path: str) -> dic
     return {**volume, "mount": mount}
 
 
-def upstreams_file(resources: list[Resource], monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Any:
+def upstreams_file(
+    resources: list[Resource], monkeypatch: pytest.MonkeyPatch, tmp: Path
+) -> GatewayConfig:
     """The upstreams file the gateway's GATEWAY_CONFIG names, through its ConfigMap volume,
     loaded by the gateway's own loader."""
     deployment = find(resources, "Deployment", GATEWAY)
