@@ -19,7 +19,7 @@ import pytest
 import yaml
 from google.api import annotations_pb2
 from kubernetes_validate.utils import all_versions
-from kustomization import render, resource_paths
+from kustomization import KustomizeError, render, resource_paths
 from prometheus_client import Counter
 from settings_env import env_names, setting_by_env_name
 from test_deploy_files import COMPOSE_FILE, dockerfile, exec_form
@@ -236,6 +236,67 @@ def test_renderings_hold_what_the_readme_says(rendered: dict[str, list[Resource]
         assert kinds[name] == sorted([*gateway, "Service", "Service", "StatefulSet", "StatefulSet"])
     # The Secret is made by hand, never applied from the repository.
     assert all("Secret" not in k for k in kinds.values())
+
+
+def write_kustomization(directory: Path, **fields: Any) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    document = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump({**document, **fields}))
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("fields", "refused"),
+    [
+        ({"resources": [".."]}, "cycle"),
+        ({"resources": ["../outside.yaml"]}, "outside"),
+        ({"namePrefix": "x-"}, "not rendered"),
+        ({"resources": ["cm.yaml", "cm.yaml"]}, "twice"),
+        (
+            {
+                "resources": ["cm.yaml"],
+                "patches": [
+                    {
+                        "target": {"kind": "ConfigMap", "name": "cm"},
+                        "patch": "- {op: test, path: /data/a, value: '2'}",
+                    }
+                ],
+            },
+            "test failed",
+        ),
+    ],
+)
+def test_the_loader_refuses_what_kubectl_would(
+    tmp_path: Path, fields: dict[str, Any], refused: str
+) -> None:
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}}
+    (tmp_path / "outside.yaml").write_text(yaml.safe_dump(config_map))
+    directory = write_kustomization(tmp_path / "k", **fields)
+    (directory / "cm.yaml").write_text(yaml.safe_dump({**config_map, "data": {"a": "1"}}))
+    with pytest.raises(KustomizeError, match=refused):
+        render(directory)
+
+
+def test_the_loader_applies_json_patches(tmp_path: Path) -> None:
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}}
+    base = write_kustomization(tmp_path / "base", resources=["cm.yaml"])
+    (base / "cm.yaml").write_text(yaml.safe_dump({**config_map, "data": {"a": "1"}}))
+    patch = [
+        {"op": "test", "path": "/data/a", "value": "1"},
+        {"op": "replace", "path": "/data/a", "value": "2"},
+        {"op": "add", "path": "/data/b", "value": "3"},
+        {"op": "add", "path": "/metadata/labels", "value": {"l": "v"}},
+        {"op": "remove", "path": "/metadata/labels/l"},
+    ]
+    target = {"version": "v1", "kind": "ConfigMap", "name": "cm"}
+    overlay = write_kustomization(
+        tmp_path / "overlay",
+        resources=["../base"],
+        patches=[{"target": target, "patch": yaml.safe_dump(patch)}],
+    )
+    (rendered,) = render(overlay)
+    assert rendered["data"] == {"a": "2", "b": "3"}
+    assert rendered["metadata"]["labels"] == {}
 
 
 # --- the gateway's Deployment and the code -------------------------------------------------------
