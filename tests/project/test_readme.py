@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from settings_env import env_names
+
 from typegpt_gateway.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def env_name(field: str) -> str:
-    alias = Settings.model_fields[field].validation_alias
-    choices = getattr(alias, "choices", None)
-    if choices:
-        return str(choices[0])
-    return f"{Settings.model_config['env_prefix']}{field}".upper()
+    return env_names(field)[0]
 
 
 def test_every_setting_is_in_the_configuration_table():
