@@ -11,7 +11,8 @@ bounded by both a request count and a time limit.
 
 `--json PATH` also writes those figures, and what one request costs Redis (for a key with every
 limit, and for an unlimited one): its commands, from `INFO commandstats` (a script's own
-commands counted), the gateway's round trips to it, and Redis's CPU, from `INFO cpu`.
+commands counted), the gateway's round trips to it, Redis's CPU, from `INFO cpu`, and the CPU
+the limiter and its Redis client take in the gateway's process.
 bench/capacity.py reads it.
 """
 
@@ -161,8 +162,9 @@ async def _traffic(url: str, key: KeyRecord, requests: int) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     try:
         calls_before, cpu_before = _redis_counters(client)
-        trips_before = counting.calls
+        trips_before, own_cpu_before = counting.calls, time.process_time()
         await _measure(limiter, key, requests, 60.0)
+        own_cpu = time.process_time() - own_cpu_before
         calls_after, cpu_after = _redis_counters(client)
     finally:
         client.close()
@@ -179,6 +181,8 @@ async def _traffic(url: str, key: KeyRecord, requests: int) -> dict[str, Any]:
         "commands_per_request": sum(commands.values()),
         "round_trips_per_request": (counting.calls - trips_before) / requests,
         "redis_cpu_us_per_request": round((cpu_after - cpu_before) * 1e6 / requests, 1),
+        # The gateway's side: the limiter and the Redis client, in this process.
+        "client_cpu_us_per_request": round(own_cpu * 1e6 / requests, 1),
         "commands": commands,
     }
 
