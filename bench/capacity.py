@@ -8,7 +8,8 @@ measure (what one Redis or PostgreSQL can take) are stated assumptions, printed 
 
     python bench/capacity.py [--run bench/results/run.json] [--limiter bench/results/limiter.json]
         [--open-streams bench/results/open_streams.json] [--target 0.6] [--workers-per-pod N]
-        [--rates 1000,10000,100000] [--active-keys 1000] [--key-changes-per-minute 1]
+        [--envoy-concurrency 1] [--min-pods 2] [--rates 1000,10000,100000]
+        [--active-keys 1000] [--key-changes-per-minute 1]
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Options:
     target: float  # the CPU share a core or a worker is planned to run at
     workers_per_pod: int | None  # None: as many as one Envoy thread keeps up with
     envoy_concurrency: int
+    min_pods: int  # the deployment's floor, for availability
     active_keys: int  # distinct (key, model) pairs the fleet serves per flush interval
     key_changes_per_minute: float
 
@@ -126,9 +128,8 @@ def shape(rate: float, costs: Costs, options: Options, *, limited: bool) -> Shap
     pod_rps = min(per_pod_workers * per_worker, envoy_rps(costs, options))
     python_ms = costs.python_ms + (costs.limiter_ms if limited else 0.0)
     cores = rate * (python_ms + costs.envoy_ms) / 1000 / options.target
-    return Shape(
-        rate, limited, per_worker, per_pod_workers, pod_rps, math.ceil(rate / pod_rps), cores
-    )
+    pods = max(options.min_pods, math.ceil(rate / pod_rps))
+    return Shape(rate, limited, per_worker, per_pod_workers, pod_rps, pods, cores)
 
 
 def ledger_rows_per_request(pod_rps: float, costs: Costs, options: Options) -> float:
@@ -153,7 +154,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def per_request(costs: Costs, options: Options) -> list[str]:
+def per_request(costs: Costs) -> list[str]:
     python_core = 1000 / costs.python_ms
     envoy_core = 1000 / costs.envoy_ms
     both = 1000 / (costs.python_ms + costs.envoy_ms)
@@ -257,7 +258,7 @@ class Ceiling:
 def ceilings(costs: Costs, options: Options) -> list[Ceiling]:
     """The request rates at which each shared part saturates, lowest first."""
     per_worker = worker_rps(costs, options, limited=True)
-    pod_rps = shape(1.0, costs, options, limited=True).pod_rps
+    pod_rps = shape(0.0, costs, options, limited=True).pod_rps
     redis_by_trips = REDIS_ROUND_TRIPS_PER_S / costs.redis_round_trips
     redis_by_cpu = 1e6 / costs.redis_cpu_us
     rows_per_request = ledger_rows_per_request(pod_rps, costs, options)
@@ -327,7 +328,7 @@ def report(
         f"{_n(worker_rps(costs, options, limited=True))} with every key limited in Redis; "
         f"one Envoy thread {_n(envoy_rps(costs, options))}).",
         "",
-        *per_request(costs, options),
+        *per_request(costs),
         "",
         *at_rates(rates, costs, options),
         "",
@@ -355,6 +356,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.6, help="planned CPU share")
     parser.add_argument("--workers-per-pod", type=int, help="default: what one Envoy keeps up with")
     parser.add_argument("--envoy-concurrency", type=int, default=1)
+    parser.add_argument("--min-pods", type=int, default=2, help="the Deployment's minimum")
     parser.add_argument("--rates", default="1000,10000,100000", help="requests/s, comma-separated")
     parser.add_argument("--active-keys", type=int, default=1000)
     parser.add_argument("--key-changes-per-minute", type=float, default=1.0)
@@ -366,6 +368,7 @@ def main() -> None:
         target=args.target,
         workers_per_pod=args.workers_per_pod,
         envoy_concurrency=args.envoy_concurrency,
+        min_pods=args.min_pods,
         active_keys=args.active_keys,
         key_changes_per_minute=args.key_changes_per_minute,
     )
