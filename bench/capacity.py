@@ -24,7 +24,7 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # Assumptions, not measured here.
-# Redis's own benchmark page (redis.io/docs/management/optimization/benchmarks/, source
+# Redis's own benchmark page (https://redis.io/topics/benchmarks, source
 # redis/redis-doc topics/benchmarks.md): one instance without pipelining serves about
 # 100,000-140,000 simple commands a second (Xeon E5520: SET 122,556/s, GET 123,601/s; a
 # Xeon L5420: 93,700-111,700/s), less on small VMs (Linode 2048: about 35,000/s).
@@ -55,6 +55,8 @@ class Costs:
     flush_interval: float
     refresh_interval: float
     store_keys: int
+    ledger_batches: int  # written during the run, one transaction each
+    ledger_seconds: float  # from the first batch to the last
     measured_on: str
 
     @classmethod
@@ -76,6 +78,8 @@ class Costs:
             flush_interval=run["settings"]["GATEWAY_USAGE_FLUSH_INTERVAL"],
             refresh_interval=run["settings"]["GATEWAY_KEY_REFRESH_INTERVAL"],
             store_keys=run["many_keys"]["keys"],
+            ledger_batches=run["ledger"]["batches"],
+            ledger_seconds=run["ledger"]["seconds"],
             measured_on=f"{run['cpus']} cores",
         )
 
@@ -181,8 +185,9 @@ def per_request(costs: Costs) -> list[str]:
         ["Memory per open stream (Envoy + backend)", stream, "open_streams.py"],
         [
             "Ledger: PostgreSQL transactions per process",
-            f"1 per {costs.flush_interval:g} s",
-            "run.py (batches written), GATEWAY_USAGE_FLUSH_INTERVAL",
+            f"at most 1 per {costs.flush_interval:g} s (none while idle)",
+            f"GATEWAY_USAGE_FLUSH_INTERVAL; run.py: {costs.ledger_batches} batches in "
+            f"{costs.ledger_seconds:g} s",
         ],
         [
             "Key cache: version reads per process",
