@@ -9,6 +9,10 @@ large prompt and of many keys, and streaming time-to-first-byte overhead. The ga
 with the default settings.
 
     python bench/run.py [--duration 12] [--streams 16] [--stream-rounds 30] [--keys 100000]
+        [--json PATH]
+
+`--json PATH` also writes the figures (and the batches the usage ledger wrote) to a file, for
+bench/capacity.py.
 
 Needs nginx and wrk (Debian packages `nginx-light` or `nginx`, and `wrk`).
 """
@@ -17,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -314,6 +320,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams")
     parser.add_argument("--stream-rounds", type=int, default=30, help="rounds of streams")
     parser.add_argument("--keys", type=int, default=100_000, help="keys in the many-keys store")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -341,7 +348,7 @@ def main() -> None:
         (workdir / "floor").mkdir()
         floor = Floor(workdir / "floor", json_upstream)
         try:
-            rows = run_loads(args, workdir, json_port, sse_port, *gateways, floor)
+            rows, figures = run_loads(args, workdir, json_port, sse_port, *gateways, floor)
         finally:
             floor.stop()
             for gateway in gateways:
@@ -349,6 +356,8 @@ def main() -> None:
             nginx.terminate()
             nginx.wait()
     print_table(rows)
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 @dataclass
@@ -357,6 +366,7 @@ class Measured:
     cpu_ms: float
     envoy_cpu_ms: float
     rss_mb: float
+    envoy_rss_mb: float = 0.0
 
 
 def measured_load(
@@ -366,12 +376,13 @@ def measured_load(
     envoys = [pid for pid in pids if is_envoy(pid)]
     cpu_before, envoy_before = cpu_seconds(pids), cpu_seconds(envoys)
     load = wrk(url, script, connections, seconds, key)
-    rss = rss_mb(pids)
+    rss, envoy_rss = rss_mb(pids), rss_mb(envoys)
     return Measured(
         load,
         (cpu_seconds(pids) - cpu_before) * 1000 / load.requests,
         (cpu_seconds(envoys) - envoy_before) * 1000 / load.requests,
         rss,
+        envoy_rss,
     )
 
 
@@ -390,6 +401,7 @@ def median_measured(rounds: list[Measured]) -> Measured:
         statistics.median(measured.cpu_ms for measured in rounds),
         statistics.median(measured.envoy_cpu_ms for measured in rounds),
         max(measured.rss_mb for measured in rounds),
+        max(measured.envoy_rss_mb for measured in rounds),
     )
 
 
@@ -402,7 +414,7 @@ def run_loads(
     gw_sse: Gateway,
     gw_many: Gateway,
     floor: Floor,
-) -> list[tuple[str, str, str]]:
+) -> tuple[list[tuple[str, str, str]], dict[str, object]]:
     script = wrk_script(workdir / "post.lua", REQUEST)
     large = {**REQUEST, "messages": [{"role": "user", "content": "x" * LARGE_PROMPT_BYTES}]}
     large_script = wrk_script(workdir / "large.lua", large)
@@ -460,6 +472,7 @@ def run_loads(
         stream_cpu += cpu_seconds(sse_pids) - cpu_before
     stream_cpu_ms = stream_cpu * 1000 / len(via_ttfb)
     ttfb_added = (statistics.median(via_ttfb) - statistics.median(direct_ttfb)) * 1000
+    figures = collect_figures(args, medians, prompt, ttfb_added, stream_cpu_ms, gw_json.db)
 
     return [
         (
@@ -504,7 +517,62 @@ def run_loads(
             "target ≤ 1",
         ),
         ("CPU per stream (ms)", f"{stream_cpu_ms:.2f}", "target ≤ 3"),
-    ]
+    ], figures
+
+
+def _measured_figures(measured: Measured) -> dict[str, float]:
+    return {
+        "rps": round(measured.load.rps, 1),
+        "p50_ms": measured.load.p50_ms,
+        "p99_ms": measured.load.p99_ms,
+        "cpu_ms_per_request": round(measured.cpu_ms, 4),
+        "envoy_cpu_ms_per_request": round(measured.envoy_cpu_ms, 4),
+        "rss_mb": round(measured.rss_mb, 1),
+        "envoy_rss_mb": round(measured.envoy_rss_mb, 1),
+    }
+
+
+def ledger_batches(db: Path) -> dict[str, float]:
+    """The usage batches (one transaction each) the gateway's ledger wrote to its store, and
+    the seconds from the first to the last."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as store:
+        count, first, last = store.execute(
+            "SELECT count(*), min(written_at), max(written_at) FROM ledger_batches"
+        ).fetchone()
+    return {"batches": count, "seconds": round((last - first) if count else 0.0, 2)}
+
+
+def collect_figures(
+    args: argparse.Namespace,
+    medians: dict[str, Measured],
+    prompt: Measured,
+    ttfb_added_ms: float,
+    stream_cpu_ms: float,
+    db: Path,
+) -> dict[str, object]:
+    """What the table shows, as numbers (bench/capacity.py reads them)."""
+    floor1 = medians["floor1"].load.p50_ms
+    direct1 = medians["direct1"].load.p50_ms
+    return {
+        "cpus": len(os.sched_getaffinity(0)),
+        "settings": {name: float(value) for name, value in DEFAULTS.items()},
+        "gateway": _measured_figures(medians["gateway"]),
+        "floor": _measured_figures(medians["floor"]),
+        "direct": _measured_figures(medians["direct"]),
+        "one_connection_added_ms": {
+            "gateway": round(medians["gateway1"].load.p50_ms - direct1, 3),
+            "floor": round(floor1 - direct1, 3),
+        },
+        "many_keys": {"keys": args.keys, **_measured_figures(medians["keys"])},
+        "large_prompt": {"bytes": LARGE_PROMPT_BYTES, **_measured_figures(prompt)},
+        "streams": {
+            "concurrent": args.streams,
+            "chunks": STREAM_CHUNKS,
+            "added_ttfb_ms": round(ttfb_added_ms, 2),
+            "cpu_ms_per_stream": round(stream_cpu_ms, 3),
+        },
+        "ledger": ledger_batches(db),
+    }
 
 
 def print_table(rows: list[tuple[str, str, str]]) -> None:
