@@ -33,6 +33,40 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def bare_envoy(workdir: Path, grpc_port: int) -> Iterator[str]:
+    """The gateway's Envoy alone, rendered as `serve` renders it, in front of whatever listens
+    on `grpc_port` (a test's own gRPC server, or nothing); yields its base URL once it answers."""
+    from typegpt_gateway.process.envoy import binary
+    from typegpt_gateway.process.envoy_config import render_config
+    from typegpt_gateway.settings import Settings
+
+    port = free_port()
+    config = workdir / "envoy.yaml"
+    config.write_text(
+        render_config(Settings(http_port=port, host="127.0.0.1"), grpc_port=grpc_port)
+    )
+    envoy = subprocess.Popen(
+        [str(binary()), "-c", str(config), "--disable-hot-restart", "--log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and envoy.poll() is None, "Envoy did not start"
+                time.sleep(0.1)
+        yield url
+    finally:
+        envoy.terminate()
+        envoy.wait(15)
+
+
 def cli(
     db: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

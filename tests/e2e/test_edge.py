@@ -20,7 +20,7 @@ import grpc
 import httpx
 import pytest
 from fake_upstream import Reply, make_chunk
-from gateway_process import ADMIN_KEY, Gateway, running
+from gateway_process import ADMIN_KEY, Gateway, bare_envoy, running
 from openai_shape import assert_error, chat_body, sse_payloads
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
@@ -29,9 +29,7 @@ from typegpt_gateway.keystore.records import bearer_token
 from typegpt_gateway.process.envoy_config import (
     ADMIN_BODY_BYTES,
     ERROR_STATUSES,
-    render_config,
 )
-from typegpt_gateway.settings import Settings
 
 CHAT = "/v1/chat/completions"
 ALLOWED_ORIGIN = "https://app.example.com"
@@ -636,48 +634,26 @@ class _BareStatusBackend(chat_pb2_grpc.ChatServiceServicer):
 def bare_status_envoy(tmp_path_factory) -> Iterator[Callable[[grpc.StatusCode], httpx.Response]]:
     """The gateway's Envoy, as rendered for `serve`, before a _BareStatusBackend: yields a
     function that sends a chat request the backend refuses with the given code."""
-    import subprocess
-
-    from gateway_process import free_port
-
-    from typegpt_gateway.process.envoy import binary
-
     server = grpc.server(ThreadPoolExecutor(2))
     chat_pb2_grpc.add_ChatServiceServicer_to_server(_BareStatusBackend(), server)
     backend_port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    port = free_port()
-    config = tmp_path_factory.mktemp("bare-status") / "envoy.yaml"
-    config.write_text(
-        render_config(Settings(http_port=port, host="127.0.0.1"), grpc_port=backend_port)
-    )
-    envoy = subprocess.Popen(
-        [str(binary()), "-c", str(config), "--disable-hot-restart", "--log-level", "error"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def refused_with(code: grpc.StatusCode) -> httpx.Response:
-        return httpx.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            json=chat_body(),
-            headers={"authorization": "Bearer sk-any-well-formed-key", "x-bare-status": code.name},
-            timeout=5,
-        )
-
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                refused_with(grpc.StatusCode.INTERNAL)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and envoy.poll() is None, "Envoy did not start"
-                time.sleep(0.1)
-        yield refused_with
+        with bare_envoy(tmp_path_factory.mktemp("bare-status"), backend_port) as url:
+
+            def refused_with(code: grpc.StatusCode) -> httpx.Response:
+                return httpx.post(
+                    f"{url}/v1/chat/completions",
+                    json=chat_body(),
+                    headers={
+                        "authorization": "Bearer sk-any-well-formed-key",
+                        "x-bare-status": code.name,
+                    },
+                    timeout=5,
+                )
+
+            yield refused_with
     finally:
-        envoy.terminate()
-        envoy.wait(15)
         server.stop(0)
 
 

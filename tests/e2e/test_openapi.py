@@ -14,8 +14,6 @@ gateway without an admin key (the one whose limiter is down) for its 403.
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,14 +25,11 @@ import openapi_schema
 import pytest
 import schemathesis
 from fake_upstream import Reply, make_chunk
-from gateway_process import ADMIN_KEY, SCRIPTED_FAILURES, Gateway, free_port, running
+from gateway_process import ADMIN_KEY, SCRIPTED_FAILURES, Gateway, bare_envoy, free_port, running
 from google.api import annotations_pb2
 from openai_shape import chat_body, sse_payloads
 
 from typegpt.gateway.v1 import chat_pb2, keys_pb2, status_pb2
-from typegpt_gateway.process.envoy import binary
-from typegpt_gateway.process.envoy_config import render_config
-from typegpt_gateway.settings import Settings
 
 MAX_BODY = 64 * 1024
 FIRST_BYTE_TIMEOUT = 2
@@ -64,31 +59,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def down_url(tmp_path_factory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("down")
-    port = free_port()
-    config = workdir / "envoy.yaml"
-    config.write_text(
-        render_config(Settings(http_port=port, host="127.0.0.1"), grpc_port=free_port())
-    )
-    envoy = subprocess.Popen(
-        [str(binary()), "-c", str(config), "--disable-hot-restart", "--log-level", "error"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/healthz", timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and envoy.poll() is None, "Envoy did not start"
-                time.sleep(0.1)
+    with bare_envoy(tmp_path_factory.mktemp("down"), grpc_port=free_port()) as url:
         yield url
-    finally:
-        envoy.terminate()
-        envoy.wait(15)
 
 
 @pytest.fixture(scope="module")
