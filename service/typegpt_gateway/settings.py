@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,6 +21,15 @@ DEFAULT_MODELS = (
     "gpt-5-mini",
 )
 MiB = 1024 * 1024
+# The default worker count stops here: past it, one Envoy and the shared key store and ledger
+# are the limit sooner than Python is, and each worker holds its own memory and connections.
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """The CPU cores this process may run on (its affinity, which containers narrow), up to
+    MAX_DEFAULT_WORKERS."""
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS))
 
 
 def default_db_path() -> Path:
@@ -80,6 +90,9 @@ class Settings(BaseSettings):
     # plaintext: loopback unless an operator opens it (Envoy's port 7000 carries the same).
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
+    # Backend processes behind the one Envoy (serve only; --no-envoy always runs one). Each
+    # client key is pinned to one of them, so per-key limits stay exact without Redis.
+    workers: int = Field(default_factory=default_workers, ge=1)
     # 0 lets the OS pick, so that several gateways can share a host.
     envoy_admin_port: int = 0
     # Envoy worker threads (0: one per core). One worker carries several times what one
