@@ -26,10 +26,21 @@ MiB = 1024 * 1024
 MAX_DEFAULT_WORKERS = 8
 
 
-def default_workers() -> int:
-    """The CPU cores this process may run on (its affinity, which containers narrow), up to
-    MAX_DEFAULT_WORKERS."""
-    return max(1, min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS))
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def default_workers(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The CPU cores this process may use, up to MAX_DEFAULT_WORKERS: its affinity (which
+    `--cpuset-cpus` narrows), and under a CPU quota (a container's `--cpus`, a Kubernetes CPU
+    limit: cgroup v2's cpu.max) no more than the quota, rounded up."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 here, or no quota
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
 
 
 def default_db_path() -> Path:

@@ -23,6 +23,7 @@ import pytest
 from fake_upstream import FakeUpstream, Reply
 from gateway_process import Gateway
 from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_shape import assert_error, chat_body
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -143,6 +144,10 @@ def test_the_direct_grpc_port_shares_each_keys_worker(make_gateway):
         # The third request of the minute, over either port, meets the same count.
         with pytest.raises(grpc.RpcError) as refused:
             stub.CreateChatCompletion(request, metadata=metadata, timeout=10)
+        # grpc.health.v1 (the container's health check) answers through Envoy too.
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert_error(httpx.post(f"{gateway.url}{CHAT}", json=chat_body(), headers=headers), 429)
 

@@ -154,6 +154,11 @@ async def _serve_workers(settings: Settings) -> int:
     except ConfigError as exc:
         logger.error("bad config: %s", exc)
         return 1
+    # Before any worker exists: a SIGTERM during start-up must not leave workers behind.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     logger.info("starting %d workers", settings.workers)
     pool = WorkerPool(settings)
     try:
@@ -161,10 +166,9 @@ async def _serve_workers(settings: Settings) -> int:
     except WorkerStartError as exc:
         logger.error("%s", exc)
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    if stop.is_set():
+        await pool.stop(settings.drain_timeout)
+        return 0
     with tempfile.TemporaryDirectory(prefix="typegpt-gateway-") as workdir:
         config_path = Path(workdir) / "envoy.yaml"
         envoy_admin = EnvoyAdmin(admin_address_file(config_path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -38,10 +39,20 @@ STOP_GRACE = 10.0
 # Settings a worker must not take from the gateway's environment: its ports are the pool's,
 # and Envoy, not the worker, speaks TLS on the direct gRPC port.
 _NOT_INHERITED = ("GATEWAY_GRPC_TLS_CERT", "GATEWAY_GRPC_TLS_KEY")
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class WorkerStartError(Exception):
     """A worker did not start serving: the gateway cannot start."""
+
+
+def _end_with_parent() -> None:
+    """In the worker before it runs: SIGTERM (a drain) when `serve` dies without passing one on
+    (SIGKILL, a crash), so that no orphan keeps serving on its port. Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -125,6 +136,7 @@ class WorkerPool:
             "--no-envoy",
             stdin=asyncio.subprocess.DEVNULL,
             env=worker_environment(self._settings, worker, os.environ),
+            preexec_fn=_end_with_parent,
         )
         worker.started = time.monotonic()
         logger.info(
