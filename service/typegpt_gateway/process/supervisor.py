@@ -130,13 +130,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         try:
             metrics = _start_metrics(settings, envoy_admin)
         except OSError as exc:
-            logger.error(
-                "metrics server could not start on %s:%s: %s (pick another --metrics-port, "
-                "or 0 to turn metrics off)",
-                settings.metrics_host,
-                settings.metrics_port,
-                exc,
-            )
+            _log_metrics_failure(settings, exc)
             await backend.stop(0)
             return 1
         try:
@@ -175,7 +169,7 @@ async def _serve_workers(settings: Settings) -> int:
         try:
             metrics = _start_metrics(settings, envoy_admin, pool.metrics_urls)
         except OSError as exc:
-            logger.error("metrics server could not start: %s", exc)
+            _log_metrics_failure(settings, exc)
             await pool.stop(0)
             return 1
 
@@ -222,6 +216,16 @@ def _freeze_startup_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+def _log_metrics_failure(settings: Settings, exc: OSError) -> None:
+    logger.error(
+        "metrics server could not start on %s:%s: %s (pick another --metrics-port, "
+        "or 0 to turn metrics off)",
+        settings.metrics_host,
+        settings.metrics_port,
+        exc,
+    )
 
 
 def _start_metrics(

@@ -55,11 +55,15 @@ def _end_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((WORKER_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free right now (each held until all are picked)."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket())
+            sock.bind((WORKER_HOST, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 @dataclass
@@ -101,9 +105,10 @@ def worker_environment(
 class WorkerPool:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        ports = iter(_free_ports(2 * settings.workers))
         # Metrics port 0 (off) holds for the workers too.
         self.workers = [
-            Worker(i, _free_port(), _free_port() if settings.metrics_port else 0)
+            Worker(i, next(ports), next(ports) if settings.metrics_port else 0)
             for i in range(settings.workers)
         ]
         self._keepers: list[asyncio.Task[None]] = []
