@@ -68,6 +68,16 @@ def _metric(gateway: Gateway, sample_name: str) -> dict[str, float]:
     return dict(by_worker)
 
 
+def _envoy_balancing(gateway: Gateway) -> str:
+    """Envoy's counts of what moves a key between workers: for a failure's message."""
+    url = f"http://127.0.0.1:{gateway.metrics_port}/metrics/envoy"
+    lines = httpx.get(url, timeout=10).text.splitlines()
+    wanted = ("health_check", "upstream_rq_retry", "lb_healthy_panic", "membership_healthy")
+    return "\n".join(
+        line for line in lines if "grpc_backend" in line and any(word in line for word in wanted)
+    )
+
+
 async def _send_all(url: str, keys: list[str], per_key: int) -> dict[str, list[int]]:
     """`per_key` chat requests for each key, CONCURRENCY at a time; the statuses by key."""
     statuses: dict[str, list[int]] = {key: [] for key in keys}
@@ -108,7 +118,7 @@ def test_every_key_gets_exactly_its_rpm_across_two_workers(rpm_load):
     admitted = Counter(codes.count(200) for codes in statuses.values())
     refused = Counter(codes.count(429) for codes in statuses.values())
     # Each worker counting alone would admit up to twice the limit for a key split between them.
-    assert admitted == {RPM: KEYS}
+    assert admitted == {RPM: KEYS}, _envoy_balancing(gateway)
     assert refused == {EXTRA: KEYS}
     assert upstream_requests == KEYS * RPM
     assert gateway.wait_for_log("ready with 2 workers")

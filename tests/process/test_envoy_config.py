@@ -104,7 +104,8 @@ def test_workers_are_one_cluster_pinned_by_key_on_both_listeners() -> None:
     (cluster,) = resources["clusters"]
     assert cluster["lb_policy"] == "RING_HASH"
     (check,) = cluster["health_checks"]
-    assert "grpc_health_check" in check and check["unhealthy_threshold"] == 1
+    # Alive and not draining, not readiness: one worker's doubt must not move its keys.
+    assert check["grpc_health_check"] == {"service_name": "typegpt.gateway.worker"}
     endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in endpoints] == [
         4001,
@@ -122,7 +123,7 @@ def test_workers_are_one_cluster_pinned_by_key_on_both_listeners() -> None:
     for route in _routes(http) + _routes(grpc_listener):
         assert route["route"]["hash_policy"] == [{"header": {"header_name": "authorization"}}]
         # Only what no worker has seen is sent again.
-        assert route["route"]["retry_policy"]["retry_on"] == "connect-failure,refused-stream"
+        assert route["route"]["retry_policy"]["retry_on"] == "connect-failure"
 
 
 def test_either_one_backend_or_workers() -> None:

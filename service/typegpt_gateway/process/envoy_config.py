@@ -30,8 +30,12 @@ DESCRIPTOR = "gateway.pb"
 # The admin API's request bodies (a key's name, models and limits) are a few hundred bytes.
 ADMIN_BODY_BYTES = 64 * 1024
 # Several workers: how often Envoy asks each for grpc.health.v1 (a dead one is out within about
-# this long; requests that meet it before then fail to connect and go to another worker).
+# this long; requests that meet it before then fail to connect and go to another worker), how
+# long an answer may take (a dead worker refuses at once; a busy one must not be taken out),
+# and the service asked: alive and not draining, never readiness (backend.py).
 HEALTH_CHECK_INTERVAL = "0.5s"
+HEALTH_CHECK_TIMEOUT = "5s"
+WORKER_HEALTH_SERVICE = "typegpt.gateway.worker"
 # The direct gRPC listener's header cap: the backend's own metadata limit (backend.py).
 GRPC_HEADERS_KB = 64
 # Indentation of ${backend_balancing} and ${backend_endpoints} in the template.
@@ -144,14 +148,14 @@ def backend_balancing(workers: int) -> str:
         return "# One backend: nothing to balance."
     interval = HEALTH_CHECK_INTERVAL
     health_check = {
-        "timeout": "1s",
+        "timeout": HEALTH_CHECK_TIMEOUT,
         "interval": interval,
         # Without traffic Envoy would check only every 60 s: a worker's death must show at once.
         "no_traffic_interval": interval,
         "unhealthy_interval": interval,
         "unhealthy_threshold": 1,
         "healthy_threshold": 1,
-        "grpc_health_check": {},
+        "grpc_health_check": {"service_name": WORKER_HEALTH_SERVICE},
     }
     lines = ["lb_policy: RING_HASH", f"health_checks: [{json.dumps(health_check)}]"]
     return f"\n{CLUSTER_INDENT}".join(lines)
@@ -171,9 +175,10 @@ def _worker_route_options(workers: int) -> dict[str, object]:
         # Requests without a key hash alike and may go anywhere; each key stays on one worker.
         "hash_policy": [{"header": {"header_name": "authorization"}}],
         # Only requests no worker has seen: a worker that died before the health check
-        # noticed refuses the connection, and another worker answers instead.
+        # noticed refuses the connection, and another worker answers instead. (Not a refused
+        # stream: that worker is alive, and another one would count the key's limits afresh.)
         "retry_policy": {
-            "retry_on": "connect-failure,refused-stream",
+            "retry_on": "connect-failure",
             "num_retries": 2,
             "retry_host_predicate": [previous_hosts],
             "host_selection_retry_max_attempts": 5,
