@@ -88,6 +88,8 @@ class Gateway:
     metrics_port: int = field(default_factory=free_port)
     # With a CA file, the gateway is expected to serve HTTPS that this CA vouches for.
     ca_file: Path | None = None
+    # Backend processes; 1 (one process, as before workers) unless a test asks for more.
+    workers: int = 1
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -159,6 +161,8 @@ class Gateway:
                     str(self.http_port),
                     "--grpc-port",
                     str(self.grpc_port),
+                    "--workers",
+                    str(self.workers),
                     *args,
                 ],
                 env=self.env(),

@@ -90,6 +90,14 @@ def serve(
         Path | None, typer.Option(help="PEM certificate chain: HTTPS on the HTTP port.")
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Backend processes behind Envoy, each client key pinned to one (default: "
+            "the usable CPU cores, at most 8; ignored with --no-envoy).",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway: the gRPC server and the Envoy sidecar on the HTTP port."""
     from .ops.logs import configure
@@ -107,6 +115,7 @@ def serve(
             metrics_port=metrics_port,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            workers=workers,
         )
     except ValidationError as exc:
         problems = "; ".join(error["msg"] for error in exc.errors())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,6 +21,26 @@ DEFAULT_MODELS = (
     "gpt-5-mini",
 )
 MiB = 1024 * 1024
+# The default worker count stops here: past it, one Envoy and the shared key store and ledger
+# are the limit sooner than Python is, and each worker holds its own memory and connections.
+MAX_DEFAULT_WORKERS = 8
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def default_workers(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The CPU cores this process may use, up to MAX_DEFAULT_WORKERS: its affinity (which
+    `--cpuset-cpus` narrows), and under a CPU quota (a container's `--cpus`, a Kubernetes CPU
+    limit: cgroup v2's cpu.max) no more than the quota, rounded up."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 here, or no quota
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
 
 
 def default_db_path() -> Path:
@@ -80,6 +101,9 @@ class Settings(BaseSettings):
     # plaintext: loopback unless an operator opens it (Envoy's port 7000 carries the same).
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
+    # Backend processes behind the one Envoy (serve only; --no-envoy always runs one). Each
+    # client key is pinned to one of them, so per-key limits stay exact without Redis.
+    workers: int = Field(default_factory=default_workers, ge=1)
     # 0 lets the OS pick, so that several gateways can share a host.
     envoy_admin_port: int = 0
     # Envoy worker threads (0: one per core). One worker carries several times what one

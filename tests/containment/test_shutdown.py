@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import signal
 
+import pytest
 from steady_load import SteadyLoad
 
 
-def test_sigterm_under_load_loses_nothing_from_the_ledger(make_gateway):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_under_load_loses_nothing_from_the_ledger(make_gateway, workers):
     # A flush interval longer than the test: only the writes of the drain can save the usage.
-    gateway = make_gateway(extra_env={"GATEWAY_USAGE_FLUSH_INTERVAL": "3600"}).start()
+    gateway = make_gateway(
+        workers=workers, extra_env={"GATEWAY_USAGE_FLUSH_INTERVAL": "3600"}
+    ).start()
     names = [f"client-{number}" for number in range(3)]
     keys = {name: gateway.wait_for_key(gateway.create_key(name)) for name in names}
     with SteadyLoad(gateway, list(keys.values()), clients_per_key=2) as load:
@@ -30,3 +34,6 @@ def test_sigterm_under_load_loses_nothing_from_the_ledger(make_gateway):
     )
     assert ledger == {name: load.succeeded_by_key[keys[name]] for name in names}
     assert sum(ledger.values()) >= 150
+    # Every process finished its drain: the workers (SIGTERM passed on) and serve itself.
+    processes = 1 if workers == 1 else workers + 1
+    assert gateway.log().count('"stopped; ') == processes

@@ -79,3 +79,55 @@ def test_rendered_lua_filter_types_every_status_as_the_backend_does() -> None:
     lua_file = (assets_dir() / LUA_FILTER).read_text()
     assert source.replace(table, "{" + LUA_ERROR_TYPES_MARKER + "}") == lua_file
     assert source == lua_source()
+
+
+def _routes(listener: dict) -> list[dict]:
+    (host,) = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+        "virtual_hosts"
+    ]
+    return host["routes"]
+
+
+def test_one_backend_has_one_listener_and_no_balancing() -> None:
+    config = yaml.safe_load(render_config(Settings(), grpc_port=1))
+    resources = config["static_resources"]
+    assert [listener["name"] for listener in resources["listeners"]] == ["http"]
+    (cluster,) = resources["clusters"]
+    assert "lb_policy" not in cluster and "health_checks" not in cluster
+    assert all("hash_policy" not in route["route"] for route in _routes(resources["listeners"][0]))
+
+
+def test_workers_are_one_cluster_pinned_by_key_on_both_listeners() -> None:
+    settings = Settings(grpc_host="127.0.0.1", grpc_port=50051, grpc_max_concurrent_streams=7)
+    config = yaml.safe_load(render_config(settings, worker_ports=[4001, 4002]))
+    resources = config["static_resources"]
+    (cluster,) = resources["clusters"]
+    assert cluster["lb_policy"] == "RING_HASH"
+    (check,) = cluster["health_checks"]
+    # Alive and not draining, not readiness: one worker's doubt must not move its keys.
+    assert check["grpc_health_check"] == {"service_name": "typegpt.gateway.worker"}
+    endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in endpoints] == [
+        4001,
+        4002,
+    ]
+    http, grpc_listener = resources["listeners"]
+    assert grpc_listener["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 50051,
+    }
+    manager = grpc_listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["http2_protocol_options"]["max_concurrent_streams"] == 7
+    # No transcoder, no Lua on the direct gRPC port: the router alone.
+    assert [f["name"] for f in manager["http_filters"]] == ["envoy.filters.http.router"]
+    for route in _routes(http) + _routes(grpc_listener):
+        assert route["route"]["hash_policy"] == [{"header": {"header_name": "authorization"}}]
+        # Only what no worker has seen is sent again.
+        assert route["route"]["retry_policy"]["retry_on"] == "connect-failure"
+
+
+def test_either_one_backend_or_workers() -> None:
+    with pytest.raises(ValueError):
+        render_config(Settings())
+    with pytest.raises(ValueError):
+        render_config(Settings(), grpc_port=1, worker_ports=[2, 3])

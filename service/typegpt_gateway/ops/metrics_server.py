@@ -1,6 +1,8 @@
 """The metrics HTTP server, on its own port (GATEWAY_METRICS_PORT, 9464), never the public one.
 
-`/metrics` is the gateway's registry (metrics.py); `/metrics/envoy` relays Envoy's own
+`/metrics` is the gateway's registry (metrics.py), or with several workers every worker's
+samples, fetched from each worker's own metrics server on loopback and merged
+(metrics_merge.py); `/metrics/envoy` relays Envoy's own
 statistics, which the Envoy sidecar fetches from its admin interface (bound to 127.0.0.1).
 """
 
@@ -9,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .metrics import REGISTRY
+from .metrics_merge import merge
 
 ENVOY_STATS_PATH = "/metrics/envoy"
 SERVER_NAME = "typegpt-gateway"
@@ -31,6 +35,8 @@ MAX_CONNECTIONS = 64
 LINGER_SECONDS = 1.0
 # Start and stop of the server's thread (stopping waits for answers being written).
 CALL_TIMEOUT = 10.0
+# Longest wait for one worker's metrics, for one scrape.
+WORKER_TIMEOUT = 5.0
 _TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 _T = TypeVar("_T")
@@ -92,12 +98,15 @@ class MetricsServer:
         port: int,
         envoy_stats: EnvoyStats | None,
         registry: CollectorRegistry = REGISTRY,
+        *,
+        workers: Sequence[str] = (),
     ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # Bound here, so that a port in use is an OSError for the caller.
         sock = socket.create_server((host, port), family=family)
         self.port: int = sock.getsockname()[1]
         self._envoy_stats = envoy_stats
+        self._workers = tuple(workers)
         self._registry_answer = make_aiohttp_handler(registry)
         self._loop = asyncio.new_event_loop()
         # aiohttp gzips an answer over 1 MiB in the loop's default executor: one thread.
@@ -131,6 +140,8 @@ class MetricsServer:
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         if request.path == ENVOY_STATS_PATH:
             return await self._relay_envoy_stats()
+        if self._workers:
+            return await self._merged_workers()
         # prometheus-client types its handler for a routed web.Request, but it reads only the
         # query and headers, which the low-level server's BaseRequest has.
         return await self._registry_answer(request)  # type: ignore[arg-type]
@@ -144,6 +155,14 @@ class MetricsServer:
         except StatsUnavailable as exc:
             status, body = 503, f"Envoy stats unavailable: {exc}\n".encode()
         return web.Response(status=status, body=body, headers={"Content-Type": _TEXT_FORMAT})
+
+    async def _merged_workers(self) -> web.Response:
+        timeout = aiohttp.ClientTimeout(total=WORKER_TIMEOUT)
+        # No proxy from the environment (trust_env is off): the workers are on loopback.
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            texts = await asyncio.gather(*(_read(session, url) for url in self._workers))
+        body = merge([(str(index), text) for index, text in enumerate(texts)])
+        return web.Response(body=body, headers={"Content-Type": _TEXT_FORMAT})
 
     async def _stop(self) -> None:
         await self._runner.cleanup()
@@ -160,3 +179,14 @@ class MetricsServer:
             self._call(self._stop())
         finally:
             self._halt()
+
+
+async def _read(session: aiohttp.ClientSession, url: str) -> str | None:
+    """A worker's exposition, or None while it cannot answer (dead, restarting)."""
+    try:
+        async with session.get(url) as reply:
+            if reply.status != 200:
+                return None
+            return await reply.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return None

@@ -41,6 +41,7 @@ from ..limits import InProcessBackend, Limiter
 from ..redaction import register_url_password
 from ..settings import MiB, Settings
 from ..upstream.failover import Failover
+from .envoy_config import WORKER_HEALTH_SERVICE
 from .readiness import ReadinessProbe, key_store_check, rate_limits_check
 
 logger = logging.getLogger(__name__)
@@ -212,6 +213,10 @@ async def start_backend(settings: Settings) -> Backend:
             await health_servicer.set(name, status)
 
     await report_health(True)
+    # Alive and not draining (enter_graceful_shutdown turns it NOT_SERVING): what Envoy asks
+    # of each worker. Not readiness, which workers share (the key store, Redis): one worker's
+    # passing doubt must not move its keys, and so their limits' counts, to another.
+    await health_servicer.set(WORKER_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     ledger_writer = asyncio.create_task(accounting.ledger.run())
     health_watcher = asyncio.create_task(readiness.watch(report_health))
     return Backend(

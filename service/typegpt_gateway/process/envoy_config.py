@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -28,6 +29,18 @@ LUA_SOURCE_INDENT = " " * 18
 DESCRIPTOR = "gateway.pb"
 # The admin API's request bodies (a key's name, models and limits) are a few hundred bytes.
 ADMIN_BODY_BYTES = 64 * 1024
+# Several workers: how often Envoy asks each for grpc.health.v1 (a dead one is out within about
+# this long; requests that meet it before then fail to connect and go to another worker), how
+# long an answer may take (a dead worker refuses at once; a busy one must not be taken out),
+# and the service asked: alive and not draining, never readiness (backend.py).
+HEALTH_CHECK_INTERVAL = "0.5s"
+HEALTH_CHECK_TIMEOUT = "5s"
+WORKER_HEALTH_SERVICE = "typegpt.gateway.worker"
+# The direct gRPC listener's header cap: the backend's own metadata limit (backend.py).
+GRPC_HEADERS_KB = 64
+# Indentation of ${backend_balancing} and ${backend_endpoints} in the template.
+CLUSTER_INDENT = " " * 4
+ENDPOINTS_INDENT = " " * 8
 
 
 def assets_dir() -> Path:
@@ -50,11 +63,18 @@ def connect_host_for(bind_host: str) -> str:
 def render_config(
     settings: Settings,
     *,
-    grpc_port: int,
+    grpc_port: int | None = None,
+    worker_ports: Sequence[int] = (),
     backend_host: str | None = None,
     assets: Path | None = None,
 ) -> str:
+    """Envoy's config in front of one backend on `grpc_port`, or in front of the workers on
+    `worker_ports` (loopback), with the direct gRPC port (settings.grpc_port) on Envoy too."""
+    if (grpc_port is None) == (not worker_ports):
+        raise ValueError("give either grpc_port (one backend) or worker_ports")
     assets = assets or assets_dir()
+    host = backend_host or connect_host_for(settings.grpc_host)
+    ports = list(worker_ports) if grpc_port is None else [grpc_port]
     # The template is always read here; `assets` is where Envoy will find the files.
     template = Template((assets_dir() / CONFIG_TEMPLATE).read_text())
     cors_filter, cors_policy = cors.envoy_config(settings.cors_origins)
@@ -62,13 +82,15 @@ def render_config(
         admin_port=settings.envoy_admin_port,
         http_host=settings.host,
         http_port=settings.http_port,
-        backend_host=backend_host or connect_host_for(settings.grpc_host),
-        grpc_port=grpc_port,
+        backend_endpoints=backend_endpoints(host, ports),
+        backend_balancing=backend_balancing(len(worker_ports)),
+        route_balancing=route_balancing(len(worker_ports)),
+        grpc_listener=grpc_listener(settings, workers=len(worker_ports)),
         lua_source=_literal_block(lua_source(), LUA_SOURCE_INDENT),
         descriptor_path=assets / DESCRIPTOR,
         max_body_bytes=settings.max_body_bytes,
         admin_body_bytes=ADMIN_BODY_BYTES,
-        keyless_routes=keyless_routes(),
+        keyless_routes=keyless_routes(len(worker_ports)),
         missing_key=lua_refusal(missing_key_error()),
         max_connections=settings.max_connections,
         grpc_max_concurrent_streams=settings.grpc_max_concurrent_streams,
@@ -101,13 +123,125 @@ def _literal_block(text: str, indent: str) -> str:
     return "\n".join([lines[0], *(indent + line if line else "" for line in lines[1:])])
 
 
-def keyless_routes() -> str:
+def keyless_routes(workers: int = 0) -> str:
     """Routes of their own for keyless_paths, without the Lua filter's missing-key answer.
     Lines of one-line JSON, which is YAML, at the template's indentation."""
-    routes = [
-        {"match": {"path": path}, "route": {"cluster": "grpc_backend"}} for path in keyless_paths()
-    ]
+    route = {"cluster": "grpc_backend", **_worker_route_options(workers)}
+    routes = [{"match": {"path": path}, "route": route} for path in keyless_paths()]
     return "\n              ".join(f"- {json.dumps(route)}" for route in routes)
+
+
+def backend_endpoints(host: str, ports: Sequence[int]) -> str:
+    """The backend cluster's endpoints, one line of JSON each."""
+    lines = [
+        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+        for port in ports
+    ]
+    return f"\n{ENDPOINTS_INDENT}".join(f"- {json.dumps(line)}" for line in lines)
+
+
+def backend_balancing(workers: int) -> str:
+    """With several workers: every request of one client key to the same worker (a consistent
+    hash of its Authorization header, route_balancing), and none to a worker that is down or
+    draining (grpc.health.v1, asked every HEALTH_CHECK_INTERVAL)."""
+    if not workers:
+        return "# One backend: nothing to balance."
+    interval = HEALTH_CHECK_INTERVAL
+    health_check = {
+        "timeout": HEALTH_CHECK_TIMEOUT,
+        "interval": interval,
+        # Without traffic Envoy would check only every 60 s: a worker's death must show at once.
+        "no_traffic_interval": interval,
+        "unhealthy_interval": interval,
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "grpc_health_check": {"service_name": WORKER_HEALTH_SERVICE},
+    }
+    lines = ["lb_policy: RING_HASH", f"health_checks: [{json.dumps(health_check)}]"]
+    return f"\n{CLUSTER_INDENT}".join(lines)
+
+
+def _worker_route_options(workers: int) -> dict[str, object]:
+    if not workers:
+        return {}
+    previous_hosts = {
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+        },
+    }
+    return {
+        # Requests without a key hash alike and may go anywhere; each key stays on one worker.
+        "hash_policy": [{"header": {"header_name": "authorization"}}],
+        # Only requests no worker has seen: a worker that died before the health check
+        # noticed refuses the connection, and another worker answers instead. (Not a refused
+        # stream: that worker is alive, and another one would count the key's limits afresh.)
+        "retry_policy": {
+            "retry_on": "connect-failure",
+            "num_retries": 2,
+            "retry_host_predicate": [previous_hosts],
+            "host_selection_retry_max_attempts": 5,
+        },
+    }
+
+
+def route_balancing(workers: int) -> str:
+    """What a route to the backend adds with several workers, as more entries of its flow
+    mapping (JSON is YAML), or nothing."""
+    options = _worker_route_options(workers)
+    return "".join(f", {key}: {json.dumps(value)}" for key, value in options.items())
+
+
+def grpc_listener(settings: Settings, *, workers: int) -> str:
+    """With several workers, the direct gRPC port is Envoy's too, so that its callers meet the
+    same pinning of keys: a plain HTTP/2 proxy (no transcoder, no Lua: gRPC clients get the
+    backend's own answers, as on the backend's own port)."""
+    if not workers:
+        return "# The direct gRPC port is the backend's own."
+    route = {
+        "match": {"prefix": "/"},
+        "route": {"cluster": "grpc_backend", "timeout": "0s", **_worker_route_options(workers)},
+    }
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "grpc",
+        "codec_type": "HTTP2",
+        "server_header_transformation": "PASS_THROUGH",
+        # The backend names requests itself, as on its own port.
+        "generate_request_id": False,
+        "max_request_headers_kb": GRPC_HEADERS_KB,
+        "stream_idle_timeout": f"{stream_idle_timeout(settings)}s",
+        "http2_protocol_options": {"max_concurrent_streams": settings.grpc_max_concurrent_streams},
+        "route_config": {
+            "name": "grpc",
+            "virtual_hosts": [{"name": "grpc", "domains": ["*"], "routes": [route]}],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                    "suppress_envoy_headers": True,
+                },
+            }
+        ],
+    }
+    hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}
+    chain: dict[str, object] = {"filters": [hcm]}
+    tls = _downstream_tls(settings.grpc_tls_cert, settings.grpc_tls_key)
+    if tls is not None:
+        chain["transport_socket"] = tls
+    listener = {
+        "name": "grpc",
+        "address": {
+            "socket_address": {"address": settings.grpc_host, "port_value": settings.grpc_port}
+        },
+        "per_connection_buffer_limit_bytes": settings.max_body_bytes + MiB,
+        "filter_chains": [chain],
+    }
+    return f"- {json.dumps(listener)}"
 
 
 def lua_refusal(error: GatewayError) -> str:
@@ -129,13 +263,21 @@ def _duration(seconds: float) -> str:
 
 def transport_socket(cert: Path | None, key: Path | None) -> str:
     """The HTTP listener's TLS setting, one line of YAML, or a comment when there is none."""
-    if cert is None or key is None:
+    tls = _downstream_tls(cert, key)
+    if tls is None:
         return "# Plain HTTP: no TLS certificate configured (--tls-cert/--tls-key)."
+    # JSON is YAML: one line that needs no indentation care.
+    return f"transport_socket: {json.dumps(tls)}"
+
+
+def _downstream_tls(cert: Path | None, key: Path | None) -> dict[str, object] | None:
+    if cert is None or key is None:
+        return None
     files = {
         "certificate_chain": {"filename": str(cert.expanduser().resolve())},
         "private_key": {"filename": str(key.expanduser().resolve())},
     }
-    tls = {
+    return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": "type.googleapis.com/"
@@ -147,5 +289,3 @@ def transport_socket(cert: Path | None, key: Path | None) -> str:
             },
         },
     }
-    # JSON is YAML: one line that needs no indentation care.
-    return f"transport_socket: {json.dumps(tls)}"

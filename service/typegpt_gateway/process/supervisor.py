@@ -1,4 +1,5 @@
-"""`typegpt-gateway serve`: the gRPC backend in this process, Envoy beside it, both supervised.
+"""`typegpt-gateway serve`: the gRPC backend in this process, Envoy beside it, both supervised;
+or, with several workers (GATEWAY_WORKERS), the backends in worker processes (workers.py).
 
 Either one dying ends the other with a clear log line and a non-zero exit. SIGINT/SIGTERM
 drain, then exit 0: readiness turns not-ready, Envoy stops accepting connections, requests and
@@ -14,6 +15,7 @@ import logging
 import signal
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +23,7 @@ import aiohttp
 from ..keystore.store import SchemaTooNewError
 from ..ops.metrics_server import MetricsServer
 from ..settings import Settings
-from ..upstream.upstreams_file import ConfigError
+from ..upstream.upstreams_file import ConfigError, upstream_specs
 from .backend import Backend, start_backend
 from .envoy import (
     EnvoyAdmin,
@@ -31,6 +33,7 @@ from .envoy import (
     start_envoy,
 )
 from .envoy_config import render_config
+from .workers import WorkerPool, WorkerStartError
 
 logger = logging.getLogger("typegpt_gateway")
 
@@ -102,6 +105,8 @@ def _warn_missing_keys(backend: Backend) -> None:
 
 
 async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
+    if with_envoy and settings.workers > 1:
+        return await _serve_workers(settings)
     try:
         backend = await start_backend(settings)
     except ConfigError as exc:
@@ -125,13 +130,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         try:
             metrics = _start_metrics(settings, envoy_admin)
         except OSError as exc:
-            logger.error(
-                "metrics server could not start on %s:%s: %s (pick another --metrics-port, "
-                "or 0 to turn metrics off)",
-                settings.metrics_host,
-                settings.metrics_port,
-                exc,
-            )
+            _log_metrics_failure(settings, exc)
             await backend.stop(0)
             return 1
         try:
@@ -139,6 +138,74 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         finally:
             if metrics is not None:
                 metrics.close()
+
+
+async def _serve_workers(settings: Settings) -> int:
+    """`serve` with several workers: no backend in this process, the workers (workers.py)
+    behind Envoy, which also carries the direct gRPC port; /metrics merges the workers'."""
+    try:
+        upstream_specs(settings)  # a bad upstreams file: one message, before any worker starts
+    except ConfigError as exc:
+        logger.error("bad config: %s", exc)
+        return 1
+    # Before any worker exists: a SIGTERM during start-up must not leave workers behind.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    logger.info("starting %d workers", settings.workers)
+    pool = WorkerPool(settings)
+    try:
+        await pool.start()
+    except WorkerStartError as exc:
+        logger.error("%s", exc)
+        return 1
+    if stop.is_set():
+        await pool.stop(settings.drain_timeout)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="typegpt-gateway-") as workdir:
+        config_path = Path(workdir) / "envoy.yaml"
+        envoy_admin = EnvoyAdmin(admin_address_file(config_path))
+        try:
+            metrics = _start_metrics(settings, envoy_admin, pool.metrics_urls)
+        except OSError as exc:
+            _log_metrics_failure(settings, exc)
+            await pool.stop(0)
+            return 1
+
+        async def drain() -> None:
+            logger.info(
+                "draining: refusing new requests; every worker's in-flight ones get up to %gs",
+                settings.drain_timeout,
+            )
+            if not await envoy_admin.stop_listening():
+                logger.warning("could not close Envoy's listeners; stopping the workers anyway")
+            await pool.stop(settings.drain_timeout)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_GRACE):
+                    await envoy_admin.wait_idle()
+
+        async def abort() -> None:
+            await pool.stop(STOP_GRACE)
+
+        try:
+            config = render_config(settings, worker_ports=pool.grpc_ports)
+            code, waits = await _run_envoy(
+                settings,
+                config,
+                config_path,
+                envoy_admin,
+                stop,
+                drain,
+                abort,
+                grpc_port=settings.grpc_port,
+                workers=settings.workers,
+            )
+        finally:
+            if metrics is not None:
+                metrics.close()
+    _report_leftovers(*waits)
+    return code
 
 
 def _freeze_startup_heap() -> None:
@@ -151,11 +218,25 @@ def _freeze_startup_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
-def _start_metrics(settings: Settings, envoy_admin: EnvoyAdmin | None) -> MetricsServer | None:
+def _log_metrics_failure(settings: Settings, exc: OSError) -> None:
+    logger.error(
+        "metrics server could not start on %s:%s: %s (pick another --metrics-port, "
+        "or 0 to turn metrics off)",
+        settings.metrics_host,
+        settings.metrics_port,
+        exc,
+    )
+
+
+def _start_metrics(
+    settings: Settings, envoy_admin: EnvoyAdmin | None, workers: Sequence[str] = ()
+) -> MetricsServer | None:
     if settings.metrics_port == 0:
         return None
     envoy_stats = envoy_admin.prometheus_stats if envoy_admin is not None else None
-    metrics = MetricsServer(settings.metrics_host, settings.metrics_port, envoy_stats)
+    metrics = MetricsServer(
+        settings.metrics_host, settings.metrics_port, envoy_stats, workers=workers
+    )
     logger.info(
         "metrics on http://%s:%s/metrics (Envoy's at /metrics/envoy)",
         _url_host(settings.metrics_host),
@@ -184,6 +265,35 @@ async def _supervise(
         return 0
 
     config = render_config(settings, grpc_port=backend.local_port)
+
+    async def drain() -> None:
+        await _drain(backend, settings, envoy_admin)
+
+    async def abort() -> None:
+        await backend.stop(STOP_GRACE)
+
+    code, waits = await _run_envoy(
+        settings, config, config_path, envoy_admin, stop, drain, abort, grpc_port=backend.port
+    )
+    _report_leftovers(refresher, *waits)
+    return code
+
+
+async def _run_envoy(
+    settings: Settings,
+    config: str,
+    config_path: Path,
+    envoy_admin: EnvoyAdmin,
+    stop: asyncio.Event,
+    drain: Callable[[], Awaitable[None]],
+    abort: Callable[[], Awaitable[None]],
+    *,
+    grpc_port: int,
+    workers: int = 1,
+) -> tuple[int, tuple[asyncio.Task[object], ...]]:
+    """Runs Envoy in front of the backend until `stop` is set (then `drain`, and Envoy stops)
+    or Envoy exits (then `abort`, and the exit code is 1). Returns the exit code and the tasks
+    it made, for _report_leftovers."""
     await asyncio.to_thread(config_path.write_text, config)
     envoy = await start_envoy(settings, config_path)
     assert envoy.stdout is not None
@@ -192,12 +302,14 @@ async def _supervise(
     base = f"{scheme}://{_url_host(connect_host(settings))}:{settings.http_port}"
     if await _wait_until_healthy(f"{base}/healthz", envoy) and not stop.is_set():
         logger.info(
-            "typegpt-gateway ready: POST %s/v1/chat/completions (OpenAI base URL %s/v1); "
-            "gRPC on %s:%s; listening on %s",
+            "typegpt-gateway ready with %d worker%s: POST %s/v1/chat/completions (OpenAI "
+            "base URL %s/v1); gRPC on %s:%s; listening on %s",
+            workers,
+            "" if workers == 1 else "s",
             base,
             base,
             settings.grpc_host,
-            backend.port,
+            grpc_port,
             settings.host,
         )
     elif envoy.returncode is None:
@@ -211,9 +323,9 @@ async def _supervise(
     if envoy_exit.done():
         logger.error("Envoy exited with code %s; stopping the gateway", envoy.returncode)
         code = 1
-        await backend.stop(STOP_GRACE)
+        await abort()
     else:
-        await _drain(backend, settings, envoy_admin)
+        await drain()
         logger.info("stopping Envoy")
         envoy.terminate()
         try:
@@ -223,5 +335,4 @@ async def _supervise(
             await envoy_exit
     stopped.cancel()
     await relay  # Envoy has exited: its last lines are in the pipe
-    _report_leftovers(refresher, stopped, envoy_exit)
-    return code
+    return code, (stopped, envoy_exit)
