@@ -27,6 +27,7 @@ from test_deploy_files import COMPOSE_FILE, dockerfile, exec_form
 from typegpt.gateway.v1 import status_pb2
 from typegpt_gateway.api.access import keyless_paths
 from typegpt_gateway.ops import metrics
+from typegpt_gateway.process import workers
 from typegpt_gateway.process.supervisor import STOP_GRACE
 from typegpt_gateway.settings import Settings
 from typegpt_gateway.upstream.upstreams_file import GatewayConfig, load_config
@@ -402,8 +403,10 @@ def test_grace_period_covers_pre_stop_and_drain(
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep" and len(command) == 2, command
     pre_stop = float(command[1])
-    # serve's shutdown after SIGTERM: the drain, Envoy's last bytes, Envoy's exit.
-    shutdown = settings.drain_timeout + 2 * STOP_GRACE
+    # serve's shutdown after SIGTERM: the drain (with several workers, each worker's drain
+    # and its own grace to exit), Envoy's last bytes, Envoy's exit.
+    drain = settings.drain_timeout + (workers.STOP_GRACE if settings.workers > 1 else 0)
+    shutdown = drain + 2 * STOP_GRACE
     assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= pre_stop + shutdown
 
 
