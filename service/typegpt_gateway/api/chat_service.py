@@ -17,7 +17,7 @@ from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 from ..chat.answer import Stream
 from ..chat.catalog import Catalog, Model
 from ..chat.pipeline import ChatPipeline
-from ..chat.sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
+from ..chat.sse import DONE, DONE_FRAME, KEEPALIVE_FRAME, data_frame
 from ..errors import GatewayError
 from ..ops import observe
 from . import proto_json
@@ -97,18 +97,17 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                         async for batch in batches:
                             if batch:
                                 frames = b"".join(map(data_frame, batch))
-                                exchange.sent_first_byte()
+                                if frames != DONE_FRAME:  # [DONE] is no byte of the answer
+                                    exchange.sent_first_byte()
                             else:
                                 frames = KEEPALIVE_FRAME  # not a byte of the answer yet
                             yield _http_message(frames, content_type)
                             content_type = ""
-                    tail = DONE_FRAME
                 except Exception as exc:
                     # Headers are gone: only an in-band error frame can tell the client.
                     error = as_gateway_error(exc)
                     exchange.failed(error)
-                    tail = data_frame(error.to_json().encode())
-                yield _http_message(tail, content_type)
+                    yield _http_message(data_frame(error.to_json().encode()), content_type)
 
     @observe.rpc("ChatService/CreateChatCompletion")
     async def CreateChatCompletion(
@@ -151,6 +150,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     async with contextlib.aclosing(answer.batches()) as batches:
                         async for batch in batches:
                             for data in batch:
+                                if data == DONE:
+                                    break
                                 exchange.sent_first_byte()
                                 yield proto_json.parse_answer(
                                     data, chat_pb2.StreamChatCompletionResponse()

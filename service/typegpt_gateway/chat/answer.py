@@ -50,7 +50,8 @@ class Stream:
 
     async def batches(self) -> AsyncGenerator[list[bytes], None]:
         """Yields the `data` payloads of each network read as one batch, or an empty batch
-        after `keepalive` seconds of silence. Returns after `[DONE]`; raises GatewayError when
+        after `keepalive` seconds of silence. The last batch of a complete stream ends with
+        `[DONE]` (DONE) and is the only one that holds it; raises GatewayError when
         the upstream fails, ends early or stays silent too long, or the gateway stops, since
         the client must not mistake any of that for success."""
         loop = asyncio.get_running_loop()
@@ -106,8 +107,9 @@ class Stream:
                         failed = False
                         if (held := redactor.flush()) is not None:
                             batch.append(held)
-                        if batch:
-                            yield batch
+                        # With the events before it: one message fewer to the client.
+                        batch.append(DONE)
+                        yield batch
                         return
                     if is_error_event(data):
                         if batch:
