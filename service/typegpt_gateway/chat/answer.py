@@ -64,7 +64,8 @@ class Stream:
         waiting: asyncio.Timeout | None = None
 
         def stop(_: object) -> None:
-            if waiting is not None:
+            # A timer that has just fired needs no firing (and may not be rescheduled).
+            if waiting is not None and not waiting.expired():
                 waiting.reschedule(loop.time())
 
         self._stopping.add_done_callback(stop)
