@@ -1,7 +1,8 @@
 """The architecture's floor: the least a backend behind the gateway's Envoy can do.
 
 A ChatService that answers CreateChatCompletionHttp by posting the body to the upstream with
-aiohttp and sending back what it says: no keys, limits, logs, metrics or retries. Behind the
+aiohttp and sending back what it says (a stream, read by read, one message per read, when its
+Content-Type says so): no keys, limits, logs, metrics, retries, usage or redaction. Behind the
 same Envoy config as the gateway, it shows what Envoy, grpcio and one upstream call cost on
 this machine before any gateway feature runs. Not part of the product.
 
@@ -36,10 +37,20 @@ class FloorServicer(chat_pb2_grpc.ChatServiceServicer):
         async with self._session.post(
             self._url, data=request.http_body.data, headers={"content-type": "application/json"}
         ) as response:
-            data = await response.read()
-        yield chat_pb2.CreateChatCompletionHttpResponse(
-            http_body=httpbody_pb2.HttpBody(content_type="application/json", data=data)
-        )
+            content_type = response.content_type
+            if content_type != "text/event-stream":
+                data = await response.read()
+                yield _message(data, content_type)
+                return
+            async for data in response.content.iter_any():
+                yield _message(data, content_type)
+                content_type = ""  # the first message's type is the HTTP response's
+
+
+def _message(data: bytes, content_type: str) -> chat_pb2.CreateChatCompletionHttpResponse:
+    return chat_pb2.CreateChatCompletionHttpResponse(
+        http_body=httpbody_pb2.HttpBody(content_type=content_type, data=data)
+    )
 
 
 async def serve(port: int, upstream: str) -> None:

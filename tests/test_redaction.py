@@ -352,3 +352,26 @@ def test_stream_redactor_holds_back_only_what_could_begin_the_upstreams_own_key(
     (sent,) = [redactor.feed(data) for data in _events({"content": "a"})]
     assert json.loads(sent)["choices"][0]["delta"]["content"] == "a"
     assert redactor.flush() is None
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["compact", "spaced", "escaped"],
+)
+def test_stream_redactor_holds_back_a_beginning_however_the_event_spells_it(
+    spelling: str,
+) -> None:
+    # Events that cannot end a text with the secret's beginning pass unread; these can.
+    register_secret(SECRET)
+    beginning = SECRET[:6]
+    (event,) = _events({"content": "x " + beginning})
+    if spelling == "spaced":
+        event = json.dumps(json.loads(event), indent=2).encode()
+    elif spelling == "escaped":
+        text = json.dumps("x " + beginning)
+        event = event.replace(text.encode(), _escape_every(text, beginning).encode())
+        assert b"\\u" in event
+    redactor = StreamRedactor((SECRET,))
+    assert _joined([redactor.feed(event)]) == "x "
+    held = redactor.flush()
+    assert held is not None and _joined([held]) == beginning

@@ -192,10 +192,12 @@ def _redact_text(text: str) -> str:
 @dataclass(frozen=True, slots=True)
 class _SplitWatch:
     """What could begin one of some secrets at the end of a text, and how far back that can
-    reach."""
+    reach; `ending` finds such a beginning at the end of a JSON string value written without
+    escapes (a name ends with a colon instead)."""
 
     start: re.Pattern[str]
     longest: int
+    ending: re.Pattern[bytes]
 
     def held_back(self, text: str) -> int:
         """How many of the last characters of `text` could begin a secret, at most: those
@@ -211,7 +213,9 @@ def _split_watch(secrets: tuple[str, ...]) -> _SplitWatch | None:
     ordered = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
     if not ordered:
         return None
-    return _SplitWatch(re.compile("|".join(_prefixes(s) for s in ordered)), len(ordered[0]))
+    start = "|".join(_prefixes(s) for s in ordered)
+    ending = start.replace(r"\Z", '(?=")').encode() + rb'"\s*[,}\]]'
+    return _SplitWatch(re.compile(start), len(ordered[0]), re.compile(ending))
 
 
 # The fields of a delta that carry running text; `role` and the like are whole in each event.
@@ -242,6 +246,10 @@ class StreamRedactor:
         """`data`, one event's JSON, as the client may see it."""
         data = redact_bytes(data)
         if self._watch is None:
+            return data
+        # Nothing held back, and no string value ends with a secret's beginning: the event
+        # passes as it is, unread. Escapes could spell one, so they are read.
+        if not self._held and b"\\" not in data and self._watch.ending.search(data) is None:
             return data
         try:
             document = orjson.loads(data)

@@ -50,39 +50,50 @@ class Stream:
 
     async def batches(self) -> AsyncGenerator[list[bytes], None]:
         """Yields the `data` payloads of each network read as one batch, or an empty batch
-        after `keepalive` seconds of silence. Returns after `[DONE]`; raises GatewayError when
+        after `keepalive` seconds of silence. The last batch of a complete stream ends with
+        `[DONE]` (DONE) and is the only one that holds it; raises GatewayError when
         the upstream fails, ends early or stays silent too long, or the gateway stops, since
         the client must not mistake any of that for success."""
         loop = asyncio.get_running_loop()
         reader = EventReader()
         redactor = StreamRedactor(self._secrets)
         content = self._response.content
-        pending: asyncio.Future[bytes] | None = None
+        # A wait for the network is the stream's own task awaiting the read under one timer:
+        # no task, future or callbacks per read (they cost more than the read). The gateway's
+        # stop ends a wait by firing its timer at once.
+        waiting: asyncio.Timeout | None = None
+
+        def stop(_: object) -> None:
+            # A timer that has just fired needs no firing (and may not be rescheduled).
+            if waiting is not None and not waiting.expired():
+                waiting.reschedule(loop.time())
+
+        self._stopping.add_done_callback(stop)
         failed = True
         try:
             while True:
-                # What has arrived already is read without a task or a timer; only an empty
-                # buffer means waiting for the network.
+                # What has arrived already is read without a timer; only an empty buffer
+                # means waiting for the network.
                 chunk = read_available(self._response)
                 if not chunk and not content.at_eof():
-                    pending = asyncio.ensure_future(content.readany())
                     due = self._deadlines.next_read(loop.time())
                     while True:
-                        silence = min(self._keepalive, due.at - loop.time())
-                        done, _ = await asyncio.wait(
-                            (pending, self._stopping),
-                            timeout=max(silence, 0.0),
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                        if pending in done:
-                            break
                         if self._stopping.done():
                             raise shutting_down()
-                        if loop.time() >= due.at:
-                            raise observe.upstream_failed(due.error())
+                        try:
+                            async with asyncio.timeout_at(
+                                min(loop.time() + self._keepalive, due.at)
+                            ) as waiting:
+                                chunk = await content.readany()
+                            break
+                        except TimeoutError:
+                            if self._stopping.done():
+                                raise shutting_down() from None
+                            if loop.time() >= due.at:
+                                raise observe.upstream_failed(due.error()) from None
+                        finally:
+                            waiting = None
                         yield []
-                    chunk = pending.result()
-                    pending = None
                 if not chunk:
                     ended = GatewayError(
                         502,
@@ -97,8 +108,9 @@ class Stream:
                         failed = False
                         if (held := redactor.flush()) is not None:
                             batch.append(held)
-                        if batch:
-                            yield batch
+                        # With the events before it: one message fewer to the client.
+                        batch.append(DONE)
+                        yield batch
                         return
                     if is_error_event(data):
                         if batch:
@@ -118,11 +130,7 @@ class Stream:
             raise observe.upstream_failed(broke) from exc
         finally:
             self.failed = failed
-            if pending is not None:
-                pending.cancel()
-                # A read that failed just as it was given up: not logged as never retrieved.
-                if pending.done() and not pending.cancelled():
-                    pending.exception()
+            self._stopping.remove_done_callback(stop)
             self.release()
 
     def release(self) -> None:

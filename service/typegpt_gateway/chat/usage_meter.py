@@ -39,6 +39,8 @@ MAX_REPORTED_TOKENS = 10**9
 # OpenAI's count for one high-detail image of up to 2048 x 768 pixels is 1,105; the URL or data
 # of an image says little about its count and base64 would be counted many times over.
 IMAGE_TOKENS = 1_000
+# The stream chunks kept unread at most (see UsageMeter), a few hundred of a usual size.
+UNREAD_BYTES = 64 * 1024
 INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 _OPENING_BRACE = re.compile(rb"^\s*\{")
 _SPACE = re.compile(r"[ \t\n\r]*")
@@ -196,6 +198,16 @@ def _delta_chars(document: Any) -> int:
     return chars
 
 
+def _may_report_usage(data: bytes) -> bool:
+    """Whether a chunk may report a usage: JSON spells the name `usage` as is or with an
+    escape (`\\u0075sage`), and a chunk with neither, or with only `"usage":null` (OpenAI's
+    chunks before the last, when asked for the usage), reports none."""
+    if b"\\u" in data:
+        return True
+    named = data.count(b'"usage"')
+    return named > 0 and named != data.count(b'"usage":null')
+
+
 def _loads(data: bytes) -> Any:
     try:
         return orjson.loads(data)
@@ -210,6 +222,11 @@ class UsageMeter:
         self._prompt_tokens = prompt_tokens
         self._strip = strip_usage_chunk
         self._completion_chars = 0
+        # Chunks not read yet for their characters, which only count if no usage is reported
+        # (the gateway always asks for it): read when the usage is wanted without one, or
+        # when they grow past UNREAD_BYTES.
+        self._unread: list[bytes] = []
+        self._unread_bytes = 0
         self._told_unusable = False
         self.reported: Usage | None = None
 
@@ -223,9 +240,25 @@ class UsageMeter:
     def see_chunk(self, data: bytes) -> bool:
         """Notes a stream chunk; False when the client must not see it (the usage chunk
         only the gateway asked for, even one of no use)."""
+        if not _may_report_usage(data):
+            if self.reported is None:  # once reported, characters no longer count
+                self._unread.append(data)
+                self._unread_bytes += len(data)
+                if self._unread_bytes > UNREAD_BYTES:
+                    self._read_unread()
+            return True
         document = _loads(data)
         self._see(document)
+        if self.reported is not None:
+            self._unread.clear()
+            self._unread_bytes = 0
         return not (self._strip and _is_usage_chunk(document))
+
+    def _read_unread(self) -> None:
+        for data in self._unread:
+            self._completion_chars += _delta_chars(_loads(data))
+        self._unread.clear()
+        self._unread_bytes = 0
 
     def _see(self, document: Any) -> None:
         try:
@@ -243,6 +276,7 @@ class UsageMeter:
     def usage(self) -> Usage:
         if self.reported is not None:
             return self.reported
+        self._read_unread()
         return Usage(
             self._prompt_tokens,
             estimate_tokens(self._completion_chars),
