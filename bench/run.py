@@ -178,12 +178,25 @@ def wrk(url: str, script: Path, connections: int, seconds: int, key: str | None)
 
 
 def wrk_script(path: Path, request: dict[str, object]) -> Path:
+    """BENCH_KEY is one key, or several separated by commas, taken in turn request by request
+    (so that Envoy's hash on the key spreads the load over the workers)."""
     path.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = '{json.dumps(request)}'\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
-        'local key = os.getenv("BENCH_KEY")\n'
-        'if key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end\n'
+        "local keys = {}\n"
+        'for key in string.gmatch(os.getenv("BENCH_KEY") or "", "[^,]+") do\n'
+        "  keys[#keys + 1] = key\n"
+        "end\n"
+        "local turn = 0\n"
+        'if #keys == 1 then wrk.headers["Authorization"] = "Bearer " .. keys[1] end\n'
+        "if #keys > 1 then\n"
+        "  request = function()\n"
+        "    turn = turn % #keys + 1\n"
+        '    wrk.headers["Authorization"] = "Bearer " .. keys[turn]\n'
+        "    return wrk.format()\n"
+        "  end\n"
+        "end\n"
     )
     return path
 
@@ -321,6 +334,12 @@ def main() -> None:
     parser.add_argument("--stream-rounds", type=int, default=30, help="rounds of streams")
     parser.add_argument("--keys", type=int, default=100_000, help="keys in the many-keys store")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--no-workers",
+        dest="workers",
+        action="store_false",
+        help="skip the comparison of --workers 1 and --workers 2",
+    )
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -348,11 +367,17 @@ def main() -> None:
         (workdir / "floor").mkdir()
         floor = Floor(workdir / "floor", json_upstream)
         try:
-            rows, figures = run_loads(args, workdir, json_port, sse_port, *gateways, floor)
+            try:
+                rows, figures = run_loads(args, workdir, json_port, sse_port, *gateways, floor)
+            finally:
+                floor.stop()
+                for gateway in gateways:
+                    gateway.stop()
+            if args.workers:
+                worker_rows, worker_figures = compare_workers(args, workdir, json_upstream)
+                rows += worker_rows
+                figures["workers"] = worker_figures
         finally:
-            floor.stop()
-            for gateway in gateways:
-                gateway.stop()
             nginx.terminate()
             nginx.wait()
     print_table(rows)
@@ -573,6 +598,88 @@ def collect_figures(
         },
         "ledger": ledger_batches(db),
     }
+
+
+# Keys the workers comparison takes in turn: enough that the ring hash gives each worker some.
+WORKER_KEYS = 16
+
+
+def compare_workers(
+    args: argparse.Namespace, workdir: Path, upstream: str
+) -> tuple[list[tuple[str, str, str]], dict[str, object]]:
+    """`--workers 1` and `--workers 2` under the same load, interleaved rounds, medians kept."""
+    script = wrk_script(workdir / "workers.lua", REQUEST)
+    gateways = {
+        count: Gateway(workdir / f"gw-workers-{count}", upstream, extra_env=DEFAULTS, workers=count)
+        for count in (1, 2)
+    }
+    try:
+        keys: dict[int, str] = {}
+        pids: dict[int, list[int]] = {}
+        for count, gateway in gateways.items():
+            gateway.start()
+            made = [gateway.create_key(f"bench-{index}") for index in range(WORKER_KEYS)]
+            for key in made:
+                gateway.wait_for_key(key)
+            keys[count] = ",".join(made)
+            wrk(f"{gateway.url}/v1/chat/completions", script, 16, 2, keys[count])
+            pids[count] = process_tree(gateway.process.pid)  # type: ignore[union-attr]
+        seconds = max(1, args.duration // ROUNDS)
+        loads = {
+            (count, connections): (
+                lambda count=count, connections=connections: measured_load(
+                    f"{gateways[count].url}/v1/chat/completions",
+                    script,
+                    keys[count],
+                    pids[count],
+                    seconds,
+                    connections,
+                )
+            )
+            for count in gateways
+            for connections in (16, 1)
+        }
+        names = list(loads)
+        rounds: dict[tuple[int, int], list[Measured]] = {name: [] for name in names}
+        for turn in range(ROUNDS):
+            for name in names[turn:] + names[:turn]:
+                rounds[name].append(loads[name]())
+        medians = {name: median_measured(measured) for name, measured in rounds.items()}
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+    one, two = medians[(1, 16)], medians[(2, 16)]
+    one1, two1 = medians[(1, 1)].load, medians[(2, 1)].load
+    rows = [
+        (
+            "Workers 2 vs 1, 16 connections: requests/s",
+            f"{two.load.rps:,.0f}",
+            f"1 worker {one.load.rps:,.0f}; ratio {two.load.rps / one.load.rps:.2f}",
+        ),
+        (
+            "Workers 2 vs 1: CPU per request, all processes (ms)",
+            f"{two.cpu_ms:.3f}",
+            f"1 worker {one.cpu_ms:.3f}; ratio {two.cpu_ms / one.cpu_ms:.2f}; target ≤ 1.10",
+        ),
+        (
+            "Workers 2 vs 1: RSS of all gateway processes (MB)",
+            f"{two.rss_mb:.0f}",
+            f"1 worker {one.rss_mb:.0f}",
+        ),
+        (
+            "Workers 2 vs 1, one connection: p50 ms",
+            f"{two1.p50_ms:.3f}",
+            f"1 worker {one1.p50_ms:.3f}",
+        ),
+    ]
+    figures = {
+        f"workers_{count}": {
+            **_measured_figures(medians[(count, 16)]),
+            "one_connection_p50_ms": round(medians[(count, 1)].load.p50_ms, 3),
+        }
+        for count in (1, 2)
+    }
+    return rows, figures
 
 
 def print_table(rows: list[tuple[str, str, str]]) -> None:
