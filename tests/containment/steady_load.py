@@ -40,6 +40,10 @@ def well_behaved_body(number: int, *, stream: bool) -> dict[str, object]:
     return body
 
 
+# How a failure begins when the client got no answer at all (see SteadyLoad._ask).
+NO_ANSWER = "no answer: "
+
+
 @dataclass
 class SteadyLoad:
     gateway: Gateway
@@ -114,13 +118,19 @@ class SteadyLoad:
     def _ask(http: httpx.Client, number: int, *, stream: bool) -> str | None:
         """None when the answer is whole and right, else what was wrong."""
         body = well_behaved_body(number, stream=stream)
-        if not stream:
-            response = http.post(CHAT, json=body)
-            if response.status_code != 200:
-                return f"{response.status_code} {response.text[:300]}"
-            content = response.json()["choices"][0]["message"]["content"]
-            return None if content == DEFAULT_CONTENT else f"content {content!r}"
-        with http.stream("POST", CHAT, json=body) as response:
+        try:
+            response = http.send(http.build_request("POST", CHAT, json=body), stream=True)
+        except httpx.HTTPError as exc:
+            # Refused, closed or reset before any answer began: told apart from an answer
+            # cut short, which the reading below raises.
+            return f"{NO_ANSWER}{type(exc).__name__}: {exc}"
+        try:
+            if not stream:
+                response.read()
+                if response.status_code != 200:
+                    return f"{response.status_code} {response.text[:300]}"
+                content = response.json()["choices"][0]["message"]["content"]
+                return None if content == DEFAULT_CONTENT else f"content {content!r}"
             if response.status_code != 200:
                 response.read()
                 return f"{response.status_code} {response.text[:300]}"
@@ -140,6 +150,8 @@ class SteadyLoad:
             text = "".join(pieces)
             if not done or text != STREAMED_CONTENT:
                 return f"stream ended (done={done}) with {text!r}"
+        finally:
+            response.close()
         return None
 
     def median_latency(self) -> float:
