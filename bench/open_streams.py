@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from gateway_process import Gateway  # noqa: E402
-from run import DEFAULTS, REQUEST, _chunk, is_envoy, process_tree, rss_mb  # noqa: E402
+from paced_upstream import chunk_event  # noqa: E402
+from run import DEFAULTS, REQUEST, is_envoy, process_tree, rss_mb  # noqa: E402
 
 PATH = "/v1/chat/completions"
 
@@ -52,7 +53,7 @@ class HeldUpstream:
                 await reader.readexactly(length)
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                    b"Transfer-Encoding: chunked\r\n\r\n" + _frame(f"data: {_chunk(0)}\n\n")
+                    b"Transfer-Encoding: chunked\r\n\r\n" + _frame(f"data: {chunk_event(0)}\n\n")
                 )
                 await writer.drain()
                 await self.release.wait()

@@ -16,7 +16,8 @@ import json
 from aiohttp import web
 
 
-def chunk(index: int) -> bytes:
+def chunk_event(index: int) -> str:
+    """One chat.completion.chunk as the benchmarks' upstreams send it (JSON, no framing)."""
     event = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
@@ -31,7 +32,11 @@ def chunk(index: int) -> bytes:
             }
         ],
     }
-    return b"data: " + json.dumps(event).encode() + b"\n\n"
+    return json.dumps(event)
+
+
+def chunk(index: int) -> bytes:
+    return f"data: {chunk_event(index)}\n\n".encode()
 
 
 USAGE = (

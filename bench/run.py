@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from gateway_process import Gateway, free_port  # noqa: E402
+from paced_upstream import chunk_event  # noqa: E402
 
 from typegpt_gateway.keystore.sqlite import KeyStore  # noqa: E402
 from typegpt_gateway.process import envoy, envoy_config  # noqa: E402
@@ -79,30 +80,11 @@ COMPLETION = {
 STREAM_CHUNKS = 20
 
 
-def _chunk(index: int) -> str:
-    return json.dumps(
-        {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion.chunk",
-            "created": 1700000000,
-            "model": "gpt-4o",
-            "choices": [
-                {
-                    "index": 0,
-                    "delta": {"content": f"t{index}"},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ],
-        }
-    )
-
-
 def nginx_config(workdir: Path, json_port: int, sse_port: int) -> str:
     workdir.chmod(0o755)  # nginx workers drop to an unprivileged user and must read these
     (workdir / "completion.json").write_text(json.dumps(COMPLETION))
     (workdir / "stream.sse").write_text(
-        "".join(f"data: {_chunk(i)}\n\n" for i in range(STREAM_CHUNKS)) + "data: [DONE]\n\n"
+        "".join(f"data: {chunk_event(i)}\n\n" for i in range(STREAM_CHUNKS)) + "data: [DONE]\n\n"
     )
     # Static files answer GET only; `error_page 405 =200` serves them to POST as well.
     return f"""
