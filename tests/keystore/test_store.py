@@ -86,16 +86,16 @@ def test_usage_adds_up_per_day_and_model(store_factory):
     store = store_factory()
     store.add_usage(
         [
-            ("k", UsageRow(DAY, "gpt-4o", 1, 10, 20, 0)),
-            ("k", UsageRow(DAY, "o3", 1, 1, 2, 1)),
+            ("k", UsageRow(DAY, "gpt-4o", 1, 10, 20, 0, 700, 0, 1)),
+            ("k", UsageRow(DAY, "o3", 1, 1, 2, 1, 0, 1, 0)),
             ("other", UsageRow(DAY, "gpt-4o", 9, 9, 9, 9)),
         ]
     )
-    store.add_usage([("k", UsageRow(DAY, "gpt-4o", 2, 5, 5, 1))])
+    store.add_usage([("k", UsageRow(DAY, "gpt-4o", 2, 5, 5, 1, 2**40, 1, 1))])
     store.add_usage([("k", UsageRow(DAY + dt.timedelta(days=1), "gpt-4o", 1, 1, 1, 0))])
     assert store.usage("k") == [
-        UsageRow(DAY, "gpt-4o", 3, 15, 25, 1),
-        UsageRow(DAY, "o3", 1, 1, 2, 1),
+        UsageRow(DAY, "gpt-4o", 3, 15, 25, 1, 2**40 + 700, 1, 2),
+        UsageRow(DAY, "o3", 1, 1, 2, 1, 0, 1, 0),
         UsageRow(DAY + dt.timedelta(days=1), "gpt-4o", 1, 1, 1, 0),
     ]
     assert store.usage("k", since=DAY + dt.timedelta(days=1)) == [

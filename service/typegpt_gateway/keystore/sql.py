@@ -25,6 +25,27 @@ logger = logging.getLogger(__name__)
 # replica's ledger write); a wait this long means a stuck transaction, and the store's one
 # connection must not stay held behind it.
 LOCK_WAIT = 5.0
+# The ledger's counters, in UsageRow's order after day and model: each row adds to them.
+_COUNTERS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "errors",
+    "cost_micro_usd",
+    "unpriced_requests",
+    "estimated_requests",
+)
+# Only the constant names above are formatted into these; every value is a parameter.
+_SELECT_USAGE = (
+    f"SELECT day, model, {', '.join(_COUNTERS)} FROM usage "  # noqa: S608
+    "WHERE key_name = ? AND day >= ? ORDER BY day, model"
+)
+_ADD_USAGE = (
+    f"INSERT INTO usage (key_name, day, model, {', '.join(_COUNTERS)}) "  # noqa: S608
+    f"VALUES (?, ?, ?, {', '.join('?' * len(_COUNTERS))}) "
+    "ON CONFLICT (key_name, day, model) DO UPDATE SET "
+    + ", ".join(f"{name} = usage.{name} + excluded.{name}" for name in _COUNTERS)
+)
 # How long the store remembers a usage batch's id. A batch is retried only by the process that
 # made it and only while its store fails: a week is far beyond that, and the table stays small
 # (an id per flush interval per replica while requests come in).
@@ -192,8 +213,7 @@ class SqlStore:
         """The ledger of key `name` (every key that had the name), oldest day first."""
         with self._locked():
             rows = self._execute(
-                "SELECT day, model, requests, prompt_tokens, completion_tokens, errors "
-                "FROM usage WHERE key_name = ? AND day >= ? ORDER BY day, model",
+                _SELECT_USAGE,
                 (name, (since or dt.date.min).isoformat()),
             ).fetchall()
         return [UsageRow(dt.date.fromisoformat(day), *rest) for day, *rest in rows]
@@ -212,6 +232,9 @@ class SqlStore:
                 row.prompt_tokens,
                 row.completion_tokens,
                 row.errors,
+                row.cost_micro_usd,
+                row.unpriced_requests,
+                row.estimated_requests,
             )
             for name, row in entries
         ]
@@ -231,13 +254,7 @@ class SqlStore:
                     "DELETE FROM ledger_batches WHERE written_at < ?", (now - BATCH_ID_RETENTION,)
                 )
             self._executemany(
-                "INSERT INTO usage (key_name, day, model, requests, prompt_tokens, "
-                "completion_tokens, errors) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (key_name, day, model) DO UPDATE SET "
-                "requests = usage.requests + excluded.requests, "
-                "prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens, "
-                "completion_tokens = usage.completion_tokens + excluded.completion_tokens, "
-                "errors = usage.errors + excluded.errors",
+                _ADD_USAGE,
                 rows,
             )
         return True

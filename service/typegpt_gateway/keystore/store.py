@@ -42,6 +42,12 @@ class UsageRow:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
+    # Micro-dollars, summed over the requests whose model had a price.
+    cost_micro_usd: int = 0
+    # Requests whose model had no price: their cost is unknown, not 0.
+    unpriced_requests: int = 0
+    # Requests whose usage the gateway estimated (the upstream never reported it).
+    estimated_requests: int = 0
 
 
 class Store(Protocol):
