@@ -71,6 +71,11 @@ class KeyServiceStub:
                 request_serializer=typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetKeyUsageRequest.SerializeToString,
                 response_deserializer=typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetKeyUsageResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/typegpt.gateway.v1.KeyService/GetUsage',
+                request_serializer=typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class KeyServiceServicer:
@@ -127,7 +132,14 @@ class KeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetKeyUsage(self, request, context):
-        """Requests, tokens and errors per UTC day and model.
+        """Requests, tokens, errors and cost per UTC day and model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """The whole gateway's totals since a day, grouped by key, model and/or day.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +177,11 @@ def add_KeyServiceServicer_to_server(servicer, server):
                     servicer.GetKeyUsage,
                     request_deserializer=typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetKeyUsageRequest.FromString,
                     response_serializer=typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetKeyUsageResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetUsageRequest.FromString,
+                    response_serializer=typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -336,6 +353,33 @@ class KeyService:
             '/typegpt.gateway.v1.KeyService/GetKeyUsage',
             typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetKeyUsageRequest.SerializeToString,
             typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetKeyUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/typegpt.gateway.v1.KeyService/GetUsage',
+            typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetUsageRequest.SerializeToString,
+            typegpt_dot_gateway_dot_v1_dot_keys__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
