@@ -37,7 +37,7 @@ from ..keystore.opening import open_store
 from ..keystore.records import missing_key_error
 from ..keystore.store import Store
 from ..limits import Backend as LimiterBackend
-from ..limits import InProcessBackend, Limiter
+from ..limits import InProcessBackend, Limiter, Spent
 from ..redaction import register_url_password
 from ..settings import MiB, Settings
 from ..upstream.failover import Failover
@@ -115,10 +115,13 @@ def _limiter_backend(settings: Settings) -> LimiterBackend:
 def _accounting(
     settings: Settings, store: Store, backend: LimiterBackend, prices: PriceList
 ) -> Accounting:
-    async def budget_seed(name: str, since: dt.date) -> int:
+    async def budget_seed(name: str, since: dt.date) -> Spent:
         # After a restart (or a Redis that lost its data) a budget goes on from the ledger.
         rows = await asyncio.to_thread(store.usage, name, since)
-        return sum(row.prompt_tokens + row.completion_tokens for row in rows)
+        return Spent(
+            sum(row.prompt_tokens + row.completion_tokens for row in rows),
+            sum(row.cost_micro_usd for row in rows),
+        )
 
     limiter = Limiter(
         backend,
