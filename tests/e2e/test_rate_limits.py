@@ -18,6 +18,12 @@ from fake_upstream import (
 )
 from gateway_process import Gateway
 from openai_shape import assert_error, chat_body, sse_payloads
+from spend_budget import (
+    BUDGET_USD,
+    assert_budget_held,
+    ledger_cost,
+    spend_until_refused,
+)
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 from typegpt_gateway.keystore.sqlite import KeyStore
@@ -178,6 +184,17 @@ def test_budget_per_day_refuses_without_retry(gateway, upstream):
     assert "budget" in error["message"]
     assert response.headers["x-should-retry"] == "false"
     assert int(response.headers["retry-after"]) <= 86_400
+
+
+def test_a_dollar_budget_is_spent_to_within_one_request(gateway, upstream):
+    key = _key(gateway, "a", "--budget-usd", BUDGET_USD, "--budget-period", "day")
+    assert "$0.01/day" in gateway.cli("keys", "list").stdout
+    before = len(upstream.requests)
+    spending = spend_until_refused([gateway.url], key)
+    assert len(upstream.requests) - before == spending.admitted  # the refused one never went
+    # The refused request is in the ledger too (an error, costing nothing).
+    cost = ledger_cost(gateway.db, "a", spending.admitted + 1)
+    assert_budget_held(spending, cost, replicas=1)
 
 
 def test_limits_change_on_a_live_key(gateway):
