@@ -131,22 +131,6 @@ def _accounting(
     return Accounting(limiter, UsageLedger(store, settings.usage_flush_interval), prices)
 
 
-def _tell_unpriced(prices: PriceList, upstreams: Failover, models: tuple[str, ...]) -> None:
-    """Logs the catalog's models that have no price on an upstream serving them: their
-    requests' cost is unknown (counted as unpriced), never 0."""
-    served = {
-        model: [route.name for route in upstreams.router.routes if route.serves(model)]
-        for model in models
-    }
-    for model, lacking in prices.unpriced(served).items():
-        logger.warning(
-            "model %r has no price on upstream %s: its cost is unknown (counted as unpriced "
-            "requests); set it under `prices:` in the config file",
-            model,
-            ", ".join(repr(name) for name in lacking),
-        )
-
-
 def _readiness_checks(settings: Settings, store: Store, backend: LimiterBackend) -> list[Check]:
     checks = [key_store_check(store)]
     if settings.redis_url is not None:
@@ -163,9 +147,7 @@ async def start_backend(settings: Settings) -> Backend:
         settings.models, owned_by=settings.models_owned_by, created=settings.models_created
     )
     limiter_backend = _limiter_backend(settings)
-    prices = price_list(settings)
-    _tell_unpriced(prices, upstreams, settings.models)
-    accounting = _accounting(settings, store, limiter_backend, prices)
+    accounting = _accounting(settings, store, limiter_backend, price_list(settings))
     pipeline = ChatPipeline(
         keys, catalog, upstreams, accounting, keepalive=settings.sse_keepalive_interval
     )
