@@ -37,10 +37,12 @@ from ..keystore.opening import open_store
 from ..keystore.records import missing_key_error
 from ..keystore.store import Store
 from ..limits import Backend as LimiterBackend
-from ..limits import InProcessBackend, Limiter
+from ..limits import InProcessBackend, Limiter, Spent
 from ..redaction import register_url_password
 from ..settings import MiB, Settings
 from ..upstream.failover import Failover
+from ..upstream.prices import PriceList
+from ..upstream.upstreams_file import price_list
 from .envoy_config import WORKER_HEALTH_SERVICE
 from .readiness import ReadinessProbe, key_store_check, rate_limits_check
 
@@ -110,18 +112,23 @@ def _limiter_backend(settings: Settings) -> LimiterBackend:
     return RedisBackend(url, timeout=settings.redis_timeout, cluster=settings.redis_cluster)
 
 
-def _accounting(settings: Settings, store: Store, backend: LimiterBackend) -> Accounting:
-    async def budget_seed(name: str, since: dt.date) -> int:
+def _accounting(
+    settings: Settings, store: Store, backend: LimiterBackend, prices: PriceList
+) -> Accounting:
+    async def budget_seed(name: str, since: dt.date) -> Spent:
         # After a restart (or a Redis that lost its data) a budget goes on from the ledger.
         rows = await asyncio.to_thread(store.usage, name, since)
-        return sum(row.prompt_tokens + row.completion_tokens for row in rows)
+        return Spent(
+            sum(row.prompt_tokens + row.completion_tokens for row in rows),
+            sum(row.cost_micro_usd for row in rows),
+        )
 
     limiter = Limiter(
         backend,
         fail_open=settings.rate_limit_failure_mode == "open",
         budget_seed=budget_seed,
     )
-    return Accounting(limiter, UsageLedger(store, settings.usage_flush_interval))
+    return Accounting(limiter, UsageLedger(store, settings.usage_flush_interval), prices)
 
 
 def _readiness_checks(settings: Settings, store: Store, backend: LimiterBackend) -> list[Check]:
@@ -140,7 +147,7 @@ async def start_backend(settings: Settings) -> Backend:
         settings.models, owned_by=settings.models_owned_by, created=settings.models_created
     )
     limiter_backend = _limiter_backend(settings)
-    accounting = _accounting(settings, store, limiter_backend)
+    accounting = _accounting(settings, store, limiter_backend, price_list(settings))
     pipeline = ChatPipeline(
         keys, catalog, upstreams, accounting, keepalive=settings.sse_keepalive_interval
     )
