@@ -16,7 +16,15 @@ from typing import Any, ClassVar
 from .key_limits import LIMIT_FIELDS, check_limits
 from .records import SHOWN_PREFIX_CHARS, KeyRecord, hash_key, new_key
 from .schema import Dialect, migrate
-from .store import KeyExistsError, KeyNotFoundError, StoreBusyError, UsageRow
+from .store import (
+    USAGE_GROUPS,
+    KeyExistsError,
+    KeyNotFoundError,
+    StoreBusyError,
+    UsageGroup,
+    UsageRow,
+    UsageTotal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,8 @@ _SELECT_USAGE = (
     f"SELECT day, model, {', '.join(_COUNTERS)} FROM usage "  # noqa: S608
     "WHERE key_name = ? AND day >= ? ORDER BY day, model"
 )
+# The usage table's column for each group of the whole gateway's totals.
+_GROUP_COLUMNS: dict[UsageGroup, str] = {"day": "day", "key": "key_name", "model": "model"}
 _ADD_USAGE = (
     f"INSERT INTO usage (key_name, day, model, {', '.join(_COUNTERS)}) "  # noqa: S608
     f"VALUES (?, ?, ?, {', '.join('?' * len(_COUNTERS))}) "
@@ -217,6 +227,57 @@ class SqlStore:
                 (name, (since or dt.date.min).isoformat()),
             ).fetchall()
         return [UsageRow(dt.date.fromisoformat(day), *rest) for day, *rest in rows]
+
+    def usage_totals(
+        self,
+        group_by: Sequence[UsageGroup],
+        since: dt.date | None = None,
+        until: dt.date | None = None,
+        key: str | None = None,
+    ) -> list[UsageTotal]:
+        """The ledger's counters summed per `group_by` (day, key and/or model) over the days
+        from `since` to `until` (both included; None: no bound), for one key name or all,
+        ordered by day, key, model.
+
+        One GROUP BY query. Without `key` it reads the days' range through the usage_day index
+        (migration 0002); with `key`, the primary key (key_name, day, model) narrows it to that
+        name's rows of those days."""
+        grouped = [group for group in USAGE_GROUPS if group in group_by]
+        if not grouped:
+            raise ValueError("usage totals need at least one of day, key, model to group by")
+        columns = ", ".join(_GROUP_COLUMNS[group] for group in grouped)
+        # Bounds only where given: an open one would still draw the planner to the index.
+        bounds = {"key_name = ?": key, "day >= ?": since, "day <= ?": until}
+        conditions = [condition for condition, value in bounds.items() if value is not None]
+        params = [
+            value.isoformat() if isinstance(value, dt.date) else value
+            for value in bounds.values()
+            if value is not None
+        ]
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        sums = ", ".join(f"SUM({name})" for name in _COUNTERS)
+        # Only constant names (_GROUP_COLUMNS, _COUNTERS, the bounds) are formatted in; values
+        # are parameters.
+        sql = (
+            f"SELECT {columns}, {sums} FROM usage {where}"  # noqa: S608
+            f"GROUP BY {columns} ORDER BY {columns}"
+        )
+        with self._locked():
+            rows = self._execute(sql, params).fetchall()
+        totals = []
+        for row in rows:
+            named = dict(zip(grouped, row, strict=False))
+            day = named.get("day")
+            totals.append(
+                UsageTotal(
+                    dt.date.fromisoformat(day) if day is not None else None,
+                    named.get("key"),
+                    named.get("model"),
+                    # PostgreSQL's SUM of bigints is a numeric (a Decimal here).
+                    *(int(count) for count in row[len(grouped) :]),
+                )
+            )
+        return totals
 
     def add_usage(
         self, entries: Iterable[tuple[str, UsageRow]], *, batch_id: str | None = None
