@@ -22,7 +22,7 @@ from ..keystore.admin import ADMIN, LIMIT_PARAMS, KeyAdmin, parse_day
 from ..keystore.cache import KeyCache
 from ..keystore.key_limits import COUNT_LIMITS
 from ..keystore.records import KeyRecord, status
-from ..keystore.store import UsageRow
+from ..keystore.store import UsageGroup, UsageRow, UsageTotal
 from ..ops import observe
 from ..redaction import register_secret
 from .admin_auth import authorize_admin
@@ -64,6 +64,31 @@ def usage_message(row: UsageRow) -> keys_pb2.KeyUsage:
         completion_tokens=row.completion_tokens,
         errors=row.errors,
     )
+
+
+def dollars(micro_usd: int) -> float:
+    """The API speaks dollars; the ledger keeps exact micro-dollars."""
+    return micro_usd / 1_000_000
+
+
+def usage_total_message(total: UsageTotal) -> keys_pb2.UsageTotal:
+    message = keys_pb2.UsageTotal(
+        requests=total.requests,
+        prompt_tokens=total.prompt_tokens,
+        completion_tokens=total.completion_tokens,
+        errors=total.errors,
+        cost_usd=dollars(total.cost_micro_usd),
+        unpriced_requests=total.unpriced_requests,
+        estimated_requests=total.estimated_requests,
+    )
+    # Only what the totals are per is present.
+    if total.day is not None:
+        message.day = total.day.isoformat()
+    if total.key is not None:
+        message.key = total.key
+    if total.model is not None:
+        message.model = total.model
+    return message
 
 
 def create_limits(request: keys_pb2.CreateKeyRequest) -> dict[str, object]:
@@ -180,4 +205,20 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         rows = await self._run(context, usage, writes=False)
         return keys_pb2.GetKeyUsageResponse(
             object="list", name=request.name, data=[usage_message(row) for row in rows]
+        )
+
+    @observe.rpc("KeyService/GetUsage")
+    async def GetUsage(
+        self,
+        request: keys_pb2.GetUsageRequest,
+        context: grpc.aio.ServicerContext[keys_pb2.GetUsageRequest, keys_pb2.GetUsageResponse],
+    ) -> keys_pb2.GetUsageResponse:
+        def totals() -> tuple[tuple[UsageGroup, ...], list[UsageTotal]]:
+            return self._admin.usage_totals(
+                request.group_by, request.since, request.until, request.key
+            )
+
+        groups, rows = await self._run(context, totals, writes=False)
+        return keys_pb2.GetUsageResponse(
+            object="list", group_by=groups, data=[usage_total_message(row) for row in rows]
         )
