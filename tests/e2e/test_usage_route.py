@@ -1,5 +1,6 @@
-"""GET /v1/admin/usage (KeyService.GetUsage): the whole gateway's totals from the usage ledger,
-through the real Envoy as REST and on the gRPC port, against a real `typegpt-gateway serve`.
+"""The admin API's usage routes against a real `typegpt-gateway serve`, through the real Envoy as
+REST and on the gRPC port: GET /v1/admin/usage (KeyService.GetUsage), the whole gateway's
+totals from the usage ledger, and the cost in GET /v1/admin/keys/{name}/usage.
 
 Ledger rows are written into the gateway's own store (as its ledger writes them) on days long
 past, which no other test's requests reach, under names of their own."""
@@ -187,3 +188,24 @@ def test_a_request_through_the_gateway_shows_in_todays_totals(gateway, admin):
         (row["key"], row["requests"], row["prompt_tokens"], row["completion_tokens"])
         for row in body["data"]
     ] == [(name, 1, usage["prompt_tokens"], usage["completion_tokens"])]
+
+
+def test_key_usage_shows_cost_in_dollars_unpriced_and_estimated_requests(admin, gateway):
+    name = f"usage-cost-{uuid.uuid4().hex[:8]}"
+    assert admin.post("/v1/admin/keys", json={"name": name}).status_code == 200
+    store = KeyStore(gateway.db)
+    try:
+        store.add_usage(
+            [
+                (name, UsageRow(FIRST, "gpt-4o", 2, 100, 50, 0, 1_500_000, 0, 1)),
+                (name, UsageRow(FIRST, "o3", 1, 10, 5, 1, 0, 1, 0)),
+            ]
+        )
+    finally:
+        store.close()
+    response = admin.get(f"/v1/admin/keys/{name}/usage", params={"since": FIRST.isoformat()})
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == [
+        totals(2, 100, 50, 0, 1.5, 0, 1, day="2011-03-01", model="gpt-4o"),
+        totals(1, 10, 5, 1, 0, 1, 0, day="2011-03-01", model="o3"),
+    ]

@@ -63,6 +63,9 @@ def usage_message(row: UsageRow) -> keys_pb2.KeyUsage:
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
         errors=row.errors,
+        cost_usd=dollars(row.cost_micro_usd),
+        unpriced_requests=row.unpriced_requests,
+        estimated_requests=row.estimated_requests,
     )
 
 
