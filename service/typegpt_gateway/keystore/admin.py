@@ -20,6 +20,7 @@ from .key_limits import LIMIT_FIELDS, InvalidLimit, check_limit
 from .records import KeyRecord, parse_duration
 from .store import (
     USAGE_GROUPS,
+    KeyActivity,
     KeyExistsError,
     KeyNotFoundError,
     Store,
@@ -192,6 +193,13 @@ class KeyAdmin:
         except KeyNotFoundError:
             raise _not_found(name, live=True) from None
         return self.get(name)
+
+    def activity(
+        self, starts: Mapping[str, dt.date], name: str | None = None
+    ) -> dict[str, KeyActivity]:
+        """Each key name's last day in the ledger and its use since each of `starts`, for every
+        name in one query (or for `name`)."""
+        return self.store.key_activity(starts, name)
 
     def usage(self, name: str, since: dt.date | None = None) -> builtins.list[UsageRow]:
         self.get(name)  # 404 for a name that never existed

@@ -4,8 +4,8 @@ gateway and the CLI call, the rows of the usage ledger, and the errors a store r
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -72,6 +72,23 @@ class UsageTotal:
     estimated_requests: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class PeriodUse:
+    """A key name's tokens (prompt + completion) and known cost since a period's first day."""
+
+    tokens: int = 0
+    cost_micro_usd: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyActivity:
+    """What the ledger has of one key name: the last day it has a request on (None: none),
+    and its use since each of the days asked for, by their names."""
+
+    last_day: dt.date | None = None
+    used: Mapping[str, PeriodUse] = field(default_factory=dict)
+
+
 class Store(Protocol):
     """What the gateway and the CLI need from a key store."""
 
@@ -92,6 +109,9 @@ class Store(Protocol):
         until: dt.date | None = None,
         key: str | None = None,
     ) -> list[UsageTotal]: ...
+    def key_activity(
+        self, starts: Mapping[str, dt.date], name: str | None = None
+    ) -> dict[str, KeyActivity]: ...
     def add_usage(
         self, entries: Iterable[tuple[str, UsageRow]], *, batch_id: str | None = None
     ) -> bool: ...
