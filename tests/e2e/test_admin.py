@@ -26,7 +26,7 @@ from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
 KEYS = "/v1/admin/keys"
 CHAT = "/v1/chat/completions"
 RPC_TIMEOUT = 10.0
-RECORD_FIELDS = {"name", "prefix", "status", "models", "created_at"}
+RECORD_FIELDS = {"name", "prefix", "status", "models", "created_at", "tokens_used", "spent_usd"}
 
 
 @pytest.fixture

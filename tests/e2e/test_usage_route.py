@@ -209,3 +209,57 @@ def test_key_usage_shows_cost_in_dollars_unpriced_and_estimated_requests(admin, 
         totals(2, 100, 50, 0, 1.5, 0, 1, day="2011-03-01", model="gpt-4o"),
         totals(1, 10, 5, 1, 0, 1, 0, day="2011-03-01", model="o3"),
     ]
+
+
+def test_key_records_show_the_budget_periods_use_and_the_last_day_used(gateway, admin):
+    today = dt.datetime.now(dt.UTC).date()
+    month = today.replace(day=1)
+    daily, monthly = (f"{kind}-{uuid.uuid4().hex[:8]}" for kind in ("daily", "monthly"))
+    created = admin.post(
+        "/v1/admin/keys", json={"name": daily, "budget_tokens": 10**9, "budget_period": "day"}
+    ).json()
+    # Nothing used yet: 0, and no last day.
+    assert (created["tokens_used"], created["spent_usd"]) == (0, 0)
+    assert "last_used_day" not in created
+    admin.post("/v1/admin/keys", json={"name": monthly})
+    store = KeyStore(gateway.db)
+    try:
+        for name in (daily, monthly):
+            store.add_usage(
+                [
+                    (name, UsageRow(today, "gpt-4o", 2, 10, 20, 0, 1_500_000)),
+                    (name, UsageRow(today, "o3", 1, 1, 2, 0, 0, 1)),  # unpriced: adds no cost
+                    (name, UsageRow(month, "gpt-4o", 1, 100, 200, 0, 2_000_000)),
+                    (name, UsageRow(month - dt.timedelta(days=40), "o3", 1, 10**6, 0, 0, 10**9)),
+                ]
+            )
+    finally:
+        store.close()
+    day_use = (33, 1.5) if month != today else (333, 3.5)
+    month_use = (333, 3.5)
+
+    def use(record: dict) -> tuple[object, ...]:
+        return record["tokens_used"], record["spent_usd"], record["last_used_day"]
+
+    got = admin.get(f"/v1/admin/keys/{daily}").json()
+    listed = {record["name"]: record for record in admin.get("/v1/admin/keys").json()["data"]}
+    updated = admin.patch(f"/v1/admin/keys/{monthly}", json={"rpm": 5}).json()
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        over_grpc = keys_pb2_grpc.KeyServiceStub(channel).GetKey(
+            keys_pb2.GetKeyRequest(name=monthly),
+            metadata=(("authorization", f"Bearer {ADMIN_KEY}"),),
+            timeout=RPC_TIMEOUT,
+        )
+    revoked = admin.delete(f"/v1/admin/keys/{daily}").json()
+    # A new key under a used name goes on with the name's ledger, as its budget does.
+    again = admin.post("/v1/admin/keys", json={"name": daily}).json()
+    if dt.datetime.now(dt.UTC).date() != today:
+        pytest.skip("the UTC day changed during the test")
+    last = today.isoformat()
+    assert use(got) == use(listed[daily]) == use(revoked) == (*day_use, last)
+    assert use(listed[monthly]) == use(updated) == (*month_use, last)
+    assert use(again) == (*month_use, last)  # no budget period: the month
+    assert (over_grpc.tokens_used, over_grpc.spent_usd, over_grpc.last_used_day) == (
+        *month_use,
+        last,
+    )
