@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Coroutine, Iterator, Sequence
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 
 from .errors import GatewayError
 from .keystore.admin import KeyAdmin
+from .keystore.key_limits import micro_to_usd
 from .keystore.opening import open_store
 from .keystore.records import KeyRecord, parse_duration
 from .keystore.store import BackupUnsupportedError, SchemaTooNewError
@@ -49,9 +51,20 @@ BudgetOption = Annotated[
     str | None,
     typer.Option("--budget-tokens", help="Tokens per budget period." + _LIMIT_HELP),
 ]
+UsdOption = Annotated[
+    str | None,
+    typer.Option(
+        "--budget-usd",
+        help="Dollars per budget period, e.g. 25 or 0.50 (at the prices in the config file)."
+        + _LIMIT_HELP,
+    ),
+]
 PeriodOption = Annotated[
     str | None,
-    typer.Option("--budget-period", help="The budget's period: day or month (UTC; default month)."),
+    typer.Option(
+        "--budget-period",
+        help="The period of both budgets: day or month (UTC; default month).",
+    ),
 ]
 
 
@@ -212,7 +225,9 @@ def _key_admin(db: Path | None) -> Iterator[KeyAdmin]:
         store.close()
 
 
-LIMIT_OPTIONS = ("models", "rpm", "tpm", "max_concurrent", "budget_tokens", "budget_period")
+LIMIT_OPTIONS = (
+    "models", "rpm", "tpm", "max_concurrent", "budget_tokens", "budget_usd", "budget_period",
+)  # fmt: skip
 # The words that lift a limit (None to the key admin core); for the counts, 'unlimited'.
 _NO_LIMIT = {"models": ("all",), "expires_in": ("never",), "budget_period": ()}
 
@@ -231,9 +246,30 @@ def _given_limits(*values: str | None, expires_in: str | None) -> dict[str, obje
             limits[field] = None
         elif field == "models":
             limits[field] = text.split(",")
+        elif field == "budget_usd":
+            limits[field] = _dollars(text)
         else:
             limits[field] = int(text) if text.isdigit() else text
     return limits
+
+
+def _dollars(text: str) -> object:
+    """'25', '$0.50': a Decimal, exactly as written; other text goes to the core as it is,
+    which refuses it with its message."""
+    try:
+        return Decimal(text.removeprefix("$"))
+    except InvalidOperation:
+        return text
+
+
+def _budget(record: KeyRecord) -> str:
+    """The key's budgets: '1000000/month', '$25/day', '1000000 and $25/day', or '-'."""
+    budgets = []
+    if record.budget_tokens is not None:
+        budgets.append(str(record.budget_tokens))
+    if record.budget_usd_micro is not None:
+        budgets.append(f"${micro_to_usd(record.budget_usd_micro):,.6f}".rstrip("0").rstrip("."))
+    return f"{' and '.join(budgets)}/{record.budget_period}" if budgets else "-"
 
 
 def _unlimited(value: object) -> str:
@@ -241,9 +277,9 @@ def _unlimited(value: object) -> str:
 
 
 def _describe(record: KeyRecord) -> str:
-    budget = "unlimited"
-    if record.budget_tokens is not None:
-        budget = f"{record.budget_tokens}/{record.budget_period}"
+    budget = _budget(record)
+    if budget == "-":
+        budget = "unlimited"
     return (
         f"models={','.join(record.models or ()) or 'all'} rpm={_unlimited(record.rpm)} "
         f"tpm={_unlimited(record.tpm)} max-concurrent={_unlimited(record.max_concurrent)} "
@@ -264,12 +300,20 @@ def keys_create(
     tpm: TpmOption = None,
     max_concurrent: ConcurrentOption = None,
     budget_tokens: BudgetOption = None,
+    budget_usd: UsdOption = None,
     budget_period: PeriodOption = None,
     db: DbOption = None,
 ) -> None:
     """Create a key. It is printed once, alone on the last line, and never stored."""
     limits = _given_limits(
-        models, rpm, tpm, max_concurrent, budget_tokens, budget_period, expires_in=expires_in
+        models,
+        rpm,
+        tpm,
+        max_concurrent,
+        budget_tokens,
+        budget_usd,
+        budget_period,
+        expires_in=expires_in,
     )
     with _key_admin(db) as admin:
         record, key = admin.create(name, limits)
@@ -291,13 +335,21 @@ def keys_update(
     tpm: TpmOption = None,
     max_concurrent: ConcurrentOption = None,
     budget_tokens: BudgetOption = None,
+    budget_usd: UsdOption = None,
     budget_period: PeriodOption = None,
     db: DbOption = None,
 ) -> None:
     """Change the limits of a live key in place (the key itself stays the same); a running
     gateway applies them within a second. Options not given are left as they are."""
     limits = _given_limits(
-        models, rpm, tpm, max_concurrent, budget_tokens, budget_period, expires_in=expires_in
+        models,
+        rpm,
+        tpm,
+        max_concurrent,
+        budget_tokens,
+        budget_usd,
+        budget_period,
+        expires_in=expires_in,
     )
     with _key_admin(db) as admin:
         record = admin.update(name, limits)
@@ -321,7 +373,7 @@ def keys_list(db: DbOption = None) -> None:
             str(r.rpm) if r.rpm is not None else "-",
             str(r.tpm) if r.tpm is not None else "-",
             str(r.max_concurrent) if r.max_concurrent is not None else "-",
-            f"{r.budget_tokens}/{r.budget_period}" if r.budget_tokens is not None else "-",
+            _budget(r),
             _when(r.created_at),
             _when(r.expires_at),
             _when(r.revoked_at),

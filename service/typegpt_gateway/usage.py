@@ -11,6 +11,8 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated: bool = False
+    # Of prompt_tokens, those the upstream read from its prompt cache (charged less).
+    cached_tokens: int = 0
 
     @property
     def total(self) -> int:

@@ -784,10 +784,12 @@ def settled(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     counted: list[bool] = []
     record = UsageLedger.record
 
-    def counting(self: UsageLedger, name: str, model: str, usage: Any, *, error: bool) -> None:
+    def counting(
+        self: UsageLedger, name: str, model: str, usage: Any, *, error: bool, **cost: Any
+    ) -> None:
         if name == ONE_AT_A_TIME:
             counted.append(error)
-        record(self, name, model, usage, error=error)
+        record(self, name, model, usage, error=error, **cost)
 
     monkeypatch.setattr(UsageLedger, "record", counting)
     return counted

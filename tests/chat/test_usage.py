@@ -259,17 +259,18 @@ def test_ledger_batches_and_keeps_what_it_could_not_write():
     async def scenario() -> None:
         store = FlakyStore()
         ledger = UsageLedger(store, interval=3600, clock=lambda: 1_777_593_600.0)  # 2026-05-01
-        ledger.record("k", "gpt-4o", Usage(10, 20), error=False)
+        ledger.record("k", "gpt-4o", Usage(10, 20), error=False, cost_micro_usd=225)
         ledger.record("k", "gpt-4o", None, error=True)
         assert store.rows == []  # nothing on the request path
         assert await ledger.flush() is False
-        ledger.record("k", "o3", Usage(1, 2), error=False)
+        # No price: its cost is unknown, counted apart and not as 0; and an estimate says so.
+        ledger.record("k", "o3", Usage(1, 2, estimated=True), error=False)
         store.fail = False
         assert await ledger.flush() is True
         day = dt.date(2026, 5, 1)
         assert sorted(store.rows, key=lambda entry: entry[1].model) == [
-            ("k", UsageRow(day, "gpt-4o", 2, 10, 20, 1)),
-            ("k", UsageRow(day, "o3", 1, 1, 2, 0)),
+            ("k", UsageRow(day, "gpt-4o", 2, 10, 20, 1, cost_micro_usd=225)),
+            ("k", UsageRow(day, "o3", 1, 1, 2, 0, unpriced_requests=1, estimated_requests=1)),
         ]
         assert await ledger.flush() is True and len(store.rows) == 2
 

@@ -124,6 +124,22 @@ def test_all_limits_round_trip_as_json_numbers(admin):
     assert record["expires_at"] - record["created_at"] == pytest.approx(3600, abs=2)
 
 
+def test_a_dollar_budget_is_set_changed_and_removed_in_dollars(admin):
+    name = unique("dollars")
+    response = admin.post(KEYS, json={"name": name, "budget_usd": 0.29})
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert (record["budget_usd"], record["budget_period"]) == (0.29, "month")
+    record = admin.patch(f"{KEYS}/{name}", json={"budget_usd": 25, "budget_period": "day"}).json()
+    assert (record["budget_usd"], record["budget_period"]) == (25, "day")
+    assert admin.get(f"{KEYS}/{name}").json() == record
+    record = admin.patch(f"{KEYS}/{name}", json={"budget_usd": None}).json()
+    assert "budget_usd" not in record
+    for bad in (0, -1, 0.0000001, "lots"):
+        refused = admin.patch(f"{KEYS}/{name}", json={"budget_usd": bad})
+        assert assert_error(refused, 400, "invalid_request_error")["param"] == "budget_usd"
+
+
 def test_list_shows_every_record_never_a_key(admin):
     names = [unique("listed"), unique("listed")]
     for name in names:

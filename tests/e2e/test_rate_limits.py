@@ -381,6 +381,16 @@ def test_ledger_counts_requests_tokens_and_errors_per_model(gateway, upstream):
     assert rows["gpt-4o"]["requests"] == 2 and rows["gpt-4o"]["errors"] == 1
     assert rows["gpt-4o"]["prompt_tokens"] == PROMPT_TOKENS_PER_MESSAGE
     assert rows["o3"]["completion_tokens"] == COMPLETION_TOKENS
+    # At the shipped prices (USD per 1M tokens, micro-dollars per token): gpt-4o 2.50 in and
+    # 10.00 out, 5 x 2.5 + 7 x 10 = 82.5 -> 83; the 502 used nothing. o3 2.00 and 8.00.
+    store = KeyStore(gateway.db)
+    try:
+        costs = {row.model: row for row in store.usage("ledger")}
+    finally:
+        store.close()
+    assert costs["gpt-4o"].cost_micro_usd == 83
+    assert costs["o3"].cost_micro_usd == 5 * 2 + 7 * 8
+    assert all(row.unpriced_requests == row.estimated_requests == 0 for row in costs.values())
     table = gateway.cli("keys", "usage", "ledger", "--since", "1d").stdout
     assert "COMPLETION_TOKENS" in table.splitlines()[0] and "o3" in table
 

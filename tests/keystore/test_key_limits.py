@@ -4,6 +4,7 @@ it: the store refuses what the key admin core refuses, with the same message."""
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 import pytest
 
@@ -12,9 +13,11 @@ from typegpt_gateway.keystore.admin import check_limits as admin_check_limits
 from typegpt_gateway.keystore.key_limits import (
     LAST_EXPIRY,
     LIMIT_FIELDS,
+    MAX_BUDGET_USD,
     InvalidLimit,
     check_limit,
     check_limits,
+    usd_to_micro,
 )
 from typegpt_gateway.keystore.sqlite import KeyStore
 
@@ -138,3 +141,50 @@ def test_the_admin_core_adds_the_catalog_to_the_rule():
     assert refused.value.param == "models" and "gpt-9" in refused.value.message
     # The store has no catalog: any model name the rule accepts.
     assert check_limit("models", ["gpt-9"]) == ("gpt-9",)
+
+
+# -- dollar budgets ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dollars", "micro"),
+    [
+        (25, 25_000_000),
+        (25.0, 25_000_000),  # a JSON number, through the transcoder
+        (0.01, 10_000),
+        (0.29, 290_000),  # read as written, not as the double's binary value
+        (Decimal("0.000001"), 1),
+        (Decimal("12.345678"), 12_345_678),
+        (MAX_BUDGET_USD, MAX_BUDGET_USD * 1_000_000),
+    ],
+)
+def test_dollars_become_whole_micro_dollars_exactly(dollars, micro):
+    converted = usd_to_micro(dollars)
+    assert converted == micro and type(converted) is int
+    assert check_limit("budget_usd_micro", converted) == micro
+
+
+@pytest.mark.parametrize(
+    "dollars",
+    [0, -1, 0.0000001, Decimal("1.0000001"), math.nan, math.inf, True, "25", None,
+     MAX_BUDGET_USD + 1],
+)  # fmt: skip
+def test_dollars_that_are_no_budget_are_refused(dollars):
+    with pytest.raises(InvalidLimit) as refused:
+        usd_to_micro(dollars)
+    assert refused.value.param == "budget_usd"
+    assert refused.value.message.startswith("'budget_usd' must be an amount of dollars")
+
+
+def test_the_store_holds_dollar_budgets_in_micro_dollars_with_a_period(tmp_path):
+    store = KeyStore(tmp_path / "keys.db")
+    try:
+        record, _ = store.create("k", budget_usd_micro=25_000_000)
+        assert (record.budget_usd_micro, record.budget_period) == (25_000_000, "month")
+        assert store.get("k") == record
+        updated = store.update("k", budget_usd_micro=None, budget_tokens=10)
+        assert (updated.budget_usd_micro, updated.budget_tokens) == (None, 10)
+        with pytest.raises(ValueError, match="budget_usd_micro"):
+            store.update("k", budget_usd_micro=0)
+    finally:
+        store.close()

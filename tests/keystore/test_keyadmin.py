@@ -35,8 +35,14 @@ def test_check_limits_translates_and_normalises():
 
 
 def test_check_limits_none_removes_each_limit():
-    fields = check_limits({"models": None, "tpm": None, "expires_in": None}, CATALOG, NOW)
-    assert fields == {"models": None, "tpm": None, "expires_at": None}
+    fields = check_limits(
+        {"models": None, "tpm": None, "expires_in": None, "budget_usd": None}, CATALOG, NOW
+    )
+    assert fields == {"models": None, "tpm": None, "expires_at": None, "budget_usd_micro": None}
+
+
+def test_a_dollar_budget_is_given_in_dollars_and_kept_in_micro_dollars():
+    assert check_limits({"budget_usd": 0.01}, CATALOG, NOW) == {"budget_usd_micro": 10_000}
 
 
 @pytest.mark.parametrize(
@@ -52,6 +58,10 @@ def test_check_limits_none_removes_each_limit():
         ({"budget_tokens": "10"}, "budget_tokens"),
         ({"budget_period": "fortnight"}, "budget_period"),
         ({"budget_period": "week"}, "budget_period"),
+        ({"budget_usd": 0}, "budget_usd"),
+        ({"budget_usd": "25"}, "budget_usd"),
+        ({"budget_usd": 0.0000001}, "budget_usd"),
+        ({"budget_usd_micro": 10}, "budget_usd_micro"),  # the store's field, not a param
         ({"models": [" "]}, "models"),
         ({"models": [1]}, "models"),
         ({"expires_in": 0}, "expires_in"),
@@ -134,4 +144,17 @@ def test_admin_create_get_update_revoke(store_factory):
     admin.create("svc", {"budget_tokens": 1000})
     assert admin.get("svc").budget_period == "month"
     assert admin.update("svc", {"budget_period": "day"}).budget_period == "day"
-    assert [record.revoked_at is None for record in admin.list()] == [False, True]
+    # So is a dollar budget; both share the period.
+    admin.create("usd", {"budget_usd": 25})
+    assert (admin.get("usd").budget_usd_micro, admin.get("usd").budget_period) == (
+        25_000_000,
+        "month",
+    )
+    both = admin.update("usd", {"budget_tokens": 1000, "budget_usd": 0.5})
+    assert (both.budget_tokens, both.budget_usd_micro, both.budget_period) == (
+        1000,
+        500_000,
+        "month",
+    )
+    assert admin.update("usd", {"budget_usd": None}).budget_usd_micro is None
+    assert [record.revoked_at is None for record in admin.list()] == [False, True, True]

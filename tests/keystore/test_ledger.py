@@ -49,14 +49,14 @@ def test_a_write_whose_commit_went_through_is_counted_once(store_factory):
     async def scenario() -> None:
         store = Faulty(store_factory())
         ledger = UsageLedger(store, interval=3600, clock=lambda: NOON)
-        ledger.record("k", "gpt-4o", Usage(10, 20), error=False)
+        ledger.record("k", "gpt-4o", Usage(10, 20), error=False, cost_micro_usd=225)
         store.next_outcome = "raises after commit"
         assert await ledger.flush() is False  # the ledger cannot know it was written...
-        ledger.record("k", "gpt-4o", Usage(1, 2), error=True)
+        ledger.record("k", "gpt-4o", Usage(1, 2), error=True, cost_micro_usd=23)
         assert await ledger.flush() is True  # ...so it writes it again, under the same id
-        assert store.store.usage("k") == [UsageRow(DAY, "gpt-4o", 2, 11, 22, 1)]
+        assert store.store.usage("k") == [UsageRow(DAY, "gpt-4o", 2, 11, 22, 1, 248)]
         assert await ledger.flush() is True
-        assert store.store.usage("k") == [UsageRow(DAY, "gpt-4o", 2, 11, 22, 1)]
+        assert store.store.usage("k") == [UsageRow(DAY, "gpt-4o", 2, 11, 22, 1, 248)]
 
     asyncio.run(scenario())
 
@@ -69,18 +69,18 @@ def test_a_writer_cancelled_in_the_middle_of_a_write_loses_and_repeats_nothing(
         store = Faulty(store_factory())
         store.hold, store.next_outcome = True, outcome
         ledger = UsageLedger(store, interval=0.01, clock=lambda: NOON)
-        ledger.record("k", "gpt-4o", Usage(10, 20), error=False)
+        ledger.record("k", "gpt-4o", Usage(10, 20), error=False, cost_micro_usd=225)
         writer = asyncio.create_task(ledger.run())
         assert await asyncio.to_thread(store.entered.wait, WAIT)
         writer.cancel()  # shutdown, while add_usage runs in its thread
         with pytest.raises(asyncio.CancelledError):
             await writer
-        ledger.record("k", "gpt-4o", Usage(1, 2), error=True)
+        ledger.record("k", "gpt-4o", Usage(1, 2), error=True, cost_micro_usd=23)
         store.release.set()
         # The final flush: the batch under way first (a failed one is tried once more).
         flushed = [await ledger.flush() for _ in range(2)]
         assert flushed[-1] is True
-        assert store.store.usage("k") == [UsageRow(DAY, "gpt-4o", 2, 11, 22, 1)]
+        assert store.store.usage("k") == [UsageRow(DAY, "gpt-4o", 2, 11, 22, 1, 248)]
 
     asyncio.run(scenario())
 
@@ -89,17 +89,17 @@ def test_close_tries_again_and_says_what_it_could_not_write(store_factory, caplo
     async def scenario() -> None:
         store = Faulty(store_factory())
         ledger = UsageLedger(store, interval=3600, clock=lambda: NOON)
-        ledger.record("k", "gpt-4o", Usage(10, 20), error=False)
+        ledger.record("k", "gpt-4o", Usage(10, 20), error=False, cost_micro_usd=225)
         # A connection found dead fails its first call; the next one reconnects.
         store.next_outcome = "fails"
         assert await ledger.close() is True
-        assert store.store.usage("k") == [UsageRow(DAY, "gpt-4o", 1, 10, 20, 0)]
+        assert store.store.usage("k") == [UsageRow(DAY, "gpt-4o", 1, 10, 20, 0, 225)]
 
-        ledger.record("k", "o3", Usage(1, 2), error=False)
+        ledger.record("k", "o3", Usage(1, 2), error=False, cost_micro_usd=18)
         store.add_usage = _always_fails
         with caplog.at_level(logging.ERROR, logger="typegpt_gateway.keystore.ledger"):
             assert await ledger.close(pause=0.01) is False
-        assert "1 requests (1 prompt and 2 completion tokens)" in caplog.text
+        assert "1 requests (1 prompt and 2 completion tokens, 18 micro-dollars)" in caplog.text
 
     asyncio.run(scenario())
 

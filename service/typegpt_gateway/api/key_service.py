@@ -21,7 +21,7 @@ from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
 
 from ..keystore.admin import ADMIN, LIMIT_PARAMS, KeyAdmin, parse_day
 from ..keystore.cache import KeyCache
-from ..keystore.key_limits import COUNT_LIMITS
+from ..keystore.key_limits import COUNT_LIMITS, micro_to_usd
 from ..keystore.records import KeyRecord, status
 from ..keystore.store import KeyActivity, PeriodUse, UsageGroup, UsageRow, UsageTotal
 from ..limits.rules import period_bounds
@@ -63,6 +63,8 @@ def api_key_message(
         value = getattr(record, field)
         if value is not None:
             setattr(message, field, value)
+    if record.budget_usd_micro is not None:
+        message.budget_usd = micro_to_usd(record.budget_usd_micro)
     if record.expires_at is not None:
         message.expires_at = int(record.expires_at)
     if record.revoked_at is not None:
@@ -116,7 +118,7 @@ def create_limits(request: keys_pb2.CreateKeyRequest) -> dict[str, object]:
     limits: dict[str, object] = {}
     if request.models:
         limits["models"] = list(request.models)
-    for field in (*COUNT_LIMITS, "budget_period"):
+    for field in (*COUNT_LIMITS, "budget_period", "budget_usd"):
         if request.HasField(field):
             limits[field] = getattr(request, field)
     if request.HasField("expires_in"):

@@ -14,13 +14,11 @@ import asyncio
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
-import aiohttp
-
 from ..errors import GatewayError
 from ..keystore.cache import KeyCache
 from ..keystore.records import KeyRecord
 from ..ops import observe
-from ..upstream.failover import Failover
+from ..upstream.failover import Failover, Opened
 from ..upstream.timeouts import Deadlines
 from .accounting import Accounting
 from .answer import Answer, Stream, read_answer
@@ -82,7 +80,9 @@ class ChatPipeline:
         # Whatever raises from here on, the account is settled before it leaves.
         try:
             deadlines = self.upstreams.deadlines()
-            response = await self._open(request, body, ask_usage, meter, deadlines)
+            opened = await self._open(request, body, ask_usage, meter, deadlines)
+            account.served_by(opened.upstream)
+            response = opened.response
             if request.stream:
                 stream = Stream(
                     response,
@@ -119,7 +119,7 @@ class ChatPipeline:
         ask_usage: bool,
         meter: UsageMeter,
         deadlines: Deadlines,
-    ) -> aiohttp.ClientResponse:
+    ) -> Opened:
         if not ask_usage:
             return await self.upstreams.open(
                 request.model, body, stream=request.stream, deadlines=deadlines

@@ -1,6 +1,10 @@
 """Token usage of a chat completion, as the upstream reports it or, failing that, estimated.
 Pure rules.
 
+The upstream's usage includes `prompt_tokens_details.cached_tokens` when it read part of the
+prompt from its cache (priced apart, see upstream/prices.py): kept when it is a count no larger
+than the prompt, else taken as 0.
+
 Streams: the gateway always asks the upstream for the final usage chunk
 (`stream_options.include_usage`), so that no client can choose a cheaper count: it splices
 `"stream_options":{"include_usage":true},` into a body without `stream_options` (nothing else
@@ -174,7 +178,15 @@ def _usage_of(document: Any) -> Usage | None:
         raise UnusableUsageError(
             f"prompt_tokens and completion_tokens are not counts from 0 to {MAX_REPORTED_TOKENS}"
         )
-    return Usage(prompt, completion)
+    return Usage(prompt, completion, cached_tokens=_cached(usage, prompt))
+
+
+def _cached(usage: dict[str, Any], prompt: int) -> int:
+    """The prompt tokens the upstream read from its cache; 0 (the whole prompt at the input
+    price) when it says nothing of use: no upstream is billed less on a guess."""
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    return cached if cached is not None and cached <= prompt else 0
 
 
 def _is_usage_chunk(document: Any) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Collection, Mapping
 
 from ..errors import GatewayError
 from ..ops.observe import UNKNOWN_MODEL
-from .key_limits import LIMIT_FIELDS, InvalidLimit, check_limit
+from .key_limits import LIMIT_FIELDS, InvalidLimit, check_limit, usd_to_micro
 from .records import KeyRecord, parse_duration
 from .store import (
     USAGE_GROUPS,
@@ -37,8 +37,11 @@ ADMIN = "admin"
 # name the catalog lacks): a client key named so would pass for them. Reserved in any case,
 # since a reader of a dashboard does not tell "Admin" from "admin".
 RESERVED_NAMES = frozenset({ADMIN, UNKNOWN_MODEL})
-# What create and update accept: the stored limits, with a lifetime instead of a date.
-LIMIT_PARAMS = (*(field for field in LIMIT_FIELDS if field != "expires_at"), "expires_in")
+# What create and update accept: the stored limits, with a lifetime instead of a date and
+# dollars instead of micro-dollars.
+_PARAM_OF = {"expires_at": "expires_in", "budget_usd_micro": "budget_usd"}
+_FIELD_OF = {param: field for field, param in _PARAM_OF.items()}
+LIMIT_PARAMS = tuple(_PARAM_OF.get(field, field) for field in LIMIT_FIELDS)
 
 
 def _invalid(message: str, param: str) -> GatewayError:
@@ -96,11 +99,12 @@ def check_limits(
         raise _invalid(f"Unknown limit: {', '.join(sorted(unknown))}.", sorted(unknown)[0])
     fields: dict[str, object] = {}
     for param, value in limits.items():
-        field = param
-        if param == "expires_in":
-            field = "expires_at"
-            value = None if value is None else now + lifetime_seconds(value)
+        field = _FIELD_OF.get(param, param)
         try:
+            if value is not None and param == "expires_in":
+                value = now + lifetime_seconds(value)
+            elif value is not None and param == "budget_usd":
+                value = usd_to_micro(value)
             fields[field] = checked = check_limit(field, value)
         except InvalidLimit as refused:
             if field == "expires_at":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from decimal import Decimal
 
 # The limits a store holds and `update` may change; None lifts one (unlimited, all models,
 # never expires).
@@ -20,12 +21,19 @@ LIMIT_FIELDS = (
     "max_concurrent",
     "budget_tokens",
     "budget_period",
+    "budget_usd_micro",
     "expires_at",
 )
+# The budgets a period applies to: a key with either has a period (monthly unless said).
+BUDGETS = ("budget_tokens", "budget_usd_micro")
+MICRO_USD = 1_000_000  # micro-dollars in a dollar
+# The largest dollar budget: its micro-dollars stay exact in the admin API's JSON doubles, in
+# Redis's Lua numbers and in 64-bit columns (2^53 micro-dollars is about 9 billion dollars).
+MAX_BUDGET_USD = 1_000_000_000
 # Limits set as whole numbers of at least 1, up to what the admin API's JSON can carry
 # exactly (uint32 fields; budget_tokens is a double, exact to 2^53).
 COUNT_LIMITS = ("rpm", "tpm", "max_concurrent", "budget_tokens")
-_MAX_COUNTS = {"budget_tokens": 2**53}
+_MAX_COUNTS = {"budget_tokens": 2**53, "budget_usd_micro": MAX_BUDGET_USD * MICRO_USD}
 _MAX_COUNT = 2**32 - 1
 BUDGET_PERIODS = ("day", "month")
 # The last expiry time the admin API's uint32 Unix seconds can carry (2106-02-07): a later
@@ -62,7 +70,7 @@ def check_limit(field: str, value: object) -> object:
         return _budget_period(value)
     if field == "expires_at":
         return _expiry(value)
-    if field in COUNT_LIMITS:
+    if field in (*COUNT_LIMITS, "budget_usd_micro"):
         return _count(field, value)
     raise InvalidLimit(f"Unknown limit: {field}.", field)
 
@@ -111,3 +119,32 @@ def _expiry(value: object) -> float:
             f"'expires_at' must be a Unix time by {LAST_EXPIRY} (2106-02-07).", "expires_at"
         )
     return float(value)
+
+
+def usd_to_micro(value: object, param: str = "budget_usd") -> int:
+    """A dollar amount (a number; the CLI's text comes as a Decimal) in whole micro-dollars,
+    or InvalidLimit: from one micro-dollar to MAX_BUDGET_USD, no finer than a micro-dollar.
+    Exact: a JSON number such as 0.29 is read as the decimal it was written as."""
+    amount: Decimal | None = None
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        # repr is the shortest text that reads back as the same double: what the client wrote.
+        amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    micro = amount * MICRO_USD if amount is not None and amount.is_finite() else None
+    if (
+        micro is None
+        or micro != micro.to_integral_value()
+        or not 1 <= micro <= (MAX_BUDGET_USD * MICRO_USD)
+    ):
+        raise InvalidLimit(
+            f"'{param}' must be an amount of dollars from 0.000001 to {MAX_BUDGET_USD}, "
+            "in whole micro-dollars (at most 6 decimal places).",
+            param,
+        )
+    return int(micro)
+
+
+def micro_to_usd(micro: int) -> float:
+    """Micro-dollars as the API's dollars (a double: exact to the micro-dollar up to 2^53)."""
+    return micro / MICRO_USD

@@ -1,4 +1,4 @@
-"""The usage ledger: requests, tokens and errors per key, model and UTC day.
+"""The usage ledger: requests, tokens, errors and cost per key, model and UTC day.
 
 Requests add to counters in memory (no I/O on the request path); a background task writes them
 to the key store every `interval` seconds as one batch, in one transaction, and `close` writes
@@ -24,6 +24,16 @@ from .store import Store, UsageRow
 logger = logging.getLogger(__name__)
 
 _Key = tuple[str, dt.date, str]
+# A pending entry's counters, in UsageRow's order after day and model.
+_COUNTERS = (
+    _REQUESTS,
+    _PROMPT,
+    _COMPLETION,
+    _ERRORS,
+    _COST,
+    _UNPRICED,
+    _ESTIMATED,
+) = range(7)
 
 
 def utc_day(now: float) -> dt.date:
@@ -57,15 +67,31 @@ class UsageLedger:
         self._writing: asyncio.Future[bool] | None = None
         self._write_lock = asyncio.Lock()
 
-    def record(self, name: str, model: str, usage: Usage | None, *, error: bool) -> None:
-        """One request of key `name`: its tokens (if any reached the upstream) and whether it
-        ended in an error."""
-        counts = self._pending.setdefault((name, utc_day(self._clock()), model), [0, 0, 0, 0])
-        counts[0] += 1
+    def record(
+        self,
+        name: str,
+        model: str,
+        usage: Usage | None,
+        *,
+        error: bool,
+        cost_micro_usd: int | None = None,
+    ) -> None:
+        """One request of key `name`: its tokens (if any reached the upstream), whether it
+        ended in an error, and its cost (None with a usage: the model had no price, so the
+        cost is unknown and the request counts as unpriced)."""
+        counts = self._pending.setdefault(
+            (name, utc_day(self._clock()), model), [0] * len(_COUNTERS)
+        )
+        counts[_REQUESTS] += 1
         if usage is not None:
-            counts[1] += usage.prompt_tokens
-            counts[2] += usage.completion_tokens
-        counts[3] += int(error)
+            counts[_PROMPT] += usage.prompt_tokens
+            counts[_COMPLETION] += usage.completion_tokens
+            if cost_micro_usd is None:
+                counts[_UNPRICED] += 1
+            else:
+                counts[_COST] += cost_micro_usd
+            counts[_ESTIMATED] += int(usage.estimated)
+        counts[_ERRORS] += int(error)
 
     async def run(self) -> None:
         while True:
@@ -96,11 +122,12 @@ class UsageLedger:
             for _, row in (*(self._batch.entries if self._batch else ()), *_entries(self._pending))
         ]
         logger.error(
-            "the usage of %d requests (%d prompt and %d completion tokens) could not be written "
-            "to the key store",
+            "the usage of %d requests (%d prompt and %d completion tokens, %d micro-dollars) "
+            "could not be written to the key store",
             sum(row.requests for row in unwritten),
             sum(row.prompt_tokens for row in unwritten),
             sum(row.completion_tokens for row in unwritten),
+            sum(row.cost_micro_usd for row in unwritten),
         )
         return False
 

@@ -36,7 +36,8 @@ class KeyRecord:
     tpm: int | None = None
     max_concurrent: int | None = None
     budget_tokens: int | None = None
-    budget_period: str | None = None  # "day" or "month", with budget_tokens
+    budget_period: str | None = None  # "day" or "month", with either budget
+    budget_usd_micro: int | None = None  # micro-dollars per budget_period
     expires_at: float | None = None
     revoked_at: float | None = None
 

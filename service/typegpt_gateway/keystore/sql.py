@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
-from .key_limits import LIMIT_FIELDS, check_limits
+from .key_limits import BUDGETS, LIMIT_FIELDS, check_limits
 from .records import SHOWN_PREFIX_CHARS, KeyRecord, hash_key, new_key
 from .schema import Dialect, migrate
 from .store import (
@@ -179,10 +179,12 @@ class SqlStore:
         self, name: str, *, expires_in: float | None = None, **limits: Any
     ) -> tuple[KeyRecord, str]:
         """Stores a new key with `limits` (LIMIT_FIELDS; unset is unlimited) and returns its
-        record and the key itself, which is never stored. A budget is monthly unless said."""
+        record and the key itself, which is never stored. A budget (tokens or dollars) is
+        monthly unless said."""
         if not name.strip():
             raise ValueError("a key needs a name")
-        if limits.get("budget_tokens") is not None and limits.get("budget_period") is None:
+        budgeted = any(limits.get(budget) is not None for budget in BUDGETS)
+        if budgeted and limits.get("budget_period") is None:
             limits["budget_period"] = "month"
         limits = {field: None for field in LIMIT_FIELDS} | limits
         now = time.time()
@@ -236,7 +238,8 @@ class SqlStore:
         values = _stored(limits)
         with self._locked(), self._transaction():
             current = self.get(name)
-            if values.get("budget_tokens") is not None and "budget_period" not in values:
+            budgeted = any(values.get(budget) is not None for budget in BUDGETS)
+            if budgeted and "budget_period" not in values:
                 values["budget_period"] = current.budget_period or "month"
             if values:
                 assignments = ", ".join(f"{field} = ?" for field in values)

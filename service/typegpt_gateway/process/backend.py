@@ -44,6 +44,8 @@ from ..limits import InProcessBackend, Limiter
 from ..redaction import register_url_password
 from ..settings import MiB, Settings
 from ..upstream.failover import Failover
+from ..upstream.prices import PriceList
+from ..upstream.upstreams_file import price_list
 from .envoy_config import WORKER_HEALTH_SERVICE
 from .readiness import ReadinessProbe, key_store_check, rate_limits_check
 
@@ -114,7 +116,9 @@ def _limiter_backend(settings: Settings) -> LimiterBackend:
     return RedisBackend(url, timeout=settings.redis_timeout, cluster=settings.redis_cluster)
 
 
-def _accounting(settings: Settings, store: Store, backend: LimiterBackend) -> Accounting:
+def _accounting(
+    settings: Settings, store: Store, backend: LimiterBackend, prices: PriceList
+) -> Accounting:
     async def budget_seed(name: str, since: dt.date) -> int:
         # After a restart (or a Redis that lost its data) a budget goes on from the ledger.
         rows = await asyncio.to_thread(store.usage, name, since)
@@ -125,7 +129,23 @@ def _accounting(settings: Settings, store: Store, backend: LimiterBackend) -> Ac
         fail_open=settings.rate_limit_failure_mode == "open",
         budget_seed=budget_seed,
     )
-    return Accounting(limiter, UsageLedger(store, settings.usage_flush_interval))
+    return Accounting(limiter, UsageLedger(store, settings.usage_flush_interval), prices)
+
+
+def _tell_unpriced(prices: PriceList, upstreams: Failover, models: tuple[str, ...]) -> None:
+    """Logs the catalog's models that have no price on an upstream serving them: their
+    requests' cost is unknown (counted as unpriced), never 0."""
+    served = {
+        model: [route.name for route in upstreams.router.routes if route.serves(model)]
+        for model in models
+    }
+    for model, lacking in prices.unpriced(served).items():
+        logger.warning(
+            "model %r has no price on upstream %s: its cost is unknown (counted as unpriced "
+            "requests); set it under `prices:` in the config file",
+            model,
+            ", ".join(repr(name) for name in lacking),
+        )
 
 
 def _readiness_checks(settings: Settings, store: Store, backend: LimiterBackend) -> list[Check]:
@@ -144,7 +164,9 @@ async def start_backend(settings: Settings) -> Backend:
         settings.models, owned_by=settings.models_owned_by, created=settings.models_created
     )
     limiter_backend = _limiter_backend(settings)
-    accounting = _accounting(settings, store, limiter_backend)
+    prices = price_list(settings)
+    _tell_unpriced(prices, upstreams, settings.models)
+    accounting = _accounting(settings, store, limiter_backend, prices)
     pipeline = ChatPipeline(
         keys, catalog, upstreams, accounting, keepalive=settings.sse_keepalive_interval
     )

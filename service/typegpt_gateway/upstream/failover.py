@@ -102,10 +102,9 @@ class Failover:
     def deadlines(self) -> Deadlines:
         return Deadlines(self.timeouts, asyncio.get_running_loop().time())
 
-    async def open(
-        self, model: str, body: bytes, *, stream: bool, deadlines: Deadlines
-    ) -> aiohttp.ClientResponse:
-        """The first 2xx answer's open response, or raises the GatewayError the client gets."""
+    async def open(self, model: str, body: bytes, *, stream: bool, deadlines: Deadlines) -> Opened:
+        """The first 2xx answer, open, and its upstream; or raises the GatewayError the client
+        gets."""
         if not self.router.serves(model):
             raise self._not_served(model)
         loop = asyncio.get_running_loop()
@@ -117,7 +116,7 @@ class Failover:
         # No retry may outlive the request's own total deadline.
         budget = min(self.policy.deadline, deadlines.end - loop.time())
         try:
-            return await call_with_retries(
+            response = await call_with_retries(
                 lambda: self._attempt(request, body, stream, deadlines),
                 replace(self.policy, deadline=budget),
                 next_upstream,
@@ -125,6 +124,7 @@ class Failover:
             )
         except AttemptFailed as failure:
             raise failure.error from None
+        return Opened(response, request.tried[-1])
 
     async def _attempt(
         self, request: _Request, body: bytes, stream: bool, deadlines: Deadlines
@@ -181,6 +181,13 @@ class Failover:
                 "api_error",
             )
         return GatewayError(503, f"No upstream is configured to serve the model {model!r}.")
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    response: aiohttp.ClientResponse
+    # The upstream that answered (the last one tried): it is its price the request costs.
+    upstream: str
 
 
 @dataclass(slots=True)

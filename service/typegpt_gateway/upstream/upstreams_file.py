@@ -12,6 +12,14 @@ single upstream of TYPEGPT_BASE_URL and TYPEGPT_API_KEY.
         priority: 1                     # lower is tried first (default 0)
         weight: 1                       # share among upstreams of one priority
         model_map: {gpt-5: gpt-5-2025-08-07}
+        prices:                         # what this upstream charges, where it differs
+          gpt-5: {input: 1.5, cached_input: 0.15, output: 12}
+    prices:                             # USD per 1M tokens; over the shipped defaults
+      gpt-4o: {input: 2.5, cached_input: 1.25, output: 10}
+      gpt-5-model-router: null          # no price: cost unknown
+
+Prices are keyed by the gateway's model names (the catalog's), not an upstream's `model_map`
+names; see prices.py for how they combine.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from ..settings import Settings
+from .prices import Price, PriceList, overlay, shipped_prices
 
 
 class ConfigError(Exception):
@@ -42,6 +51,7 @@ class UpstreamConfig(BaseModel):
     priority: int = 0
     weight: float = Field(default=1.0, gt=0)
     model_map: dict[str, str] = Field(default_factory=dict)
+    prices: dict[str, Price | None] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_key_source(self) -> UpstreamConfig:
@@ -54,6 +64,7 @@ class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     upstreams: tuple[UpstreamConfig, ...] = Field(min_length=1)
+    prices: dict[str, Price | None] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -146,3 +157,15 @@ def upstream_specs(
             )
         )
     return tuple(specs)
+
+
+def price_list(settings: Settings) -> PriceList:
+    """The shipped prices under the config file's, and each upstream's own on top."""
+    shipped = shipped_prices()
+    if settings.config is None:
+        return PriceList(shipped)
+    config = load_config(settings.config)
+    base = overlay(shipped, config.prices)
+    return PriceList(
+        base, {upstream.name: overlay(base, upstream.prices) for upstream in config.upstreams}
+    )

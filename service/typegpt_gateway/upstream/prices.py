@@ -1,0 +1,106 @@
+"""What the upstreams charge per model, and what one request costs. Pure, but for reading the
+shipped defaults (default_prices.yaml, in the package).
+
+A price is USD per 1M tokens: input (the prompt), cached input (the part of the prompt the
+upstream reports in `usage.prompt_tokens_details.cached_tokens`; charged as input when no
+cached price is given) and output (the completion, reasoning tokens included: the upstream
+counts them in `completion_tokens`). 1 USD per 1M tokens is exactly 1 micro-dollar per token,
+so a request's cost in micro-dollars is a sum of tokens times prices.
+
+Rounding: that sum is computed exactly (prices are decimals with at most PRICE_DECIMALS
+places, tokens are integers), then rounded once per request to the nearest whole micro-dollar,
+halves up. The ledger adds whole micro-dollars, so sums are exact; the rounding error is below
+half a micro-dollar per request, either way, and does not pile up in one direction.
+
+A model without a price costs "unknown", never 0: `PriceList.of` answers None and the ledger
+counts the request as unpriced. The price list is the shipped defaults, overlaid model by
+model by the config file's `prices:`, and for requests an upstream served, by that upstream's
+own `prices:` (a fallback provider may charge differently); a model set to null in either has
+no price there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from importlib import resources
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from ..usage import Usage
+
+# A price's finest step: a millionth of a dollar per 1M tokens keeps every cost exact.
+PRICE_DECIMALS = 6
+# USD per 1M tokens: far beyond any model's price; a larger one is a typo.
+MAX_PRICE = 100_000
+DEFAULTS_FILE = "default_prices.yaml"
+
+Amount = Annotated[
+    Decimal, Field(ge=0, le=MAX_PRICE, decimal_places=PRICE_DECIMALS, allow_inf_nan=False)
+]
+
+
+class Price(BaseModel):
+    """One model's price, in USD per 1M tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: Amount
+    output: Amount
+    # None: cached input tokens cost the input price.
+    cached_input: Amount | None = None
+
+
+# What `prices:` holds: model name -> its price, or null for "no price here".
+PriceTable = Mapping[str, Price | None]
+TABLE: TypeAdapter[dict[str, Price | None]] = TypeAdapter(dict[str, Price | None])
+
+
+def cost_micro_usd(usage: Usage, price: Price) -> int:
+    """The request's cost in whole micro-dollars (see the module's rounding rule)."""
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    cached_price = price.input if price.cached_input is None else price.cached_input
+    exact = (
+        (usage.prompt_tokens - cached) * price.input
+        + cached * cached_price
+        + usage.completion_tokens * price.output
+    )
+    return int(exact.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def overlay(base: PriceTable, table: PriceTable) -> dict[str, Price | None]:
+    """`base` with each model `table` names replaced (null: no price)."""
+    return {**base, **table}
+
+
+def shipped_prices() -> dict[str, Price | None]:
+    """The defaults that ship with the gateway (their sources are in the file)."""
+    text = (resources.files(__package__) / DEFAULTS_FILE).read_text()
+    return TABLE.validate_python(yaml.safe_load(text) or {})
+
+
+@dataclass(frozen=True, slots=True)
+class PriceList:
+    """The gateway's prices (`base`) and each upstream's (`by_upstream`, already overlaid)."""
+
+    base: PriceTable
+    by_upstream: Mapping[str, PriceTable] = field(default_factory=dict)
+
+    def of(self, model: str, upstream: str | None = None) -> Price | None:
+        """The price of `model` as `upstream` charges it (None: the gateway's own price, for a
+        request no upstream answered); None when unknown."""
+        table = self.by_upstream.get(upstream, self.base) if upstream is not None else self.base
+        return table.get(model)
+
+    def unpriced(self, served: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+        """Of `served` (each model and the upstreams that serve it), the models without a
+        price on some of their upstreams, with those upstreams."""
+        missing: dict[str, list[str]] = {}
+        for model, upstreams in served.items():
+            lacking = [name for name in upstreams if self.of(model, name) is None]
+            if lacking:
+                missing[model] = lacking
+        return missing
