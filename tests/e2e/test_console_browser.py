@@ -5,8 +5,10 @@ fails, its pages' screenshots are in test-artifacts/console/."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import random
 import shutil
 import subprocess
 import uuid
@@ -17,6 +19,9 @@ from typing import Any
 import pytest
 from gateway_process import ADMIN_KEY, Gateway
 from servers import missing
+
+from typegpt_gateway.keystore.sqlite import KeyStore
+from typegpt_gateway.keystore.store import UsageRow
 
 REPO = Path(__file__).resolve().parents[2]
 JS_DIR = REPO / "tests" / "js"
@@ -81,8 +86,36 @@ def console_gateway(upstream, tmp_path_factory: pytest.TempPathFactory) -> Itera
     gateway.stop()
 
 
+def seed_history(gateway: Gateway, days: int = 21) -> None:
+    """Made-up ledger rows of other keys on past days, so that the usage page (and the README's
+    screenshot of it) shows stacked days; the journey's own key starts with none."""
+    rng = random.Random(15)
+    today = dt.datetime.now(dt.UTC).date()
+    # Micro-dollars per token (USD per 1M tokens), input and output.
+    prices = {MODEL: (2.5, 10.0), "gpt-5-mini": (0.25, 2.0)}
+    entries = []
+    for age in range(1, days + 1):
+        for key, scale in (("team-web", 3), ("batch-jobs", 5), ("ci-bot", 1)):
+            for model, (price_in, price_out) in prices.items():
+                requests = rng.randint(0, 40 * scale)
+                prompt, completion = (
+                    requests * rng.randint(300, 900),
+                    requests * rng.randint(80, 400),
+                )
+                cost = round(prompt * price_in + completion * price_out)
+                day = today - dt.timedelta(days=age)
+                row = UsageRow(day, model, requests, prompt, completion, cost_micro_usd=cost)
+                entries.append((key, row))
+    store = KeyStore(gateway.db)
+    try:
+        store.add_usage(entries)
+    finally:
+        store.close()
+
+
 def test_journey_sign_in_create_use_see_usage_update_revoke(console_gateway):
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    seed_history(console_gateway)
     seen = run_scenario("journey", console_gateway, screenshot=str(SCREENSHOT))
     assert seen["refused"] == 403
     assert seen["tokens"] > 0 and seen["cost_usd"] > 0

@@ -116,7 +116,8 @@ export class UsagePage {
     if (unpriced) notes.push(`${formatCount(unpriced)} requests were for models without a price: their cost is unknown, not counted.`);
     if (estimated) notes.push(`${formatCount(estimated)} requests have estimated tokens (the upstream never reported them).`);
     byId("usage-notes").textContent = notes.join(" ");
-    byId("usage-status").textContent = `${this.rows.length} rows since ${since}.`;
+    const rowsText = this.rows.length === 1 ? "1 row" : `${this.rows.length} rows`;
+    byId("usage-status").textContent = `${rowsText} since ${since}.`;
     view.dataset.state = "loaded";
   }
 
