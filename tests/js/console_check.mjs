@@ -208,6 +208,25 @@ const scenarios = {
     const row = await keyRow(page, name);
     await waitFor("the new key's row", async () => (await row.count()) === 1);
     check((await row.textContent()).includes("100 rpm"), "the key's row does not show its rpm");
+    await assertLabelled(page);
+
+    // Filtered by text, then sorted by name both ways.
+    await page.fill("#keys-filter", name);
+    await waitFor("the filter", async () => (await page.locator("#keys-table tbody tr").count()) === 1);
+    await page.fill("#keys-filter", "");
+    const names = () =>
+      page.locator("#keys-table tbody tr[data-name]").evaluateAll((rows) => rows.map((r) => r.dataset.name));
+    const nameHeader = page.locator('#keys-table th[data-sort="name"]');
+    await nameHeader.locator("button").click();
+    check((await nameHeader.getAttribute("aria-sort")) === "ascending", "no ascending sort by name");
+    const ascending = await names();
+    check(
+      JSON.stringify(ascending) === JSON.stringify([...ascending].sort((a, b) => a.localeCompare(b))),
+      `not sorted by name: ${ascending}`,
+    );
+    await nameHeader.locator("button").press("Enter");
+    check((await nameHeader.getAttribute("aria-sort")) === "descending", "no descending sort by name");
+    check(JSON.stringify(await names()) === JSON.stringify([...ascending].reverse()), "not sorted back");
 
     // Used through the gateway's HTTP port, as a client would.
     const first = await chat(key, config.model);
