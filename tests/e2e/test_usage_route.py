@@ -151,6 +151,21 @@ def test_bad_parameters_are_400_naming_the_parameter(admin, params, param):
     assert error["param"] == param
 
 
+def test_grpc_bad_parameters_are_invalid_argument_naming_the_parameter(gateway):
+    with (
+        grpc.insecure_channel(gateway.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        keys_pb2_grpc.KeyServiceStub(channel).GetUsage(
+            keys_pb2.GetUsageRequest(group_by="day,user"),
+            metadata=(("authorization", f"Bearer {ADMIN_KEY}"),),
+            timeout=RPC_TIMEOUT,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = json.loads(dict(refused.value.trailing_metadata())["x-openai-error"])["error"]
+    assert (error["code"], error["param"]) == (400, "group_by")
+
+
 def test_only_the_admin_key_may_read_it(gateway, api_key):
     assert_error(httpx.get(f"{gateway.url}{USAGE}"), 401, "authentication_error")
     client = {"authorization": f"Bearer {api_key}"}

@@ -23,6 +23,7 @@ from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keystore.cache import KeyCache
 from typegpt_gateway.keystore.postgres import PostgresKeyStore
 from typegpt_gateway.keystore.records import hash_key
+from typegpt_gateway.keystore.sql import key_activity_query, usage_totals_query
 from typegpt_gateway.keystore.sqlite import KeyStore
 from typegpt_gateway.keystore.store import (
     BackupUnsupportedError,
@@ -173,6 +174,35 @@ def test_key_activity_has_each_names_last_day_and_use_since_each_start(store_fac
     assert store.key_activity(starts, "busy") == {"busy": store.key_activity(starts)["busy"]}
     assert store.key_activity(starts, "idle") == {}
     assert store.key_activity(starts, "nobody") == {}
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        (usage_totals_query(["day"], DAY, DAY, None), "INDEX usage_day (day>? AND day<?)"),
+        # Since a day, to this day: still a range of usage_day, not a scan of the ledger.
+        (
+            usage_totals_query(["key", "model"], DAY, None, None),
+            "INDEX usage_day (day>? AND day<?)",
+        ),
+        (
+            usage_totals_query(["day", "model"], DAY, DAY, "k"),
+            "INDEX sqlite_autoindex_usage_1 (key_name=? AND day>? AND day<?)",
+        ),
+        (
+            key_activity_query({"day": DAY, "month": DAY}, None),
+            "INDEX sqlite_autoindex_usage_1 (key_name=? AND day>?)",
+        ),
+    ],
+)
+def test_sqlite_usage_queries_read_through_the_indexes_they_name(tmp_path, query, index):
+    """The admin API's ledger queries read a range of an index, never the whole ledger (the
+    plan SQLite makes without statistics, as the gateway never gathers any)."""
+    KeyStore(tmp_path / "keys.db").close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "keys.db")) as db:
+        plan = [step[-1] for step in db.execute(f"EXPLAIN QUERY PLAN {query[0]}", query[1])]
+    assert any(step.startswith("SEARCH") and index in step for step in plan), plan
+    assert not any(step.startswith(("SCAN usage", "SCAN u ")) for step in plan), plan
 
 
 def test_concurrent_writers_lose_nothing(store_factory):

@@ -1,4 +1,5 @@
-"""KeyService, the admin API over gRPC, which Envoy also serves as REST under /v1/admin/keys.
+"""KeyService, the admin API over gRPC, which Envoy also serves as REST under /v1/admin/keys
+and /v1/admin/usage.
 
 Each RPC: admin auth → the key admin core, in a worker thread since SQLite blocks → the
 record as an ApiKey message. After a change the server's key cache is reloaded at once, so a
@@ -31,6 +32,11 @@ from .admin_auth import authorize_admin
 from .rpc import abort, as_gateway_error, authorization_of
 
 T = TypeVar("T")
+
+
+def dollars(micro_usd: int) -> float:
+    """The API speaks dollars; the ledger keeps exact micro-dollars."""
+    return micro_usd / 1_000_000
 
 
 def period_starts(now: float) -> dict[str, dt.date]:
@@ -86,11 +92,6 @@ def usage_message(row: UsageRow) -> keys_pb2.KeyUsage:
         unpriced_requests=row.unpriced_requests,
         estimated_requests=row.estimated_requests,
     )
-
-
-def dollars(micro_usd: int) -> float:
-    """The API speaks dollars; the ledger keeps exact micro-dollars."""
-    return micro_usd / 1_000_000
 
 
 def usage_total_message(total: UsageTotal) -> keys_pb2.UsageTotal:

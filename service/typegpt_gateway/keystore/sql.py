@@ -80,7 +80,11 @@ def usage_totals_query(
     if not grouped:
         raise ValueError("usage totals need at least one of day, key, model to group by")
     columns = ", ".join(_GROUP_COLUMNS[group] for group in grouped)
-    # Bounds only where given: an open one would still draw the planner to an index.
+    # Days bounded on both sides or not at all. Without bounds, an index would only add a
+    # lookup per row; with `day >= ?` alone, SQLite's planner (which has no statistics) takes
+    # the range for most of the table and scans all of it in primary key order.
+    if since is not None or until is not None:
+        since, until = since or dt.date.min, until or dt.date.max
     bounds = {"key_name = ?": key, "day >= ?": since, "day <= ?": until}
     conditions = [condition for condition, value in bounds.items() if value is not None]
     params = [
@@ -96,6 +100,35 @@ def usage_totals_query(
         f"SELECT {columns}, {sums} FROM usage {where}"  # noqa: S608
         f"GROUP BY {columns} ORDER BY {columns}"
     )
+    return sql, params
+
+
+def key_activity_query(starts: Mapping[str, dt.date], name: str | None) -> tuple[str, list[str]]:
+    """SqlStore.key_activity's one query and its parameters: per key name, its last day, then
+    the tokens and cost since each start, in the order of `starts`.
+
+    The names come from keys; for each, the primary key (key_name, day, model) gives its last
+    day (a seek to the end of its range) and its rows since the earliest start (a range of
+    it), so that the query reads those rows alone, however long the ledger. (PostgreSQL's
+    planner may read the same days through usage_day instead, and join.)"""
+    if not starts:
+        raise ValueError("key activity needs at least one period start")
+    days = [day.isoformat() for day in starts.values()]
+    sums = ", ".join(
+        "SUM(CASE WHEN u.day >= ? THEN u.prompt_tokens + u.completion_tokens ELSE 0 END), "
+        "SUM(CASE WHEN u.day >= ? THEN u.cost_micro_usd ELSE 0 END)"
+        for _ in days
+    )
+    one_name = "WHERE name = ? " if name else ""
+    # Only constant text is formatted in; every value is a parameter.
+    sql = (
+        "SELECT names.name, "  # noqa: S608
+        f"(SELECT MAX(day) FROM usage WHERE key_name = names.name), {sums} "
+        f"FROM (SELECT DISTINCT name FROM keys {one_name}) AS names "
+        "LEFT JOIN usage AS u ON u.key_name = names.name AND u.day >= ? "
+        "GROUP BY names.name"
+    )
+    params = [*(day for day in days for _ in range(2)), *([name] if name else []), min(days)]
     return sql, params
 
 
@@ -303,35 +336,9 @@ class SqlStore:
     ) -> dict[str, KeyActivity]:
         """For every key name (or the one `name`) the ledger has a request of: its last day,
         and its tokens and known cost since each of `starts` (e.g. the first day of the
-        current budget day and month), in one query for all names, not one per name.
-
-        The names come from keys. Each name's last day is a seek to the end of its range of
-        the primary key (key_name, day, model); the use since the earliest start is one GROUP
-        BY over those days, read through the usage_day index (with `name`: the primary key)."""
-        if not starts:
-            raise ValueError("key activity needs at least one period start")
-        days = [day.isoformat() for day in starts.values()]
-        sums = ", ".join(
-            f"SUM(CASE WHEN day >= ? THEN prompt_tokens + completion_tokens ELSE 0 END) AS t{i}, "
-            f"SUM(CASE WHEN day >= ? THEN cost_micro_usd ELSE 0 END) AS c{i}"
-            for i in range(len(days))
-        )
-        picked = ", ".join(f"recent.t{i}, recent.c{i}" for i in range(len(days)))
-        one_name, one_key = ("WHERE name = ? ", "AND key_name = ? ") if name else ("", "")
-        # Only constant text is formatted in; every value is a parameter.
-        sql = (
-            "SELECT names.name, "  # noqa: S608
-            "(SELECT MAX(day) FROM usage WHERE key_name = names.name), "
-            f"{picked} FROM (SELECT DISTINCT name FROM keys {one_name}) AS names "
-            f"LEFT JOIN (SELECT key_name, {sums} FROM usage WHERE day >= ? {one_key}"
-            "GROUP BY key_name) AS recent ON recent.key_name = names.name"
-        )
-        params = [
-            *([name] if name else []),
-            *(day for day in days for _ in range(2)),
-            min(days),
-            *([name] if name else []),
-        ]
+        current budget day and month), in one query for all names, not one per name
+        (key_activity_query)."""
+        sql, params = key_activity_query(starts, name)
         with self._locked():
             rows = self._execute(sql, params).fetchall()
         activity = {}
