@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from servers import RedisServer
 
 from typegpt_gateway.keystore.records import KeyRecord
-from typegpt_gateway.limits import Backend, Decision, InProcessBackend, Limiter, Limits
+from typegpt_gateway.limits import Backend, Decision, InProcessBackend, Limiter, Limits, Spent
 from typegpt_gateway.limits.redis_backend import RedisBackend
 
 LIMITED = KeyRecord(
@@ -124,15 +124,15 @@ class CountingBackend:
         self.backend = backend
         self.calls = 0
 
-    async def acquire(self, name: str, limits: Limits, lease: str, budget_seed: int) -> Decision:
+    async def acquire(self, name: str, limits: Limits, lease: str, budget_seed: Spent) -> Decision:
         self.calls += 1
         return await self.backend.acquire(name, limits, lease, budget_seed)
 
-    async def add_tokens(
-        self, name: str, limits: Limits, tokens: int, budget_seed: int | None
+    async def add_usage(
+        self, name: str, limits: Limits, used: Spent, budget_seed: Spent | None
     ) -> None:
         self.calls += 1
-        await self.backend.add_tokens(name, limits, tokens, budget_seed)
+        await self.backend.add_usage(name, limits, used, budget_seed)
 
     async def release(self, name: str, lease: str) -> None:
         self.calls += 1

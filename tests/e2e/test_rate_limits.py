@@ -18,9 +18,16 @@ from fake_upstream import (
 )
 from gateway_process import Gateway
 from openai_shape import assert_error, chat_body, sse_payloads
+from spend_budget import (
+    BUDGET_USD,
+    assert_budget_held,
+    ledger_cost,
+    spend_until_refused,
+)
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 from typegpt_gateway.keystore.sqlite import KeyStore
+from typegpt_gateway.limits.rules import dollars
 
 CHAT = "/v1/chat/completions"
 TOKENS_PER_CALL = PROMPT_TOKENS_PER_MESSAGE + COMPLETION_TOKENS  # the fake's usage for chat_body()
@@ -180,6 +187,17 @@ def test_budget_per_day_refuses_without_retry(gateway, upstream):
     assert int(response.headers["retry-after"]) <= 86_400
 
 
+def test_a_dollar_budget_is_spent_to_within_one_request(gateway, upstream):
+    key = _key(gateway, "a", "--budget-usd", BUDGET_USD, "--budget-period", "day")
+    assert "$0.01/day" in gateway.cli("keys", "list").stdout
+    before = len(upstream.requests)
+    spending = spend_until_refused([gateway.url], key)
+    assert len(upstream.requests) - before == spending.admitted  # the refused one never went
+    # The refused request is in the ledger too (an error, costing nothing).
+    cost = ledger_cost(gateway.db, "a", spending.admitted + 1)
+    assert_budget_held(spending, cost, replicas=1)
+
+
 def test_limits_change_on_a_live_key(gateway):
     key = _key(gateway, "live-change", "--rpm", "1")
     with _client(gateway, key) as client:
@@ -228,7 +246,15 @@ def _usage(gateway: Gateway, name: str, *, requests: int) -> dict:
             store.close()
         totals = {
             field: sum(getattr(row, field) for row in rows)
-            for field in ("requests", "prompt_tokens", "completion_tokens", "errors")
+            for field in (
+                "requests",
+                "prompt_tokens",
+                "completion_tokens",
+                "errors",
+                "cost_micro_usd",
+                "unpriced_requests",
+                "estimated_requests",
+            )
         }
         if totals["requests"] >= requests:
             return totals
@@ -255,6 +281,9 @@ def test_stream_usage_is_asked_for_spliced_in_and_kept_from_the_client(gateway, 
         "prompt_tokens": PROMPT_TOKENS_PER_MESSAGE,
         "completion_tokens": COMPLETION_TOKENS,
         "errors": 0,
+        "cost_micro_usd": 83,  # the upstream's own count, at gpt-4o's shipped prices
+        "unpriced_requests": 0,
+        "estimated_requests": 0,
     }
 
 
@@ -344,7 +373,8 @@ def test_upstream_refusing_stream_options_gets_the_original_bytes(gateway, upstr
 
 
 def test_a_stream_cut_short_by_the_client_counts_what_was_delivered(gateway, upstream):
-    key = _key(gateway, "cut-short")
+    # A budget of $0.0002: the cut stream's cost alone spends it.
+    key = _key(gateway, "cut-short", "--budget-usd", "0.0002", "--budget-period", "day")
     pieces = [make_chunk({"content": "x" * 40}) for _ in range(10)]
     upstream.enqueue(Reply.stream(pieces, delay=0.5))
     with (
@@ -362,6 +392,16 @@ def test_a_stream_cut_short_by_the_client_counts_what_was_delivered(gateway, ups
     assert usage["prompt_tokens"] == 15
     assert 20 <= usage["completion_tokens"] < 100
     assert usage["errors"] == 0
+    # Billed for the prompt plus the delivered text at gpt-4o's prices (2.50 and 10.00 USD per
+    # 1M tokens), and marked as estimated: the upstream's usage never arrived.
+    # In tenths of a micro-dollar, rounded half up: 15 x 2.5 + completion x 10.
+    assert usage["cost_micro_usd"] == (15 * 25 + usage["completion_tokens"] * 100 + 5) // 10
+    assert (usage["estimated_requests"], usage["unpriced_requests"]) == (1, 0)
+    # The limiter counted the same cost towards the key's dollar budget.
+    with _client(gateway, key) as client:
+        refused = client.post(CHAT, json=chat_body())
+    error = assert_error(refused, 429, "rate_limit_error")
+    assert f"Spent {dollars(usage['cost_micro_usd'])}." in error["message"], error
     deadline = time.monotonic() + 5
     while not upstream.disconnects:
         assert time.monotonic() < deadline, "the upstream stream was never closed"

@@ -9,11 +9,20 @@ import json
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
 import redis
 from openai_shape import assert_error, chat_body
+from spend_budget import (
+    BUDGET_MICRO_USD,
+    BUDGET_USD,
+    REQUEST_MICRO_USD,
+    assert_budget_held,
+    ledger_cost,
+    spend_until_refused,
+)
 
 CHAT = "/v1/chat/completions"
 LIMIT = 5
@@ -103,3 +112,46 @@ def test_control_without_redis_each_replica_counts_alone(tmp_path, make_gateway,
         replica.wait_for_key(key)
     statuses = Counter(response.status_code for response in _burst(replicas, key))
     assert statuses == {200: 2 * LIMIT, 429: REQUESTS - 2 * LIMIT}
+
+
+def test_a_dollar_budget_holds_across_replicas_on_redis_and_restarts(
+    tmp_path, make_gateway, redis_server, upstream
+):
+    redis.Redis.from_url(redis_server.url).flushall()
+    db = tmp_path / "shared.db"
+    env = {"GATEWAY_DB": str(db), "REDIS_URL": redis_server.url}
+    replicas = _start_replicas(make_gateway, env)
+    key = replicas[0].create_key("a", "--budget-usd", BUDGET_USD, "--budget-period", "day")
+    for replica in replicas:
+        replica.wait_for_key(key)
+    spending = spend_until_refused([replica.url for replica in replicas], key)
+    assert len(upstream.requests) == spending.admitted
+    cost = ledger_cost(db, "a", spending.admitted + 1)
+    assert_budget_held(spending, cost, replicas=2)
+
+    # Every replica stopped and Redis emptied: a new one goes on from the ledger's cost.
+    for replica in replicas:
+        assert replica.stop() == 0
+    redis.Redis.from_url(redis_server.url).flushall()
+    restarted = make_gateway(extra_env=env).start()
+    restarted.wait_for_key(key)
+    again = spend_until_refused([restarted.url], key)
+    assert again.admitted == 0
+    assert "Dollar budget" in assert_error(again.refused, 429, "rate_limit_error")["message"]
+
+
+def test_control_without_redis_each_replica_spends_the_budget_alone(
+    tmp_path: Path, make_gateway, upstream
+):
+    db = tmp_path / "shared.db"
+    replicas = _start_replicas(make_gateway, {"GATEWAY_DB": str(db)})
+    key = replicas[0].create_key("a", "--budget-usd", BUDGET_USD, "--budget-period", "day")
+    for replica in replicas:
+        replica.wait_for_key(key)
+    spending = spend_until_refused([replica.url for replica in replicas], key)
+    cost = ledger_cost(db, "a", spending.admitted + 1)
+    print(
+        f"\ncontrol without Redis: {spending.admitted} admitted, ledger cost {cost} micro-dollars"
+    )
+    # Each replica counts only its own share: together they overspend by far more.
+    assert cost - BUDGET_MICRO_USD > REQUEST_MICRO_USD

@@ -18,7 +18,13 @@ from servers import RedisServer
 
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keystore.records import KeyRecord
-from typegpt_gateway.limits import InProcessBackend, Limiter, LimiterUnavailableError, Limits
+from typegpt_gateway.limits import (
+    InProcessBackend,
+    Limiter,
+    LimiterUnavailableError,
+    Limits,
+    Spent,
+)
 from typegpt_gateway.limits.redis_backend import RedisBackend
 
 TIMEOUT = 20.0
@@ -80,24 +86,24 @@ def test_rpm_is_exact_and_the_window_slides(harness: Harness) -> None:
     async def scenario() -> None:
         backend = harness.make()
         limits = Limits(rpm=3)
-        assert (await backend.acquire("k", limits, "a", 0)).admitted
+        assert (await backend.acquire("k", limits, "a", Spent(0))).admitted
         harness.travel("k", 20)
         for lease in ("b", "c"):
-            assert (await backend.acquire("k", limits, lease, 0)).admitted
-        refused = await backend.acquire("k", limits, "d", 0)
+            assert (await backend.acquire("k", limits, lease, Spent(0))).admitted
+        refused = await backend.acquire("k", limits, "d", Spent(0))
         assert not refused.admitted and refused.refused == "rpm"
         assert 39 < refused.retry_after <= 40  # when "a" leaves the window
         harness.travel("k", 30)
-        refused = await backend.acquire("k", limits, "e", 0)
+        refused = await backend.acquire("k", limits, "e", Spent(0))
         assert 9 < refused.retry_after <= 10
         harness.travel("k", 10.5)  # "a" is 60.5 s old, "b" and "c" 40.5 s
-        admitted = await backend.acquire("k", limits, "f", 0)
+        admitted = await backend.acquire("k", limits, "f", Spent(0))
         assert admitted.admitted
         assert dict(admitted.headers)["x-ratelimit-remaining-requests"] == "0"
-        refused = await backend.acquire("k", limits, "g", 0)
+        refused = await backend.acquire("k", limits, "g", Spent(0))
         assert 19 < refused.retry_after <= 19.5
         # Another key has its own window.
-        assert (await backend.acquire("other", limits, "h", 0)).admitted
+        assert (await backend.acquire("other", limits, "h", Spent(0))).admitted
         await backend.aclose()
 
     run(scenario())
@@ -109,7 +115,7 @@ def test_concurrent_acquires_admit_exactly_the_limit(harness: Harness) -> None:
         backends = [harness.make() for _ in range(5)]
         limits = Limits(rpm=17)
         decisions = await asyncio.gather(
-            *(backends[i % 5].acquire("busy", limits, f"lease{i}", 0) for i in range(60))
+            *(backends[i % 5].acquire("busy", limits, f"lease{i}", Spent(0)) for i in range(60))
         )
         assert sum(d.admitted for d in decisions) == 17
         for backend in {id(b): b for b in backends}.values():
@@ -122,12 +128,12 @@ def test_max_concurrent_until_released(harness: Harness) -> None:
     async def scenario() -> None:
         backend = harness.make()
         limits = Limits(max_concurrent=2)
-        assert (await backend.acquire("k", limits, "one", 0)).admitted
-        assert (await backend.acquire("k", limits, "two", 0)).admitted
-        refused = await backend.acquire("k", limits, "three", 0)
+        assert (await backend.acquire("k", limits, "one", Spent(0))).admitted
+        assert (await backend.acquire("k", limits, "two", Spent(0))).admitted
+        refused = await backend.acquire("k", limits, "three", Spent(0))
         assert refused.refused == "concurrency"
         await backend.release("k", "one")
-        assert (await backend.acquire("k", limits, "four", 0)).admitted
+        assert (await backend.acquire("k", limits, "four", Spent(0))).admitted
         await backend.aclose()
 
     run(scenario())
@@ -137,14 +143,14 @@ def test_tpm_counts_tokens_after_the_request(harness: Harness) -> None:
     async def scenario() -> None:
         backend = harness.make()
         limits = Limits(tpm=100)
-        first = await backend.acquire("k", limits, "a", 0)
+        first = await backend.acquire("k", limits, "a", Spent(0))
         assert dict(first.headers)["x-ratelimit-remaining-tokens"] == "100"
-        await backend.add_tokens("k", limits, 150, 0)
-        refused = await backend.acquire("k", limits, "b", 0)
+        await backend.add_usage("k", limits, Spent(150), Spent(0))
+        refused = await backend.acquire("k", limits, "b", Spent(0))
         assert refused.refused == "tpm"
         assert 59 < refused.retry_after <= 61
         harness.travel("k", 62)
-        assert (await backend.acquire("k", limits, "c", 0)).admitted
+        assert (await backend.acquire("k", limits, "c", Spent(0))).admitted
         await backend.aclose()
 
     run(scenario())
@@ -154,11 +160,43 @@ def test_budget_starts_from_the_seed_and_refuses_when_spent(harness: Harness) ->
     async def scenario() -> None:
         backend = harness.make()
         limits = Limits(budget_tokens=100, budget_period="day")
-        assert (await backend.acquire("k", limits, "a", 90)).admitted
-        await backend.add_tokens("k", limits, 20, 90)
-        refused = await backend.acquire("k", limits, "b", 90)
+        assert (await backend.acquire("k", limits, "a", Spent(90))).admitted
+        await backend.add_usage("k", limits, Spent(20), Spent(90))
+        refused = await backend.acquire("k", limits, "b", Spent(90))
         assert refused.refused == "budget"
         assert "Used 110" in refused.error.message
+        await backend.aclose()
+
+    run(scenario())
+
+
+def test_dollar_budget_starts_from_the_seed_and_refuses_when_spent(harness: Harness) -> None:
+    async def scenario() -> None:
+        # For Redis, the second backend is another replica on the same Redis.
+        first, second = harness.make(), harness.make()
+        limits = Limits(budget_usd_micro=10_000, budget_period="day")
+        seed = Spent(500, 9_000)  # the ledger's tokens and cost for the period
+        assert (await first.acquire("k", limits, "a", seed)).admitted
+        await first.add_usage("k", limits, Spent(20, 1_500), seed)
+        refused = await second.acquire("k", limits, "b", seed)
+        assert refused.refused == "budget_usd"
+        assert "Spent $0.0105" in refused.error.message
+        for backend in {id(b): b for b in (first, second)}.values():
+            await backend.aclose()
+
+    run(scenario())
+
+
+def test_a_token_budget_counts_cost_too_for_a_dollar_budget_set_later(harness: Harness) -> None:
+    async def scenario() -> None:
+        backend = harness.make()
+        tokens_only = Limits(budget_tokens=10**9, budget_period="month")
+        assert (await backend.acquire("k", tokens_only, "a", Spent(0, 100))).admitted
+        await backend.add_usage("k", tokens_only, Spent(5, 700), Spent(0, 100))
+        both = Limits(budget_tokens=10**9, budget_usd_micro=800, budget_period="month")
+        # The counters exist: the period's cost so far is 800, whatever a stale seed says.
+        refused = await backend.acquire("k", both, "b", Spent(0, 100))
+        assert refused.refused == "budget_usd" and "Spent $0.0008" in refused.error.message
         await backend.aclose()
 
     run(scenario())
@@ -168,10 +206,10 @@ def test_an_abandoned_lease_expires_in_redis(redis_server: RedisServer) -> None:
     async def scenario() -> None:
         backend = RedisBackend(redis_server.url, timeout=2.0)
         limits = Limits(max_concurrent=1)
-        assert (await backend.acquire("crashy", limits, "held", 0)).admitted
+        assert (await backend.acquire("crashy", limits, "held", Spent(0))).admitted
         # A replica that died never releases; its lease runs out instead.
         _redis_travel(redis_server.url)("crashy", 31)
-        assert (await backend.acquire("crashy", limits, "next", 0)).admitted
+        assert (await backend.acquire("crashy", limits, "next", Spent(0))).admitted
         await backend.aclose()
 
     redis.Redis.from_url(redis_server.url).flushall()
@@ -268,9 +306,9 @@ def test_budget_seed_is_read_once_per_period() -> None:
     async def scenario() -> None:
         reads: list[str] = []
 
-        async def seed(name: str, since: Any) -> int:
+        async def seed(name: str, since: Any) -> Spent:
             reads.append(name)
-            return 95
+            return Spent(95)
 
         limiter = Limiter(InProcessBackend(), fail_open=False, budget_seed=seed)
         key = _key(budget_tokens=100, budget_period="month")
@@ -281,6 +319,32 @@ def test_budget_seed_is_read_once_per_period() -> None:
             await limiter.admit(key)
         assert "Used 105" in refused.value.message
         assert reads == ["k"]
+
+    run(scenario())
+
+
+def test_a_tickets_cost_counts_and_a_restart_goes_on_from_the_ledger() -> None:
+    async def scenario() -> None:
+        ledger = Spent(0, 9_950)
+
+        async def seed(name: str, since: Any) -> Spent:
+            return ledger
+
+        key = _key(budget_usd_micro=10_000, budget_period="day")
+        limiter = Limiter(InProcessBackend(), fail_open=False, budget_seed=seed)
+        (await limiter.admit(key)).finish(12, 83)  # crosses the budget: 10,033
+        await limiter.settled(5)
+        with pytest.raises(GatewayError) as refused:
+            await limiter.admit(key)
+        assert "Spent $0.010033" in refused.value.message
+        await limiter.aclose()
+        # A new process (its in-process counters gone) starts from the ledger's cost.
+        ledger = Spent(12, 10_033)
+        restarted = Limiter(InProcessBackend(), fail_open=False, budget_seed=seed)
+        with pytest.raises(GatewayError) as refused:
+            await restarted.admit(key)
+        assert "Spent $0.010033" in refused.value.message
+        await restarted.aclose()
 
     run(scenario())
 
@@ -325,12 +389,12 @@ class Ledger:
         self.failures = failures
         self.reads = 0
 
-    async def seed(self, name: str, since: Any) -> int:
+    async def seed(self, name: str, since: Any) -> Spent:
         self.reads += 1
         if self.failures > 0:
             self.failures -= 1
             raise OSError("the key store did not answer")
-        return self.spent
+        return Spent(self.spent)
 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
@@ -376,15 +440,15 @@ def test_tokens_with_an_unknown_budget_seed_never_start_a_counter(harness: Harne
     run(scenario())
 
 
-def test_add_tokens_without_a_seed_only_adds_to_a_counter_that_exists(harness: Harness) -> None:
+def test_usage_without_a_seed_only_adds_to_a_counter_that_exists(harness: Harness) -> None:
     async def scenario() -> None:
         backend = harness.make()
         limits = Limits(budget_tokens=100, budget_period="day")
-        await backend.add_tokens("k", limits, 5, None)  # no counter yet: nothing to add to
-        refused = await backend.acquire("k", limits, "a", 100)
+        await backend.add_usage("k", limits, Spent(5), None)  # no counter yet: nothing to add to
+        refused = await backend.acquire("k", limits, "a", Spent(100))
         assert "Used 100" in refused.error.message  # started from the seed, not from 5
-        await backend.add_tokens("k", limits, 5, None)
-        refused = await backend.acquire("k", limits, "b", 100)
+        await backend.add_usage("k", limits, Spent(5), None)
+        refused = await backend.acquire("k", limits, "b", Spent(100))
         assert "Used 105" in refused.error.message
         await backend.aclose()
 
@@ -396,10 +460,10 @@ def test_a_hung_budget_read_costs_one_wait_and_one_read_at_a_time() -> None:
         store_back = asyncio.Event()
         reads: list[str] = []
 
-        async def hung(name: str, since: Any) -> int:
+        async def hung(name: str, since: Any) -> Spent:
             reads.append(name)
             await store_back.wait()  # a paused key store
-            return 100
+            return Spent(100)
 
         limiter = Limiter(InProcessBackend(), fail_open=True, budget_seed=hung)
         keys = [

@@ -29,6 +29,7 @@ from typegpt_gateway.limits import (
     Limiter,
     LimiterUnavailableError,
     Limits,
+    Spent,
     redis_backend,
 )
 from typegpt_gateway.limits.redis_backend import RedisBackend
@@ -78,8 +79,8 @@ class Watched(RedisBackend):
     async def acquire(self, *args: Any) -> Any:
         return await self._watch(super().acquire(*args))
 
-    async def add_tokens(self, *args: Any) -> None:
-        await self._watch(super().add_tokens(*args))
+    async def add_usage(self, *args: Any) -> None:
+        await self._watch(super().add_usage(*args))
 
     async def release(self, *args: Any) -> None:
         await self._watch(super().release(*args))
@@ -255,9 +256,9 @@ def test_every_redis_call_stays_in_one_hash_slot(
         limits = Limits(rpm=10, tpm=100, max_concurrent=5, budget_tokens=1000, budget_period="day")
         for name in names:
             for lease in ("one", "two"):
-                assert (await backend.acquire(name, limits, f"{name}-{lease}", 0)).admitted
-            await backend.add_tokens(name, limits, 3, 0)
-            await backend.add_tokens(name, limits, 3, None)
+                assert (await backend.acquire(name, limits, f"{name}-{lease}", Spent(0))).admitted
+            await backend.add_usage(name, limits, Spent(3), Spent(0))
+            await backend.add_usage(name, limits, Spent(3), None)
 
         async def renewed() -> bool:
             return any(
@@ -323,12 +324,13 @@ def test_limits_are_exact_on_a_real_redis_cluster(redis_cluster: list[RedisServe
         limits = Limits(rpm=3, tpm=100, max_concurrent=5, budget_tokens=1000, budget_period="day")
         for name in names:
             decisions = [
-                await replicas[i % 2].acquire(name, limits, f"{name}-{i}", 40) for i in range(4)
+                await replicas[i % 2].acquire(name, limits, f"{name}-{i}", Spent(40))
+                for i in range(4)
             ]
             assert [d.admitted for d in decisions] == [True, True, True, False]
             assert decisions[-1].refused == "rpm"
-            await replicas[0].add_tokens(name, limits, 10, 40)
-            await replicas[1].add_tokens(name, limits, 10, None)
+            await replicas[0].add_usage(name, limits, Spent(10), Spent(40))
+            await replicas[1].add_usage(name, limits, Spent(10), None)
         # One renewal covers the leases of every client, whichever node holds them.
         lease_key = f"typegpt-gateway:limits:{{{names[0]}}}:in-flight"
         before = inspect.zscore(lease_key, f"{names[0]}-0")
@@ -338,10 +340,10 @@ def test_limits_are_exact_on_a_real_redis_cluster(redis_cluster: list[RedisServe
             for i in range(3):
                 await replicas[i % 2].release(name, f"{name}-{i}")
             assert inspect.zcard(f"typegpt-gateway:limits:{{{name}}}:in-flight") == 0
-            refused = await replicas[1].acquire(name, Limits(tpm=20), "check", 0)
+            refused = await replicas[1].acquire(name, Limits(tpm=20), "check", Spent(0))
             assert refused.refused == "tpm" and "Used 20" in refused.error.message
             refused = await replicas[0].acquire(
-                name, Limits(budget_tokens=60, budget_period="day"), "check", 40
+                name, Limits(budget_tokens=60, budget_period="day"), "check", Spent(40)
             )
             assert "Used 60" in refused.error.message
         for replica in replicas:

@@ -13,6 +13,7 @@ from typegpt_gateway.limits.rules import (
     Limits,
     Snapshot,
     decide,
+    dollars,
     format_duration,
     in_window,
     period_bounds,
@@ -30,7 +31,7 @@ def test_limits_of_a_record_and_unlimited():
     record = KeyRecord(name="k", key_hash=b"", prefix="", created_at=0, rpm=3, budget_tokens=9)
     limits = Limits.of(record)
     assert limits == Limits(rpm=3, budget_tokens=9, budget_period="month")
-    assert limits.any and limits.counts_tokens
+    assert limits.any and limits.counts_usage
     assert not Limits().any
 
 
@@ -93,6 +94,42 @@ def test_budget_refuses_until_the_period_ends_and_says_do_not_retry():
     assert sent["x-should-retry"] == "false"
     assert int(sent["retry-after"]) == retry_after(end - NOW)
     assert "budget" in decision.error.message
+
+
+def test_a_dollar_budget_admits_while_spent_is_below_it_then_says_so():
+    record = KeyRecord(
+        name="k", key_hash=b"", prefix="", created_at=0, budget_usd_micro=10_000,
+        budget_period="day",
+    )  # fmt: skip
+    limits = Limits.of(record)
+    assert limits == Limits(budget_usd_micro=10_000, budget_period="day")
+    assert limits.any and limits.budgeted and limits.counts_usage
+    # Micro-dollars: one short of $0.01 is admitted, and the request may overshoot it.
+    assert decide(limits, Snapshot(now=NOW, spent_micro_usd=9_999)).admitted
+    decision = decide(limits, Snapshot(now=NOW, spent_micro_usd=10_043, budget_used=10**9))
+    assert decision.refused == "budget_usd" and decision.error is not None
+    assert (decision.error.status, decision.error.type) == (429, "rate_limit_error")
+    _, end = period_bounds(NOW, "day")
+    when = dt.datetime.fromtimestamp(end, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert decision.error.message == (
+        f"Dollar budget for this day exhausted: Limit $0.01 (USD), Spent $0.010043. "
+        f"It resets at {when}."
+    )
+    sent = dict(decision.error.headers)
+    assert sent["x-should-retry"] == "false"
+    assert int(sent["retry-after"]) == retry_after(end - NOW)
+    # The token count does not touch a dollar budget, nor the cost a token budget.
+    both = Limits(budget_tokens=100, budget_usd_micro=10_000, budget_period="month")
+    assert decide(both, Snapshot(now=NOW, budget_used=99, spent_micro_usd=9_999)).admitted
+    assert decide(both, Snapshot(now=NOW, budget_used=100)).refused == "budget"
+
+
+@pytest.mark.parametrize(
+    ("micro", "shown"),
+    [(25_000_000, "$25"), (10_000, "$0.01"), (1, "$0.000001"), (0, "$0"), (10**7, "$10")],
+)
+def test_dollars_are_shown_exactly(micro, shown):
+    assert dollars(micro) == shown
 
 
 def test_concurrency_refuses_with_a_short_retry():

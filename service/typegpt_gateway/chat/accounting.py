@@ -56,7 +56,7 @@ class Account:
             if self._price is not None:
                 cost = cost_micro_usd(usage, self._price)
         self._ledger.record(self._name, self._model, usage, error=error, cost_micro_usd=cost)
-        self._ticket.finish(usage.total if usage is not None else 0)
+        self._ticket.finish(usage.total if usage is not None else 0, cost or 0)
 
 
 class Accounting:

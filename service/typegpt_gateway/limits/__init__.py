@@ -2,7 +2,7 @@
 
 from .limiter import UNLIMITED, Backend, Limiter, LimiterUnavailableError, Ticket
 from .memory import InProcessBackend
-from .rules import Decision, Limits, Snapshot
+from .rules import Decision, Limits, Snapshot, Spent
 
 __all__ = [
     "UNLIMITED",
@@ -13,5 +13,6 @@ __all__ = [
     "LimiterUnavailableError",
     "Limits",
     "Snapshot",
+    "Spent",
     "Ticket",
 ]

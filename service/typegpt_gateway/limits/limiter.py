@@ -7,11 +7,12 @@ the limits that cannot be judged) or closed (503).
 - The backend is unreachable: logged once per outage. While it lasts no request waits on it:
   one probe at a time checks every `retry_interval` seconds whether it is back, and limits
   apply again as soon as it answers.
-- A key's past usage for its budget cannot be read from the usage ledger (the key store):
-  that request goes without its budget, and the next one reads again. A guess never reaches
-  the backend, which would keep it as the budget's start for the whole period.
+- A key's past usage for its budgets (tokens and cost) cannot be read from the usage ledger
+  (the key store): that request goes without its budgets, and the next one reads again. A
+  guess never reaches the backend, which would keep it as the budgets' start for the whole
+  period.
 
-Settling (giving a slot back, counting tokens) is done off the request path by one worker,
+Settling (giving a slot back, counting tokens and cost) is done off the request path by one worker,
 a bounded number of keys at a time. What cannot be settled while the backend is down waits,
 one entry per key, and is settled when it is back.
 """
@@ -31,12 +32,12 @@ from typing import Protocol
 from ..errors import GatewayError
 from ..keystore.records import KeyRecord
 from ..ops import metrics
-from .rules import Decision, Limits, period_bounds
+from .rules import Decision, Limits, Spent, period_bounds
 
 logger = logging.getLogger(__name__)
 
-# Tokens a key has used since a day (its budget period's start), from the usage ledger.
-BudgetSeed = Callable[[str, dt.date], Awaitable[int]]
+# What a key has spent since a day (its budget period's start), from the usage ledger.
+BudgetSeed = Callable[[str, dt.date], Awaitable[Spent]]
 SETTLE_GRACE = 5.0
 # How long a request waits for its key's past usage before it goes without its budget.
 SEED_TIMEOUT = 1.0
@@ -54,14 +55,15 @@ class _Deferred(Exception):
 
 class Backend(Protocol):
     async def acquire(
-        self, name: str, limits: Limits, lease: str, budget_seed: int
+        self, name: str, limits: Limits, lease: str, budget_seed: Spent
     ) -> Decision: ...
 
-    async def add_tokens(
-        self, name: str, limits: Limits, tokens: int, budget_seed: int | None
+    async def add_usage(
+        self, name: str, limits: Limits, used: Spent, budget_seed: Spent | None
     ) -> None:
-        """`budget_seed` None: the key's past usage is unknown, so the tokens count towards
-        its budget only if the period's budget is counted already."""
+        """Counts a request's tokens (towards tpm and the budgets) and cost (towards the
+        budgets). `budget_seed` None: the key's past usage is unknown, so they count towards
+        its budgets only if the period's budgets are counted already."""
 
     async def release(self, name: str, lease: str) -> None: ...
 
@@ -93,12 +95,12 @@ class Ticket:
         self._finished = False
         self.headers = headers
 
-    def finish(self, tokens: int) -> None:
-        """Counts the request's tokens and frees its slot, off the request path."""
+    def finish(self, tokens: int, cost_micro_usd: int = 0) -> None:
+        """Counts the request's tokens and cost and frees its slot, off the request path."""
         if self._finished or self._limiter is None:
             return
         self._finished = True
-        self._limiter.settle(self._name, self._limits, self._lease, tokens)
+        self._limiter.settle(self._name, self._limits, self._lease, Spent(tokens, cost_micro_usd))
 
 
 UNLIMITED = Ticket(None)
@@ -122,13 +124,13 @@ class Limiter:
         self._down = False
         self._probe: asyncio.Task[None] | None = None
         self._unconfirmed_logged = False  # once per outage
-        # Per key: its budget period's first day and the tokens the ledger had for it.
-        self._seeds: dict[str, tuple[dt.date, int]] = {}
-        self._seed_reads: dict[tuple[str, dt.date], asyncio.Task[int | None]] = {}
+        # Per key: its budget period's first day and what the ledger had for it.
+        self._seeds: dict[str, tuple[dt.date, Spent]] = {}
+        self._seed_reads: dict[tuple[str, dt.date], asyncio.Task[Spent | None]] = {}
         self._store_failing = False
-        # Settles to do, per key: slots to give back, and tokens to count (with the limits).
+        # Settles to do, per key: slots to give back, and usage to count (with the limits).
         self._releases: dict[str, list[str]] = {}
-        self._tokens: dict[str, tuple[Limits, int]] = {}
+        self._usage: dict[str, tuple[Limits, Spent]] = {}
         self._held = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -153,12 +155,12 @@ class Limiter:
         if seed is None:
             if not self._fail_open:
                 return self._unavailable(name, limits)
-            checked = replace(limits, budget_tokens=None, budget_period=None)
+            checked = replace(limits, budget_tokens=None, budget_usd_micro=None, budget_period=None)
             if not checked.any:
                 return Ticket(self, name, limits)
         lease = uuid.uuid4().hex
         try:
-            decision = await self._backend.acquire(name, checked, lease, seed or 0)
+            decision = await self._backend.acquire(name, checked, lease, seed or Spent())
         except LimiterUnavailableError as exc:
             if checked.max_concurrent is not None:
                 # A Redis that resumes may still run the admission: give its slot back then.
@@ -176,14 +178,14 @@ class Limiter:
             self._hold()
         return Ticket(self, name, limits, lease, decision.headers)
 
-    def settle(self, name: str, limits: Limits, lease: str, tokens: int) -> None:
-        counted = tokens > 0 and limits.counts_tokens
+    def settle(self, name: str, limits: Limits, lease: str, used: Spent) -> None:
+        counted = (used.tokens > 0 or used.cost_micro_usd > 0) and limits.counts_usage
         if not lease and not counted:
             return
         if lease:
             self._releases.setdefault(name, []).append(lease)
         if counted:
-            self._owe(name, limits, tokens)
+            self._owe(name, limits, used)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -192,10 +194,10 @@ class Limiter:
             self._worker = asyncio.get_running_loop().create_task(self._settle_all())
         self._wake.set()
 
-    def _owe(self, name: str, limits: Limits, tokens: int) -> None:
-        # The key's latest limits say where its tokens count.
-        _, owed = self._tokens.get(name, (limits, 0))
-        self._tokens[name] = (limits, owed + tokens)
+    def _owe(self, name: str, limits: Limits, used: Spent) -> None:
+        # The key's latest limits say where its usage counts.
+        _, owed = self._usage.get(name, (limits, Spent()))
+        self._usage[name] = (limits, owed + used)
 
     def _hold(self) -> None:
         self._held += 1
@@ -211,7 +213,7 @@ class Limiter:
             self._wake.clear()
             if not self._down:  # else the probe wakes this when the backend is back
                 releases, self._releases = self._releases, {}
-                owed, self._tokens = self._tokens, {}
+                owed, self._usage = self._usage, {}
                 names = list(releases.keys() | owed.keys())
                 for start in range(0, len(names), SETTLE_CONCURRENCY):
                     await asyncio.gather(
@@ -220,11 +222,11 @@ class Limiter:
                             for name in names[start : start + SETTLE_CONCURRENCY]
                         )
                     )
-            if not self._wake.is_set() and not (self._releases or self._tokens):
+            if not self._wake.is_set() and not (self._releases or self._usage):
                 self._idle.set()
 
     async def _settle_key(
-        self, name: str, leases: list[str], owed: tuple[Limits, int] | None
+        self, name: str, leases: list[str], owed: tuple[Limits, Spent] | None
     ) -> None:
         try:
             while leases:
@@ -237,16 +239,16 @@ class Limiter:
             if owed is not None:
                 if self._down:
                     raise _Deferred
-                limits, tokens = owed
+                limits, used = owed
                 seed = await self._seed(name, limits)
                 owed = None
                 try:
-                    await self._backend.add_tokens(name, limits, tokens, seed)
+                    await self._backend.add_usage(name, limits, used, seed)
                 except LimiterUnavailableError:
                     # Redis may have counted them before the answer was lost (a paused Redis
                     # runs what it was sent when it resumes): counting them again could count
                     # them twice. The usage ledger has them either way.
-                    metrics.LIMITER_UNCONFIRMED_TOKENS.inc(tokens)
+                    metrics.LIMITER_UNCONFIRMED_TOKENS.inc(used.tokens)
                     if not self._unconfirmed_logged:
                         self._unconfirmed_logged = True
                         logger.warning(
@@ -265,11 +267,11 @@ class Limiter:
             # A bug must not stop the worker: every other key still gets settled.
             logger.exception("could not settle the limits of key %r", name)
 
-    async def _seed(self, name: str, limits: Limits) -> int | None:
-        """The tokens the usage ledger has for the key's budget period (0 without a budget),
+    async def _seed(self, name: str, limits: Limits) -> Spent | None:
+        """What the usage ledger has for the key's budget period (nothing without a budget),
         or None when it cannot be read now."""
-        if limits.budget_tokens is None or self._budget_seed is None:
-            return 0
+        if not limits.budgeted or self._budget_seed is None:
+            return Spent()
         start, _ = period_bounds(time.time(), limits.budget_period or "month")
         cached = self._seeds.get(name)
         if cached is not None and cached[0] == start:
@@ -287,7 +289,7 @@ class Limiter:
             self._seed_failed("timed out")
             return None
 
-    async def _read_seed(self, name: str, start: dt.date) -> int | None:
+    async def _read_seed(self, name: str, start: dt.date) -> Spent | None:
         assert self._budget_seed is not None
         try:
             spent = await self._budget_seed(name, start)
@@ -316,7 +318,7 @@ class Limiter:
     def _unavailable(self, name: str, limits: Limits) -> Ticket:
         if self._fail_open:
             # Admitted without limits; its tokens are still counted once the limiter can.
-            return Ticket(self, name, limits) if limits.counts_tokens else UNLIMITED
+            return Ticket(self, name, limits) if limits.counts_usage else UNLIMITED
         metrics.LIMITER_REJECTIONS.labels(name, "unavailable").inc()
         raise GatewayError(
             503,
@@ -359,12 +361,12 @@ class Limiter:
         """Settles what is still to settle (bounded), then closes the backend."""
         if not self._down:
             await self.settled(SETTLE_GRACE)
-        if self._releases or self._tokens:
+        if self._releases or self._usage:
             logger.warning(
                 "rate limiter backend unreachable at shutdown: %d slots expire by themselves, "
                 "tokens of %d keys are in the usage ledger only",
                 sum(len(leases) for leases in self._releases.values()),
-                len(self._tokens),
+                len(self._usage),
             )
         for task in (self._worker, self._probe, *self._seed_reads.values()):
             if task is not None:

@@ -16,6 +16,7 @@ from .rules import (
     Decision,
     Limits,
     Snapshot,
+    Spent,
     bucket_of,
     decide,
     in_window,
@@ -27,7 +28,8 @@ from .rules import (
 class _KeyState:
     requests: deque[float] = field(default_factory=deque)
     tokens: dict[int, int] = field(default_factory=dict)
-    budgets: dict[str, int] = field(default_factory=dict)
+    # The budget period's tokens and cost, under the period's id.
+    budgets: dict[str, Spent] = field(default_factory=dict)
     leases: set[str] = field(default_factory=set)
 
 
@@ -36,7 +38,7 @@ def _period_id(now: float, limits: Limits) -> str:
     return f"{limits.budget_period}:{start.isoformat()}"
 
 
-def _budget(state: _KeyState, period: str, seed: int) -> int:
+def _budget(state: _KeyState, period: str, seed: Spent) -> Spent:
     if period not in state.budgets:
         state.budgets = {period: seed}  # past periods are done with
     return state.budgets[period]
@@ -47,26 +49,27 @@ class InProcessBackend:
         self._clock = clock
         self._keys: dict[str, _KeyState] = {}
 
-    def _snapshot(self, state: _KeyState, limits: Limits, budget_seed: int) -> Snapshot:
+    def _snapshot(self, state: _KeyState, limits: Limits, budget_seed: Spent) -> Snapshot:
         now = self._clock()
         while state.requests and state.requests[0] <= now - WINDOW:
             state.requests.popleft()
         buckets = in_window(state.tokens, now)
         state.tokens = dict(buckets)
-        budget_used = 0
-        if limits.budget_tokens is not None:
-            budget_used = _budget(state, _period_id(now, limits), budget_seed)
+        spent = Spent()
+        if limits.budgeted:
+            spent = _budget(state, _period_id(now, limits), budget_seed)
         return Snapshot(
             now=now,
             requests=len(state.requests),
             oldest_request=state.requests[0] if state.requests else None,
             newest_request=state.requests[-1] if state.requests else None,
             token_buckets=tuple(buckets),
-            budget_used=budget_used,
+            budget_used=spent.tokens,
+            spent_micro_usd=spent.cost_micro_usd,
             in_flight=len(state.leases),
         )
 
-    async def acquire(self, name: str, limits: Limits, lease: str, budget_seed: int) -> Decision:
+    async def acquire(self, name: str, limits: Limits, lease: str, budget_seed: Spent) -> Decision:
         state = self._keys.setdefault(name, _KeyState())
         snap = self._snapshot(state, limits, budget_seed)
         decision = decide(limits, snap)
@@ -77,21 +80,21 @@ class InProcessBackend:
                 state.leases.add(lease)
         return decision
 
-    async def add_tokens(
-        self, name: str, limits: Limits, tokens: int, budget_seed: int | None
+    async def add_usage(
+        self, name: str, limits: Limits, used: Spent, budget_seed: Spent | None
     ) -> None:
         state = self._keys.setdefault(name, _KeyState())
         now = self._clock()
         if limits.tpm is not None:
             bucket = bucket_of(now)
-            state.tokens[bucket] = state.tokens.get(bucket, 0) + tokens
-        if limits.budget_tokens is not None:
+            state.tokens[bucket] = state.tokens.get(bucket, 0) + used.tokens
+        if limits.budgeted:
             period = _period_id(now, limits)
             if budget_seed is not None:
-                state.budgets[period] = _budget(state, period, budget_seed) + tokens
+                state.budgets[period] = _budget(state, period, budget_seed) + used
             elif period in state.budgets:
                 # Past usage unknown: a budget not counted yet starts later from the ledger.
-                state.budgets[period] += tokens
+                state.budgets[period] += used
 
     async def release(self, name: str, lease: str) -> None:
         state = self._keys.get(name)

@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .limiter import LimiterUnavailableError
-from .rules import BUCKET, WINDOW, Decision, Limits, Snapshot, decide, period_bounds
+from .rules import BUCKET, WINDOW, Decision, Limits, Snapshot, Spent, decide, period_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 local budget, maxc = tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease_ttl, window, bucket = tonumber(ARGV[6]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local budget_usd = tonumber(ARGV[11])
 local admit = true
 
 local requests, oldest, newest = 0, -1, -1
@@ -69,11 +70,15 @@ if tpm > 0 then
   if tokens >= tpm then admit = false end
 end
 
-local used = 0
-if budget > 0 then
+-- With either budget, both the period's tokens (KEYS[3]) and cost (KEYS[5]) are counted.
+local used, spent = 0, 0
+if ARGV[13] == '1' then
   redis.call('SET', KEYS[3], ARGV[7], 'NX', 'EXAT', ARGV[8])
   used = tonumber(redis.call('GET', KEYS[3]))
-  if used >= budget then admit = false end
+  redis.call('SET', KEYS[5], ARGV[12], 'NX', 'EXAT', ARGV[8])
+  spent = tonumber(redis.call('GET', KEYS[5]))
+  if budget > 0 and used >= budget then admit = false end
+  if budget_usd > 0 and spent >= budget_usd then admit = false end
 end
 
 local in_flight = 0
@@ -93,12 +98,12 @@ if admit then
     redis.call('PEXPIRE', KEYS[4], lease_ttl)
   end
 end
-local reply = {admit and 1 or 0, now, requests, oldest, newest, used, in_flight}
+local reply = {admit and 1 or 0, now, requests, oldest, newest, used, in_flight, spent}
 for i = 1, #buckets do reply[#reply + 1] = buckets[i] end
 return reply
 """
 
-_ADD_TOKENS = """
+_ADD_USAGE = """
 local t = redis.call('TIME')
 local bucket = tonumber(ARGV[5])
 local start = math.floor(tonumber(t[1]) / bucket) * bucket
@@ -109,9 +114,12 @@ end
 if ARGV[3] == '?' then
   -- The key's past usage is unknown: count only into a budget that is counted already.
   if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCRBY', KEYS[2], ARGV[1]) end
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('INCRBY', KEYS[3], ARGV[7]) end
 elseif ARGV[3] ~= '' then
   redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EXAT', ARGV[4])
   redis.call('INCRBY', KEYS[2], ARGV[1])
+  redis.call('SET', KEYS[3], ARGV[8], 'NX', 'EXAT', ARGV[4])
+  redis.call('INCRBY', KEYS[3], ARGV[7])
 end
 return 1
 """
@@ -134,14 +142,18 @@ def _keys(name: str) -> tuple[str, str, str]:
     return f"{base}:requests", f"{base}:tokens", f"{base}:in-flight"
 
 
-def _budget_key(name: str, now: float, limits: Limits) -> tuple[str, int]:
+def _budget_keys(name: str, now: float, limits: Limits) -> tuple[str, str, int]:
+    """The budget period's token and cost counters, and when they expire."""
     start, end = period_bounds(now, limits.budget_period or "month")
-    key = f"typegpt-gateway:limits:{{{name}}}:budget:{limits.budget_period}:{start.isoformat()}"
-    return key, int(end) + BUDGET_GRACE
+    period = f"{limits.budget_period}:{start.isoformat()}"
+    base = f"typegpt-gateway:limits:{{{name}}}"
+    return f"{base}:budget:{period}", f"{base}:budget-usd:{period}", int(end) + BUDGET_GRACE
 
 
 def _snapshot(reply: Sequence[int]) -> tuple[bool, Snapshot]:
-    admitted, now_ms, requests, oldest, newest, used, in_flight, *flat = (int(x) for x in reply)
+    admitted, now_ms, requests, oldest, newest, used, in_flight, spent, *flat = (
+        int(x) for x in reply
+    )
     buckets = sorted(zip(flat[0::2], flat[1::2], strict=True))
     return bool(admitted), Snapshot(
         now=now_ms / 1000,
@@ -150,6 +162,7 @@ def _snapshot(reply: Sequence[int]) -> tuple[bool, Snapshot]:
         newest_request=newest / 1000 if newest >= 0 else None,
         token_buckets=tuple(buckets),
         budget_used=used,
+        spent_micro_usd=spent,
         in_flight=in_flight,
     )
 
@@ -171,7 +184,7 @@ class RedisBackend:
             retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
             self._redis = aioredis.Redis.from_url(url, retry=retry, **options)
         self._acquire = self._redis.register_script(_ACQUIRE)
-        self._add_tokens = self._redis.register_script(_ADD_TOKENS)
+        self._add_usage = self._redis.register_script(_ADD_USAGE)
         self._renew = self._redis.register_script(_RENEW)
         self._leases: dict[str, str] = {}  # lease id -> its in-flight set
         self._renewer: asyncio.Task[None] | None = None
@@ -179,9 +192,9 @@ class RedisBackend:
     def __repr__(self) -> str:
         return "RedisBackend()"  # the URL may hold a password
 
-    async def acquire(self, name: str, limits: Limits, lease: str, budget_seed: int) -> Decision:
+    async def acquire(self, name: str, limits: Limits, lease: str, budget_seed: Spent) -> Decision:
         requests, tokens, in_flight = _keys(name)
-        budget, budget_expiry = _budget_key(name, time.time(), limits)
+        budget, budget_usd, budget_expiry = _budget_keys(name, time.time(), limits)
         args = (
             limits.rpm or 0,
             limits.tpm or 0,
@@ -189,13 +202,17 @@ class RedisBackend:
             limits.max_concurrent or 0,
             lease,
             int(LEASE_TTL * 1000),
-            budget_seed,
+            budget_seed.tokens,
             budget_expiry,
             int(WINDOW * 1000),
             BUCKET,
+            limits.budget_usd_micro or 0,
+            budget_seed.cost_micro_usd,
+            "1" if limits.budgeted else "0",
         )
+        keys = [requests, tokens, budget, in_flight, budget_usd]
         try:
-            reply = await self._acquire(keys=[requests, tokens, budget, in_flight], args=args)
+            reply = await self._acquire(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise LimiterUnavailableError(type(exc).__name__) from exc
         admitted, snap = _snapshot(reply)
@@ -209,22 +226,24 @@ class RedisBackend:
             raise LimiterUnavailableError("the Lua script and the rules disagree")
         return decision
 
-    async def add_tokens(
-        self, name: str, limits: Limits, tokens: int, budget_seed: int | None
+    async def add_usage(
+        self, name: str, limits: Limits, used: Spent, budget_seed: Spent | None
     ) -> None:
         bucket_key = _keys(name)[1]
-        budget, budget_expiry = _budget_key(name, time.time(), limits)
-        seed = "?" if budget_seed is None else str(budget_seed)
+        budget, budget_usd, budget_expiry = _budget_keys(name, time.time(), limits)
+        seed = "?" if budget_seed is None else str(budget_seed.tokens)
         args = (
-            tokens,
+            used.tokens,
             "1" if limits.tpm is not None else "0",
-            seed if limits.budget_tokens is not None else "",
+            seed if limits.budgeted else "",
             budget_expiry,
             BUCKET,
             int(WINDOW * 1000),
+            used.cost_micro_usd,
+            budget_seed.cost_micro_usd if budget_seed is not None else 0,
         )
         try:
-            await self._add_tokens(keys=[bucket_key, budget], args=args)
+            await self._add_usage(keys=[bucket_key, budget, budget_usd], args=args)
         except (RedisError, OSError) as exc:
             raise LimiterUnavailableError(type(exc).__name__) from exc
 

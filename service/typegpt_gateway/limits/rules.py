@@ -7,6 +7,10 @@
   in the window are below `tpm`; its own tokens are known only when it ends, so the request
   that crosses the limit completes and the next one waits.
 - Token budget: calendar day or month in UTC, admitted while the tokens used are below it.
+- Dollar budget: the same period (a key has one for both budgets), admitted while the cost
+  spent, in micro-dollars, is below it. Like tokens, a request's cost is known only when it
+  ends: the request that crosses the budget completes (it overshoots by at most its own cost)
+  and the next one is refused. Requests whose model has no price add nothing to it.
 - In-flight requests (streams included): admitted while fewer than `max_concurrent` run.
 
 The backends (in-process, Redis) gather a `Snapshot` of one key and apply the same
@@ -19,6 +23,7 @@ import calendar
 import datetime as dt
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Literal
 
 from ..errors import GatewayError
@@ -30,7 +35,18 @@ BUCKET = 1  # seconds per token bucket
 CONCURRENCY_RETRY = 1.0
 
 Period = Literal["day", "month"]
-Limit = Literal["budget", "tpm", "rpm", "concurrency"]
+Limit = Literal["budget", "budget_usd", "tpm", "rpm", "concurrency"]
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """What counts towards the budgets: tokens, and cost in micro-dollars."""
+
+    tokens: int = 0
+    cost_micro_usd: int = 0
+
+    def __add__(self, other: Spent) -> Spent:
+        return Spent(self.tokens + other.tokens, self.cost_micro_usd + other.cost_micro_usd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,31 +56,37 @@ class Limits:
     max_concurrent: int | None = None
     budget_tokens: int | None = None
     budget_period: Period | None = None
+    budget_usd_micro: int | None = None
 
     @classmethod
     def of(cls, record: KeyRecord) -> Limits:
+        budgeted = record.budget_tokens is not None or record.budget_usd_micro is not None
         return cls(
             rpm=record.rpm,
             tpm=record.tpm,
             max_concurrent=record.max_concurrent,
             budget_tokens=record.budget_tokens,
             budget_period=(
-                ("day" if record.budget_period == "day" else "month")
-                if record.budget_tokens is not None
-                else None
+                ("day" if record.budget_period == "day" else "month") if budgeted else None
             ),
+            budget_usd_micro=record.budget_usd_micro,
         )
 
     @property
     def any(self) -> bool:
-        return any(
-            value is not None
-            for value in (self.rpm, self.tpm, self.max_concurrent, self.budget_tokens)
+        return self.budgeted or any(
+            value is not None for value in (self.rpm, self.tpm, self.max_concurrent)
         )
 
     @property
-    def counts_tokens(self) -> bool:
-        return self.tpm is not None or self.budget_tokens is not None
+    def budgeted(self) -> bool:
+        """Whether the key has a budget: then both its tokens and its cost in the period are
+        counted (so that either budget, set later in the period, starts from the truth)."""
+        return self.budget_tokens is not None or self.budget_usd_micro is not None
+
+    @property
+    def counts_usage(self) -> bool:
+        return self.tpm is not None or self.budgeted
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +99,8 @@ class Snapshot:
     newest_request: float | None = None
     # (bucket start second, tokens), oldest first, only buckets still in the window.
     token_buckets: tuple[tuple[int, int], ...] = ()
-    budget_used: int = 0
+    budget_used: int = 0  # tokens in the budget period
+    spent_micro_usd: int = 0  # cost in the budget period
     in_flight: int = 0
 
     @property
@@ -125,6 +148,9 @@ def refusals(limits: Limits, snap: Snapshot) -> list[tuple[Limit, float]]:
     if limits.budget_tokens is not None and snap.budget_used >= limits.budget_tokens:
         _, end = period_bounds(snap.now, limits.budget_period or "month")
         found.append(("budget", end - snap.now))
+    if limits.budget_usd_micro is not None and snap.spent_micro_usd >= limits.budget_usd_micro:
+        _, end = period_bounds(snap.now, limits.budget_period or "month")
+        found.append(("budget_usd", end - snap.now))
     if limits.tpm is not None and snap.tokens >= limits.tpm:
         # Wait until enough of the oldest buckets leave the window.
         left = snap.tokens
@@ -191,13 +217,21 @@ def refusal_error(
         ("retry-after", str(retry)),
         ("retry-after-ms", str(max(math.ceil(wait * 1000), 1))),
     ]
-    if limit == "budget":
+    if limit in ("budget", "budget_usd"):
         _, end = period_bounds(snap.now, limits.budget_period or "month")
         when = dt.datetime.fromtimestamp(end, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        message = (
-            f"Token budget for this {limits.budget_period or 'month'} exhausted: "
-            f"Limit {limits.budget_tokens}, Used {snap.budget_used}. It resets at {when}."
-        )
+        period = limits.budget_period or "month"
+        if limit == "budget":
+            message = (
+                f"Token budget for this {period} exhausted: "
+                f"Limit {limits.budget_tokens}, Used {snap.budget_used}. It resets at {when}."
+            )
+        else:
+            message = (
+                f"Dollar budget for this {period} exhausted: "
+                f"Limit {dollars(limits.budget_usd_micro or 0)} (USD), "
+                f"Spent {dollars(snap.spent_micro_usd)}. It resets at {when}."
+            )
         # SDKs retry 429s; a budget is not worth retrying before it resets.
         extra.append(("x-should-retry", "false"))
     elif limit == "tpm":
@@ -216,6 +250,11 @@ def refusal_error(
             "Please try again when one has finished."
         )
     return GatewayError(429, message, "rate_limit_error", headers=(*extra, *headers))
+
+
+def dollars(micro_usd: int) -> str:
+    """Micro-dollars as exact dollars: '$25', '$0.010043'."""
+    return f"${Decimal(micro_usd).scaleb(-6).normalize():f}"
 
 
 def retry_after(wait: float) -> int:

@@ -40,7 +40,7 @@ from ..keystore.opening import open_store
 from ..keystore.records import missing_key_error
 from ..keystore.store import Store
 from ..limits import Backend as LimiterBackend
-from ..limits import InProcessBackend, Limiter
+from ..limits import InProcessBackend, Limiter, Spent
 from ..redaction import register_url_password
 from ..settings import MiB, Settings
 from ..upstream.failover import Failover
@@ -119,10 +119,13 @@ def _limiter_backend(settings: Settings) -> LimiterBackend:
 def _accounting(
     settings: Settings, store: Store, backend: LimiterBackend, prices: PriceList
 ) -> Accounting:
-    async def budget_seed(name: str, since: dt.date) -> int:
+    async def budget_seed(name: str, since: dt.date) -> Spent:
         # After a restart (or a Redis that lost its data) a budget goes on from the ledger.
         rows = await asyncio.to_thread(store.usage, name, since)
-        return sum(row.prompt_tokens + row.completion_tokens for row in rows)
+        return Spent(
+            sum(row.prompt_tokens + row.completion_tokens for row in rows),
+            sum(row.cost_micro_usd for row in rows),
+        )
 
     limiter = Limiter(
         backend,
@@ -130,22 +133,6 @@ def _accounting(
         budget_seed=budget_seed,
     )
     return Accounting(limiter, UsageLedger(store, settings.usage_flush_interval), prices)
-
-
-def _tell_unpriced(prices: PriceList, upstreams: Failover, models: tuple[str, ...]) -> None:
-    """Logs the catalog's models that have no price on an upstream serving them: their
-    requests' cost is unknown (counted as unpriced), never 0."""
-    served = {
-        model: [route.name for route in upstreams.router.routes if route.serves(model)]
-        for model in models
-    }
-    for model, lacking in prices.unpriced(served).items():
-        logger.warning(
-            "model %r has no price on upstream %s: its cost is unknown (counted as unpriced "
-            "requests); set it under `prices:` in the config file",
-            model,
-            ", ".join(repr(name) for name in lacking),
-        )
 
 
 def _readiness_checks(settings: Settings, store: Store, backend: LimiterBackend) -> list[Check]:
@@ -164,9 +151,7 @@ async def start_backend(settings: Settings) -> Backend:
         settings.models, owned_by=settings.models_owned_by, created=settings.models_created
     )
     limiter_backend = _limiter_backend(settings)
-    prices = price_list(settings)
-    _tell_unpriced(prices, upstreams, settings.models)
-    accounting = _accounting(settings, store, limiter_backend, prices)
+    accounting = _accounting(settings, store, limiter_backend, price_list(settings))
     pipeline = ChatPipeline(
         keys, catalog, upstreams, accounting, keepalive=settings.sse_keepalive_interval
     )

@@ -104,6 +104,20 @@ def _warn_missing_keys(backend: Backend) -> None:
             )
 
 
+def _warn_unpriced(backend: Backend, models: tuple[str, ...]) -> None:
+    """The catalog's models without a price on an upstream serving them: their requests'
+    cost is unknown (counted as unpriced), never 0."""
+    routes = backend.upstreams.router.routes
+    served = {model: [route.name for route in routes if route.serves(model)] for model in models}
+    for model, lacking in backend.accounting.prices.unpriced(served).items():
+        logger.warning(
+            "model %r has no price on upstream %s: its cost is unknown (counted as unpriced "
+            "requests); set it under `prices:` in the config file",
+            model,
+            ", ".join(repr(name) for name in lacking),
+        )
+
+
 async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
     if with_envoy and settings.workers > 1:
         return await _serve_workers(settings)
@@ -121,6 +135,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
         )
         return 1
     _warn_missing_keys(backend)
+    _warn_unpriced(backend, settings.models)
     _freeze_startup_heap()
     if settings.admin_token is None:
         logger.info("admin API off: set GATEWAY_ADMIN_KEY to manage keys over REST and gRPC")
