@@ -14,6 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = REPO_ROOT / "protos"
 PROTO_FILES = (
     "typegpt/gateway/v1/chat.proto",
+    "typegpt/gateway/v1/console.proto",
     "typegpt/gateway/v1/keys.proto",
     "typegpt/gateway/v1/status.proto",
 )

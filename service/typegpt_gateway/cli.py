@@ -442,8 +442,9 @@ def keys_usage(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array, for scripts.")] = False,
     db: DbOption = None,
 ) -> None:
-    """Requests, tokens and errors of a key per UTC day and model (the running gateway
-    writes them every couple of seconds and on shutdown)."""
+    """Requests, tokens, errors and cost of a key per UTC day and model (the running gateway
+    writes them every couple of seconds and on shutdown). The cost of a model without a price
+    is unknown; ESTIMATED counts requests whose usage the gateway estimated."""
     first_day = _since(since)
     with _key_admin(db) as admin:
         rows = admin.usage(name, first_day)
@@ -455,7 +456,10 @@ def keys_usage(
             )
         )
         return
-    header = ("DAY", "MODEL", "REQUESTS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "ERRORS")
+    header = (
+        "DAY", "MODEL", "REQUESTS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "ERRORS", "COST",
+        "ESTIMATED",
+    )  # fmt: skip
     table = [
         (
             row.day.isoformat(),
@@ -464,10 +468,29 @@ def keys_usage(
             str(row.prompt_tokens),
             str(row.completion_tokens),
             str(row.errors),
+            _cost(row.cost_micro_usd, row.unpriced_requests, row.requests),
+            str(row.estimated_requests),
         )
         for row in rows
     ]
     _table(header, table)
+
+
+def _usd(micro_usd: int) -> str:
+    """Exact dollars from micro-dollars, at least to the cent: $3.25, $0.000015."""
+    whole, fraction = divmod(micro_usd, 1_000_000)
+    cents = f"{fraction:06d}".rstrip("0").ljust(2, "0")
+    return f"${whole:,}.{cents}"
+
+
+def _cost(micro_usd: int, unpriced: int, requests: int) -> str:
+    """A cost the ledger knows, and 'unknown' for the requests of models without a price:
+    never counted as free."""
+    if unpriced == 0:
+        return _usd(micro_usd)
+    if unpriced >= requests:
+        return "unknown"
+    return f"{_usd(micro_usd)} + unknown ({unpriced} unpriced)"
 
 
 def main() -> None:

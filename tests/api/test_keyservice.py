@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from typegpt_gateway.keystore.admin import KeyAdmin
 from typegpt_gateway.keystore.cache import KeyCache
 from typegpt_gateway.keystore.records import KeyRecord
 from typegpt_gateway.keystore.sqlite import KeyStore
+from typegpt_gateway.keystore.store import UsageRow
 
 ADMIN_KEY = "admin-key-for-keyservice-tests"
 ADMIN = (("authorization", f"Bearer {ADMIN_KEY}"),)
@@ -89,3 +91,33 @@ def test_a_committed_key_is_returned_even_if_the_cache_cannot_reload(
     finally:
         store.close()
     assert "could not re-read the key store" in caplog.text
+
+
+def test_list_keys_reads_every_keys_use_in_one_query(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.db")
+    names = [f"key-{i}" for i in range(20)]
+    for name in names:
+        store.create(name)
+    day = dt.datetime.now(dt.UTC).date()
+    store.add_usage(
+        [(name, UsageRow(day, "gpt-4o", 1, i, i, 0, i)) for i, name in enumerate(names)]
+    )
+    statements: list[str] = []
+
+    async def scenario() -> keys_pb2.ListKeysResponse:
+        async with key_service(store, BrokenReads(store)) as (stub, _):
+            store._db.set_trace_callback(statements.append)
+            return await stub.ListKeys(keys_pb2.ListKeysRequest(), metadata=ADMIN, timeout=TIMEOUT)
+
+    try:
+        listed = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+    finally:
+        store._db.set_trace_callback(None)
+        store.close()
+    assert [(key.name, key.tokens_used) for key in listed.data] == [
+        (name, 2 * i) for i, name in enumerate(names)
+    ]
+    # The records, then every name's use at once: not a query per key.
+    reads = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 2, reads
+    assert sum("FROM usage" in sql for sql in reads) == 1

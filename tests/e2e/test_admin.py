@@ -3,6 +3,7 @@ and the CLI on the same store, against a real `typegpt-gateway serve`."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from typegpt.gateway.v1 import keys_pb2, keys_pb2_grpc
 KEYS = "/v1/admin/keys"
 CHAT = "/v1/chat/completions"
 RPC_TIMEOUT = 10.0
-RECORD_FIELDS = {"name", "prefix", "status", "models", "created_at"}
+RECORD_FIELDS = {"name", "prefix", "status", "models", "created_at", "tokens_used", "spent_usd"}
 
 
 @pytest.fixture
@@ -480,6 +481,42 @@ def test_cli_refuses_a_since_that_is_neither_a_date_nor_a_lookback(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "--since" in result.stderr and "lookback" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_usage_shows_cost_in_dollars_and_unknown_for_unpriced_models(tmp_path):
+    from typegpt_gateway.keystore.sqlite import KeyStore
+    from typegpt_gateway.keystore.store import UsageRow
+
+    db = tmp_path / "keys.db"
+    day = dt.date(2026, 5, 1)
+    store = KeyStore(db)
+    try:
+        store.create("spender")
+        store.add_usage(
+            [
+                ("spender", UsageRow(day, "gpt-4o", 2, 100, 50, 0, 3_250_000, 0, 1)),
+                ("spender", UsageRow(day, "cheap", 1, 10, 5, 0, 15, 0, 0)),
+                ("spender", UsageRow(day, "mystery", 3, 30, 15, 0, 0, 3, 0)),
+                ("spender", UsageRow(day, "repriced", 4, 40, 20, 0, 7, 1, 0)),
+            ]
+        )
+    finally:
+        store.close()
+    lines = cli(db, "keys", "usage", "spender").stdout.splitlines()
+    assert lines[0].split() == [
+        "DAY", "MODEL", "REQUESTS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "ERRORS", "COST",
+        "ESTIMATED",
+    ]  # fmt: skip
+    costs = {line.split()[1]: line.split(maxsplit=6)[6].rsplit(maxsplit=1) for line in lines[1:]}
+    assert costs == {
+        "cheap": ["$0.000015", "0"],
+        "gpt-4o": ["$3.25", "1"],
+        "mystery": ["unknown", "0"],  # not $0.00: its model has no price
+        "repriced": ["$0.000007 + unknown (1 unpriced)", "0"],
+    }
+    rows = json.loads(cli(db, "keys", "usage", "spender", "--json").stdout)
+    assert {row["model"]: row["cost_micro_usd"] for row in rows}["gpt-4o"] == 3_250_000
+    assert {row["model"]: row["unpriced_requests"] for row in rows}["mystery"] == 3
 
 
 def test_cli_backup_copies_the_live_store(gateway, admin, tmp_path):

@@ -14,6 +14,7 @@ gateway without an admin key (the one whose limiter is down) for its 403.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ def world(upstream, tmp_path_factory, down_url, limiter_down) -> Iterator[World]
 
 CHAT = "/v1/chat/completions"
 KEYS = "/v1/admin/keys"
+USAGE = "/v1/admin/usage"
 BIG_HEADER = {"x-big": "a" * 40_000}
 
 
@@ -163,7 +165,8 @@ def _get(path: str, auth: str | None = "key") -> Callable[[World], httpx.Respons
 
 def _down(method: str, path: str) -> Callable[[World], httpx.Response]:
     def trigger(w: World) -> httpx.Response:
-        headers = {"authorization": f"Bearer {ADMIN_KEY}"} if path.startswith(KEYS) else w.auth()
+        admin = path.startswith("/v1/admin/")
+        headers = {"authorization": f"Bearer {ADMIN_KEY}"} if admin else w.auth()
         return httpx.request(
             method, f"{w.down_url}{path}", json=chat_body(), headers=headers, timeout=30
         )
@@ -184,6 +187,11 @@ def _big_header(method: str, path: str) -> Callable[[World], httpx.Response]:
     return trigger
 
 
+def _admin_path(path: str) -> str:
+    """An admin route: a path under /v1/admin/keys ("", "/{name}", …) or a whole one."""
+    return path if path.startswith("/v1/") else f"{KEYS}{path}"
+
+
 def _fresh_name() -> str:
     return f"admin-{uuid.uuid4().hex[:8]}"
 
@@ -202,7 +210,7 @@ def _admin_call(
     headers = {} if token is None else {"authorization": f"Bearer {token}"}
     return httpx.request(
         method,
-        f"{(gateway or w.gw).url}{KEYS}{path}",
+        f"{(gateway or w.gw).url}{_admin_path(path)}",
         json=body,
         params=params,
         headers=headers,
@@ -248,16 +256,29 @@ def _admin_refusals(method: str, path: str, body: dict | None = None) -> list[Sc
     operation_id = {
         (op_method, op_path): operation_id
         for operation_id, (op_path, op_method, _) in gateway_openapi.operations().items()
-    }[method.lower(), f"{KEYS}{path}"]
+    }[method.lower(), _admin_path(path)]
     path = path.format(name="described")
     return [
         Scenario(operation_id, 401, _admin(method, path, body, None)),
         Scenario(operation_id, 403, _admin(method, path, body, "client")),
         Scenario(operation_id, 403, _admin(method, path, body, "wrong")),
         Scenario(operation_id, 403, _admin(method, path, body, admin_off=True)),
-        Scenario(operation_id, 503, _down(method, f"{KEYS}{path}")),
-        Scenario(operation_id, 431, _big_header(method, f"{KEYS}{path}")),
+        Scenario(operation_id, 503, _down(method, _admin_path(path))),
+        Scenario(operation_id, 431, _big_header(method, _admin_path(path))),
     ]
+
+
+def _usage_of_a_request(w: World) -> httpx.Response:
+    """Totals with every field: those of a chat request, once the ledger has it."""
+    assert _chat(w).status_code == 200
+    params = {"since": "2025-01-31", "group_by": "key,model,day"}
+    deadline = time.monotonic() + 30
+    while True:
+        response = _admin_call(w, "GET", USAGE, params=params)
+        if response.status_code != 200 or response.json()["data"]:
+            return response
+        assert time.monotonic() < deadline, "the ledger never had the request"
+        time.sleep(0.1)
 
 
 class Scenario(NamedTuple):
@@ -360,6 +381,10 @@ SCENARIOS: list[Scenario] = [
     Scenario("getKeyUsage", 400, _admin("GET", "/{name}/usage", params={"since": "soon"})),
     Scenario("getKeyUsage", 404, _admin("GET", "/nobody/usage")),
     *_admin_refusals("GET", "/{name}/usage"),
+    Scenario("getUsage", 200, _admin("GET", USAGE)),
+    Scenario("getUsage", 200, _usage_of_a_request),
+    Scenario("getUsage", 400, _admin("GET", USAGE, params={"group_by": "user"})),
+    *_admin_refusals("GET", USAGE),
 ]
 
 

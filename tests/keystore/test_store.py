@@ -23,13 +23,17 @@ from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keystore.cache import KeyCache
 from typegpt_gateway.keystore.postgres import PostgresKeyStore
 from typegpt_gateway.keystore.records import hash_key
+from typegpt_gateway.keystore.sql import key_activity_query, usage_totals_query
 from typegpt_gateway.keystore.sqlite import KeyStore
 from typegpt_gateway.keystore.store import (
     BackupUnsupportedError,
+    KeyActivity,
     KeyExistsError,
     KeyNotFoundError,
+    PeriodUse,
     Store,
     UsageRow,
+    UsageTotal,
 )
 from typegpt_gateway.process.readiness import key_store_check
 
@@ -103,6 +107,102 @@ def test_usage_adds_up_per_day_and_model(store_factory):
     ]
     assert store.usage("nobody") == []
     store.add_usage([])
+
+
+def test_usage_totals_sum_the_whole_ledger_per_group(store_factory):
+    store = store_factory()
+    later = DAY + dt.timedelta(days=1)
+    store.add_usage(
+        [
+            ("a", UsageRow(DAY, "gpt-4o", 1, 10, 20, 0, 2**40, 0, 1)),
+            ("a", UsageRow(DAY, "o3", 2, 1, 2, 1, 5, 0, 0)),
+            ("b", UsageRow(DAY, "gpt-4o", 3, 100, 200, 0, 7, 1, 0)),
+            ("b", UsageRow(later, "gpt-4o", 4, 1000, 2000, 2, 11, 0, 2)),
+        ]
+    )
+    assert store.usage_totals(["day"]) == [
+        UsageTotal(DAY, None, None, 6, 111, 222, 1, 2**40 + 12, 1, 1),
+        UsageTotal(later, None, None, 4, 1000, 2000, 2, 11, 0, 2),
+    ]
+    # Ordered by day, key, model whatever the order asked for.
+    assert store.usage_totals(["model", "key"]) == [
+        UsageTotal(None, "a", "gpt-4o", 1, 10, 20, 0, 2**40, 0, 1),
+        UsageTotal(None, "a", "o3", 2, 1, 2, 1, 5, 0, 0),
+        UsageTotal(None, "b", "gpt-4o", 7, 1100, 2200, 2, 18, 1, 2),
+    ]
+    assert store.usage_totals(["model", "day"], since=later) == [
+        UsageTotal(later, None, "gpt-4o", 4, 1000, 2000, 2, 11, 0, 2)
+    ]
+    assert store.usage_totals(["key"], until=DAY) == [
+        UsageTotal(None, "a", None, 3, 11, 22, 1, 2**40 + 5, 0, 1),
+        UsageTotal(None, "b", None, 3, 100, 200, 0, 7, 1, 0),
+    ]
+    assert store.usage_totals(["day", "model"], key="a", since=DAY, until=DAY) == [
+        UsageTotal(DAY, None, "gpt-4o", 1, 10, 20, 0, 2**40, 0, 1),
+        UsageTotal(DAY, None, "o3", 2, 1, 2, 1, 5, 0, 0),
+    ]
+    assert store.usage_totals(["day"], key="nobody") == []
+    assert store.usage_totals(["day"], since=later + dt.timedelta(days=1)) == []
+
+
+def test_key_activity_has_each_names_last_day_and_use_since_each_start(store_factory):
+    store = store_factory()
+    for name in ("busy", "idle", "old", "again"):
+        store.create(name)
+    store.revoke("again")
+    store.create("again")  # a name's ledger is that of every key that had it
+    month, today = DAY, DAY + dt.timedelta(days=9)
+    store.add_usage(
+        [
+            ("busy", UsageRow(month - dt.timedelta(days=1), "gpt-4o", 1, 1000, 1000, 0, 99)),
+            ("busy", UsageRow(month, "gpt-4o", 1, 10, 20, 0, 2**40)),
+            ("busy", UsageRow(today, "gpt-4o", 2, 1, 2, 0, 5, 1)),
+            ("busy", UsageRow(today, "o3", 1, 3, 4, 0, 0, 1)),
+            ("old", UsageRow(month - dt.timedelta(days=40), "o3", 1, 5, 5, 0, 7)),
+            ("again", UsageRow(month, "o3", 1, 5, 6, 0, 8)),
+            ("no-key", UsageRow(today, "o3", 1, 5, 6, 0, 8)),  # not a key's name
+        ]
+    )
+    starts = {"day": today, "month": month}
+    assert store.key_activity(starts) == {
+        "busy": KeyActivity(today, {"day": PeriodUse(10, 5), "month": PeriodUse(40, 2**40 + 5)}),
+        "old": KeyActivity(
+            month - dt.timedelta(days=40), {"day": PeriodUse(), "month": PeriodUse()}
+        ),
+        "again": KeyActivity(month, {"day": PeriodUse(), "month": PeriodUse(11, 8)}),
+    }
+    assert store.key_activity(starts, "busy") == {"busy": store.key_activity(starts)["busy"]}
+    assert store.key_activity(starts, "idle") == {}
+    assert store.key_activity(starts, "nobody") == {}
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        (usage_totals_query(["day"], DAY, DAY, None), "INDEX usage_day (day>? AND day<?)"),
+        # Since a day, to this day: still a range of usage_day, not a scan of the ledger.
+        (
+            usage_totals_query(["key", "model"], DAY, None, None),
+            "INDEX usage_day (day>? AND day<?)",
+        ),
+        (
+            usage_totals_query(["day", "model"], DAY, DAY, "k"),
+            "INDEX sqlite_autoindex_usage_1 (key_name=? AND day>? AND day<?)",
+        ),
+        (
+            key_activity_query({"day": DAY, "month": DAY}, None),
+            "INDEX sqlite_autoindex_usage_1 (key_name=? AND day>?)",
+        ),
+    ],
+)
+def test_sqlite_usage_queries_read_through_the_indexes_they_name(tmp_path, query, index):
+    """The admin API's ledger queries read a range of an index, never the whole ledger (the
+    plan SQLite makes without statistics, as the gateway never gathers any)."""
+    KeyStore(tmp_path / "keys.db").close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "keys.db")) as db:
+        plan = [step[-1] for step in db.execute(f"EXPLAIN QUERY PLAN {query[0]}", query[1])]
+    assert any(step.startswith("SEARCH") and index in step for step in plan), plan
+    assert not any(step.startswith(("SCAN usage", "SCAN u ")) for step in plan), plan
 
 
 def test_concurrent_writers_lose_nothing(store_factory):

@@ -49,10 +49,48 @@ def test_rendered_routes_need_a_key_but_health() -> None:
     assert refusals == {
         '{"path": "/healthz"}': None,
         '{"path": "/readyz"}': None,
+        # The console's page holds no data: it asks the admin API, with the admin key.
+        '{"path": "/admin"}': None,
+        '{"prefix": "/admin/"}': None,
         # The backend answers a missing admin key: only it knows whether the admin API is on.
         '{"prefix": "/v1/admin/"}': None,
         '{"prefix": "/"}': {"status": "401", "body": missing_key_error().to_json()},
     }
+
+
+@pytest.mark.parametrize("workers", [(), (1, 2)])
+def test_rendered_console_route_keeps_its_security_headers_through_the_transcoder(workers) -> None:
+    ports = {"worker_ports": workers} if workers else {"grpc_port": 1}
+    config = yaml.safe_load(render_config(Settings(), **ports))
+    routes = _routes(config["static_resources"]["listeners"][0])
+    (console,) = [route for route in routes if route["match"] == {"prefix": "/admin/"}]
+    headers = {
+        entry["header"]["key"]: entry["header"]["value"]
+        for entry in console["response_headers_to_add"]
+    }
+    policy = dict(
+        directive.split(" ", 1) for directive in headers["content-security-policy"].split("; ")
+    )
+    assert policy == {
+        "default-src": "'none'",
+        "script-src": "'self'",
+        "style-src": "'self'",
+        "connect-src": "'self'",
+        "img-src": "'self' data:",
+        "base-uri": "'none'",
+        "form-action": "'none'",
+        "frame-ancestors": "'none'",
+    }
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
+    # Without it the transcoder would pick the catch-all route again, without these headers.
+    transcoder = console["typed_per_filter_config"]["envoy.filters.http.grpc_json_transcoder"]
+    assert transcoder["match_incoming_request_route"] is True
+    assert transcoder["services"] == ["typegpt.gateway.v1.ConsoleService"]
+    # Before the catch-all, which needs a key.
+    assert routes.index(console) < routes.index(
+        next(route for route in routes if route["match"] == {"prefix": "/"})
+    )
 
 
 def _lua_filter_source(config: dict) -> str:
@@ -94,7 +132,9 @@ def test_one_backend_has_one_listener_and_no_balancing() -> None:
     assert [listener["name"] for listener in resources["listeners"]] == ["http"]
     (cluster,) = resources["clusters"]
     assert "lb_policy" not in cluster and "health_checks" not in cluster
-    assert all("hash_policy" not in route["route"] for route in _routes(resources["listeners"][0]))
+    assert all(
+        "hash_policy" not in route.get("route", {}) for route in _routes(resources["listeners"][0])
+    )
 
 
 def test_workers_are_one_cluster_pinned_by_key_on_both_listeners() -> None:
@@ -120,7 +160,8 @@ def test_workers_are_one_cluster_pinned_by_key_on_both_listeners() -> None:
     assert manager["http2_protocol_options"]["max_concurrent_streams"] == 7
     # No transcoder, no Lua on the direct gRPC port: the router alone.
     assert [f["name"] for f in manager["http_filters"]] == ["envoy.filters.http.router"]
-    for route in _routes(http) + _routes(grpc_listener):
+    # Every route to the backend (a redirect, /admin to /admin/, goes nowhere).
+    for route in [r for r in _routes(http) + _routes(grpc_listener) if "route" in r]:
         assert route["route"]["hash_policy"] == [{"header": {"header_name": "authorization"}}]
         # Only what no worker has seen is sent again.
         assert route["route"]["retry_policy"]["retry_on"] == "connect-failure"

@@ -18,7 +18,16 @@ from ..errors import GatewayError
 from ..ops.observe import UNKNOWN_MODEL
 from .key_limits import LIMIT_FIELDS, InvalidLimit, check_limit, usd_to_micro
 from .records import KeyRecord, parse_duration
-from .store import KeyExistsError, KeyNotFoundError, Store, UsageRow
+from .store import (
+    USAGE_GROUPS,
+    KeyActivity,
+    KeyExistsError,
+    KeyNotFoundError,
+    Store,
+    UsageGroup,
+    UsageRow,
+    UsageTotal,
+)
 
 # A name travels in admin URLs (/v1/admin/keys/{name}), metrics labels and log lines.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
@@ -106,11 +115,29 @@ def check_limits(
     return fields
 
 
-def parse_day(text: str) -> dt.date:
+def parse_day(text: str, param: str = "since") -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise _invalid("'since' must be a date such as 2025-01-31.", "since") from None
+        raise _invalid(f"'{param}' must be a date such as 2025-01-31.", param) from None
+
+
+def parse_group_by(text: str) -> tuple[UsageGroup, ...]:
+    """A comma-separated list of day, key and model, each at most once, in the order given
+    (the answer echoes it); empty: day."""
+    if not text.strip():
+        return ("day",)
+    groups: list[UsageGroup] = []
+    for item in text.split(","):
+        group = next((known for known in USAGE_GROUPS if known == item.strip()), None)
+        if group is None or group in groups:
+            raise _invalid(
+                f"'group_by' is a comma-separated list of {', '.join(USAGE_GROUPS)}, each at "
+                f"most once; got {text!r}.",
+                "group_by",
+            )
+        groups.append(group)
+    return tuple(groups)
 
 
 def _not_found(name: str, live: bool = False) -> GatewayError:
@@ -171,6 +198,26 @@ class KeyAdmin:
             raise _not_found(name, live=True) from None
         return self.get(name)
 
+    def activity(
+        self, starts: Mapping[str, dt.date], name: str | None = None
+    ) -> dict[str, KeyActivity]:
+        """Each key name's last day in the ledger and its use since each of `starts`, for every
+        name in one query (or for `name`)."""
+        return self.store.key_activity(starts, name)
+
     def usage(self, name: str, since: dt.date | None = None) -> builtins.list[UsageRow]:
         self.get(name)  # 404 for a name that never existed
         return self.store.usage(name, since)
+
+    def usage_totals(
+        self, group_by: str, since: str, until: str, key: str
+    ) -> tuple[tuple[UsageGroup, ...], builtins.list[UsageTotal]]:
+        """The whole gateway's totals, from the admin API's parameters as given (empty: the
+        default): the groups asked for, and their totals. A `key` no ledger row has is no
+        error: its totals are empty."""
+        groups = parse_group_by(group_by)
+        first = parse_day(since, "since") if since else None
+        last = parse_day(until, "until") if until else None
+        if first is not None and last is not None and last < first:
+            raise _invalid("'until' must not be before 'since'.", "until")
+        return groups, self.store.usage_totals(groups, first, last, key or None)

@@ -16,7 +16,17 @@ from typing import Any, ClassVar
 from .key_limits import BUDGETS, LIMIT_FIELDS, check_limits
 from .records import SHOWN_PREFIX_CHARS, KeyRecord, hash_key, new_key
 from .schema import Dialect, migrate
-from .store import KeyExistsError, KeyNotFoundError, StoreBusyError, UsageRow
+from .store import (
+    USAGE_GROUPS,
+    KeyActivity,
+    KeyExistsError,
+    KeyNotFoundError,
+    PeriodUse,
+    StoreBusyError,
+    UsageGroup,
+    UsageRow,
+    UsageTotal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +50,8 @@ _SELECT_USAGE = (
     f"SELECT day, model, {', '.join(_COUNTERS)} FROM usage "  # noqa: S608
     "WHERE key_name = ? AND day >= ? ORDER BY day, model"
 )
+# The usage table's column for each group of the whole gateway's totals.
+_GROUP_COLUMNS: dict[UsageGroup, str] = {"day": "day", "key": "key_name", "model": "model"}
 _ADD_USAGE = (
     f"INSERT INTO usage (key_name, day, model, {', '.join(_COUNTERS)}) "  # noqa: S608
     f"VALUES (?, ?, ?, {', '.join('?' * len(_COUNTERS))}) "
@@ -50,6 +62,75 @@ _ADD_USAGE = (
 # made it and only while its store fails: a week is far beyond that, and the table stays small
 # (an id per flush interval per replica while requests come in).
 BATCH_ID_RETENTION = 7 * 24 * 3600.0
+
+
+def usage_totals_query(
+    group_by: Sequence[UsageGroup],
+    since: dt.date | None,
+    until: dt.date | None,
+    key: str | None,
+) -> tuple[str, list[str]]:
+    """SqlStore.usage_totals' one GROUP BY query and its parameters: the grouped columns in
+    USAGE_GROUPS' order, then the sums of _COUNTERS. (bench/usage_query.py explains and times
+    it.)
+
+    Without `key` it reads the days' range through the usage_day index (migration 0002); with
+    `key`, through the primary key (key_name, day, model): that name's rows of those days."""
+    grouped = [group for group in USAGE_GROUPS if group in group_by]
+    if not grouped:
+        raise ValueError("usage totals need at least one of day, key, model to group by")
+    columns = ", ".join(_GROUP_COLUMNS[group] for group in grouped)
+    # Days bounded on both sides or not at all. Without bounds, an index would only add a
+    # lookup per row; with `day >= ?` alone, SQLite's planner (which has no statistics) takes
+    # the range for most of the table and scans all of it in primary key order.
+    if since is not None or until is not None:
+        since, until = since or dt.date.min, until or dt.date.max
+    bounds = {"key_name = ?": key, "day >= ?": since, "day <= ?": until}
+    conditions = [condition for condition, value in bounds.items() if value is not None]
+    params = [
+        value.isoformat() if isinstance(value, dt.date) else value
+        for value in bounds.values()
+        if value is not None
+    ]
+    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    sums = ", ".join(f"SUM({name})" for name in _COUNTERS)
+    # Only constant names (_GROUP_COLUMNS, _COUNTERS, the bounds) are formatted in; values are
+    # parameters.
+    sql = (
+        f"SELECT {columns}, {sums} FROM usage {where}"  # noqa: S608
+        f"GROUP BY {columns} ORDER BY {columns}"
+    )
+    return sql, params
+
+
+def key_activity_query(starts: Mapping[str, dt.date], name: str | None) -> tuple[str, list[str]]:
+    """SqlStore.key_activity's one query and its parameters: per key name, its last day, then
+    the tokens and cost since each start, in the order of `starts`.
+
+    The names come from keys; for each, the primary key (key_name, day, model) gives its last
+    day (a seek to the end of its range) and its rows since the earliest start (a range of
+    it), so that the query reads those rows alone, however long the ledger. (PostgreSQL's
+    planner may read the same days through usage_day instead, and join.)"""
+    if not starts:
+        raise ValueError("key activity needs at least one period start")
+    days = [day.isoformat() for day in starts.values()]
+    sums = ", ".join(
+        "SUM(CASE WHEN u.day >= ? THEN u.prompt_tokens + u.completion_tokens ELSE 0 END), "
+        "SUM(CASE WHEN u.day >= ? THEN u.cost_micro_usd ELSE 0 END)"
+        for _ in days
+    )
+    one_name = "WHERE name = ? " if name else ""
+    # Only constant text is formatted in; every value is a parameter.
+    sql = (
+        "SELECT names.name, "  # noqa: S608
+        f"(SELECT MAX(day) FROM usage WHERE key_name = names.name), {sums} "
+        f"FROM (SELECT DISTINCT name FROM keys {one_name}) AS names "
+        "LEFT JOIN usage AS u ON u.key_name = names.name AND u.day >= ? "
+        "GROUP BY names.name"
+    )
+    params = [*(day for day in days for _ in range(2)), *([name] if name else []), min(days)]
+    return sql, params
+
 
 _FIELDS = ("name", "key_hash", "prefix", "created_at", *LIMIT_FIELDS, "revoked_at")
 _COLUMNS = ", ".join(_FIELDS)
@@ -220,6 +301,56 @@ class SqlStore:
                 (name, (since or dt.date.min).isoformat()),
             ).fetchall()
         return [UsageRow(dt.date.fromisoformat(day), *rest) for day, *rest in rows]
+
+    def usage_totals(
+        self,
+        group_by: Sequence[UsageGroup],
+        since: dt.date | None = None,
+        until: dt.date | None = None,
+        key: str | None = None,
+    ) -> list[UsageTotal]:
+        """The ledger's counters summed per `group_by` (day, key and/or model) over the days
+        from `since` to `until` (both included; None: no bound), for one key name or all,
+        ordered by day, key, model (usage_totals_query)."""
+        grouped = [group for group in USAGE_GROUPS if group in group_by]
+        sql, params = usage_totals_query(grouped, since, until, key)
+        with self._locked():
+            rows = self._execute(sql, params).fetchall()
+        totals = []
+        for row in rows:
+            named = dict(zip(grouped, row, strict=False))
+            day = named.get("day")
+            totals.append(
+                UsageTotal(
+                    dt.date.fromisoformat(day) if day is not None else None,
+                    named.get("key"),
+                    named.get("model"),
+                    # PostgreSQL's SUM of bigints is a numeric (a Decimal here).
+                    *(int(count) for count in row[len(grouped) :]),
+                )
+            )
+        return totals
+
+    def key_activity(
+        self, starts: Mapping[str, dt.date], name: str | None = None
+    ) -> dict[str, KeyActivity]:
+        """For every key name (or the one `name`) the ledger has a request of: its last day,
+        and its tokens and known cost since each of `starts` (e.g. the first day of the
+        current budget day and month), in one query for all names, not one per name
+        (key_activity_query)."""
+        sql, params = key_activity_query(starts, name)
+        with self._locked():
+            rows = self._execute(sql, params).fetchall()
+        activity = {}
+        for key_name, last_day, *counts in rows:
+            if last_day is None:
+                continue
+            used = {
+                period: PeriodUse(int(counts[2 * i] or 0), int(counts[2 * i + 1] or 0))
+                for i, period in enumerate(starts)
+            }
+            activity[key_name] = KeyActivity(dt.date.fromisoformat(last_day), used)
+        return activity
 
     def add_usage(
         self, entries: Iterable[tuple[str, UsageRow]], *, batch_id: str | None = None

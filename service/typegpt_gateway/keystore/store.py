@@ -4,10 +4,10 @@ gateway and the CLI call, the rows of the usage ledger, and the errors a store r
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .records import KeyRecord
 
@@ -50,6 +50,45 @@ class UsageRow:
     estimated_requests: int = 0
 
 
+UsageGroup = Literal["day", "key", "model"]
+# What the whole gateway's usage can be totalled per, in the order its totals are sorted.
+USAGE_GROUPS: tuple[UsageGroup, ...] = ("day", "key", "model")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    """The ledger's counters summed over one group: `day`, `key` and `model` are set when the
+    totals are per that, else None."""
+
+    day: dt.date | None
+    key: str | None
+    model: str | None
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+    cost_micro_usd: int = 0
+    unpriced_requests: int = 0
+    estimated_requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodUse:
+    """A key name's tokens (prompt + completion) and known cost since a period's first day."""
+
+    tokens: int = 0
+    cost_micro_usd: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyActivity:
+    """What the ledger has of one key name: the last day it has a request on (None: none),
+    and its use since each of the days asked for, by their names."""
+
+    last_day: dt.date | None = None
+    used: Mapping[str, PeriodUse] = field(default_factory=dict)
+
+
 class Store(Protocol):
     """What the gateway and the CLI need from a key store."""
 
@@ -63,6 +102,16 @@ class Store(Protocol):
     def by_hash(self) -> dict[bytes, KeyRecord]: ...
     def data_version(self) -> int: ...
     def usage(self, name: str, since: dt.date | None = None) -> list[UsageRow]: ...
+    def usage_totals(
+        self,
+        group_by: Sequence[UsageGroup],
+        since: dt.date | None = None,
+        until: dt.date | None = None,
+        key: str | None = None,
+    ) -> list[UsageTotal]: ...
+    def key_activity(
+        self, starts: Mapping[str, dt.date], name: str | None = None
+    ) -> dict[str, KeyActivity]: ...
     def add_usage(
         self, entries: Iterable[tuple[str, UsageRow]], *, batch_id: str | None = None
     ) -> bool: ...

@@ -15,6 +15,8 @@ from grpc_reflection.v1alpha import reflection
 from typegpt.gateway.v1 import (
     chat_pb2,
     chat_pb2_grpc,
+    console_pb2,
+    console_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
     status_pb2,
@@ -25,6 +27,7 @@ from ..api import admin_auth
 from ..api.access import ADMIN_KEY_SERVICE, CLIENT_KEY_SERVICE
 from ..api.call_guard import CallGuard
 from ..api.chat_service import ChatServicer
+from ..api.console_service import ConsoleServicer
 from ..api.key_service import KeyServicer
 from ..api.status_service import Check, StatusServicer
 from ..chat.accounting import Accounting
@@ -56,6 +59,7 @@ SERVICE_NAMES = (
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
     status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
     keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
+    console_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
 )
 
 
@@ -191,6 +195,7 @@ async def start_backend(settings: Settings) -> Backend:
         KeyServicer(admin, settings.admin_token, keys), server
     )
     status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(readiness.problem), server)
+    console_pb2_grpc.add_ConsoleServiceServicer_to_server(ConsoleServicer(), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

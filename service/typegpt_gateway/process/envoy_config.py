@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from ..api.access import keyless_paths
+from ..api.access import CONSOLE_SERVICE, console_prefix, keyless_paths
 from ..errors import GatewayError, default_error_type
 from ..keystore.records import missing_key_error
 from ..settings import MiB, Settings
@@ -29,6 +29,31 @@ LUA_SOURCE_INDENT = " " * 18
 DESCRIPTOR = "gateway.pb"
 # The admin API's request bodies (a key's name, models and limits) are a few hundred bytes.
 ADMIN_BODY_BYTES = 64 * 1024
+TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+TRANSCODER_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+)
+FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+# The console's answers: it runs only its own files (no inline script or style, no other
+# origin), may not be framed, and sends no referrer; its files are checked again on each load so
+# that an upgrade shows at once.
+CONSOLE_HEADERS = {
+    "content-security-policy": "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "img-src 'self' data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-cache",
+}
 # Several workers: how often Envoy asks each for grpc.health.v1 (a dead one is out within about
 # this long; requests that meet it before then fail to connect and go to another worker), how
 # long an answer may take (a dead worker refuses at once; a busy one must not be taken out),
@@ -91,6 +116,7 @@ def render_config(
         max_body_bytes=settings.max_body_bytes,
         admin_body_bytes=ADMIN_BODY_BYTES,
         keyless_routes=keyless_routes(len(worker_ports)),
+        console_routes=console_routes(assets / DESCRIPTOR, len(worker_ports)),
         missing_key=lua_refusal(missing_key_error()),
         max_connections=settings.max_connections,
         grpc_max_concurrent_streams=settings.grpc_max_concurrent_streams,
@@ -128,6 +154,49 @@ def keyless_routes(workers: int = 0) -> str:
     Lines of one-line JSON, which is YAML, at the template's indentation."""
     route = {"cluster": "grpc_backend", **_worker_route_options(workers)}
     routes = [{"match": {"path": path}, "route": route} for path in keyless_paths()]
+    return "\n              ".join(f"- {json.dumps(route)}" for route in routes)
+
+
+def console_routes(descriptor: Path, workers: int = 0) -> str:
+    """The console's folder (/admin/, and /admin redirected to it), keyless, each answer with
+    CONSOLE_HEADERS. Set here rather than by the backend: they then cover Envoy's own replies
+    under /admin/ too (backend down, a malformed path), and the compose config carries them.
+
+    The transcoder normally picks the route again after rewriting the path to the gRPC method,
+    which would lose these headers: this route's own transcoder keeps the incoming route."""
+    folder = console_prefix()
+    headers = [
+        {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for key, value in CONSOLE_HEADERS.items()
+    ]
+    transcoder = {
+        "@type": TRANSCODER_TYPE,
+        "proto_descriptor": str(descriptor),
+        "services": [CONSOLE_SERVICE.full_name],
+        "match_incoming_request_route": True,
+        "request_validation_options": {"reject_unknown_method": True},
+        "ignore_unknown_query_parameters": True,
+    }
+    # The folder without its slash would be transcoded too (`**` matches nothing), and its
+    # page's relative links would then point above it.
+    no_transcoder = {"@type": FILTER_CONFIG_TYPE, "disabled": True}
+    routes = [
+        {
+            "match": {"path": folder.rstrip("/")},
+            "redirect": {"path_redirect": folder},
+            "typed_per_filter_config": {TRANSCODER: no_transcoder},
+        },
+        {
+            "match": {"prefix": folder},
+            "route": {
+                "cluster": "grpc_backend",
+                "timeout": "60s",
+                **_worker_route_options(workers),
+            },
+            "response_headers_to_add": headers,
+            "typed_per_filter_config": {TRANSCODER: transcoder},
+        },
+    ]
     return "\n              ".join(f"- {json.dumps(route)}" for route in routes)
 
 
