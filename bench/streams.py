@@ -127,8 +127,10 @@ def interleaved(targets: list[Target], rounds: int, run: Callable[[Target], None
             run(target)
 
 
-def gateway(workdir: Path, upstream: str, source: Path | None) -> tuple[Gateway, str]:
-    env = dict(DEFAULTS)
+def gateway(
+    workdir: Path, upstream: str, source: Path | None, flush_interval: float = 0.0
+) -> tuple[Gateway, str]:
+    env = dict(DEFAULTS, GATEWAY_STREAM_FLUSH_INTERVAL=str(flush_interval))
     if source is not None:
         env["PYTHONPATH"] = str(source / "service")
     started = Gateway(workdir, upstream, extra_env=env).start()
@@ -143,6 +145,13 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.01, help="seconds between chunks")
     parser.add_argument("--ttfb", type=int, default=60, help="single streams per target")
     parser.add_argument("--baseline", type=Path, help="a source checkout to measure alongside")
+    parser.add_argument(
+        "--flush-interval",
+        type=float,
+        action="append",
+        default=[],
+        help="also a gateway with this GATEWAY_STREAM_FLUSH_INTERVAL (seconds; repeatable)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="typegpt-streams-") as tmp:
@@ -189,6 +198,14 @@ def main() -> None:
                 Target("floor", floor.http_port, FLOOR_KEY, floor.pids),
                 Target("envoy pass-through", through_port, None, [processes[1].pid]),
             ]
+            for interval in args.flush_interval:
+                flushing, flushing_key = gateway(
+                    workdir / f"flush-{interval}", upstream, None, interval
+                )
+                gateways.append(flushing)
+                pids = process_tree(flushing.process.pid)  # type: ignore[union-attr]
+                name = f"gateway, flush interval {interval * 1000:g} ms"
+                targets.insert(2, Target(name, flushing.http_port, flushing_key, pids))
             if args.baseline is not None:
                 before, before_key = gateway(workdir / "baseline", upstream, args.baseline)
                 gateways.append(before)

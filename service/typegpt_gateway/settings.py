@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     # Seconds without a byte on a stream before an SSE keepalive comment is sent.
     sse_keepalive_interval: float = 15.0
+    # Seconds a stream's events may wait to go out together (Traefik's and Caddy's
+    # flush_interval). 0, the default: each upstream read goes out as it comes.
+    stream_flush_interval: float = Field(default=0.0, ge=0, le=1.0)
     # A YAML file listing several upstreams (see config.py); without it, the one upstream
     # named by TYPEGPT_BASE_URL and TYPEGPT_API_KEY.
     config: Path | None = None

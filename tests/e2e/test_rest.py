@@ -67,6 +67,31 @@ def test_stream_chunks_arrive_as_sent_not_buffered(client, upstream):
     assert arrivals[3] - arrivals[0] >= 0.9
 
 
+def test_a_flush_interval_sends_the_first_chunk_at_once_and_the_rest_together(
+    make_gateway, upstream
+):
+    gateway = make_gateway(extra_env={"GATEWAY_STREAM_FLUSH_INTERVAL": "0.45"}).start()
+    key = gateway.wait_for_key(gateway.create_key("flush"))
+    events = [make_chunk({"content": str(i)}) for i in range(8)]
+    upstream.enqueue(Reply.stream(events, delay=0.1))  # 0.7 s from the first to the last
+    reads: list[bytes] = []
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}{CHAT}",
+        json=chat_body(stream=True),
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        reads = list(response.iter_raw())
+    payloads = sse_payloads(b"".join(reads).decode())
+    assert [json.loads(p) for p in payloads[:-1]] == events and payloads[-1] == "[DONE]"
+    # The first event goes out alone, as soon as it is read; the seven after it and [DONE]
+    # wait for the interval and go out in two or three chunks instead of eight.
+    assert [json.loads(p) for p in sse_payloads(reads[0].decode())] == [events[0]]
+    assert 2 <= len(reads) <= 5, [sse_payloads(read.decode()) for read in reads]
+
+
 def test_silent_stream_gets_keepalive_comments(client, upstream):
     # The test gateway sends a keepalive after 1 s of silence.
     upstream.enqueue(Reply.stream([make_chunk({"content": "late"})], first_delay=2.5))
@@ -87,6 +112,28 @@ def test_stream_broken_by_upstream_ends_with_error_frame_not_done(client, upstre
     assert "[DONE]" not in payloads
     error = json.loads(payloads[-1])["error"]
     assert error["code"] == 502 and error["type"] == "api_error"
+
+
+@pytest.mark.parametrize("ending", ["broken", "clean-eof", "error-event"])
+def test_events_waiting_for_the_flush_interval_reach_the_client_before_its_error(
+    make_gateway, upstream, ending
+):
+    gateway = make_gateway(extra_env={"GATEWAY_STREAM_FLUSH_INTERVAL": "1"}).start()
+    key = gateway.wait_for_key(gateway.create_key("flush"))
+    events = [make_chunk({"content": str(i)}) for i in range(4)]
+    failure = {"error": {"message": "boom", "type": "server_error"}}
+    script = [*events, failure] if ending == "error-event" else events
+    # The three events after the first wait (1 s) when the upstream fails 0.15 s later.
+    upstream.enqueue(Reply.stream(script, delay=0.05, done=False, clean_eof=ending == "clean-eof"))
+    response = httpx.post(
+        f"{gateway.url}{CHAT}",
+        json=chat_body(stream=True),
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    payloads = [json.loads(p) for p in sse_payloads(response.text)]
+    assert payloads[:-1] == events
+    assert payloads[-1]["error"]["code"] == 502
 
 
 def test_upstream_error_event_mid_stream_is_scrubbed_and_final(client, upstream):

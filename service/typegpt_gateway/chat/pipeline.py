@@ -47,12 +47,14 @@ class ChatPipeline:
         accounting: Accounting,
         *,
         keepalive: float,
+        flush_interval: float = 0.0,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
         self.upstreams = upstreams
         self.accounting = accounting
         self._keepalive = keepalive
+        self._flush_interval = flush_interval
         # Done when the gateway's drain time is up: open streams end with an error frame.
         self.stopping: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._large_bodies = ThreadPoolExecutor(1, thread_name_prefix="large-bodies")
@@ -88,6 +90,7 @@ class ChatPipeline:
                     response,
                     deadlines,
                     keepalive=self._keepalive,
+                    flush_interval=self._flush_interval,
                     secrets=self.upstreams.secrets,
                     stopping=self.stopping,
                     meter=meter,

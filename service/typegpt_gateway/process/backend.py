@@ -153,7 +153,12 @@ async def start_backend(settings: Settings) -> Backend:
     limiter_backend = _limiter_backend(settings)
     accounting = _accounting(settings, store, limiter_backend, price_list(settings))
     pipeline = ChatPipeline(
-        keys, catalog, upstreams, accounting, keepalive=settings.sse_keepalive_interval
+        keys,
+        catalog,
+        upstreams,
+        accounting,
+        keepalive=settings.sse_keepalive_interval,
+        flush_interval=settings.stream_flush_interval,
     )
     readiness = ReadinessProbe(*_readiness_checks(settings, store, limiter_backend))
     # The admin API writes through the server's own store: the key cache sees each change at
