@@ -50,6 +50,8 @@ __all__ = [
     "make_completion",
     "make_error",
     "make_models_list",
+    "make_response",
+    "make_response_events",
     "make_stream_chunks",
     "make_usage",
     "make_usage_chunk",
@@ -753,6 +755,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._default_chat_completion(request)
             else:
                 self._play(reply, request)
+        elif request.method == "POST" and path == "/v1/responses":
+            reply = self.server.upstream._next_reply(request.body)
+            if reply is None:
+                self._default_response(request)
+            else:
+                self._play(reply, request)
         elif request.method == "GET" and path == "/v1/models":
             self._send_json(200, make_models_list())
         elif request.method == "GET" and path.startswith("/v1/models/"):
@@ -828,6 +836,42 @@ class _Handler(BaseHTTPRequestHandler):
                 prompt_tokens=prompt_tokens,
             )
             self._send_json(200, completion, headers)
+
+    def _default_response(self, request: RecordedRequest) -> None:
+        """The native Responses API: a Response object, or its typed events."""
+        try:
+            payload = json.loads(request.body)
+        except ValueError:
+            self._send_json(400, make_error("We could not parse the JSON body of your request."))
+            return
+        model = payload.get("model") if isinstance(payload, dict) else None
+        if not isinstance(model, str) or not model:
+            self._send_json(400, make_error("Missing required parameter: 'model'.", param="model"))
+            return
+        number = self.server.upstream._next_completion_number()
+        response = make_response(
+            payload,
+            response_id=f"resp_fake{number}",
+            tool_name=_chosen_response_tool(payload),
+            prompt_tokens=PROMPT_TOKENS_PER_MESSAGE * _input_count(payload),
+        )
+        headers = {"x-request-id": f"req_fake{number}"}
+        if payload.get("stream") is True:
+            events = [
+                f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                for event in make_response_events(response)
+            ]
+            self._send_stream(
+                200,
+                headers,
+                events,
+                delay=self.server.upstream.chunk_delay,
+                first_delay=0.0,
+                done=False,  # the Responses API ends with response.completed, no [DONE]
+                clean_eof=True,
+            )
+        else:
+            self._send_json(200, response, headers)
 
     def _play(self, reply: Reply, request: RecordedRequest) -> None:
         if reply.kind == "reset":
@@ -995,6 +1039,11 @@ def _chosen_tool(payload: dict[str, Any]) -> str | None:
     tools = payload.get("tools")
     if not isinstance(tools, list) or not tools:
         return None
+    # A tool's result came back: the round trip ends in text, as a model's would.
+    messages = payload.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if isinstance(last, dict) and last.get("role") == "tool":
+        return None
     choice = payload.get("tool_choice")
     if choice == "none":
         return None
@@ -1007,6 +1056,164 @@ def _chosen_tool(payload: dict[str, Any]) -> str | None:
     function = first.get("function") if isinstance(first, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
     return name if isinstance(name, str) and name else "unknown_function"
+
+
+def _chosen_response_tool(payload: dict[str, Any]) -> str | None:
+    """The function the fake calls in a Responses request, or None for a text answer."""
+    tools = [tool for tool in payload.get("tools") or () if isinstance(tool, dict)]
+    functions = [tool.get("name") for tool in tools if tool.get("type") == "function"]
+    if not functions or payload.get("tool_choice") == "none":
+        return None
+    items = payload.get("input")
+    last = items[-1] if isinstance(items, list) and items else None
+    if isinstance(last, dict) and last.get("type") == "function_call_output":
+        return None
+    choice = payload.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("name"), str):
+        return str(choice["name"])
+    return str(functions[0] or "unknown_function")
+
+
+def _input_count(payload: dict[str, Any]) -> int:
+    items = payload.get("input")
+    count = len(items) if isinstance(items, list) else 1
+    return count + (1 if payload.get("instructions") else 0)
+
+
+def make_response(
+    request: dict[str, Any],
+    *,
+    response_id: str = "resp_fake",
+    tool_name: str | None = None,
+    prompt_tokens: int = PROMPT_TOKENS_PER_MESSAGE,
+    text: str = DEFAULT_CONTENT,
+) -> dict[str, Any]:
+    """A `response` object as OpenAI's Responses API returns it (completed)."""
+    if tool_name is None:
+        item: dict[str, Any] = {
+            "id": f"msg_{response_id}",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        }
+    else:
+        item = {
+            "id": f"fc_{response_id}",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": DEFAULT_TOOL_CALL_ID,
+            "name": tool_name,
+            "arguments": DEFAULT_TOOL_ARGUMENTS,
+        }
+    now = int(time.time())
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": now,
+        "status": "completed",
+        "completed_at": now,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": request.get("instructions"),
+        "max_output_tokens": request.get("max_output_tokens"),
+        "model": request.get("model"),
+        "output": [item],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": request.get("store", True) is not False,
+        "temperature": request.get("temperature", 1.0),
+        "text": {"format": {"type": "text"}},
+        "tool_choice": request.get("tool_choice", "auto"),
+        "tools": request.get("tools") or [],
+        "top_p": request.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": COMPLETION_TOKENS,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt_tokens + COMPLETION_TOKENS,
+        },
+        "metadata": request.get("metadata") or {},
+    }
+
+
+def make_response_events(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The typed events of a streamed `response` (text in DEFAULT_STREAM_PIECES-like pieces)."""
+    started = {**response, "status": "in_progress", "output": [], "completed_at": None}
+    started.pop("usage")
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+    ]
+    item = response["output"][0]
+    where = {"item_id": item["id"], "output_index": 0}
+    if item["type"] == "message":
+        text = item["content"][0]["text"]
+        empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        events.append(
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item, "status": "in_progress", "content": []},
+            }
+        )
+        events.append(
+            {"type": "response.content_part.added", **where, "content_index": 0, "part": empty}
+        )
+        pieces = [text[index : index + 6] for index in range(0, len(text), 6)]
+        events += [
+            {
+                "type": "response.output_text.delta",
+                **where,
+                "content_index": 0,
+                "delta": piece,
+                "logprobs": [],
+            }
+            for piece in pieces
+        ]
+        events.append(
+            {
+                "type": "response.output_text.done",
+                **where,
+                "content_index": 0,
+                "text": text,
+                "logprobs": [],
+            }
+        )
+        events.append(
+            {
+                "type": "response.content_part.done",
+                **where,
+                "content_index": 0,
+                "part": item["content"][0],
+            }
+        )
+    else:
+        events.append(
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item, "status": "in_progress", "arguments": ""},
+            }
+        )
+        events += [
+            {"type": "response.function_call_arguments.delta", **where, "delta": piece}
+            for piece in _TOOL_ARGUMENT_PIECES
+        ]
+        events.append(
+            {
+                "type": "response.function_call_arguments.done",
+                **where,
+                "name": item["name"],
+                "arguments": item["arguments"],
+            }
+        )
+    events.append({"type": "response.output_item.done", "output_index": 0, "item": item})
+    events.append({"type": "response.completed", "response": response})
+    return [{**event, "sequence_number": number} for number, event in enumerate(events)]
 
 
 def _encode_event(event: Event) -> bytes:
