@@ -20,6 +20,7 @@ from ..chat.sse import DONE
 from ..errors import GatewayError
 from ..ops import observe
 from . import http_route, proto_json
+from .responses_service import ResponsesRpcs
 from .rpc import abort, as_gateway_error, authorization_of
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ def _model_message(model: Model) -> chat_pb2.Model:
     )
 
 
-class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
+class ChatServicer(ResponsesRpcs, chat_pb2_grpc.ChatServiceServicer):
+    """Chat completions, the model list, and the Responses API (responses_service)."""
+
     def __init__(self, pipeline: ChatPipeline, catalog: Catalog, *, log_bodies: bool) -> None:
         self._pipeline = pipeline
         self._catalog = catalog

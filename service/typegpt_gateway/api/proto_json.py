@@ -53,6 +53,17 @@ def request_body(
     return orjson.dumps(document)
 
 
+def struct_document(params: Message) -> dict[str, Any]:
+    """A google.protobuf.Struct of OpenAI parameters as the JSON object it stands for."""
+    try:
+        document: dict[str, Any] = json_format.MessageToDict(params)
+    except json_format.SerializeToJsonError as exc:
+        raise GatewayError(
+            400, f"The request cannot be sent as JSON: {exc}", "invalid_request_error"
+        ) from exc
+    return dict(_integral_floats_to_int(document))
+
+
 def parse_answer(data: bytes, message: M) -> M:
     """Fills `message` from upstream JSON, ignoring fields the proto does not know."""
     try:
