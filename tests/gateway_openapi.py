@@ -25,6 +25,8 @@ MARKER = "    # --- vendored from OpenAI's openapi.yaml"
 VENDORED_ROOTS = (
     "CreateChatCompletionResponse",
     "CreateChatCompletionStreamResponse",
+    "Response",
+    "ResponseStreamEvent",
     "ListModelsResponse",
     "Model",
 )

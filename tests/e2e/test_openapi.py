@@ -106,6 +106,7 @@ def world(upstream, tmp_path_factory, down_url, limiter_down) -> Iterator[World]
 
 
 CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
 KEYS = "/v1/admin/keys"
 USAGE = "/v1/admin/usage"
 BIG_HEADER = {"x-big": "a" * 40_000}
@@ -118,6 +119,34 @@ def _chat(w: World, body: object = None, headers: dict | None = None, **kw) -> h
         headers=w.auth() if headers is None else headers,
         timeout=30,
         **kw,
+    )
+
+
+def _response_body(model: str = "gpt-4o", **extra: object) -> dict:
+    return {"model": model, "input": "Hello", **extra}
+
+
+def _respond(w: World, body: object = None, headers: dict | None = None, **kw) -> httpx.Response:
+    return httpx.post(
+        f"{w.gw.url}{RESPONSES}",
+        json=_response_body() if body is None else body,
+        headers=w.auth() if headers is None else headers,
+        timeout=30,
+        **kw,
+    )
+
+
+def _respond_as(key: str, body: dict | None = None) -> Callable[[World], httpx.Response]:
+    return lambda w: _respond(w, body, w.auth(getattr(w, key)))
+
+
+def _respond_limiter_down(w: World) -> httpx.Response:
+    gw, key = w.limiter_down
+    return httpx.post(
+        f"{gw.url}{RESPONSES}",
+        json=_response_body(),
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
     )
 
 
@@ -341,6 +370,50 @@ SCENARIOS: list[Scenario] = [
     Scenario("createChatCompletion", 503, _limiter_down, frozenset({"retry-after"})),
     Scenario("createChatCompletion", 504, _queued(Reply.hang(FIRST_BYTE_TIMEOUT + 5), _chat)),
     Scenario("createChatCompletion", 431, _big_header("POST", CHAT)),
+    Scenario("createResponse", 200, lambda w: _respond(w)),
+    Scenario("createResponse", 200, _respond_as("metered_key"), RATE_LIMIT_HEADERS),
+    Scenario(
+        "createResponse",
+        200,
+        _respond_as("metered_key", _response_body(stream=True)),
+        RATE_LIMIT_HEADERS,
+    ),
+    Scenario("createResponse", 400, lambda w: _respond(w, content=b'{"model": ')),
+    Scenario(
+        "createResponse",
+        400,
+        lambda w: _respond(w, _response_body(tools=[{"type": "web_search"}])),
+    ),
+    Scenario("createResponse", 401, lambda w: _respond(w, headers={})),
+    Scenario(
+        "createResponse", 403, lambda w: _respond(w, headers=w.auth("sk-wrong-key-0000000000"))
+    ),
+    Scenario("createResponse", 403, _respond_as("limited_key", _response_body("o3"))),
+    Scenario("createResponse", 404, lambda w: _respond(w, _response_body("no-such-model"))),
+    Scenario("createResponse", 413, lambda w: _respond(w, _response_body(pad="x" * MAX_BODY))),
+    Scenario(
+        "createResponse",
+        429,
+        _queued(Reply.json(429, headers={"Retry-After": "2"}), _respond),
+        frozenset({"retry-after"}),
+    ),
+    Scenario(
+        "createResponse",
+        429,
+        _second(_respond_as("one_rpm_key")),
+        LIMIT_429_HEADERS | RATE_LIMIT_HEADERS,
+    ),
+    Scenario(
+        "createResponse",
+        429,
+        _second(_respond_as("budget_key")),
+        LIMIT_429_HEADERS | {"x-should-retry"},
+    ),
+    Scenario("createResponse", 502, _queued(Reply.json(500), _respond)),
+    Scenario("createResponse", 503, _down("POST", RESPONSES)),
+    Scenario("createResponse", 503, _respond_limiter_down, frozenset({"retry-after"})),
+    Scenario("createResponse", 504, _queued(Reply.hang(FIRST_BYTE_TIMEOUT + 5), _respond)),
+    Scenario("createResponse", 431, _big_header("POST", RESPONSES)),
     Scenario("listModels", 200, _get("/v1/models")),
     Scenario("listModels", 401, _get("/v1/models", None)),
     Scenario("listModels", 403, _get("/v1/models", "wrong")),
@@ -394,6 +467,17 @@ def check_answer(operation_id: str, response: httpx.Response) -> set[str]:
     status = response.status_code
     headers = gateway_openapi.validate_headers(operation_id, status, response.headers)
     media_type = response.headers.get("content-type", "").split(";")[0].strip()
+    if media_type == "text/event-stream" and operation_id == "createResponse":
+        events = [
+            dict(line.split(": ", 1) for line in block.splitlines())
+            for block in response.text.split("\n\n")
+            if block.strip() and not block.startswith(":")
+        ]
+        assert json.loads(events[-1]["data"])["type"] == "response.completed"
+        for event in events:
+            gateway_openapi.validate_body(operation_id, status, media_type, event)
+            assert json.loads(event["data"])["type"] == event["event"]
+        return headers
     if media_type == "text/event-stream":
         payloads = sse_payloads(response.text)
         assert payloads[-1] == "[DONE]"
