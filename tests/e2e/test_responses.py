@@ -5,7 +5,11 @@ and native (an upstream marked `responses: native`: the fake's own Responses API
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -315,3 +319,56 @@ def test_native_forwards_the_clients_bytes(
     )
     assert answered.status_code == 200, answered.text
     assert upstream.last_request().body == body
+
+
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
+
+
+def test_node_sdk(served: tuple[Gateway, str], upstream: FakeUpstream) -> None:
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    if not (JS_DIR / "node_modules" / "openai").is_dir():
+        pytest.skip(f"{JS_DIR}/node_modules has no openai: run `npm ci --prefix tests/js`")
+    gateway, key = served
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
+        and not name.startswith("OPENAI_")
+    }
+    env.update(GATEWAY_BASE_URL=gateway.url + "/v1", GATEWAY_API_KEY=key, NO_PROXY="127.0.0.1")
+    result = subprocess.run(
+        ["node", str(JS_DIR / "responses_check.mjs")],
+        env=env,
+        cwd=JS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    usage = {
+        "input_tokens": 2 * PROMPT_TOKENS_PER_MESSAGE,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": COMPLETION_TOKENS,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 2 * PROMPT_TOKENS_PER_MESSAGE + COMPLETION_TOKENS,
+    }
+    assert summary["create"] == {
+        "object": "response",
+        "status": "completed",
+        "text": DEFAULT_CONTENT,
+        "usage": usage,
+    }
+    stream = summary["stream"]
+    assert (stream["first"], stream["last"]) == ("response.created", "response.completed")
+    assert stream["text"] == DEFAULT_CONTENT
+    assert stream["usage"]["output_tokens"] == COMPLETION_TOKENS
+    assert summary["tools"] == {
+        "name": "get_weather",
+        "callId": DEFAULT_TOOL_CALL_ID,
+        "arguments": {"location": "Paris"},
+        "text": DEFAULT_CONTENT,
+    }
