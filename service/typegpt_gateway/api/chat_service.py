@@ -12,7 +12,7 @@ import grpc
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 
-from ..chat.answer import Stream
+from ..chat.answer import Passthrough, Stream
 from ..chat.catalog import Catalog, Model
 from ..chat.pipeline import ChatPipeline
 from ..chat.routes import CHAT
@@ -62,7 +62,7 @@ class ChatServicer(ResponsesRpcs, chat_pb2_grpc.ChatServiceServicer):
 
     def _answer(
         self, body: bytes | Callable[[], bytes], context: observe.Context
-    ) -> contextlib.AbstractAsyncContextManager[bytes | Stream]:
+    ) -> contextlib.AbstractAsyncContextManager[bytes | Stream | Passthrough]:
         return http_route.answer(self._pipeline, CHAT, body, context, log_bodies=self._log_bodies)
 
     @observe.rpc("ChatService/CreateChatCompletion")
@@ -98,7 +98,7 @@ class ChatServicer(ResponsesRpcs, chat_pb2_grpc.ChatServiceServicer):
             include_usage=request.include_usage,
         )
         async with self._answer(body, context) as answer:
-            if isinstance(answer, bytes):
+            if not isinstance(answer, Stream):
                 raise AssertionError("unreachable: the body says stream: true")
             exchange = observe.current()
             with observe.streaming(exchange):

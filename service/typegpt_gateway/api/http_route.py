@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar
 
 from google.api import httpbody_pb2
 
-from ..chat.answer import Stream
+from ..chat.answer import Passthrough, Stream
 from ..chat.pipeline import ChatPipeline
 from ..chat.routes import OpenAIRoute
 from ..chat.sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
@@ -42,7 +42,7 @@ async def answer(
     content_type: str = JSON,
     *,
     log_bodies: bool,
-) -> AsyncIterator[bytes | Stream]:
+) -> AsyncIterator[bytes | Stream | Passthrough]:
     """The answer to a request on `route`, its rate-limit headers sent as initial metadata
     (HTTP headers through Envoy). The one owner of the answer: however the block is left (an
     error, the client gone, a stream never read), the answer is closed, which settles the
@@ -77,8 +77,9 @@ async def serve_http(
     *,
     log_bodies: bool,
 ) -> AsyncGenerator[Message, None]:
-    """An HttpBody RPC's answers: one `application/json` message, or the SSE frames of a
-    stream as they arrive. `message` makes an empty response message of the RPC."""
+    """An HttpBody RPC's answers: one `application/json` message, the SSE frames of a stream
+    as they arrive, or a passthrough answer's bytes as they arrive. `message` makes an empty
+    response message of the RPC."""
 
     def reply(data: bytes, content_type: str) -> Message:
         # Filled in place: an HttpBody built apart is copied into the message (3 times
@@ -97,6 +98,22 @@ async def serve_http(
         if isinstance(answered, bytes):
             exchange.sent_first_byte()
             yield reply(answered, JSON)
+            return
+        if isinstance(answered, Passthrough):
+            content_type = answered.content_type
+            with observe.streaming(exchange):
+                try:
+                    async with contextlib.aclosing(answered.chunks()) as chunks:
+                        async for chunk in chunks:
+                            exchange.sent_first_byte()
+                            yield reply(chunk, content_type)
+                            content_type = ""
+                except Exception as exc:
+                    # Bytes such as audio have no in-band error: the answer breaks off, which
+                    # the client sees, rather than ending short as if whole.
+                    await abort(context, as_gateway_error(exc))
+            if content_type:  # an empty answer still has its headers
+                yield reply(b"", content_type)
             return
         # The first message's content type becomes the HTTP Content-Type.
         content_type = EVENT_STREAM

@@ -22,7 +22,7 @@ from ..ops import observe
 from ..upstream.failover import Failover, Opened
 from ..upstream.timeouts import Deadlines
 from .accounting import Accounting
-from .answer import Answer, Stream, read_answer
+from .answer import Answer, Passthrough, Stream, read_answer
 from .catalog import Catalog
 from .request import JSON_TYPE, ApiRequest, media_type
 from .routes import CHAT, OpenAIRoute
@@ -81,7 +81,7 @@ class ChatPipeline:
         request = await self._parse(route, body, content_type)
         exchange.asked_for(request.model, known=request.model in self.catalog)
         exchange.stream = request.stream
-        self.catalog.resolve(request.model, key)
+        self.catalog.resolve(request.model, key, route)
         # A stream reports usage only if asked: the gateway asks whenever the client did not,
         # so that no client can choose the estimate over the upstream's count.
         ask_usage = request.stream and request.include_usage is not True
@@ -94,6 +94,8 @@ class ChatPipeline:
             opened = await self._open(sending, ask_usage, meter)
             account.served_by(opened.upstream)
             response = opened.response
+            if route.passthrough:
+                return Answer(Passthrough(response, deadlines, stopping=self.stopping), account)
             if request.stream:
                 stream = Stream(
                     response,

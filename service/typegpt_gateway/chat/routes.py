@@ -41,3 +41,6 @@ class OpenAIRoute:
 
 
 CHAT = OpenAIRoute("chat", "/v1/chat/completions", CHAT_CALL, parse_chat_request)
+
+# Every route, in the order the README and Envoy's 404 list them.
+ROUTES: tuple[OpenAIRoute, ...] = (CHAT,)

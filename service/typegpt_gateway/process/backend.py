@@ -45,7 +45,7 @@ from ..redaction import register_url_password
 from ..settings import MiB, Settings
 from ..upstream.failover import Failover
 from ..upstream.prices import PriceList
-from ..upstream.upstreams_file import price_list
+from ..upstream.upstreams_file import model_routes, price_list
 from .envoy_config import WORKER_HEALTH_SERVICE
 from .readiness import ReadinessProbe, key_store_check, rate_limits_check
 
@@ -148,7 +148,10 @@ async def start_backend(settings: Settings) -> Backend:
     store = open_store(settings)
     keys = KeyCache(store, settings.key_refresh_interval)
     catalog = Catalog(
-        settings.models, owned_by=settings.models_owned_by, created=settings.models_created
+        settings.models,
+        owned_by=settings.models_owned_by,
+        created=settings.models_created,
+        routes=model_routes(settings),
     )
     limiter_backend = _limiter_backend(settings)
     accounting = _accounting(settings, store, limiter_backend, price_list(settings))

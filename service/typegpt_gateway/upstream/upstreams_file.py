@@ -18,6 +18,8 @@ single upstream of TYPEGPT_BASE_URL and TYPEGPT_API_KEY.
     prices:                             # USD per 1M tokens; over the shipped defaults
       gpt-4o: {input: 2.5, cached_input: 1.25, output: 10}
       gpt-5-model-router: null          # no price: cost unknown
+    model_routes:                       # the routes a model is offered on (default: all)
+      text-embedding-3-small: [embeddings]
 
 Prices are keyed by the gateway's model names (the catalog's), not an upstream's `model_map`
 names; see prices.py for how they combine.
@@ -76,6 +78,8 @@ class GatewayConfig(BaseModel):
 
     upstreams: tuple[UpstreamConfig, ...] = Field(min_length=1)
     prices: dict[str, Price | None] = Field(default_factory=dict)
+    # Model -> the names of the routes it is offered on (chat/routes.py checks the names).
+    model_routes: dict[str, tuple[str, ...]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -192,3 +196,12 @@ def price_list(settings: Settings) -> PriceList:
     return PriceList(
         base, {upstream.name: overlay(base, upstream.prices) for upstream in config.upstreams}
     )
+
+
+def model_routes(settings: Settings) -> dict[str, frozenset[str]]:
+    """The routes each model the config file names is limited to; a model it does not name
+    (or every model, without a file) is offered on every route."""
+    if settings.config is None:
+        return {}
+    config = load_config(settings.config)
+    return {model: frozenset(routes) for model, routes in config.model_routes.items()}
