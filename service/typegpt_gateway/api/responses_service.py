@@ -16,17 +16,18 @@ from google.protobuf import json_format, struct_pb2
 
 from typegpt.gateway.v1 import chat_pb2
 
-from ..chat.answer import Stream
+from ..chat.answer import Passthrough, Stream
 from ..chat.pipeline import ChatPipeline
 from ..chat.request import JSON_TYPE
-from ..chat.routes import OpenAIRoute
+from ..chat.responses_request import FINAL_EVENTS, read_responses_request
+from ..chat.routes import RESPONSES, OpenAIRoute
 from ..chat.sse import DONE, KEEPALIVE_FRAME
 from ..errors import GatewayError
 from ..ops import observe
 from ..responses.bridge_request import to_chat_request
+from ..responses.bridge_route import BRIDGED
 from ..responses.bridge_stream import EventStream, event_frame
 from ..responses.response_object import ResponseShape, from_completion
-from ..responses.routes import BRIDGED, FINAL_EVENTS, NATIVE, read_responses_request
 from ..upstream.upstreams_file import responses_mode
 from . import http_route, proto_json
 from .rpc import abort, as_gateway_error, authorization_of
@@ -57,7 +58,7 @@ class ResponsesRpcs:
         document = read_responses_request(body, content_type)
         specs = tuple(upstream.spec for upstream in self._pipeline.upstreams.upstreams)
         if responses_mode(specs, document["model"]) == "native":
-            return _Prepared(NATIVE, body, content_type, None)
+            return _Prepared(RESPONSES, body, content_type, None)
         chat = orjson.dumps(to_chat_request(document))
         return _Prepared(BRIDGED, chat, JSON_TYPE, ResponseShape.of(document))
 
@@ -78,6 +79,8 @@ class ResponsesRpcs:
             prepared.content_type,
             log_bodies=self._log_bodies,
         ) as answered:
+            if isinstance(answered, Passthrough):
+                raise AssertionError("unreachable: the responses routes do not pass through")
             yield answered, prepared.shape
 
     @observe.rpc("ChatService/CreateResponseHttp", transcoded=True)

@@ -1,26 +1,15 @@
-"""`POST /v1/responses` as the pipeline's routes: `NATIVE` sends the client's body to the
-upstream's own Responses API, `BRIDGED` sends the chat completion the bridge made of it. Both
-are the route `responses` to model rules, limits and metrics."""
+"""A Responses API request (`POST /v1/responses`) as the gateway reads it, and the usage its
+answer reports (a Response, or a stream's final event). Pure rules; the route itself is
+chat/routes.py's RESPONSES, and the bridge to chat completions is in responses/."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..chat.request import (
-    JSON_TYPE,
-    ApiRequest,
-    parse_chat_request,
-    read_json_object,
-    read_model,
-    read_stream,
-)
-from ..chat.routes import OpenAIRoute
-from ..chat.usage_meter import MAX_REPORTED_TOKENS, UnusableUsageError, estimate_prompt_tokens
-from ..upstream.client import CHAT_CALL, UpstreamCall
 from ..usage import Usage
+from .request import JSON_TYPE, ApiRequest, read_json_object, read_model, read_stream
+from .usage_meter import MAX_REPORTED_TOKENS, UnusableUsageError, estimate_prompt_tokens
 
-NAME = "responses"
-PATH = "/v1/responses"
 WHAT = "a Responses request"
 # The events whose response carries the usage: the stream's last.
 FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -75,10 +64,3 @@ def _count(value: Any) -> int | None:
     if type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS:
         return value
     return None
-
-
-NATIVE = OpenAIRoute(
-    NAME, PATH, UpstreamCall("/responses"), parse_responses_request, read_usage=responses_usage
-)
-# The body the pipeline gets is the bridge's chat completion request (bridge_request.py).
-BRIDGED = OpenAIRoute(NAME, PATH, CHAT_CALL, parse_chat_request)

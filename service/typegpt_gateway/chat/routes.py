@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..upstream.client import CHAT_CALL, UpstreamCall
 from .request import ApiRequest, parse_chat_request
+from .responses_request import parse_responses_request, responses_usage
 from .usage_meter import UsageMeter, UsageReader, chat_usage
 
 
@@ -41,6 +42,15 @@ class OpenAIRoute:
 
 
 CHAT = OpenAIRoute("chat", "/v1/chat/completions", CHAT_CALL, parse_chat_request)
+# As an upstream with the Responses API gets it; for one without, responses/ bridges it to a
+# chat completion under the same name (responses/bridge_route.py).
+RESPONSES = OpenAIRoute(
+    "responses",
+    "/v1/responses",
+    UpstreamCall("/responses"),
+    parse_responses_request,
+    read_usage=responses_usage,
+)
 
 # Every route, in the order the README and Envoy's 404 list them.
-ROUTES: tuple[OpenAIRoute, ...] = (CHAT,)
+ROUTES: tuple[OpenAIRoute, ...] = (CHAT, RESPONSES)
