@@ -24,6 +24,8 @@ from fake_upstream import (
     DEFAULT_TOOL_CALL_ID,
     PROMPT_TOKENS_PER_MESSAGE,
     FakeUpstream,
+    Reply,
+    make_chunk,
 )
 from gateway_process import SCRIPTED_FAILURES, UPSTREAM_KEY, Gateway
 from google.protobuf import json_format, struct_pb2
@@ -259,17 +261,62 @@ def test_keys_and_model_rules_apply(gateway: Gateway, upstream: FakeUpstream) ->
     assert upstream.requests == []
 
 
-def test_the_ledger_counts_responses(gateway: Gateway, upstream: FakeUpstream) -> None:
-    key = gateway.wait_for_key(gateway.create_key("responses-ledger"))
+def test_the_ledger_counts_responses_and_their_cost(served: tuple[Gateway, str], mode: str) -> None:
+    gateway, _ = served
+    name = f"responses-ledger-{mode}"
+    key = gateway.wait_for_key(gateway.create_key(name))
     with OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as sdk:
         sdk.responses.create(model=MODEL, input="Hi")
         with sdk.responses.stream(model=MODEL, input="Hi") as stream:
             stream.get_final_response()
-    assert gateway.wait_for_ledger({"responses-ledger": 2}) == {"responses-ledger": 2}
-    [row] = json.loads(gateway.cli("keys", "usage", "responses-ledger", "--json").stdout)
+    assert gateway.wait_for_ledger({name: 2}) == {name: 2}
+    [row] = json.loads(gateway.cli("keys", "usage", name, "--json").stdout)
     assert row["prompt_tokens"] == 2 * PROMPT_TOKENS_PER_MESSAGE
     assert row["completion_tokens"] == 2 * COMPLETION_TOKENS
     assert row["errors"] == 0
+    # gpt-4o's shipped price, $2.50 and $10 per 1M tokens: 5 x 2.5 + 7 x 10 = 82.5, so 83
+    # micro-dollars a request (rounded once per request, halves up).
+    assert row["cost_micro_usd"] == 2 * 83
+
+
+def test_a_broken_stream_ends_with_an_error_event(
+    served: tuple[Gateway, str], mode: str, upstream: FakeUpstream
+) -> None:
+    gateway, key = served
+    if mode == "native":
+        first: dict[str, Any] = {
+            "type": "response.output_text.delta",
+            "item_id": "msg_1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "Hel",
+            "logprobs": [],
+            "sequence_number": 0,
+        }
+    else:
+        first = make_chunk({"content": "Hel"}, include_usage=True)
+    upstream.enqueue(Reply.stream_then_break([first]))
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/responses",
+        json={"model": MODEL, "input": "Hi", "stream": True},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=TIMEOUT,
+    ) as response:
+        lines = [line for line in response.iter_lines() if not line.startswith(":")]
+    names = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    events = [
+        json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")
+    ]
+    assert names == [event["type"] for event in events]
+    assert "response.output_text.delta" in names
+    error = events[names.index("error")]
+    assert error["code"] == "502" and "upstream" in error["message"].lower()
+    if mode == "bridged":
+        assert names[-1] == "response.failed"
+        assert events[-1]["response"]["output"][0]["status"] == "incomplete"
+    for event in events:
+        validate(event, _event_schema(event["type"]))
 
 
 def test_create_response_over_grpc(served: tuple[Gateway, str], mode: str) -> None:
