@@ -255,6 +255,11 @@ def test_settings_map_to_their_chat_names() -> None:
             "input[0].content[0].file_id",
         ),
         ({"frobnicate": 1}, "frobnicate"),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "arguments": "{}"}]},
+            "input[0].name",
+        ),
     ],
 )
 def test_what_the_bridge_cannot_honour_is_a_400_naming_it(

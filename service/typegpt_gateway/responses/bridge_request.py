@@ -152,15 +152,18 @@ def _add_item(messages: list[Json], item: Any, param: str) -> None:
         raise _invalid(param, f"'{param}' must be an object.")
     kind = item.get("type", "message" if "role" in item else None)
     if kind == "message":
-        role = _ROLES.get(item.get("role"))  # type: ignore[arg-type]
+        role = _ROLES.get(str(item.get("role")))
         if role is None:
             raise _invalid(f"{param}.role", f"Invalid value for '{param}.role'.")
         messages.append({"role": role, "content": _content(item.get("content"), param, role)})
     elif kind == "function_call":
         call = {
-            "id": item.get("call_id"),
+            "id": _string(item, "call_id", param),
             "type": "function",
-            "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
+            "function": {
+                "name": _string(item, "name", param),
+                "arguments": item.get("arguments", ""),
+            },
         }
         # Calls that follow an assistant turn are that turn's: chat completions keeps a turn's
         # text and its tool calls in one message.
@@ -175,7 +178,8 @@ def _add_item(messages: list[Json], item: Any, param: str) -> None:
         output = item.get("output")
         if not isinstance(output, str):
             output = _text_of(output, f"{param}.output")
-        messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": output})
+        call_id = _string(item, "call_id", param)
+        messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
     elif kind == "reasoning":
         # A reasoning item another upstream produced: only OpenAI can read it back.
         raise unsupported(f"{param}.type", "reasoning items cannot be passed to this upstream")
@@ -183,6 +187,13 @@ def _add_item(messages: list[Json], item: Any, param: str) -> None:
         raise unsupported(f"{param}.type", "the gateway keeps no items to refer to")
     else:
         raise unsupported(f"{param}.type", f"input items of type {kind!r} are not supported")
+
+
+def _string(item: Mapping[str, Any], name: str, param: str) -> str:
+    value = item.get(name)
+    if not isinstance(value, str) or not value:
+        raise _invalid(f"{param}.{name}", f"Missing required parameter: '{param}.{name}'.")
+    return value
 
 
 def _content(content: Any, param: str, role: str) -> Any:
