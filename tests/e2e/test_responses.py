@@ -26,6 +26,9 @@ from fake_upstream import (
     FakeUpstream,
     Reply,
     make_chunk,
+    make_response,
+    make_response_events,
+    make_stream_chunks,
 )
 from gateway_process import SCRIPTED_FAILURES, UPSTREAM_KEY, Gateway
 from google.protobuf import json_format, struct_pb2
@@ -419,3 +422,25 @@ def test_node_sdk(served: tuple[Gateway, str], upstream: FakeUpstream) -> None:
         "arguments": {"location": "Paris"},
         "text": DEFAULT_CONTENT,
     }
+
+
+def test_a_client_leaving_a_stream_cancels_the_upstream(
+    served: tuple[Gateway, str], mode: str, upstream: FakeUpstream
+) -> None:
+    gateway, key = served
+    if mode == "native":
+        events: list[Any] = make_response_events(make_response({"model": MODEL}))
+    else:
+        events = make_stream_chunks(model=MODEL, include_usage=True)
+    upstream.enqueue(Reply.stream(events, delay=1.0))
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/responses",
+        json={"model": MODEL, "input": "Hi", "stream": True},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=TIMEOUT,
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                break
+    assert upstream.wait_for_disconnect(5.0)
