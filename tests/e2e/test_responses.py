@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -444,3 +445,37 @@ def test_a_client_leaving_a_stream_cancels_the_upstream(
             if line.startswith("data: "):
                 break
     assert upstream.wait_for_disconnect(5.0)
+
+
+def _log_line(gateway: Gateway, request_id: str) -> dict[str, Any]:
+    """The one request log line of `request_id` (written as the RPC ends: waited for)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [
+            record
+            for record in map(json.loads, filter(None, gateway.log().splitlines()))
+            if isinstance(record, dict)
+            and record.get("logger") == "typegpt_gateway.requests"
+            and record.get("request_id") == request_id
+        ]
+        if found or time.monotonic() > deadline:
+            assert len(found) == 1, found
+            return found[0]
+        time.sleep(0.05)
+
+
+def test_one_log_line_per_request_with_its_key_and_model(gateway: Gateway, api_key: str) -> None:
+    headers = {"authorization": f"Bearer {api_key}"}
+    url = f"{gateway.url}/v1/responses"
+    for request_id, body in (
+        ("responses-ok-1", {"model": MODEL, "input": "Hi"}),
+        ("responses-refused-1", {"model": MODEL, "input": "Hi", "background": True}),
+    ):
+        httpx.post(url, json=body, headers={**headers, "x-request-id": request_id}, timeout=TIMEOUT)
+    served, refused = (
+        _log_line(gateway, "responses-ok-1"),
+        _log_line(gateway, "responses-refused-1"),
+    )
+    assert (served["status"], served["key"], served["model"]) == (200, "test-client", MODEL)
+    assert served["route"] == "ChatService/CreateResponseHttp"
+    assert (refused["status"], refused["key"], refused["model"]) == (400, "test-client", MODEL)

@@ -54,10 +54,15 @@ class ResponsesRpcs:
 
     async def _prepare(self, body: bytes, content_type: str, context: observe.Context) -> _Prepared:
         # The key first, as on every route: a client without one learns nothing of the body.
-        await self._pipeline.authenticate(authorization_of(context))
+        exchange = observe.current()
+        key = await self._pipeline.authenticate(authorization_of(context))
+        exchange.key = key.name
         document = read_responses_request(body, content_type)
+        # The log line and metrics of a request the bridge refuses name its model too.
+        model = document["model"]
+        exchange.asked_for(model, known=model in self._pipeline.catalog)
         specs = tuple(upstream.spec for upstream in self._pipeline.upstreams.upstreams)
-        if responses_mode(specs, document["model"]) == "native":
+        if responses_mode(specs, model) == "native":
             return _Prepared(RESPONSES, body, content_type, None)
         chat = orjson.dumps(to_chat_request(document))
         return _Prepared(BRIDGED, chat, JSON_TYPE, ResponseShape.of(document))
