@@ -479,3 +479,14 @@ def test_one_log_line_per_request_with_its_key_and_model(gateway: Gateway, api_k
     assert (served["status"], served["key"], served["model"]) == (200, "test-client", MODEL)
     assert served["route"] == "ChatService/CreateResponseHttp"
     assert (refused["status"], refused["key"], refused["model"]) == (400, "test-client", MODEL)
+
+
+def test_a_failed_attempt_is_retried(make_gateway: Any, upstream: FakeUpstream) -> None:
+    gateway = make_gateway(
+        extra_env={"GATEWAY_UPSTREAM_RETRY_BACKOFF": "0.01", "GATEWAY_UPSTREAM_COOLDOWN_AFTER": "0"}
+    ).start()
+    key = gateway.wait_for_key(gateway.create_key("responses-retried"))
+    upstream.enqueue(Reply.json(503))
+    with OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as sdk:
+        assert sdk.responses.create(model=MODEL, input="Hi").output_text == DEFAULT_CONTENT
+    assert [request.path for request in upstream.requests] == ["/v1/chat/completions"] * 2
