@@ -16,6 +16,7 @@ HTTP stack of the code it is testing.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import select
@@ -27,10 +28,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -40,12 +43,16 @@ __all__ = [
     "DEFAULT_STREAM_PIECES",
     "DEFAULT_TOOL_ARGUMENTS",
     "DEFAULT_TOOL_CALL_ID",
+    "EMBEDDING_DIMENSIONS",
     "MODELS",
     "PROMPT_TOKENS_PER_MESSAGE",
+    "SPEECH_CHUNKS",
     "SYSTEM_FINGERPRINT",
+    "TRANSCRIPT",
     "FakeUpstream",
     "RecordedRequest",
     "Reply",
+    "embedding_vector",
     "make_chunk",
     "make_completion",
     "make_error",
@@ -280,6 +287,141 @@ def make_stream_chunks(
             )
         )
     return chunks
+
+
+# --------------------------------------------------------------------------
+# The other routes: embeddings, legacy completions, images, audio.
+# --------------------------------------------------------------------------
+
+EMBEDDING_DIMENSIONS = 8
+TRANSCRIPT = "Hello from the fake transcription."
+# The default speech: audio in a few chunks, sent apart so that a client can see it stream.
+SPEECH_CHUNKS: tuple[bytes, ...] = (b"ID3\x04fake-audio-", b"\x00\xff" * 512, b"-end")
+# A 1x1 PNG, for images asked as b64_json.
+_PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d4944415478da63f8cfc0f01f0005000201a5f1ec3f0000000049454e44ae426082"
+    )
+).decode()
+_AUDIO_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+
+
+def embedding_vector(index: int, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The fake's embedding of input `index`: exact float32 values (k/8), so that base64 and
+    float answers carry the same numbers."""
+    return [((index + k) % 16) / 8 - 1 for k in range(dimensions)]
+
+
+def _inputs(value: Any) -> list[Any]:
+    """An embeddings `input` as its items: one string or token list, or a list of them."""
+    if isinstance(value, str) or (
+        isinstance(value, list) and value and all(isinstance(item, int) for item in value)
+    ):
+        return [value]
+    return list(value) if isinstance(value, list) else []
+
+
+def _input_tokens(item: Any) -> int:
+    if isinstance(item, str):
+        return max(1, -(-len(item) // BYTES_PER_TOKEN))
+    return len(item) if isinstance(item, list) else 0
+
+
+def make_embeddings(payload: dict[str, Any]) -> dict[str, Any]:
+    inputs = _inputs(payload.get("input"))
+    dimensions = payload.get("dimensions")
+    size = dimensions if isinstance(dimensions, int) and dimensions > 0 else EMBEDDING_DIMENSIONS
+    as_base64 = payload.get("encoding_format") == "base64"
+    data = []
+    for index in range(len(inputs)):
+        vector = embedding_vector(index, size)
+        embedding: Any = vector
+        if as_base64:
+            embedding = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = sum(_input_tokens(item) for item in inputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": payload["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def make_text_completion(
+    *, model: str, completion_id: str, prompt_tokens: int, created: int | None = None
+) -> dict[str, Any]:
+    """A legacy `text_completion`."""
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": int(time.time()) if created is None else created,
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [
+            {"text": DEFAULT_CONTENT, "index": 0, "logprobs": None, "finish_reason": "stop"}
+        ],
+        "usage": make_usage(prompt_tokens),
+    }
+
+
+def make_text_completion_chunks(
+    *, model: str, completion_id: str, prompt_tokens: int, include_usage: bool
+) -> list[dict[str, Any]]:
+    """A streamed legacy completion: one `text_completion` per piece, then the usage chunk
+    when asked (no choices), as OpenAI streams it."""
+    created = int(time.time())
+
+    def chunk(text: str, finish_reason: str | None) -> dict[str, Any]:
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+        return {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [choice],
+        }
+
+    chunks = [chunk(piece, None) for piece in DEFAULT_STREAM_PIECES]
+    chunks.append(chunk("", "stop"))
+    if include_usage:
+        usage = {**chunk("", None), "choices": [], "usage": make_usage(prompt_tokens)}
+        chunks.append(usage)
+    return chunks
+
+
+def make_images(payload: dict[str, Any]) -> dict[str, Any]:
+    count = payload.get("n")
+    count = count if isinstance(count, int) and count > 0 else 1
+    if payload.get("response_format") == "b64_json":
+        item: dict[str, Any] = {"b64_json": _PNG}
+    else:
+        item = {"url": "https://images.example.com/fake.png"}
+    item["revised_prompt"] = str(payload.get("prompt", ""))
+    return {"created": int(time.time()), "data": [dict(item) for _ in range(count)]}
+
+
+def form_fields(body: bytes, content_type: str) -> dict[str, bytes]:
+    """The parts of a multipart/form-data body by name, with the standard library's parser."""
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    fields: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields.setdefault(name, payload)
+    return fields
 
 
 def make_models_list() -> dict[str, Any]:
@@ -749,16 +891,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, request: RecordedRequest) -> None:
         path = urlsplit(request.path).path
-        if request.method == "POST" and path == "/v1/chat/completions":
+        default = self._DEFAULTS.get(path) if request.method == "POST" else None
+        if default is not None:
             reply = self.server.upstream._next_reply(request.body)
             if reply is None:
-                self._default_chat_completion(request)
-            else:
-                self._play(reply, request)
-        elif request.method == "POST" and path == "/v1/responses":
-            reply = self.server.upstream._next_reply(request.body)
-            if reply is None:
-                self._default_response(request)
+                default(self, request)
             else:
                 self._play(reply, request)
         elif request.method == "GET" and path == "/v1/models":
@@ -872,6 +1009,121 @@ class _Handler(BaseHTTPRequestHandler):
             )
         else:
             self._send_json(200, response, headers)
+
+    def _json_payload(self, request: RecordedRequest) -> dict[str, Any] | None:
+        """The request's JSON object with a model, or None once the 400 is sent."""
+        try:
+            payload = json.loads(request.body)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            self._send_json(400, make_error("We could not parse the JSON body of your request."))
+            return None
+        if not isinstance(payload.get("model"), str):
+            self._send_json(400, make_error("you must provide a model parameter", param="model"))
+            return None
+        return payload
+
+    def _default_embeddings(self, request: RecordedRequest) -> None:
+        payload = self._json_payload(request)
+        if payload is None:
+            return
+        if not _inputs(payload.get("input")):
+            error = make_error("'input' is a required property", param="input")
+            self._send_json(400, error)
+            return
+        self._send_json(200, make_embeddings(payload))
+
+    def _default_text_completion(self, request: RecordedRequest) -> None:
+        payload = self._json_payload(request)
+        if payload is None:
+            return
+        number = self.server.upstream._next_completion_number()
+        prompt = payload.get("prompt")
+        prompt_tokens = sum(_input_tokens(item) for item in _inputs(prompt)) or 1
+        completion_id = f"cmpl-fake{number}"
+        if payload.get("stream") is True:
+            options = payload.get("stream_options")
+            chunks = make_text_completion_chunks(
+                model=payload["model"],
+                completion_id=completion_id,
+                prompt_tokens=prompt_tokens,
+                include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            )
+            self._send_stream(
+                200,
+                {},
+                chunks,
+                delay=self.server.upstream.chunk_delay,
+                first_delay=0.0,
+                done=True,
+                clean_eof=True,
+            )
+            return
+        completion = make_text_completion(
+            model=payload["model"], completion_id=completion_id, prompt_tokens=prompt_tokens
+        )
+        self._send_json(200, completion)
+
+    def _default_images(self, request: RecordedRequest) -> None:
+        payload = self._json_payload(request)
+        if payload is not None:
+            self._send_json(200, make_images(payload))
+
+    def _default_speech(self, request: RecordedRequest) -> None:
+        payload = self._json_payload(request)
+        if payload is None:
+            return
+        audio_type = _AUDIO_TYPES.get(str(payload.get("response_format", "mp3")), "audio/mpeg")
+        self.send_response(200)
+        self.send_header("Content-Type", audio_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for index, chunk in enumerate(SPEECH_CHUNKS):
+            delay = self.server.upstream.chunk_delay
+            if index and delay > 0 and not self._hold(delay):
+                self.close_connection = True
+                return
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _default_transcription(self, request: RecordedRequest) -> None:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            self._send_json(400, make_error("The body must be multipart/form-data."))
+            return
+        fields = form_fields(request.body, content_type)
+        if "file" not in fields or "model" not in fields:
+            self._send_json(400, make_error("'file' and 'model' are required"))
+            return
+        response_format = fields.get("response_format", b"json").decode()
+        if response_format in ("text", "srt", "vtt"):
+            self._send_bytes(
+                200, TRANSCRIPT.encode(), {"Content-Type": "text/plain; charset=utf-8"}
+            )
+            return
+        answer: dict[str, Any] = {"text": TRANSCRIPT}
+        if response_format == "verbose_json":
+            answer.update(language="english", duration=1.0, segments=[])
+        else:
+            answer["usage"] = {
+                "type": "tokens",
+                "input_tokens": 10,
+                "output_tokens": 6,
+                "total_tokens": 16,
+            }
+        self._send_json(200, answer)
+
+    _DEFAULTS: ClassVar[dict[str, Callable[[_Handler, RecordedRequest], None]]] = {
+        "/v1/chat/completions": lambda self, request: self._default_chat_completion(request),
+        "/v1/responses": lambda self, request: self._default_response(request),
+        "/v1/embeddings": lambda self, request: self._default_embeddings(request),
+        "/v1/completions": lambda self, request: self._default_text_completion(request),
+        "/v1/images/generations": lambda self, request: self._default_images(request),
+        "/v1/audio/speech": lambda self, request: self._default_speech(request),
+        "/v1/audio/transcriptions": lambda self, request: self._default_transcription(request),
+    }
 
     def _play(self, reply: Reply, request: RecordedRequest) -> None:
         if reply.kind == "reset":

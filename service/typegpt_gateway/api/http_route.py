@@ -109,8 +109,9 @@ async def serve_http(
                             yield reply(chunk, content_type)
                             content_type = ""
                 except Exception as exc:
-                    # Bytes such as audio have no in-band error: the answer breaks off, which
-                    # the client sees, rather than ending short as if whole.
+                    # Bytes such as audio have no in-band error: the call ends with the error,
+                    # which a gRPC caller sees; through Envoy, a REST client's answer ends
+                    # where the upstream's broke off (the log and the ledger count the error).
                     await abort(context, as_gateway_error(exc))
             if content_type:  # an empty answer still has its headers
                 yield reply(b"", content_type)

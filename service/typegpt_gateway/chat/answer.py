@@ -193,28 +193,36 @@ class Passthrough:
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The answer's bytes, each read as it arrives, bounded by the deadlines; raises
-        GatewayError when the upstream fails or stays silent too long, or the gateway stops,
-        so that the client sees a broken answer, never a short one that looks whole."""
+        GatewayError when the upstream fails or stays silent too long, or the gateway stops."""
         loop = asyncio.get_running_loop()
         content = self._response.content
+        # As in Stream: the read waits under one timer, which the gateway's stop fires.
+        waiting: asyncio.Timeout | None = None
+
+        def stop(_: object) -> None:
+            if waiting is not None and not waiting.expired():
+                waiting.reschedule(loop.time())
+
+        self._stopping.add_done_callback(stop)
         failed = True
         try:
             while True:
+                if self._stopping.done():
+                    raise shutting_down()
                 chunk = read_available(self._response)
                 if not chunk:
                     if content.at_eof():
                         break
                     due = self._deadlines.next_read(loop.time())
-                    reading = asyncio.ensure_future(content.readany())
-                    done, _ = await asyncio.wait(
-                        (reading, self._stopping), timeout=max(due.at - loop.time(), 0)
-                    )
-                    if reading not in done:
-                        reading.cancel()
+                    try:
+                        async with asyncio.timeout_at(due.at) as waiting:
+                            chunk = await content.readany()
+                    except TimeoutError:
                         if self._stopping.done():
-                            raise shutting_down()
-                        raise observe.upstream_failed(due.error())
-                    chunk = reading.result()
+                            raise shutting_down() from None
+                        raise observe.upstream_failed(due.error()) from None
+                    finally:
+                        waiting = None
                     if not chunk:
                         break
                 self._deadlines.got_bytes()
@@ -230,6 +238,7 @@ class Passthrough:
             raise observe.upstream_failed(broke) from exc
         finally:
             self.failed = failed
+            self._stopping.remove_done_callback(stop)
             self.release()
 
     def release(self) -> None:

@@ -7,12 +7,14 @@ other routes read their bodies with the same pieces (`read_json_object`, `read_m
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ..errors import GatewayError
+from .multipart import MULTIPART_TYPE, form_field
 from .usage_meter import (
     estimate_prompt_tokens,
 )
@@ -195,3 +197,45 @@ def parse_chat_request(body: bytes, content_type: str = JSON_TYPE) -> ChatReques
         include_usage=read_include_usage(document),
         prompt_tokens=estimate_prompt_tokens(document),
     )
+
+
+RequestParser = Callable[[bytes, str], ApiRequest]
+
+
+def json_request_parser(what: str, *, streams: bool) -> RequestParser:
+    """The reading of a route whose body is a JSON object naming its model (`what` names the
+    request in messages: "an embeddings request"); a route that does not `streams` refuses
+    `"stream": true` rather than forward a stream it would read as one JSON answer."""
+
+    def parse(body: bytes, content_type: str) -> ApiRequest:
+        document = read_json_object(body, content_type, what)
+        model = read_model(document.get("model"))
+        stream = read_stream(document)
+        if stream and not streams:
+            raise _invalid(
+                f"Streaming is not supported for {what} on this gateway: "
+                "'stream' must be false or absent.",
+                "stream",
+            )
+        return ApiRequest(
+            model=model,
+            stream=stream,
+            include_usage=read_include_usage(document) if stream else None,
+            prompt_tokens=estimate_prompt_tokens(document),
+        )
+
+    return parse
+
+
+def form_request_parser(what: str) -> RequestParser:
+    """The reading of a route whose body is a multipart upload with a `model` form field."""
+
+    def parse(body: bytes, content_type: str) -> ApiRequest:
+        if media_type(content_type) != MULTIPART_TYPE:
+            raise _invalid(
+                f"Invalid Content-Type header: the body of {what} must be "
+                f"{MULTIPART_TYPE}, with its boundary."
+            )
+        return ApiRequest(model=read_model(form_field(body, content_type, "model")), stream=False)
+
+    return parse

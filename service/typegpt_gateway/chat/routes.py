@@ -9,9 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..upstream.client import CHAT_CALL, UpstreamCall
-from .request import ApiRequest, parse_chat_request
+from . import multipart
+from .request import ApiRequest, form_request_parser, json_request_parser, parse_chat_request
 from .responses_request import parse_responses_request, responses_usage
-from .usage_meter import UsageMeter, UsageReader, chat_usage
+from .usage_meter import UsageMeter, UsageReader, chat_usage, embeddings_usage, images_usage
+
+# Audio, or text in the format the request asks for: whatever the upstream makes of it.
+ANY = "*/*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,5 +56,60 @@ RESPONSES = OpenAIRoute(
     read_usage=responses_usage,
 )
 
+# Usage: the input tokens (`prompt_tokens`).
+EMBEDDINGS = OpenAIRoute(
+    "embeddings",
+    "/v1/embeddings",
+    UpstreamCall("/embeddings"),
+    json_request_parser("an embeddings request", streams=False),
+    read_usage=embeddings_usage,
+)
+# Legacy completions: usage as chat's, streamed or not (stream_options as chat's).
+COMPLETIONS = OpenAIRoute(
+    "completions",
+    "/v1/completions",
+    UpstreamCall("/completions"),
+    json_request_parser("a completion request", streams=True),
+)
+# Counted as requests, and as images (priced per image where the price table says so); the
+# tokens of a model that reports them.
+IMAGES = OpenAIRoute(
+    "images",
+    "/v1/images/generations",
+    UpstreamCall("/images/generations"),
+    json_request_parser("an image generation request", streams=False),
+    read_usage=images_usage,
+    counts_tokens=False,
+)
+# Counted as requests: the audio goes to the client as it comes.
+SPEECH = OpenAIRoute(
+    "speech",
+    "/v1/audio/speech",
+    UpstreamCall("/audio/speech", accept=ANY, stream_accept=ANY),
+    json_request_parser("a speech request", streams=False),
+    counts_tokens=False,
+    passthrough=True,
+)
+# Counted as requests: the upload goes upstream byte for byte, the model a form field of it;
+# the answer in whatever format it asked for (json, text, srt, vtt, or events).
+TRANSCRIPTIONS = OpenAIRoute(
+    "transcriptions",
+    "/v1/audio/transcriptions",
+    UpstreamCall(
+        "/audio/transcriptions", accept=ANY, stream_accept=ANY, rename=multipart.replace_model
+    ),
+    form_request_parser("a transcription request"),
+    counts_tokens=False,
+    passthrough=True,
+)
+
 # Every route, in the order the README and Envoy's 404 list them.
-ROUTES: tuple[OpenAIRoute, ...] = (CHAT, RESPONSES)
+ROUTES: tuple[OpenAIRoute, ...] = (
+    CHAT,
+    RESPONSES,
+    COMPLETIONS,
+    EMBEDDINGS,
+    IMAGES,
+    SPEECH,
+    TRANSCRIPTIONS,
+)

@@ -187,6 +187,32 @@ def chat_usage(document: Any) -> Usage | None:
     return Usage(prompt, completion, cached_tokens=_cached(usage, prompt))
 
 
+def embeddings_usage(document: Any) -> Usage | None:
+    """An embeddings answer's usage: its input tokens (`prompt_tokens`), no output."""
+    usage = document.get("usage") if isinstance(document, dict) else None
+    if usage is None:
+        return None
+    prompt = _count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+    if prompt is None:
+        raise UnusableUsageError(f"prompt_tokens is not a count from 0 to {MAX_REPORTED_TOKENS}")
+    return Usage(prompt, 0)
+
+
+def images_usage(document: Any) -> Usage | None:
+    """An images answer's usage: the images in its `data`, and the tokens of a model that
+    reports them (`usage.input_tokens`, `output_tokens`), else none."""
+    if not isinstance(document, dict):
+        return None
+    data = document.get("data")
+    usage = document.get("usage")
+    tokens = usage if isinstance(usage, dict) else {}
+    return Usage(
+        _count(tokens.get("input_tokens")) or 0,
+        _count(tokens.get("output_tokens")) or 0,
+        images=len(data) if isinstance(data, list) else 0,
+    )
+
+
 def _cached(usage: dict[str, Any], prompt: int) -> int:
     """The prompt tokens the upstream read from its cache; 0 (the whole prompt at the input
     price) when it says nothing of use: no upstream is billed less on a guess."""
