@@ -55,6 +55,12 @@ def config_file(workdir: Path, upstream: FakeUpstream) -> Path:
             {"name": "fake", "base_url": upstream.base_url, "api_key_env": "TYPEGPT_API_KEY"}
         ],
         "model_routes": {EMBEDDING_MODEL: ["embeddings"], IMAGE_MODEL: ["images"]},
+        # USD per 1M tokens, and per image: speech and transcriptions stay unpriced.
+        "prices": {
+            EMBEDDING_MODEL: {"input": 0.02, "output": 0},
+            INSTRUCT_MODEL: {"input": 1.5, "output": 2},
+            IMAGE_MODEL: {"image": 0.04},
+        },
     }
     path.write_text(json.dumps(document))
     return path
@@ -402,3 +408,47 @@ def test_the_ledger_counts_each_route(routes_gateway: Gateway, upstream: FakeUps
     for model in (IMAGE_MODEL, SPEECH_MODEL, TRANSCRIPTION_MODEL):
         assert by_model[model]["requests"] == 1
         assert by_model[model]["prompt_tokens"] == by_model[model]["completion_tokens"] == 0
+    # Micro-dollars: 2 tokens at $0.02/1M round to 0; 1 in and 7 out at $1.5 and $2/1M to 16;
+    # 3 images at $0.04.
+    assert by_model[EMBEDDING_MODEL]["cost_micro_usd"] == 0
+    assert by_model[INSTRUCT_MODEL]["cost_micro_usd"] == 16
+    assert by_model[IMAGE_MODEL]["cost_micro_usd"] == 120_000
+    assert by_model[IMAGE_MODEL]["unpriced_requests"] == 0
+    for model in (SPEECH_MODEL, TRANSCRIPTION_MODEL):
+        assert by_model[model]["unpriced_requests"] == 1
+
+
+def test_request_limits_count_every_route(routes_gateway: Gateway) -> None:
+    limited = routes_gateway.wait_for_key(routes_gateway.create_key("rpm-routes", "--rpm", "2"))
+    speech = {"model": SPEECH_MODEL, "voice": "alloy", "input": "x"}
+    answers = [
+        post(routes_gateway, limited, "/embeddings", json={"model": EMBEDDING_MODEL, "input": "x"}),
+        post(routes_gateway, limited, "/audio/speech", json=speech),
+        post(
+            routes_gateway, limited, "/completions", json={"model": INSTRUCT_MODEL, "prompt": "x"}
+        ),
+    ]
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    assert answers[2].json()["error"]["type"] == "rate_limit_error"
+
+
+def test_token_budgets_count_embeddings(routes_gateway: Gateway) -> None:
+    """Each request of 8 characters is 2 input tokens: a budget of 3 admits two."""
+    budgeted = routes_gateway.wait_for_key(
+        routes_gateway.create_key("budget-routes", "--budget-tokens", "3", "--budget-period", "day")
+    )
+    body = {"model": EMBEDDING_MODEL, "input": "abcdefgh", "encoding_format": "float"}
+    statuses = [post(routes_gateway, budgeted, "/embeddings", json=body).status_code for _ in "abc"]
+    assert statuses == [200, 200, 429]
+
+
+def test_dollar_budgets_count_images(routes_gateway: Gateway) -> None:
+    """Two images at $0.04 spend a $0.05 budget: the next request is refused."""
+    budgeted = routes_gateway.wait_for_key(
+        routes_gateway.create_key("usd-routes", "--budget-usd", "0.05", "--budget-period", "day")
+    )
+    body = {"model": IMAGE_MODEL, "prompt": "a cat", "n": 2}
+    statuses = [
+        post(routes_gateway, budgeted, "/images/generations", json=body).status_code for _ in "ab"
+    ]
+    assert statuses == [200, 429]
