@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ CHAT_MODEL = "gpt-4o"
 MODELS = (CHAT_MODEL, EMBEDDING_MODEL, INSTRUCT_MODEL, IMAGE_MODEL, SPEECH_MODEL)
 MODELS += (TRANSCRIPTION_MODEL,)
 TIMEOUT = 10.0
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
 # A few bytes that are not UTF-8, as an audio file's are.
 AUDIO = b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\xff\xfe\x00\x80" * 8
 
@@ -344,6 +348,62 @@ def test_unknown_route_lists_the_routes(routes_gateway: Gateway, key: str) -> No
     message = response.json()["error"]["message"]
     for path in ("/v1/embeddings", "/v1/completions", "/v1/audio/speech"):
         assert path in message
+
+
+# -- the official Node SDK ------------------------------------------------------------------
+
+
+def test_node_sdk(routes_gateway: Gateway, key: str) -> None:
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    if not (JS_DIR / "node_modules" / "openai").is_dir():
+        pytest.skip(f"{JS_DIR}/node_modules has no openai: run `npm ci --prefix tests/js`")
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
+        and not name.startswith("OPENAI_")
+    }
+    env.update(
+        GATEWAY_BASE_URL=routes_gateway.url + "/v1",
+        GATEWAY_API_KEY=key,
+        NO_PROXY="127.0.0.1,localhost",
+    )
+    result = subprocess.run(
+        ["node", str(JS_DIR / "routes_check.mjs")],
+        env=env,
+        cwd=JS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["embeddingsFloat"] == {
+        "vectors": [embedding_vector(0), embedding_vector(1)],
+        "promptTokens": 5,
+    }
+    assert summary["embeddingsDefault"] == [embedding_vector(0)]
+    decoded = struct.unpack(
+        f"<{EMBEDDING_DIMENSIONS}f", base64.b64decode(summary["embeddingsBase64"][0])
+    )
+    assert list(decoded) == embedding_vector(0)
+    assert summary["completion"] == {
+        "object": "text_completion",
+        "text": "Hello from the fake upstream!",
+    }
+    assert summary["completionStream"] == {
+        "text": "Hello from the fake upstream!",
+        "finishReason": "stop",
+    }
+    assert summary["images"] == 2
+    assert summary["speech"] == {
+        "contentType": "audio/mpeg",
+        "bytes": base64.b64encode(b"".join(SPEECH_CHUNKS)).decode(),
+    }
+    assert summary["transcription"] == TRANSCRIPT
 
 
 # -- gRPC -----------------------------------------------------------------------------------
