@@ -512,3 +512,34 @@ def test_dollar_budgets_count_images(routes_gateway: Gateway) -> None:
         post(routes_gateway, budgeted, "/images/generations", json=body).status_code for _ in "ab"
     ]
     assert statuses == [200, 429]
+
+
+# -- failover and redaction, as chat's ------------------------------------------------------
+
+
+def test_a_failed_attempt_is_retried_on_every_route(
+    routes_gateway: Gateway, key: str, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(Reply.json(500))
+    body = {"model": EMBEDDING_MODEL, "input": "x", "encoding_format": "float"}
+    response = post(routes_gateway, key, "/embeddings", json=body)
+    assert response.status_code == 200, response.text
+    assert [request.path for request in upstream.requests] == ["/v1/embeddings"] * 2
+
+
+def test_a_passed_through_text_answer_never_shows_the_upstream_key(
+    routes_gateway: Gateway, key: str, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(
+        Reply.json(200, f"echo: {UPSTREAM_KEY}", headers={"Content-Type": "text/plain"})
+    )
+    response = post(
+        routes_gateway,
+        key,
+        "/audio/transcriptions",
+        data={"model": TRANSCRIPTION_MODEL, "response_format": "text"},
+        files={"file": ("a.wav", AUDIO)},
+    )
+    assert response.status_code == 200
+    assert response.text.startswith("echo: ")
+    assert UPSTREAM_KEY not in response.text
