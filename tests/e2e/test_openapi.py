@@ -13,6 +13,7 @@ gateway without an admin key (the one whose limiter is down) for its 403.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -30,7 +31,7 @@ from gateway_process import ADMIN_KEY, SCRIPTED_FAILURES, Gateway, bare_envoy, f
 from google.api import annotations_pb2
 from openai_shape import chat_body, sse_payloads
 
-from typegpt.gateway.v1 import chat_pb2, keys_pb2, status_pb2
+from typegpt.gateway.v1 import chat_pb2, keys_pb2, routes_pb2, status_pb2
 
 MAX_BODY = 64 * 1024
 FIRST_BYTE_TIMEOUT = 2
@@ -310,6 +311,68 @@ def _usage_of_a_request(w: World) -> httpx.Response:
         time.sleep(0.1)
 
 
+# The routes beside chat (RouteService): path and a request body each (gpt-4o serves every
+# route: the world's config limits no model to some routes).
+ROUTE_BODIES: dict[str, tuple[str, dict[str, object]]] = {
+    "createCompletion": ("/v1/completions", {"model": "gpt-4o", "prompt": "Say hi"}),
+    "createEmbedding": ("/v1/embeddings", {"model": "gpt-4o", "input": ["a", "b"]}),
+    "createImage": ("/v1/images/generations", {"model": "gpt-4o", "prompt": "a cat"}),
+    "createSpeech": ("/v1/audio/speech", {"model": "gpt-4o", "input": "Hi", "voice": "alloy"}),
+    "createTranscription": ("/v1/audio/transcriptions", {"model": "gpt-4o"}),
+}
+
+
+def _route(
+    operation_id: str, auth: str | None = "key", *, content: bytes | None = None, **fields: object
+) -> Callable[[World], httpx.Response]:
+    """A request to a route beside chat: its body with `fields` changed (None drops one), as
+    JSON or, for transcriptions, a multipart upload; `content` sends those bytes instead."""
+    path, body = ROUTE_BODIES[operation_id]
+    payload = {name: value for name, value in {**body, **fields}.items() if value is not None}
+
+    def trigger(w: World) -> httpx.Response:
+        headers = {
+            "key": w.auth(),
+            "limited": w.auth(w.limited_key),
+            None: {},
+        }[auth]
+        url = f"{w.gw.url}{path}"
+        if content is not None:
+            return httpx.post(url, content=content, headers=headers, timeout=30)
+        if operation_id == "createTranscription":
+            form = {name: str(value) for name, value in payload.items()}
+            files = {"file": ("a.wav", b"RIFF fake audio", "audio/wav")}
+            return httpx.post(url, data=form, files=files, headers=headers, timeout=30)
+        return httpx.post(url, json=payload, headers=headers, timeout=30)
+
+    return trigger
+
+
+def _route_scenarios(operation_id: str) -> list[Scenario]:
+    path = ROUTE_BODIES[operation_id][0]
+    bad = (
+        _route(operation_id, model=None)
+        if operation_id == "createTranscription"
+        else _route(operation_id, content=b'{"model": ')
+    )
+    return [
+        Scenario(operation_id, 200, _route(operation_id)),
+        Scenario(operation_id, 400, bad),
+        Scenario(operation_id, 401, _route(operation_id, None)),
+        Scenario(operation_id, 403, _route(operation_id, "limited", model="o3")),
+        Scenario(operation_id, 404, _route(operation_id, model="no-such-model")),
+        Scenario(
+            operation_id,
+            429,
+            _queued(Reply.json(429, headers={"Retry-After": "2"}), _route(operation_id)),
+            frozenset({"retry-after"}),
+        ),
+        Scenario(operation_id, 502, _queued(Reply.json(500), _route(operation_id))),
+        Scenario(operation_id, 503, _down("POST", path)),
+        Scenario(operation_id, 431, _big_header("POST", path)),
+    ]
+
+
 class Scenario(NamedTuple):
     operation_id: str
     status: int
@@ -458,6 +521,10 @@ SCENARIOS: list[Scenario] = [
     Scenario("getUsage", 200, _usage_of_a_request),
     Scenario("getUsage", 400, _admin("GET", USAGE, params={"group_by": "user"})),
     *_admin_refusals("GET", USAGE),
+    *(scenario for operation_id in ROUTE_BODIES for scenario in _route_scenarios(operation_id)),
+    Scenario("createCompletion", 200, _route("createCompletion", stream=True)),
+    Scenario("createEmbedding", 200, _route("createEmbedding", encoding_format="base64")),
+    Scenario("createTranscription", 200, _route("createTranscription", response_format="text")),
 ]
 
 
@@ -483,10 +550,19 @@ def check_answer(operation_id: str, response: httpx.Response) -> set[str]:
         assert payloads[-1] == "[DONE]"
         for payload in payloads:
             gateway_openapi.validate_body(operation_id, status, media_type, {"data": payload})
-        for payload in payloads[:-1]:
-            gateway_openapi.validate_schema(
-                "CreateChatCompletionStreamResponse", json.loads(payload)
-            )
+        if operation_id == "createChatCompletion":
+            for payload in payloads[:-1]:
+                gateway_openapi.validate_schema(
+                    "CreateChatCompletionStreamResponse", json.loads(payload)
+                )
+        return headers
+    if media_type.startswith("audio/"):
+        assert response.content
+        encoded = base64.b64encode(response.content).decode()
+        gateway_openapi.validate_body(operation_id, status, media_type, encoded)
+        return headers
+    if media_type == "text/plain":
+        gateway_openapi.validate_body(operation_id, status, media_type, response.text)
         return headers
     body = response.json()
     gateway_openapi.validate_body(operation_id, status, media_type, body)
@@ -545,7 +621,12 @@ def test_every_declared_header_is_exercised() -> None:
 def _http_routes() -> set[tuple[str, str]]:
     """(method, path template) of every google.api.http binding in the protos."""
     routes = set()
-    for file in (chat_pb2.DESCRIPTOR, status_pb2.DESCRIPTOR, keys_pb2.DESCRIPTOR):
+    for file in (
+        chat_pb2.DESCRIPTOR,
+        routes_pb2.DESCRIPTOR,
+        status_pb2.DESCRIPTOR,
+        keys_pb2.DESCRIPTOR,
+    ):
         for service in file.services_by_name.values():
             for method in service.methods:
                 rule = method.GetOptions().Extensions[annotations_pb2.http]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ CHAT_MODEL = "gpt-4o"
 MODELS = (CHAT_MODEL, EMBEDDING_MODEL, INSTRUCT_MODEL, IMAGE_MODEL, SPEECH_MODEL)
 MODELS += (TRANSCRIPTION_MODEL,)
 TIMEOUT = 10.0
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
 # A few bytes that are not UTF-8, as an audio file's are.
 AUDIO = b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\xff\xfe\x00\x80" * 8
 
@@ -55,6 +59,12 @@ def config_file(workdir: Path, upstream: FakeUpstream) -> Path:
             {"name": "fake", "base_url": upstream.base_url, "api_key_env": "TYPEGPT_API_KEY"}
         ],
         "model_routes": {EMBEDDING_MODEL: ["embeddings"], IMAGE_MODEL: ["images"]},
+        # USD per 1M tokens, and per image: speech and transcriptions stay unpriced.
+        "prices": {
+            EMBEDDING_MODEL: {"input": 0.02, "output": 0},
+            INSTRUCT_MODEL: {"input": 1.5, "output": 2},
+            IMAGE_MODEL: {"image": 0.04},
+        },
     }
     path.write_text(json.dumps(document))
     return path
@@ -340,6 +350,62 @@ def test_unknown_route_lists_the_routes(routes_gateway: Gateway, key: str) -> No
         assert path in message
 
 
+# -- the official Node SDK ------------------------------------------------------------------
+
+
+def test_node_sdk(routes_gateway: Gateway, key: str) -> None:
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    if not (JS_DIR / "node_modules" / "openai").is_dir():
+        pytest.skip(f"{JS_DIR}/node_modules has no openai: run `npm ci --prefix tests/js`")
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
+        and not name.startswith("OPENAI_")
+    }
+    env.update(
+        GATEWAY_BASE_URL=routes_gateway.url + "/v1",
+        GATEWAY_API_KEY=key,
+        NO_PROXY="127.0.0.1,localhost",
+    )
+    result = subprocess.run(
+        ["node", str(JS_DIR / "routes_check.mjs")],
+        env=env,
+        cwd=JS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["embeddingsFloat"] == {
+        "vectors": [embedding_vector(0), embedding_vector(1)],
+        "promptTokens": 5,
+    }
+    assert summary["embeddingsDefault"] == [embedding_vector(0)]
+    decoded = struct.unpack(
+        f"<{EMBEDDING_DIMENSIONS}f", base64.b64decode(summary["embeddingsBase64"][0])
+    )
+    assert list(decoded) == embedding_vector(0)
+    assert summary["completion"] == {
+        "object": "text_completion",
+        "text": "Hello from the fake upstream!",
+    }
+    assert summary["completionStream"] == {
+        "text": "Hello from the fake upstream!",
+        "finishReason": "stop",
+    }
+    assert summary["images"] == 2
+    assert summary["speech"] == {
+        "contentType": "audio/mpeg",
+        "bytes": base64.b64encode(b"".join(SPEECH_CHUNKS)).decode(),
+    }
+    assert summary["transcription"] == TRANSCRIPT
+
+
 # -- gRPC -----------------------------------------------------------------------------------
 
 
@@ -402,3 +468,78 @@ def test_the_ledger_counts_each_route(routes_gateway: Gateway, upstream: FakeUps
     for model in (IMAGE_MODEL, SPEECH_MODEL, TRANSCRIPTION_MODEL):
         assert by_model[model]["requests"] == 1
         assert by_model[model]["prompt_tokens"] == by_model[model]["completion_tokens"] == 0
+    # Micro-dollars: 2 tokens at $0.02/1M round to 0; 1 in and 7 out at $1.5 and $2/1M to 16;
+    # 3 images at $0.04.
+    assert by_model[EMBEDDING_MODEL]["cost_micro_usd"] == 0
+    assert by_model[INSTRUCT_MODEL]["cost_micro_usd"] == 16
+    assert by_model[IMAGE_MODEL]["cost_micro_usd"] == 120_000
+    assert by_model[IMAGE_MODEL]["unpriced_requests"] == 0
+    for model in (SPEECH_MODEL, TRANSCRIPTION_MODEL):
+        assert by_model[model]["unpriced_requests"] == 1
+
+
+def test_request_limits_count_every_route(routes_gateway: Gateway) -> None:
+    limited = routes_gateway.wait_for_key(routes_gateway.create_key("rpm-routes", "--rpm", "2"))
+    speech = {"model": SPEECH_MODEL, "voice": "alloy", "input": "x"}
+    answers = [
+        post(routes_gateway, limited, "/embeddings", json={"model": EMBEDDING_MODEL, "input": "x"}),
+        post(routes_gateway, limited, "/audio/speech", json=speech),
+        post(
+            routes_gateway, limited, "/completions", json={"model": INSTRUCT_MODEL, "prompt": "x"}
+        ),
+    ]
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    assert answers[2].json()["error"]["type"] == "rate_limit_error"
+
+
+def test_token_budgets_count_embeddings(routes_gateway: Gateway) -> None:
+    """Each request of 8 characters is 2 input tokens: a budget of 3 admits two."""
+    budgeted = routes_gateway.wait_for_key(
+        routes_gateway.create_key("budget-routes", "--budget-tokens", "3", "--budget-period", "day")
+    )
+    body = {"model": EMBEDDING_MODEL, "input": "abcdefgh", "encoding_format": "float"}
+    statuses = [post(routes_gateway, budgeted, "/embeddings", json=body).status_code for _ in "abc"]
+    assert statuses == [200, 200, 429]
+
+
+def test_dollar_budgets_count_images(routes_gateway: Gateway) -> None:
+    """Two images at $0.04 spend a $0.05 budget: the next request is refused."""
+    budgeted = routes_gateway.wait_for_key(
+        routes_gateway.create_key("usd-routes", "--budget-usd", "0.05", "--budget-period", "day")
+    )
+    body = {"model": IMAGE_MODEL, "prompt": "a cat", "n": 2}
+    statuses = [
+        post(routes_gateway, budgeted, "/images/generations", json=body).status_code for _ in "ab"
+    ]
+    assert statuses == [200, 429]
+
+
+# -- failover and redaction, as chat's ------------------------------------------------------
+
+
+def test_a_failed_attempt_is_retried_on_every_route(
+    routes_gateway: Gateway, key: str, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(Reply.json(500))
+    body = {"model": EMBEDDING_MODEL, "input": "x", "encoding_format": "float"}
+    response = post(routes_gateway, key, "/embeddings", json=body)
+    assert response.status_code == 200, response.text
+    assert [request.path for request in upstream.requests] == ["/v1/embeddings"] * 2
+
+
+def test_a_passed_through_text_answer_never_shows_the_upstream_key(
+    routes_gateway: Gateway, key: str, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(
+        Reply.json(200, f"echo: {UPSTREAM_KEY}", headers={"Content-Type": "text/plain"})
+    )
+    response = post(
+        routes_gateway,
+        key,
+        "/audio/transcriptions",
+        data={"model": TRANSCRIPTION_MODEL, "response_format": "text"},
+        files={"file": ("a.wav", AUDIO)},
+    )
+    assert response.status_code == 200
+    assert response.text.startswith("echo: ")
+    assert UPSTREAM_KEY not in response.text

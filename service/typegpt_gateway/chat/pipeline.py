@@ -2,8 +2,9 @@
 rules → catalog → limits → upstream.
 
 `ChatPipeline.start` does everything that can still fail with a clean HTTP status; what it
-returns is either the whole JSON answer or a `Stream` whose failures can only be reported in
-band, as SSE error frames, with the rate-limit headers for either. Its caller owns that
+returns is the whole JSON answer, a `Stream` whose failures can only be reported in band, as
+SSE error frames, or (a route that passes its answer through) a `Passthrough`, with the
+rate-limit headers for each. Its caller owns that
 `Answer` and closes it however the request ends, which settles the request's account: exactly
 once, since closing again does nothing.
 """
