@@ -20,7 +20,9 @@ local ERROR_TYPES = {--[[ error types ]]}
 -- Friendlier words for the replies Envoy makes on its own.
 local LOCAL_MESSAGES = {
   [404] = "Unknown request URL. This gateway serves POST /v1/chat/completions, "
-    .. "GET /v1/models, GET /v1/models/{model} and the admin API under /v1/admin/keys.",
+    .. "POST /v1/completions, POST /v1/embeddings, POST /v1/images/generations, "
+    .. "POST /v1/audio/speech, POST /v1/audio/transcriptions, GET /v1/models, "
+    .. "GET /v1/models/{model} and the admin API under /v1/admin/keys.",
   [408] = "The request was not received in time.",
   [413] = "Request body too large for this gateway.",
   [431] = "Request headers too large.",

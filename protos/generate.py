@@ -16,6 +16,7 @@ PROTO_FILES = (
     "typegpt/gateway/v1/chat.proto",
     "typegpt/gateway/v1/console.proto",
     "typegpt/gateway/v1/keys.proto",
+    "typegpt/gateway/v1/routes.proto",
     "typegpt/gateway/v1/status.proto",
 )
 STUBS_ROOT = REPO_ROOT / "service"

@@ -16,6 +16,7 @@ HTTP stack of the code it is testing.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import select
@@ -27,10 +28,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -40,16 +43,22 @@ __all__ = [
     "DEFAULT_STREAM_PIECES",
     "DEFAULT_TOOL_ARGUMENTS",
     "DEFAULT_TOOL_CALL_ID",
+    "EMBEDDING_DIMENSIONS",
     "MODELS",
     "PROMPT_TOKENS_PER_MESSAGE",
+    "SPEECH_CHUNKS",
     "SYSTEM_FINGERPRINT",
+    "TRANSCRIPT",
     "FakeUpstream",
     "RecordedRequest",
     "Reply",
+    "embedding_vector",
     "make_chunk",
     "make_completion",
     "make_error",
     "make_models_list",
+    "make_response",
+    "make_response_events",
     "make_stream_chunks",
     "make_usage",
     "make_usage_chunk",
@@ -278,6 +287,141 @@ def make_stream_chunks(
             )
         )
     return chunks
+
+
+# --------------------------------------------------------------------------
+# The other routes: embeddings, legacy completions, images, audio.
+# --------------------------------------------------------------------------
+
+EMBEDDING_DIMENSIONS = 8
+TRANSCRIPT = "Hello from the fake transcription."
+# The default speech: audio in a few chunks, sent apart so that a client can see it stream.
+SPEECH_CHUNKS: tuple[bytes, ...] = (b"ID3\x04fake-audio-", b"\x00\xff" * 512, b"-end")
+# A 1x1 PNG, for images asked as b64_json.
+_PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d4944415478da63f8cfc0f01f0005000201a5f1ec3f0000000049454e44ae426082"
+    )
+).decode()
+_AUDIO_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+
+
+def embedding_vector(index: int, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The fake's embedding of input `index`: exact float32 values (k/8), so that base64 and
+    float answers carry the same numbers."""
+    return [((index + k) % 16) / 8 - 1 for k in range(dimensions)]
+
+
+def _inputs(value: Any) -> list[Any]:
+    """An embeddings `input` as its items: one string or token list, or a list of them."""
+    if isinstance(value, str) or (
+        isinstance(value, list) and value and all(isinstance(item, int) for item in value)
+    ):
+        return [value]
+    return list(value) if isinstance(value, list) else []
+
+
+def _input_tokens(item: Any) -> int:
+    if isinstance(item, str):
+        return max(1, -(-len(item) // BYTES_PER_TOKEN))
+    return len(item) if isinstance(item, list) else 0
+
+
+def make_embeddings(payload: dict[str, Any]) -> dict[str, Any]:
+    inputs = _inputs(payload.get("input"))
+    dimensions = payload.get("dimensions")
+    size = dimensions if isinstance(dimensions, int) and dimensions > 0 else EMBEDDING_DIMENSIONS
+    as_base64 = payload.get("encoding_format") == "base64"
+    data = []
+    for index in range(len(inputs)):
+        vector = embedding_vector(index, size)
+        embedding: Any = vector
+        if as_base64:
+            embedding = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = sum(_input_tokens(item) for item in inputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": payload["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def make_text_completion(
+    *, model: str, completion_id: str, prompt_tokens: int, created: int | None = None
+) -> dict[str, Any]:
+    """A legacy `text_completion`."""
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": int(time.time()) if created is None else created,
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [
+            {"text": DEFAULT_CONTENT, "index": 0, "logprobs": None, "finish_reason": "stop"}
+        ],
+        "usage": make_usage(prompt_tokens),
+    }
+
+
+def make_text_completion_chunks(
+    *, model: str, completion_id: str, prompt_tokens: int, include_usage: bool
+) -> list[dict[str, Any]]:
+    """A streamed legacy completion: one `text_completion` per piece, then the usage chunk
+    when asked (no choices), as OpenAI streams it."""
+    created = int(time.time())
+
+    def chunk(text: str, finish_reason: str | None) -> dict[str, Any]:
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+        return {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [choice],
+        }
+
+    chunks = [chunk(piece, None) for piece in DEFAULT_STREAM_PIECES]
+    chunks.append(chunk("", "stop"))
+    if include_usage:
+        usage = {**chunk("", None), "choices": [], "usage": make_usage(prompt_tokens)}
+        chunks.append(usage)
+    return chunks
+
+
+def make_images(payload: dict[str, Any]) -> dict[str, Any]:
+    count = payload.get("n")
+    count = count if isinstance(count, int) and count > 0 else 1
+    if payload.get("response_format") == "b64_json":
+        item: dict[str, Any] = {"b64_json": _PNG}
+    else:
+        item = {"url": "https://images.example.com/fake.png"}
+    item["revised_prompt"] = str(payload.get("prompt", ""))
+    return {"created": int(time.time()), "data": [dict(item) for _ in range(count)]}
+
+
+def form_fields(body: bytes, content_type: str) -> dict[str, bytes]:
+    """The parts of a multipart/form-data body by name, with the standard library's parser."""
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    fields: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields.setdefault(name, payload)
+    return fields
 
 
 def make_models_list() -> dict[str, Any]:
@@ -747,10 +891,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, request: RecordedRequest) -> None:
         path = urlsplit(request.path).path
-        if request.method == "POST" and path == "/v1/chat/completions":
+        default = self._DEFAULTS.get(path) if request.method == "POST" else None
+        if default is not None:
             reply = self.server.upstream._next_reply(request.body)
             if reply is None:
-                self._default_chat_completion(request)
+                default(self, request)
             else:
                 self._play(reply, request)
         elif request.method == "GET" and path == "/v1/models":
@@ -828,6 +973,157 @@ class _Handler(BaseHTTPRequestHandler):
                 prompt_tokens=prompt_tokens,
             )
             self._send_json(200, completion, headers)
+
+    def _default_response(self, request: RecordedRequest) -> None:
+        """The native Responses API: a Response object, or its typed events."""
+        try:
+            payload = json.loads(request.body)
+        except ValueError:
+            self._send_json(400, make_error("We could not parse the JSON body of your request."))
+            return
+        model = payload.get("model") if isinstance(payload, dict) else None
+        if not isinstance(model, str) or not model:
+            self._send_json(400, make_error("Missing required parameter: 'model'.", param="model"))
+            return
+        number = self.server.upstream._next_completion_number()
+        response = make_response(
+            payload,
+            response_id=f"resp_fake{number}",
+            tool_name=_chosen_response_tool(payload),
+            prompt_tokens=PROMPT_TOKENS_PER_MESSAGE * _input_count(payload),
+        )
+        headers = {"x-request-id": f"req_fake{number}"}
+        if payload.get("stream") is True:
+            events = [
+                f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                for event in make_response_events(response)
+            ]
+            self._send_stream(
+                200,
+                headers,
+                events,
+                delay=self.server.upstream.chunk_delay,
+                first_delay=0.0,
+                done=False,  # the Responses API ends with response.completed, no [DONE]
+                clean_eof=True,
+            )
+        else:
+            self._send_json(200, response, headers)
+
+    def _json_payload(self, request: RecordedRequest) -> dict[str, Any] | None:
+        """The request's JSON object with a model, or None once the 400 is sent."""
+        try:
+            payload = json.loads(request.body)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            self._send_json(400, make_error("We could not parse the JSON body of your request."))
+            return None
+        if not isinstance(payload.get("model"), str):
+            self._send_json(400, make_error("you must provide a model parameter", param="model"))
+            return None
+        return payload
+
+    def _default_embeddings(self, request: RecordedRequest) -> None:
+        payload = self._json_payload(request)
+        if payload is None:
+            return
+        if not _inputs(payload.get("input")):
+            error = make_error("'input' is a required property", param="input")
+            self._send_json(400, error)
+            return
+        self._send_json(200, make_embeddings(payload))
+
+    def _default_text_completion(self, request: RecordedRequest) -> None:
+        payload = self._json_payload(request)
+        if payload is None:
+            return
+        number = self.server.upstream._next_completion_number()
+        prompt = payload.get("prompt")
+        prompt_tokens = sum(_input_tokens(item) for item in _inputs(prompt)) or 1
+        completion_id = f"cmpl-fake{number}"
+        if payload.get("stream") is True:
+            options = payload.get("stream_options")
+            chunks = make_text_completion_chunks(
+                model=payload["model"],
+                completion_id=completion_id,
+                prompt_tokens=prompt_tokens,
+                include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            )
+            self._send_stream(
+                200,
+                {},
+                chunks,
+                delay=self.server.upstream.chunk_delay,
+                first_delay=0.0,
+                done=True,
+                clean_eof=True,
+            )
+            return
+        completion = make_text_completion(
+            model=payload["model"], completion_id=completion_id, prompt_tokens=prompt_tokens
+        )
+        self._send_json(200, completion)
+
+    def _default_images(self, request: RecordedRequest) -> None:
+        payload = self._json_payload(request)
+        if payload is not None:
+            self._send_json(200, make_images(payload))
+
+    def _default_speech(self, request: RecordedRequest) -> None:
+        payload = self._json_payload(request)
+        if payload is None:
+            return
+        audio_type = _AUDIO_TYPES.get(str(payload.get("response_format", "mp3")), "audio/mpeg")
+        self.send_response(200)
+        self.send_header("Content-Type", audio_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for index, chunk in enumerate(SPEECH_CHUNKS):
+            delay = self.server.upstream.chunk_delay
+            if index and delay > 0 and not self._hold(delay):
+                self.close_connection = True
+                return
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _default_transcription(self, request: RecordedRequest) -> None:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            self._send_json(400, make_error("The body must be multipart/form-data."))
+            return
+        fields = form_fields(request.body, content_type)
+        if "file" not in fields or "model" not in fields:
+            self._send_json(400, make_error("'file' and 'model' are required"))
+            return
+        response_format = fields.get("response_format", b"json").decode()
+        if response_format in ("text", "srt", "vtt"):
+            self._send_bytes(
+                200, TRANSCRIPT.encode(), {"Content-Type": "text/plain; charset=utf-8"}
+            )
+            return
+        answer: dict[str, Any] = {"text": TRANSCRIPT}
+        if response_format == "verbose_json":
+            answer.update(language="english", duration=1.0, segments=[])
+        else:
+            answer["usage"] = {
+                "type": "tokens",
+                "input_tokens": 10,
+                "output_tokens": 6,
+                "total_tokens": 16,
+            }
+        self._send_json(200, answer)
+
+    _DEFAULTS: ClassVar[dict[str, Callable[[_Handler, RecordedRequest], None]]] = {
+        "/v1/chat/completions": lambda self, request: self._default_chat_completion(request),
+        "/v1/responses": lambda self, request: self._default_response(request),
+        "/v1/embeddings": lambda self, request: self._default_embeddings(request),
+        "/v1/completions": lambda self, request: self._default_text_completion(request),
+        "/v1/images/generations": lambda self, request: self._default_images(request),
+        "/v1/audio/speech": lambda self, request: self._default_speech(request),
+        "/v1/audio/transcriptions": lambda self, request: self._default_transcription(request),
+    }
 
     def _play(self, reply: Reply, request: RecordedRequest) -> None:
         if reply.kind == "reset":
@@ -995,6 +1291,11 @@ def _chosen_tool(payload: dict[str, Any]) -> str | None:
     tools = payload.get("tools")
     if not isinstance(tools, list) or not tools:
         return None
+    # A tool's result came back: the round trip ends in text, as a model's would.
+    messages = payload.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if isinstance(last, dict) and last.get("role") == "tool":
+        return None
     choice = payload.get("tool_choice")
     if choice == "none":
         return None
@@ -1007,6 +1308,164 @@ def _chosen_tool(payload: dict[str, Any]) -> str | None:
     function = first.get("function") if isinstance(first, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
     return name if isinstance(name, str) and name else "unknown_function"
+
+
+def _chosen_response_tool(payload: dict[str, Any]) -> str | None:
+    """The function the fake calls in a Responses request, or None for a text answer."""
+    tools = [tool for tool in payload.get("tools") or () if isinstance(tool, dict)]
+    functions = [tool.get("name") for tool in tools if tool.get("type") == "function"]
+    if not functions or payload.get("tool_choice") == "none":
+        return None
+    items = payload.get("input")
+    last = items[-1] if isinstance(items, list) and items else None
+    if isinstance(last, dict) and last.get("type") == "function_call_output":
+        return None
+    choice = payload.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("name"), str):
+        return str(choice["name"])
+    return str(functions[0] or "unknown_function")
+
+
+def _input_count(payload: dict[str, Any]) -> int:
+    items = payload.get("input")
+    count = len(items) if isinstance(items, list) else 1
+    return count + (1 if payload.get("instructions") else 0)
+
+
+def make_response(
+    request: dict[str, Any],
+    *,
+    response_id: str = "resp_fake",
+    tool_name: str | None = None,
+    prompt_tokens: int = PROMPT_TOKENS_PER_MESSAGE,
+    text: str = DEFAULT_CONTENT,
+) -> dict[str, Any]:
+    """A `response` object as OpenAI's Responses API returns it (completed)."""
+    if tool_name is None:
+        item: dict[str, Any] = {
+            "id": f"msg_{response_id}",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        }
+    else:
+        item = {
+            "id": f"fc_{response_id}",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": DEFAULT_TOOL_CALL_ID,
+            "name": tool_name,
+            "arguments": DEFAULT_TOOL_ARGUMENTS,
+        }
+    now = int(time.time())
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": now,
+        "status": "completed",
+        "completed_at": now,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": request.get("instructions"),
+        "max_output_tokens": request.get("max_output_tokens"),
+        "model": request.get("model"),
+        "output": [item],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": request.get("store", True) is not False,
+        "temperature": request.get("temperature", 1.0),
+        "text": {"format": {"type": "text"}},
+        "tool_choice": request.get("tool_choice", "auto"),
+        "tools": request.get("tools") or [],
+        "top_p": request.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": COMPLETION_TOKENS,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt_tokens + COMPLETION_TOKENS,
+        },
+        "metadata": request.get("metadata") or {},
+    }
+
+
+def make_response_events(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The typed events of a streamed `response` (text in DEFAULT_STREAM_PIECES-like pieces)."""
+    started = {**response, "status": "in_progress", "output": [], "completed_at": None}
+    started.pop("usage")
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+    ]
+    item = response["output"][0]
+    where = {"item_id": item["id"], "output_index": 0}
+    if item["type"] == "message":
+        text = item["content"][0]["text"]
+        empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        events.append(
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item, "status": "in_progress", "content": []},
+            }
+        )
+        events.append(
+            {"type": "response.content_part.added", **where, "content_index": 0, "part": empty}
+        )
+        pieces = [text[index : index + 6] for index in range(0, len(text), 6)]
+        events += [
+            {
+                "type": "response.output_text.delta",
+                **where,
+                "content_index": 0,
+                "delta": piece,
+                "logprobs": [],
+            }
+            for piece in pieces
+        ]
+        events.append(
+            {
+                "type": "response.output_text.done",
+                **where,
+                "content_index": 0,
+                "text": text,
+                "logprobs": [],
+            }
+        )
+        events.append(
+            {
+                "type": "response.content_part.done",
+                **where,
+                "content_index": 0,
+                "part": item["content"][0],
+            }
+        )
+    else:
+        events.append(
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item, "status": "in_progress", "arguments": ""},
+            }
+        )
+        events += [
+            {"type": "response.function_call_arguments.delta", **where, "delta": piece}
+            for piece in _TOOL_ARGUMENT_PIECES
+        ]
+        events.append(
+            {
+                "type": "response.function_call_arguments.done",
+                **where,
+                "name": item["name"],
+                "arguments": item["arguments"],
+            }
+        )
+    events.append({"type": "response.output_item.done", "output_index": 0, "item": item})
+    events.append({"type": "response.completed", "response": response})
+    return [{**event, "sequence_number": number} for number, event in enumerate(events)]
 
 
 def _encode_event(event: Event) -> bytes:

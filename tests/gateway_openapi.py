@@ -25,6 +25,12 @@ MARKER = "    # --- vendored from OpenAI's openapi.yaml"
 VENDORED_ROOTS = (
     "CreateChatCompletionResponse",
     "CreateChatCompletionStreamResponse",
+    "CreateCompletionResponse",
+    "CreateEmbeddingResponse",
+    "CreateTranscriptionResponseJson",
+    "ImagesResponse",
+    "Response",
+    "ResponseStreamEvent",
     "ListModelsResponse",
     "Model",
 )

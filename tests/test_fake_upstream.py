@@ -476,3 +476,75 @@ def test_stop_returns_promptly_while_a_handler_hangs() -> None:
     assert not caller.is_alive()
     assert errors, "the hanging request should fail once the server stops"
     assert server.disconnects == 0
+
+
+def test_a_tool_result_ends_the_round_trip_in_text(client: httpx.Client) -> None:
+    first = client.post("/chat/completions", json={**CHAT, "tools": TOOLS}).json()
+    call = first["choices"][0]["message"]
+    messages = [
+        *CHAT["messages"],
+        call,
+        {"role": "tool", "tool_call_id": call["tool_calls"][0]["id"], "content": "Sunny"},
+    ]
+    second = client.post(
+        "/chat/completions", json={**CHAT, "messages": messages, "tools": TOOLS}
+    ).json()
+    assert second["choices"][0]["message"]["content"] == DEFAULT_CONTENT
+
+
+RESPONSE_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object"},
+    "strict": False,
+}
+
+
+def test_native_responses_answer_and_tool_round_trip(
+    client: httpx.Client, schema: Validate
+) -> None:
+    text = client.post("/responses", json={"model": "gpt-4o", "input": "Hi"})
+    assert text.status_code == 200
+    schema(text.json(), "Response")
+    assert text.json()["output"][0]["content"][0]["text"] == DEFAULT_CONTENT
+    call = client.post(
+        "/responses", json={"model": "gpt-4o", "input": "Weather?", "tools": [RESPONSE_TOOL]}
+    ).json()
+    schema(call, "Response")
+    [item] = call["output"]
+    assert item["type"] == "function_call" and item["name"] == "get_weather"
+    history = [
+        {"role": "user", "content": "Weather?"},
+        item,
+        {"type": "function_call_output", "call_id": item["call_id"], "output": "Sunny"},
+    ]
+    done = client.post(
+        "/responses", json={"model": "gpt-4o", "input": history, "tools": [RESPONSE_TOOL]}
+    ).json()
+    assert done["output"][0]["type"] == "message"
+
+
+def test_native_responses_stream_is_typed_events(client: httpx.Client, schema: Validate) -> None:
+    for body in (
+        {"model": "gpt-4o", "input": "Hi", "stream": True},
+        {"model": "gpt-4o", "input": "Hi", "stream": True, "tools": [RESPONSE_TOOL]},
+    ):
+        with client.stream("POST", "/responses", json=body) as response:
+            lines = list(response.iter_lines())
+        names = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+        events = [json.loads(data) for data in sse_data(iter(lines))]
+        assert names == [event["type"] for event in events]
+        assert [event["sequence_number"] for event in events] == list(range(len(events)))
+        assert names[0] == "response.created" and names[-1] == "response.completed"
+        for event in events:
+            if "response" in event:
+                schema(event["response"], "Response")
+        schema(events[-1], "ResponseCompletedEvent")
+
+
+def test_openai_sdk_understands_the_native_responses(upstream: FakeUpstream) -> None:
+    client = openai.OpenAI(base_url=upstream.base_url, api_key="sk-test", max_retries=0)
+    assert client.responses.create(model="gpt-4o", input="Hi").output_text == DEFAULT_CONTENT
+    with client.responses.stream(model="gpt-4o", input="Hi") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == DEFAULT_CONTENT

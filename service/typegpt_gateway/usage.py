@@ -13,6 +13,8 @@ class Usage:
     estimated: bool = False
     # Of prompt_tokens, those the upstream read from its prompt cache (charged less).
     cached_tokens: int = 0
+    # Images made (images route): priced per image where the price table says so.
+    images: int = 0
 
     @property
     def total(self) -> int:

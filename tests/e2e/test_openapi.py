@@ -13,6 +13,7 @@ gateway without an admin key (the one whose limiter is down) for its 403.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -30,7 +31,7 @@ from gateway_process import ADMIN_KEY, SCRIPTED_FAILURES, Gateway, bare_envoy, f
 from google.api import annotations_pb2
 from openai_shape import chat_body, sse_payloads
 
-from typegpt.gateway.v1 import chat_pb2, keys_pb2, status_pb2
+from typegpt.gateway.v1 import chat_pb2, keys_pb2, routes_pb2, status_pb2
 
 MAX_BODY = 64 * 1024
 FIRST_BYTE_TIMEOUT = 2
@@ -106,6 +107,7 @@ def world(upstream, tmp_path_factory, down_url, limiter_down) -> Iterator[World]
 
 
 CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
 KEYS = "/v1/admin/keys"
 USAGE = "/v1/admin/usage"
 BIG_HEADER = {"x-big": "a" * 40_000}
@@ -118,6 +120,34 @@ def _chat(w: World, body: object = None, headers: dict | None = None, **kw) -> h
         headers=w.auth() if headers is None else headers,
         timeout=30,
         **kw,
+    )
+
+
+def _response_body(model: str = "gpt-4o", **extra: object) -> dict:
+    return {"model": model, "input": "Hello", **extra}
+
+
+def _respond(w: World, body: object = None, headers: dict | None = None, **kw) -> httpx.Response:
+    return httpx.post(
+        f"{w.gw.url}{RESPONSES}",
+        json=_response_body() if body is None else body,
+        headers=w.auth() if headers is None else headers,
+        timeout=30,
+        **kw,
+    )
+
+
+def _respond_as(key: str, body: dict | None = None) -> Callable[[World], httpx.Response]:
+    return lambda w: _respond(w, body, w.auth(getattr(w, key)))
+
+
+def _respond_limiter_down(w: World) -> httpx.Response:
+    gw, key = w.limiter_down
+    return httpx.post(
+        f"{gw.url}{RESPONSES}",
+        json=_response_body(),
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
     )
 
 
@@ -281,6 +311,68 @@ def _usage_of_a_request(w: World) -> httpx.Response:
         time.sleep(0.1)
 
 
+# The routes beside chat (RouteService): path and a request body each (gpt-4o serves every
+# route: the world's config limits no model to some routes).
+ROUTE_BODIES: dict[str, tuple[str, dict[str, object]]] = {
+    "createCompletion": ("/v1/completions", {"model": "gpt-4o", "prompt": "Say hi"}),
+    "createEmbedding": ("/v1/embeddings", {"model": "gpt-4o", "input": ["a", "b"]}),
+    "createImage": ("/v1/images/generations", {"model": "gpt-4o", "prompt": "a cat"}),
+    "createSpeech": ("/v1/audio/speech", {"model": "gpt-4o", "input": "Hi", "voice": "alloy"}),
+    "createTranscription": ("/v1/audio/transcriptions", {"model": "gpt-4o"}),
+}
+
+
+def _route(
+    operation_id: str, auth: str | None = "key", *, content: bytes | None = None, **fields: object
+) -> Callable[[World], httpx.Response]:
+    """A request to a route beside chat: its body with `fields` changed (None drops one), as
+    JSON or, for transcriptions, a multipart upload; `content` sends those bytes instead."""
+    path, body = ROUTE_BODIES[operation_id]
+    payload = {name: value for name, value in {**body, **fields}.items() if value is not None}
+
+    def trigger(w: World) -> httpx.Response:
+        headers = {
+            "key": w.auth(),
+            "limited": w.auth(w.limited_key),
+            None: {},
+        }[auth]
+        url = f"{w.gw.url}{path}"
+        if content is not None:
+            return httpx.post(url, content=content, headers=headers, timeout=30)
+        if operation_id == "createTranscription":
+            form = {name: str(value) for name, value in payload.items()}
+            files = {"file": ("a.wav", b"RIFF fake audio", "audio/wav")}
+            return httpx.post(url, data=form, files=files, headers=headers, timeout=30)
+        return httpx.post(url, json=payload, headers=headers, timeout=30)
+
+    return trigger
+
+
+def _route_scenarios(operation_id: str) -> list[Scenario]:
+    path = ROUTE_BODIES[operation_id][0]
+    bad = (
+        _route(operation_id, model=None)
+        if operation_id == "createTranscription"
+        else _route(operation_id, content=b'{"model": ')
+    )
+    return [
+        Scenario(operation_id, 200, _route(operation_id)),
+        Scenario(operation_id, 400, bad),
+        Scenario(operation_id, 401, _route(operation_id, None)),
+        Scenario(operation_id, 403, _route(operation_id, "limited", model="o3")),
+        Scenario(operation_id, 404, _route(operation_id, model="no-such-model")),
+        Scenario(
+            operation_id,
+            429,
+            _queued(Reply.json(429, headers={"Retry-After": "2"}), _route(operation_id)),
+            frozenset({"retry-after"}),
+        ),
+        Scenario(operation_id, 502, _queued(Reply.json(500), _route(operation_id))),
+        Scenario(operation_id, 503, _down("POST", path)),
+        Scenario(operation_id, 431, _big_header("POST", path)),
+    ]
+
+
 class Scenario(NamedTuple):
     operation_id: str
     status: int
@@ -341,6 +433,50 @@ SCENARIOS: list[Scenario] = [
     Scenario("createChatCompletion", 503, _limiter_down, frozenset({"retry-after"})),
     Scenario("createChatCompletion", 504, _queued(Reply.hang(FIRST_BYTE_TIMEOUT + 5), _chat)),
     Scenario("createChatCompletion", 431, _big_header("POST", CHAT)),
+    Scenario("createResponse", 200, lambda w: _respond(w)),
+    Scenario("createResponse", 200, _respond_as("metered_key"), RATE_LIMIT_HEADERS),
+    Scenario(
+        "createResponse",
+        200,
+        _respond_as("metered_key", _response_body(stream=True)),
+        RATE_LIMIT_HEADERS,
+    ),
+    Scenario("createResponse", 400, lambda w: _respond(w, content=b'{"model": ')),
+    Scenario(
+        "createResponse",
+        400,
+        lambda w: _respond(w, _response_body(tools=[{"type": "web_search"}])),
+    ),
+    Scenario("createResponse", 401, lambda w: _respond(w, headers={})),
+    Scenario(
+        "createResponse", 403, lambda w: _respond(w, headers=w.auth("sk-wrong-key-0000000000"))
+    ),
+    Scenario("createResponse", 403, _respond_as("limited_key", _response_body("o3"))),
+    Scenario("createResponse", 404, lambda w: _respond(w, _response_body("no-such-model"))),
+    Scenario("createResponse", 413, lambda w: _respond(w, _response_body(pad="x" * MAX_BODY))),
+    Scenario(
+        "createResponse",
+        429,
+        _queued(Reply.json(429, headers={"Retry-After": "2"}), _respond),
+        frozenset({"retry-after"}),
+    ),
+    Scenario(
+        "createResponse",
+        429,
+        _second(_respond_as("one_rpm_key")),
+        LIMIT_429_HEADERS | RATE_LIMIT_HEADERS,
+    ),
+    Scenario(
+        "createResponse",
+        429,
+        _second(_respond_as("budget_key")),
+        LIMIT_429_HEADERS | {"x-should-retry"},
+    ),
+    Scenario("createResponse", 502, _queued(Reply.json(500), _respond)),
+    Scenario("createResponse", 503, _down("POST", RESPONSES)),
+    Scenario("createResponse", 503, _respond_limiter_down, frozenset({"retry-after"})),
+    Scenario("createResponse", 504, _queued(Reply.hang(FIRST_BYTE_TIMEOUT + 5), _respond)),
+    Scenario("createResponse", 431, _big_header("POST", RESPONSES)),
     Scenario("listModels", 200, _get("/v1/models")),
     Scenario("listModels", 401, _get("/v1/models", None)),
     Scenario("listModels", 403, _get("/v1/models", "wrong")),
@@ -385,6 +521,10 @@ SCENARIOS: list[Scenario] = [
     Scenario("getUsage", 200, _usage_of_a_request),
     Scenario("getUsage", 400, _admin("GET", USAGE, params={"group_by": "user"})),
     *_admin_refusals("GET", USAGE),
+    *(scenario for operation_id in ROUTE_BODIES for scenario in _route_scenarios(operation_id)),
+    Scenario("createCompletion", 200, _route("createCompletion", stream=True)),
+    Scenario("createEmbedding", 200, _route("createEmbedding", encoding_format="base64")),
+    Scenario("createTranscription", 200, _route("createTranscription", response_format="text")),
 ]
 
 
@@ -394,15 +534,35 @@ def check_answer(operation_id: str, response: httpx.Response) -> set[str]:
     status = response.status_code
     headers = gateway_openapi.validate_headers(operation_id, status, response.headers)
     media_type = response.headers.get("content-type", "").split(";")[0].strip()
+    if media_type == "text/event-stream" and operation_id == "createResponse":
+        events = [
+            dict(line.split(": ", 1) for line in block.splitlines())
+            for block in response.text.split("\n\n")
+            if block.strip() and not block.startswith(":")
+        ]
+        assert json.loads(events[-1]["data"])["type"] == "response.completed"
+        for event in events:
+            gateway_openapi.validate_body(operation_id, status, media_type, event)
+            assert json.loads(event["data"])["type"] == event["event"]
+        return headers
     if media_type == "text/event-stream":
         payloads = sse_payloads(response.text)
         assert payloads[-1] == "[DONE]"
         for payload in payloads:
             gateway_openapi.validate_body(operation_id, status, media_type, {"data": payload})
-        for payload in payloads[:-1]:
-            gateway_openapi.validate_schema(
-                "CreateChatCompletionStreamResponse", json.loads(payload)
-            )
+        if operation_id == "createChatCompletion":
+            for payload in payloads[:-1]:
+                gateway_openapi.validate_schema(
+                    "CreateChatCompletionStreamResponse", json.loads(payload)
+                )
+        return headers
+    if media_type.startswith("audio/"):
+        assert response.content
+        encoded = base64.b64encode(response.content).decode()
+        gateway_openapi.validate_body(operation_id, status, media_type, encoded)
+        return headers
+    if media_type == "text/plain":
+        gateway_openapi.validate_body(operation_id, status, media_type, response.text)
         return headers
     body = response.json()
     gateway_openapi.validate_body(operation_id, status, media_type, body)
@@ -461,7 +621,12 @@ def test_every_declared_header_is_exercised() -> None:
 def _http_routes() -> set[tuple[str, str]]:
     """(method, path template) of every google.api.http binding in the protos."""
     routes = set()
-    for file in (chat_pb2.DESCRIPTOR, status_pb2.DESCRIPTOR, keys_pb2.DESCRIPTOR):
+    for file in (
+        chat_pb2.DESCRIPTOR,
+        routes_pb2.DESCRIPTOR,
+        status_pb2.DESCRIPTOR,
+        keys_pb2.DESCRIPTOR,
+    ):
         for service in file.services_by_name.values():
             for method in service.methods:
                 rule = method.GetOptions().Extensions[annotations_pb2.http]

@@ -12,7 +12,18 @@ PACKAGE = "typegpt_gateway"
 ROOT = Path(__file__).resolve().parents[2] / "service" / PACKAGE
 # Highest first: a layer may import only the layers after it. The CLI starts processes; the
 # foundation (settings, errors, redaction, the Usage value) is what every layer shares.
-LAYERS = ("cli", "process", "api", "chat", "limits", "upstream", "keystore", "ops", "foundation")
+LAYERS = (
+    "cli",
+    "process",
+    "api",
+    "responses",
+    "chat",
+    "limits",
+    "upstream",
+    "keystore",
+    "ops",
+    "foundation",
+)
 FOUNDATION = frozenset({"settings", "errors", "redaction", "usage", "__init__"})
 TOP = frozenset({"cli", "__main__"})
 

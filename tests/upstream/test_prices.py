@@ -173,3 +173,17 @@ def test_bad_prices_say_where(tmp_path, prices, complaint):
     )
     with pytest.raises(ConfigError, match=re.escape(complaint)):
         load_config(path)
+
+
+def test_an_image_model_is_priced_per_image():
+    price = Price(image=Decimal("0.04"))
+    assert cost_micro_usd(Usage(images=3), price) == 120_000
+    # Tokens a model reports are priced too when the price gives them.
+    both = Price(image=Decimal("0.01"), input=Decimal("5"), output=Decimal("40"))
+    assert cost_micro_usd(Usage(10, 2, images=1), both) == 10_000 + 50 + 80
+
+
+def test_a_price_needs_its_token_prices_unless_it_prices_images():
+    with pytest.raises(ValueError, match="output"):
+        Price(input=Decimal(1))
+    assert Price(image=Decimal(0)).input == 0

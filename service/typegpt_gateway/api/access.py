@@ -13,13 +13,16 @@ from typing import Any
 from google.api import annotations_pb2
 from google.protobuf.descriptor import MethodDescriptor
 
-from typegpt.gateway.v1 import chat_pb2, console_pb2, keys_pb2, status_pb2
+from typegpt.gateway.v1 import chat_pb2, console_pb2, keys_pb2, routes_pb2, status_pb2
 
 CLIENT_KEY_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+ROUTE_SERVICE = routes_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name
+# The services whose calls need a client key.
+CLIENT_KEY_SERVICES = frozenset({CLIENT_KEY_SERVICE, ROUTE_SERVICE})
 ADMIN_KEY_SERVICE = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 CONSOLE_SERVICE = console_pb2.DESCRIPTOR.services_by_name["ConsoleService"]
 # The services whose every call needs a key (a client key, or the admin key).
-KEY_SERVICES = frozenset({CLIENT_KEY_SERVICE, ADMIN_KEY_SERVICE})
+KEY_SERVICES = CLIENT_KEY_SERVICES | {ADMIN_KEY_SERVICE}
 
 
 def _http_path(method: MethodDescriptor) -> str | None:
@@ -34,7 +37,7 @@ def keyless_paths() -> list[str]:
     """The HTTP paths of the gateway's services that need no key, from their google.api.http
     bindings: /healthz and /readyz."""
     paths = []
-    for proto in (chat_pb2, keys_pb2, status_pb2):
+    for proto in (chat_pb2, routes_pb2, keys_pb2, status_pb2):
         for service in proto.DESCRIPTOR.services_by_name.values():
             if service.full_name in KEY_SERVICES:
                 continue

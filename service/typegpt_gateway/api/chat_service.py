@@ -3,29 +3,27 @@ metadata, run the pipeline, shape the reply; errors end the call through `rpc.ab
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import grpc
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 
-from ..chat.answer import Stream
+from ..chat.answer import Passthrough, Stream
 from ..chat.catalog import Catalog, Model
 from ..chat.pipeline import ChatPipeline
-from ..chat.sse import DONE, DONE_FRAME, KEEPALIVE_FRAME, data_frame
+from ..chat.routes import CHAT
+from ..chat.sse import DONE
 from ..errors import GatewayError
 from ..ops import observe
-from . import proto_json
+from . import http_route, proto_json
+from .responses_service import ResponsesRpcs
 from .rpc import abort, as_gateway_error, authorization_of
 
 logger = logging.getLogger(__name__)
-
-JSON = "application/json"
-EVENT_STREAM = "text/event-stream"
 
 
 def _model_message(model: Model) -> chat_pb2.Model:
@@ -34,43 +32,13 @@ def _model_message(model: Model) -> chat_pb2.Model:
     )
 
 
-class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
+class ChatServicer(ResponsesRpcs, chat_pb2_grpc.ChatServiceServicer):
+    """Chat completions, the model list, and the Responses API (responses_service)."""
+
     def __init__(self, pipeline: ChatPipeline, catalog: Catalog, *, log_bodies: bool) -> None:
         self._pipeline = pipeline
         self._catalog = catalog
         self._log_bodies = log_bodies
-
-    @contextlib.asynccontextmanager
-    async def _answer(
-        self,
-        body: bytes | Callable[[], bytes],
-        context: observe.Context,
-        content_type: str = JSON,
-    ) -> AsyncIterator[bytes | Stream]:
-        """The answer to a chat request, its rate-limit headers sent as initial metadata
-        (HTTP headers through Envoy). The one owner of the answer: however the block is
-        left (an error, the client gone, a stream never read), the answer is closed, which
-        settles the request. `body` may be a function that builds it, so that its failures
-        are shaped too."""
-        try:
-            if callable(body):
-                body = body()
-            if self._log_bodies:
-                observe.current().body = body
-            answer = await self._pipeline.start(body, authorization_of(context), content_type)
-        except Exception as exc:
-            await abort(context, as_gateway_error(exc))
-            raise AssertionError("unreachable: abort raises") from exc
-        failed = True
-        try:
-            await observe.send_headers(context, answer.headers)
-            yield answer.body
-            failed = False
-        except (asyncio.CancelledError, GeneratorExit):
-            failed = False  # the client went away: its choice, not an error
-            raise
-        finally:
-            answer.close(failed=failed)
 
     @observe.rpc("ChatService/CreateChatCompletionHttp", transcoded=True)
     async def CreateChatCompletionHttp(
@@ -80,33 +48,22 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             chat_pb2.CreateChatCompletionHttpRequest, chat_pb2.CreateChatCompletionHttpResponse
         ],
     ) -> AsyncGenerator[chat_pb2.CreateChatCompletionHttpResponse, None]:
-        # Envoy's transcoder puts the client's Content-Type header, as sent, in the HttpBody.
-        http_body = request.http_body
-        async with self._answer(http_body.data, context, http_body.content_type) as answer:
-            exchange = observe.current()
-            if isinstance(answer, bytes):
-                exchange.sent_first_byte()
-                yield _http_message(answer, JSON)
-                return
-            # The first message's content type becomes the HTTP Content-Type.
-            content_type = EVENT_STREAM
-            with observe.streaming(exchange):
-                try:
-                    async with contextlib.aclosing(answer.batches()) as batches:
-                        async for batch in batches:
-                            if batch:
-                                frames = b"".join(map(data_frame, batch))
-                                if frames != DONE_FRAME:  # [DONE] is no byte of the answer
-                                    exchange.sent_first_byte()
-                            else:
-                                frames = KEEPALIVE_FRAME  # not a byte of the answer yet
-                            yield _http_message(frames, content_type)
-                            content_type = ""
-                except Exception as exc:
-                    # Headers are gone: only an in-band error frame can tell the client.
-                    error = as_gateway_error(exc)
-                    exchange.failed(error)
-                    yield _http_message(data_frame(error.to_json().encode()), content_type)
+        answers = http_route.serve_http(
+            self._pipeline,
+            CHAT,
+            request.http_body,
+            context,
+            chat_pb2.CreateChatCompletionHttpResponse,
+            log_bodies=self._log_bodies,
+        )
+        async with contextlib.aclosing(answers):
+            async for answer in answers:
+                yield answer
+
+    def _answer(
+        self, body: bytes | Callable[[], bytes], context: observe.Context
+    ) -> contextlib.AbstractAsyncContextManager[bytes | Stream | Passthrough]:
+        return http_route.answer(self._pipeline, CHAT, body, context, log_bodies=self._log_bodies)
 
     @observe.rpc("ChatService/CreateChatCompletion")
     async def CreateChatCompletion(
@@ -141,7 +98,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             include_usage=request.include_usage,
         )
         async with self._answer(body, context) as answer:
-            if isinstance(answer, bytes):
+            if not isinstance(answer, Stream):
                 raise AssertionError("unreachable: the body says stream: true")
             exchange = observe.current()
             with observe.streaming(exchange):
@@ -186,13 +143,3 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             await abort(context, error)
             raise
         return _model_message(model)
-
-
-def _http_message(data: bytes, content_type: str) -> chat_pb2.CreateChatCompletionHttpResponse:
-    # Filled in place: an HttpBody built apart is copied into the message (3 times slower,
-    # once per chunk of a stream).
-    message = chat_pb2.CreateChatCompletionHttpResponse()
-    body = message.http_body
-    body.content_type = content_type
-    body.data = data
-    return message

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import sys
+from array import array
 from typing import Any, TypeVar
 
 import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from typegpt.gateway.v1 import chat_pb2
+from typegpt.gateway.v1 import chat_pb2, routes_pb2
 
 from ..errors import GatewayError
 
@@ -30,10 +33,7 @@ def _integral_floats_to_int(value: Any) -> Any:
     return value
 
 
-def request_body(
-    params: chat_pb2.ChatCompletionParams, *, stream: bool, include_usage: bool = False
-) -> bytes:
-    """The OpenAI JSON body for typed params; `extra_body` merges into the top level."""
+def _document(params: Message) -> dict[str, Any]:
     try:
         document: dict[str, Any] = json_format.MessageToDict(
             params, preserving_proto_field_name=True
@@ -43,6 +43,14 @@ def request_body(
         raise GatewayError(
             400, f"The request cannot be sent as JSON: {exc}", "invalid_request_error"
         ) from exc
+    return document
+
+
+def request_body(
+    params: chat_pb2.ChatCompletionParams, *, stream: bool, include_usage: bool = False
+) -> bytes:
+    """The OpenAI JSON body for typed params; `extra_body` merges into the top level."""
+    document = _document(params)
     if params.HasField("seed"):
         document["seed"] = params.seed  # MessageToDict writes int64 as a string
     document.update(document.pop("extra_body", {}))
@@ -53,10 +61,30 @@ def request_body(
     return orjson.dumps(document)
 
 
+def struct_document(params: Message) -> dict[str, Any]:
+    """A google.protobuf.Struct of OpenAI parameters as the JSON object it stands for."""
+    try:
+        document: dict[str, Any] = json_format.MessageToDict(params)
+    except json_format.SerializeToJsonError as exc:
+        raise GatewayError(
+            400, f"The request cannot be sent as JSON: {exc}", "invalid_request_error"
+        ) from exc
+    return dict(_integral_floats_to_int(document))
+
+
 def parse_answer(data: bytes, message: M) -> M:
     """Fills `message` from upstream JSON, ignoring fields the proto does not know."""
     try:
         document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(
+            502, f"The upstream API's answer does not fit the typed API: {exc}", "api_error"
+        ) from exc
+    return _fill(document, message)
+
+
+def _fill(document: Any, message: M) -> M:
+    try:
         if not isinstance(document, dict):
             raise json_format.ParseError(f"expected an object, got {type(document).__name__}")
         json_format.ParseDict(document, message, ignore_unknown_fields=True)
@@ -67,3 +95,33 @@ def parse_answer(data: bytes, message: M) -> M:
             502, f"The upstream API's answer does not fit the typed API: {exc}", "api_error"
         ) from exc
     return message
+
+
+def embedding_body(request: routes_pb2.CreateEmbeddingRequest) -> bytes:
+    """The OpenAI JSON body of a typed embeddings request, asking for base64 vectors (exact
+    float32, a quarter of the size of their decimals); `extra_body` merges into the top level."""
+    document = _document(request)
+    document.update(document.pop("extra_body", {}))
+    # Token ids come as google.protobuf.Value doubles.
+    document = _integral_floats_to_int(document)
+    document["encoding_format"] = "base64"
+    return orjson.dumps(document)
+
+
+def parse_embeddings(data: bytes) -> routes_pb2.CreateEmbeddingResponse:
+    """A typed embeddings list from upstream JSON, each vector a base64 string of float32
+    (little-endian, as OpenAI sends it) or, from an upstream that ignored the encoding, floats."""
+    try:
+        document = orjson.loads(data)
+        for item in document.get("data") or () if isinstance(document, dict) else ():
+            vector = item.get("embedding") if isinstance(item, dict) else None
+            if isinstance(vector, str):
+                floats = array("f", base64.b64decode(vector, validate=True))
+                if sys.byteorder == "big":
+                    floats.byteswap()
+                item["embedding"] = floats.tolist()
+    except (ValueError, TypeError) as exc:
+        raise GatewayError(
+            502, f"The upstream API's answer does not fit the typed API: {exc}", "api_error"
+        ) from exc
+    return _fill(document, routes_pb2.CreateEmbeddingResponse())

@@ -1,5 +1,6 @@
-"""The upstream's answer on its way to the client: a whole JSON body (`read_answer`) or a
-`Stream` of SSE events, and the `Answer` whose closing settles the request's account."""
+"""The upstream's answer on its way to the client: a whole JSON body (`read_answer`), a
+`Stream` of SSE events, or a `Passthrough` of bytes as they come (audio), and the `Answer`
+whose closing settles the request's account."""
 
 from __future__ import annotations
 
@@ -170,9 +171,83 @@ class Stream:
         return GatewayError(502, f"The upstream API failed mid-stream: {text}", "api_error")
 
 
+class Passthrough:
+    """An upstream answer sent on as it comes, whatever it is (audio, text, events), with the
+    upstream's Content-Type: nothing is read into it but for secrets in text."""
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        deadlines: Deadlines,
+        *,
+        stopping: asyncio.Future[None],
+    ) -> None:
+        self._response = response
+        self._deadlines = deadlines
+        self._stopping = stopping
+        self.content_type = response.headers.get("content-type", "application/octet-stream")
+        # Text may echo a key (a debugging proxy): each chunk of it is redacted. Audio is not.
+        kind = self.content_type.partition(";")[0].strip().lower()
+        self._text = kind.startswith("text/") or kind.endswith(("json", "xml"))
+        self.failed = False
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The answer's bytes, each read as it arrives, bounded by the deadlines; raises
+        GatewayError when the upstream fails or stays silent too long, or the gateway stops."""
+        loop = asyncio.get_running_loop()
+        content = self._response.content
+        # As in Stream: the read waits under one timer, which the gateway's stop fires.
+        waiting: asyncio.Timeout | None = None
+
+        def stop(_: object) -> None:
+            if waiting is not None and not waiting.expired():
+                waiting.reschedule(loop.time())
+
+        self._stopping.add_done_callback(stop)
+        failed = True
+        try:
+            while True:
+                if self._stopping.done():
+                    raise shutting_down()
+                chunk = read_available(self._response)
+                if not chunk:
+                    if content.at_eof():
+                        break
+                    due = self._deadlines.next_read(loop.time())
+                    try:
+                        async with asyncio.timeout_at(due.at) as waiting:
+                            chunk = await content.readany()
+                    except TimeoutError:
+                        if self._stopping.done():
+                            raise shutting_down() from None
+                        raise observe.upstream_failed(due.error()) from None
+                    finally:
+                        waiting = None
+                    if not chunk:
+                        break
+                self._deadlines.got_bytes()
+                yield redact_bytes(chunk) if self._text else chunk
+            failed = False
+        except (GeneratorExit, asyncio.CancelledError):
+            failed = False  # the client went away: its choice, not an error
+            raise
+        except aiohttp.ClientError as exc:
+            broke = GatewayError(
+                502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
+            )
+            raise observe.upstream_failed(broke) from exc
+        finally:
+            self.failed = failed
+            self._stopping.remove_done_callback(stop)
+            self.release()
+
+    def release(self) -> None:
+        finish(self._response)
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
-    body: bytes | Stream
+    body: bytes | Stream | Passthrough
     account: Account
 
     @property
@@ -184,7 +259,7 @@ class Answer:
         """Settles the request, `failed` if its client got an error: counted with the
         upstream's usage if it arrived, else with the estimate of what was delivered (see
         `usage`). A stream is released whether or not it was read."""
-        stream = self.body if isinstance(self.body, Stream) else None
+        stream = self.body if isinstance(self.body, Stream | Passthrough) else None
         try:
             failed = failed or (stream is not None and stream.failed)
             self.account.settle(error=failed, usage=self.account.meter.usage())

@@ -1,9 +1,10 @@
-"""A chat completion's way through the gateway: auth → request rules → catalog → limits →
-upstream.
+"""A request's way through the gateway, whatever its OpenAI route (routes.py): auth → request
+rules → catalog → limits → upstream.
 
 `ChatPipeline.start` does everything that can still fail with a clean HTTP status; what it
-returns is either the whole JSON answer or a `Stream` whose failures can only be reported in
-band, as SSE error frames, with the rate-limit headers for either. Its caller owns that
+returns is the whole JSON answer, a `Stream` whose failures can only be reported in band, as
+SSE error frames, or (a route that passes its answer through) a `Passthrough`, with the
+rate-limit headers for each. Its caller owns that
 `Answer` and closes it however the request ends, which settles the request's account: exactly
 once, since closing again does nothing.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from ..errors import GatewayError
 from ..keystore.cache import KeyCache
@@ -21,9 +23,10 @@ from ..ops import observe
 from ..upstream.failover import Failover, Opened
 from ..upstream.timeouts import Deadlines
 from .accounting import Accounting
-from .answer import Answer, Stream, read_answer
+from .answer import Answer, Passthrough, Stream, read_answer
 from .catalog import Catalog
-from .request import JSON_TYPE, ChatRequest, parse_chat_request
+from .request import JSON_TYPE, ApiRequest, media_type
+from .routes import CHAT, OpenAIRoute
 from .usage_meter import (
     UsageMeter,
     rejects_stream_options,
@@ -63,28 +66,37 @@ class ChatPipeline:
         return await self.keys.authenticate(authorization)
 
     async def start(
-        self, body: bytes, authorization: str | None, content_type: str = JSON_TYPE
+        self,
+        body: bytes,
+        authorization: str | None,
+        content_type: str = JSON_TYPE,
+        route: OpenAIRoute = CHAT,
     ) -> Answer:
         """The answer, which the caller must close (see `Answer.close`), or the error the
-        client gets; an error after the request was admitted has settled it."""
+        client gets; an error after the request was admitted has settled it.
+
+        `content_type` is the client's Content-Type header, as sent ("" when none)."""
         exchange = observe.current()
         key = await self.authenticate(authorization)
         exchange.key = key.name
-        request = await self._parse(body, content_type)
+        request = await self._parse(route, body, content_type)
         exchange.asked_for(request.model, known=request.model in self.catalog)
         exchange.stream = request.stream
-        self.catalog.resolve(request.model, key)
+        self.catalog.resolve(request.model, key, route)
         # A stream reports usage only if asked: the gateway asks whenever the client did not,
         # so that no client can choose the estimate over the upstream's count.
         ask_usage = request.stream and request.include_usage is not True
-        meter = UsageMeter(request.prompt_tokens, strip_usage_chunk=ask_usage)
+        meter = route.meter(request, strip_usage_chunk=ask_usage)
         account = await self.accounting.admit(key, request.model, meter)
         # Whatever raises from here on, the account is settled before it leaves.
         try:
             deadlines = self.upstreams.deadlines()
-            opened = await self._open(request, body, ask_usage, meter, deadlines)
+            sending = _Sending(route, request, body, content_type, deadlines)
+            opened = await self._open(sending, ask_usage, meter)
             account.served_by(opened.upstream)
             response = opened.response
+            if route.passthrough:
+                return Answer(Passthrough(response, deadlines, stopping=self.stopping), account)
             if request.stream:
                 stream = Stream(
                     response,
@@ -108,37 +120,56 @@ class ChatPipeline:
                 raise dataclasses.replace(exc, headers=headers) from exc
             raise
 
-    async def _parse(self, body: bytes, content_type: str) -> ChatRequest:
+    async def _parse(self, route: OpenAIRoute, body: bytes, content_type: str) -> ApiRequest:
         if len(body) < LARGE_BODY_BYTES:
-            return parse_chat_request(body, content_type)
+            return route.parse(body, content_type)
         return await asyncio.get_running_loop().run_in_executor(
-            self._large_bodies, parse_chat_request, body, content_type
+            self._large_bodies, route.parse, body, content_type
         )
 
-    async def _open(
-        self,
-        request: ChatRequest,
-        body: bytes,
-        ask_usage: bool,
-        meter: UsageMeter,
-        deadlines: Deadlines,
-    ) -> Opened:
+    async def _open(self, sending: _Sending, ask_usage: bool, meter: UsageMeter) -> Opened:
+        body = sending.body
         if not ask_usage:
-            return await self.upstreams.open(
-                request.model, body, stream=request.stream, deadlines=deadlines
-            )
-        if request.include_usage is None:
+            return await sending.send(self.upstreams, body)
+        if sending.request.include_usage is None:
             asking: bytes | None = with_include_usage(body)
         else:
             asking = with_usage_option(body)
         if asking is not None:
             try:
-                return await self.upstreams.open(
-                    request.model, asking, stream=True, deadlines=deadlines
-                )
+                return await sending.send(self.upstreams, asking)
             except GatewayError as error:
                 if not rejects_stream_options(error):
                     raise
             # An upstream without stream_options: the client's own bytes, usage estimated.
             meter.stop_stripping()
-        return await self.upstreams.open(request.model, body, stream=True, deadlines=deadlines)
+        return await sending.send(self.upstreams, body)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sending:
+    """One request on its way upstream."""
+
+    route: OpenAIRoute
+    request: ApiRequest
+    body: bytes
+    content_type: str
+    deadlines: Deadlines
+
+    @property
+    def upstream_content_type(self) -> str:
+        """JSON for a JSON body (whatever parameters the client's header had); any other (a
+        multipart upload) goes as the client labelled it, its boundary included."""
+        if media_type(self.content_type) in ("", JSON_TYPE):
+            return JSON_TYPE
+        return self.content_type
+
+    async def send(self, upstreams: Failover, body: bytes) -> Opened:
+        return await upstreams.open(
+            self.request.model,
+            body,
+            stream=self.request.stream,
+            deadlines=self.deadlines,
+            call=self.route.call,
+            content_type=self.upstream_content_type,
+        )

@@ -1,28 +1,39 @@
-"""A chat completion request as the gateway reads it: strict JSON, no repeated keys, the few
-fields the gateway acts on (model, stream, stream_options), and the prompt's token estimate.
-Pure rules; the body itself goes upstream as the client sent it."""
+"""A request as the gateway reads it: strict JSON, no repeated keys, the few fields the
+gateway acts on (model, stream, stream_options), and the prompt's token estimate. Pure rules;
+the body itself goes upstream as the client sent it. `parse_chat_request` is chat's reading;
+other routes read their bodies with the same pieces (`read_json_object`, `read_model`,
+`read_stream`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from ..errors import GatewayError
+from .multipart import MULTIPART_TYPE, form_field
 from .usage_meter import (
     estimate_prompt_tokens,
 )
 
 
 @dataclass(frozen=True, slots=True)
-class ChatRequest:
+class ApiRequest:
+    """What the gateway acts on in a request of any route."""
+
     model: str
     stream: bool
     # What the client asked of stream_options: None when it sent none.
     include_usage: bool | None = None
     # The prompt's estimate, for when the upstream's usage never comes.
     prompt_tokens: int = 0
+
+
+# Chat's name for it, which its tests know.
+ChatRequest = ApiRequest
 
 
 def _invalid(message: str, param: str | None = None) -> GatewayError:
@@ -100,16 +111,22 @@ def _refuse_repeated_keys(body: bytes) -> None:
         )
 
 
-def parse_chat_request(body: bytes, content_type: str = JSON_TYPE) -> ChatRequest:
-    """The fields the gateway needs, or the 400 the client gets. The body itself is not changed.
+def media_type(content_type: str) -> str:
+    """`multipart/form-data` of `multipart/form-data; boundary=x`, lower-cased."""
+    return content_type.partition(";")[0].strip().lower()
 
-    `content_type` is the client's Content-Type header ("" when it sent none)."""
+
+def read_json_object(
+    body: bytes, content_type: str, what: str = "a chat completion request"
+) -> dict[str, Any]:
+    """The body as a JSON object, or the 400 the client gets; `what` names the request in
+    the message. `content_type` is the client's Content-Type header ("" when it sent none)."""
     # OpenAI reads a body as its Content-Type says (a form-encoded one has no `model` to
     # it): a body labelled anything else than JSON is refused, not read as JSON here and
     # perhaps otherwise upstream. A charset parameter changes nothing: JSON is UTF-8.
-    if content_type.partition(";")[0].strip().lower() not in ("", JSON_TYPE):
+    if media_type(content_type) not in ("", JSON_TYPE):
         raise _invalid(
-            "Invalid Content-Type header: the body of a chat completion request must be JSON, "
+            f"Invalid Content-Type header: the body of {what} must be JSON, "
             f"sent with Content-Type: {JSON_TYPE}."
         )
     try:
@@ -124,11 +141,39 @@ def parse_chat_request(body: bytes, content_type: str = JSON_TYPE) -> ChatReques
     if not isinstance(document, dict):
         raise _invalid("The request body must be a JSON object.")
     _refuse_repeated_keys(body)
-    model = document.get("model")
+    return document
+
+
+def read_model(model: object) -> str:
+    """The `model` a request names (its JSON member or its form field), or the 400."""
     if model is None:
         raise _invalid("You must provide a model parameter.", "model")
     if not isinstance(model, str) or not model:
         raise _invalid("Invalid type for 'model': expected a non-empty string.", "model")
+    return model
+
+
+def read_stream(document: dict[str, Any]) -> bool:
+    stream = document.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _invalid("Invalid type for 'stream': expected a boolean.", "stream")
+    return bool(stream)
+
+
+def read_include_usage(document: dict[str, Any]) -> bool | None:
+    """What the client asked of stream_options: None when it sent none."""
+    if "stream_options" not in document:
+        return None
+    options = document["stream_options"]
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def parse_chat_request(body: bytes, content_type: str = JSON_TYPE) -> ChatRequest:
+    """The fields the gateway needs, or the 400 the client gets. The body itself is not changed.
+
+    `content_type` is the client's Content-Type header ("" when it sent none)."""
+    document = read_json_object(body, content_type)
+    model = read_model(document.get("model"))
     messages = document.get("messages")
     if messages is None:
         raise _invalid("Missing required parameter: 'messages'.", "messages")
@@ -146,16 +191,51 @@ def parse_chat_request(body: bytes, content_type: str = JSON_TYPE) -> ChatReques
                 f"Missing required parameter: 'messages[{index}].role'.",
                 f"messages[{index}].role",
             )
-    stream = document.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise _invalid("Invalid type for 'stream': expected a boolean.", "stream")
-    include_usage = None
-    if "stream_options" in document:
-        options = document["stream_options"]
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
     return ChatRequest(
         model=model,
-        stream=bool(stream),
-        include_usage=include_usage,
+        stream=read_stream(document),
+        include_usage=read_include_usage(document),
         prompt_tokens=estimate_prompt_tokens(document),
     )
+
+
+RequestParser = Callable[[bytes, str], ApiRequest]
+
+
+def json_request_parser(what: str, *, streams: bool) -> RequestParser:
+    """The reading of a route whose body is a JSON object naming its model (`what` names the
+    request in messages: "an embeddings request"); a route that does not `streams` refuses
+    `"stream": true` rather than forward a stream it would read as one JSON answer."""
+
+    def parse(body: bytes, content_type: str) -> ApiRequest:
+        document = read_json_object(body, content_type, what)
+        model = read_model(document.get("model"))
+        stream = read_stream(document)
+        if stream and not streams:
+            raise _invalid(
+                f"Streaming is not supported for {what} on this gateway: "
+                "'stream' must be false or absent.",
+                "stream",
+            )
+        return ApiRequest(
+            model=model,
+            stream=stream,
+            include_usage=read_include_usage(document) if stream else None,
+            prompt_tokens=estimate_prompt_tokens(document),
+        )
+
+    return parse
+
+
+def form_request_parser(what: str) -> RequestParser:
+    """The reading of a route whose body is a multipart upload with a `model` form field."""
+
+    def parse(body: bytes, content_type: str) -> ApiRequest:
+        if media_type(content_type) != MULTIPART_TYPE:
+            raise _invalid(
+                f"Invalid Content-Type header: the body of {what} must be "
+                f"{MULTIPART_TYPE}, with its boundary."
+            )
+        return ApiRequest(model=read_model(form_field(body, content_type, "model")), stream=False)
+
+    return parse

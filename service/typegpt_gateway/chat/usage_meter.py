@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -165,9 +166,14 @@ def _count(value: Any) -> int | None:
     return None
 
 
-def _usage_of(document: Any) -> Usage | None:
-    """The usage `document` reports, or None when it reports none (OpenAI's regular chunks
-    say `"usage": null`); UnusableUsageError when it reports one of no use."""
+# Reads the usage an answer (or a stream chunk) reports: None when it reports none, and
+# UnusableUsageError when it reports one of no use. One per route (routes.py).
+UsageReader = Callable[[Any], Usage | None]
+
+
+def chat_usage(document: Any) -> Usage | None:
+    """The usage of a chat (or legacy) completion, or a chunk of one: OpenAI's regular chunks
+    say `"usage": null`, which is none."""
     usage = document.get("usage") if isinstance(document, dict) else None
     if usage is None:
         return None
@@ -179,6 +185,32 @@ def _usage_of(document: Any) -> Usage | None:
             f"prompt_tokens and completion_tokens are not counts from 0 to {MAX_REPORTED_TOKENS}"
         )
     return Usage(prompt, completion, cached_tokens=_cached(usage, prompt))
+
+
+def embeddings_usage(document: Any) -> Usage | None:
+    """An embeddings answer's usage: its input tokens (`prompt_tokens`), no output."""
+    usage = document.get("usage") if isinstance(document, dict) else None
+    if usage is None:
+        return None
+    prompt = _count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+    if prompt is None:
+        raise UnusableUsageError(f"prompt_tokens is not a count from 0 to {MAX_REPORTED_TOKENS}")
+    return Usage(prompt, 0)
+
+
+def images_usage(document: Any) -> Usage | None:
+    """An images answer's usage: the images in its `data`, and the tokens of a model that
+    reports them (`usage.input_tokens`, `output_tokens`), else none."""
+    if not isinstance(document, dict):
+        return None
+    data = document.get("data")
+    usage = document.get("usage")
+    tokens = usage if isinstance(usage, dict) else {}
+    return Usage(
+        _count(tokens.get("input_tokens")) or 0,
+        _count(tokens.get("output_tokens")) or 0,
+        images=len(data) if isinstance(data, list) else 0,
+    )
 
 
 def _cached(usage: dict[str, Any], prompt: int) -> int:
@@ -200,13 +232,16 @@ def _is_usage_chunk(document: Any) -> bool:
 
 def _delta_chars(document: Any) -> int:
     """Output characters of a chunk or answer: every string its choices deliver (text,
-    refusal, tool names and arguments, `reasoning_content`/`reasoning`, ...), labels aside."""
+    refusal, tool names and arguments, `reasoning_content`/`reasoning`, ...), labels aside;
+    a legacy completion's choices deliver their `text`."""
     choices = document.get("choices") if isinstance(document, dict) else None
     chars = 0
     for choice in choices if isinstance(choices, list) else ():
         delta = (choice.get("delta") or choice.get("message")) if isinstance(choice, dict) else None
         if isinstance(delta, dict):
             chars += _string_chars(delta, keys=False, skip=_NOT_OUTPUT)
+        elif isinstance(choice, dict) and isinstance(text := choice.get("text"), str):
+            chars += len(text)
     return chars
 
 
@@ -230,9 +265,19 @@ def _loads(data: bytes) -> Any:
 class UsageMeter:
     """Follows one answer: its reported usage, or what is needed to estimate it."""
 
-    def __init__(self, prompt_tokens: int, *, strip_usage_chunk: bool) -> None:
+    def __init__(
+        self,
+        prompt_tokens: int,
+        *,
+        strip_usage_chunk: bool,
+        read_usage: UsageReader = chat_usage,
+        estimates: bool = True,
+    ) -> None:
         self._prompt_tokens = prompt_tokens
+        # False for a route that counts no tokens: without a report, its usage is none.
+        self._estimates = estimates
         self._strip = strip_usage_chunk
+        self._read_usage = read_usage
         self._completion_chars = 0
         # Chunks not read yet for their characters, which only count if no usage is reported
         # (the gateway always asks for it): read when the usage is wanted without one, or
@@ -274,7 +319,7 @@ class UsageMeter:
 
     def _see(self, document: Any) -> None:
         try:
-            usage = _usage_of(document)
+            usage = self._read_usage(document)
         except UnusableUsageError as exc:
             # Once per request: an upstream that sends it on every chunk floods no log.
             if not self._told_unusable:
@@ -288,6 +333,8 @@ class UsageMeter:
     def usage(self) -> Usage:
         if self.reported is not None:
             return self.reported
+        if not self._estimates:
+            return Usage()
         self._read_unread()
         return Usage(
             self._prompt_tokens,

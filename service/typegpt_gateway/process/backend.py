@@ -19,16 +19,19 @@ from typegpt.gateway.v1 import (
     console_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
+    routes_pb2,
+    routes_pb2_grpc,
     status_pb2,
     status_pb2_grpc,
 )
 
 from ..api import admin_auth
-from ..api.access import ADMIN_KEY_SERVICE, CLIENT_KEY_SERVICE
+from ..api.access import ADMIN_KEY_SERVICE, CLIENT_KEY_SERVICES
 from ..api.call_guard import CallGuard
 from ..api.chat_service import ChatServicer
 from ..api.console_service import ConsoleServicer
 from ..api.key_service import KeyServicer
+from ..api.route_service import RouteServicer
 from ..api.status_service import Check, StatusServicer
 from ..chat.accounting import Accounting
 from ..chat.catalog import Catalog
@@ -45,7 +48,7 @@ from ..redaction import register_url_password
 from ..settings import MiB, Settings
 from ..upstream.failover import Failover
 from ..upstream.prices import PriceList
-from ..upstream.upstreams_file import price_list
+from ..upstream.upstreams_file import model_routes, price_list
 from .envoy_config import WORKER_HEALTH_SERVICE
 from .readiness import ReadinessProbe, key_store_check, rate_limits_check
 
@@ -57,6 +60,7 @@ LAST_WORDS = 1.0
 
 SERVICE_NAMES = (
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
+    routes_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,
     status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
     keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     console_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
@@ -148,7 +152,10 @@ async def start_backend(settings: Settings) -> Backend:
     store = open_store(settings)
     keys = KeyCache(store, settings.key_refresh_interval)
     catalog = Catalog(
-        settings.models, owned_by=settings.models_owned_by, created=settings.models_created
+        settings.models,
+        owned_by=settings.models_owned_by,
+        created=settings.models_created,
+        routes=model_routes(settings),
     )
     limiter_backend = _limiter_backend(settings)
     accounting = _accounting(settings, store, limiter_backend, price_list(settings))
@@ -169,7 +176,7 @@ async def start_backend(settings: Settings) -> Backend:
     message_limit = settings.max_body_bytes + MiB
     guard = CallGuard(
         {
-            CLIENT_KEY_SERVICE: missing_key_error,
+            **dict.fromkeys(CLIENT_KEY_SERVICES, missing_key_error),
             ADMIN_KEY_SERVICE: lambda: admin_auth.missing_key_error(settings.admin_token),
         },
         # As long as Envoy gives a REST client to send its whole request.
@@ -195,6 +202,9 @@ async def start_backend(settings: Settings) -> Backend:
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
         ChatServicer(pipeline, catalog, log_bodies=settings.log_bodies), server
+    )
+    routes_pb2_grpc.add_RouteServiceServicer_to_server(
+        RouteServicer(pipeline, log_bodies=settings.log_bodies), server
     )
     keys_pb2_grpc.add_KeyServiceServicer_to_server(
         KeyServicer(admin, settings.admin_token, keys), server

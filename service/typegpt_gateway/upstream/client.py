@@ -9,7 +9,8 @@ import math
 import ssl
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -25,6 +26,23 @@ from .upstreams_file import UpstreamSpec
 
 # Enough of an error body to find its message; the rest is never shown.
 _MAX_ERROR_BODY = 64 * 1024
+JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """How one OpenAI route is called upstream: its path under the upstream's base URL (which
+    ends in /v1), the Accept of its answer, streamed or not, and how the model is renamed in
+    its body for an upstream that knows it by another name."""
+
+    path: str
+    accept: str = JSON
+    stream_accept: str = EVENT_STREAM
+    rename: Callable[[bytes, str], bytes] = replace_model
+
+
+CHAT_CALL = UpstreamCall("/chat/completions")
 
 
 class Upstream:
@@ -32,14 +50,16 @@ class Upstream:
         self.spec = spec
         self.name = spec.name
         register_secret(spec.api_key)
-        self._chat_url = URL(f"{spec.base_url}/chat/completions")
+        self._base_url = spec.base_url
+        # Per route path: a URL is parsed once, not per request.
+        self._urls: dict[str, URL] = {}
         self._connect_timeout = connect_timeout
         # Made on first use: a session belongs to the running event loop.
         self._session: aiohttp.ClientSession | None = None
 
     def _open_session(self) -> aiohttp.ClientSession:
-        # Client headers never travel upstream: only what is set here and in open_chat.
-        headers = {"user-agent": "typegpt-gateway", "content-type": "application/json"}
+        # Client headers never travel upstream: only what is set here and in send.
+        headers = {"user-agent": "typegpt-gateway"}
         if self.spec.api_key is not None:
             headers["authorization"] = f"Bearer {self.spec.api_key}"
         self._session = aiohttp.ClientSession(
@@ -57,15 +77,21 @@ class Upstream:
             cookie_jar=aiohttp.DummyCookieJar(),
             # Reads are bounded by the caller's deadlines (first byte, idle, total).
             timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout),
-            proxy=_env_proxy(self._chat_url),
+            proxy=_env_proxy(URL(self._base_url)),
             # Headers up to what httpx (h11) accepted.
             max_field_size=16 * 1024,
             max_line_size=16 * 1024,
         )
         return self._session
 
+    def _url(self, path: str) -> URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(f"{self._base_url}{path}")
+        return url
+
     def __repr__(self) -> str:
-        return f"Upstream({self.name!r}, {str(self._chat_url)!r})"
+        return f"Upstream({self.name!r}, {self._base_url!r})"
 
     @property
     def configured(self) -> bool:
@@ -80,23 +106,42 @@ class Upstream:
         if self._session is not None:
             await self._session.close()
 
-    def body_for(self, model: str, body: bytes) -> bytes:
+    def body_for(
+        self, model: str, body: bytes, rename: Callable[[bytes, str], bytes] = replace_model
+    ) -> bytes:
         """The client's bytes, with the model renamed if this upstream knows it by another name."""
         upstream_model = self.spec.model_map.get(model)
-        return body if upstream_model is None else replace_model(body, upstream_model)
+        return body if upstream_model is None else rename(body, upstream_model)
 
     async def open_chat(self, body: bytes, *, stream: bool, due: Due) -> aiohttp.ClientResponse:
-        """Sends `body`; returns the open 2xx response, or raises AttemptFailed (a 504 when
-        the response headers have not arrived by `due`, on the loop's clock)."""
+        """A chat completion: `send` on CHAT_CALL."""
+        return await self.send(CHAT_CALL, body, stream=stream, due=due)
+
+    async def send(
+        self,
+        call: UpstreamCall,
+        body: bytes,
+        *,
+        stream: bool,
+        due: Due,
+        content_type: str = JSON,
+    ) -> aiohttp.ClientResponse:
+        """Sends `body` to the route of `call`; returns the open 2xx response, or raises
+        AttemptFailed (a 504 when the response headers have not arrived by `due`, on the
+        loop's clock). `content_type` is the body's, its multipart boundary included."""
         session = self._session or self._open_session()
         headers = {
-            "accept": "text/event-stream" if stream else "application/json",
+            "accept": call.stream_accept if stream else call.accept,
+            "content-type": content_type,
             observe.REQUEST_ID: observe.current().request_id,
         }
         try:
             async with asyncio.timeout_at(due.at):
                 response = await session.post(
-                    self._chat_url, data=body, headers=headers, allow_redirects=False
+                    self._url(call.path),
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
                 )
         # Before TimeoutError: aiohttp's connect timeout is a TimeoutError too, and retryable.
         except aiohttp.ClientError as exc:

@@ -17,7 +17,7 @@ import aiohttp
 from ..errors import GatewayError
 from ..ops import metrics, observe
 from ..settings import Settings
-from .client import Upstream
+from .client import CHAT_CALL, JSON, Upstream, UpstreamCall
 from .retry import AttemptFailed, RetryPolicy, call_with_retries
 from .routing import HealthPolicy, Route, Router
 from .timeouts import Deadlines, Timeouts
@@ -102,13 +102,22 @@ class Failover:
     def deadlines(self) -> Deadlines:
         return Deadlines(self.timeouts, asyncio.get_running_loop().time())
 
-    async def open(self, model: str, body: bytes, *, stream: bool, deadlines: Deadlines) -> Opened:
-        """The first 2xx answer, open, and its upstream; or raises the GatewayError the client
-        gets."""
+    async def open(
+        self,
+        model: str,
+        body: bytes,
+        *,
+        stream: bool,
+        deadlines: Deadlines,
+        call: UpstreamCall = CHAT_CALL,
+        content_type: str = JSON,
+    ) -> Opened:
+        """The first 2xx answer to `call`, open, and its upstream; or raises the GatewayError
+        the client gets."""
         if not self.router.serves(model):
             raise self._not_served(model)
         loop = asyncio.get_running_loop()
-        request = _Request(model, observe.current().key or "")
+        request = _Request(model, observe.current().key or "", call, content_type)
 
         def next_upstream(failure: AttemptFailed) -> bool:
             return self.router.another_awake(model, time.monotonic(), request.tried)
@@ -137,10 +146,12 @@ class Failover:
         observe.retrying_on(route.name)
         deadlines.attempt(asyncio.get_running_loop().time())
         try:
-            response = await upstream.open_chat(
-                upstream.body_for(request.model, body),
+            response = await upstream.send(
+                request.call,
+                upstream.body_for(request.model, body, request.call.rename),
                 stream=stream,
                 due=deadlines.first_byte(),
+                content_type=request.content_type,
             )
         except AttemptFailed as failure:
             logger.warning("upstream %r failed: %s", upstream.name, failure.error)
@@ -197,6 +208,8 @@ class _Request:
     model: str
     # The client key's name: health counts distinct clients (routing.HealthPolicy).
     client: str
+    call: UpstreamCall
+    content_type: str
     tried: list[str] = field(default_factory=list)
     # Upstreams this request has already counted a failure against: once each.
     judged: set[str] = field(default_factory=set)

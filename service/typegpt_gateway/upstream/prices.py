@@ -12,6 +12,10 @@ places, tokens are integers), then rounded once per request to the nearest whole
 halves up. The ledger adds whole micro-dollars, so sums are exact; the rounding error is below
 half a micro-dollar per request, either way, and does not pile up in one direction.
 
+An image model is priced per image instead (`image`, USD per image made, e.g. dall-e-3:
+`{image: 0.04}`): a request on the images route costs its images times that, plus its tokens
+at `input` and `output` when the model reports them and the price gives them (0 otherwise).
+
 A model without a price costs "unknown", never 0: `PriceList.of` answers None and the ledger
 counts the request as unpriced. The price list is the shipped defaults, overlaid model by
 model by the config file's `prices:`, and for requests an upstream served, by that upstream's
@@ -28,7 +32,7 @@ from importlib import resources
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from ..usage import Usage
 
@@ -44,14 +48,25 @@ Amount = Annotated[
 
 
 class Price(BaseModel):
-    """One model's price, in USD per 1M tokens."""
+    """One model's price, in USD per 1M tokens, or per image made."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    input: Amount
-    output: Amount
+    # Required unless `image` is given (then 0 when left out).
+    input: Amount = Decimal(0)
+    output: Amount = Decimal(0)
     # None: cached input tokens cost the input price.
     cached_input: Amount | None = None
+    # USD per image made (the images route).
+    image: Amount | None = None
+
+    @model_validator(mode="after")
+    def _tokens_or_images(self) -> Price:
+        if self.image is None:
+            missing = [name for name in ("input", "output") if name not in self.model_fields_set]
+            if missing:
+                raise ValueError(f"a price needs {' and '.join(missing)} (or image)")
+        return self
 
 
 # What `prices:` holds: model name -> its price, or null for "no price here".
@@ -67,6 +82,8 @@ def cost_micro_usd(usage: Usage, price: Price) -> int:
         (usage.prompt_tokens - cached) * price.input
         + cached * cached_price
         + usage.completion_tokens * price.output
+        # USD per image is a million micro-dollars per image.
+        + usage.images * (price.image or 0) * 1_000_000
     )
     return int(exact.to_integral_value(rounding=ROUND_HALF_UP))
 

@@ -12,14 +12,21 @@ single upstream of TYPEGPT_BASE_URL and TYPEGPT_API_KEY.
         priority: 1                     # lower is tried first (default 0)
         weight: 1                       # share among upstreams of one priority
         model_map: {gpt-5: gpt-5-2025-08-07}
+        responses: native               # has POST /v1/responses (default: bridged)
         prices:                         # what this upstream charges, where it differs
           gpt-5: {input: 1.5, cached_input: 0.15, output: 12}
     prices:                             # USD per 1M tokens; over the shipped defaults
       gpt-4o: {input: 2.5, cached_input: 1.25, output: 10}
       gpt-5-model-router: null          # no price: cost unknown
+    model_routes:                       # the routes a model is offered on (default: all)
+      text-embedding-3-small: [embeddings]
 
 Prices are keyed by the gateway's model names (the catalog's), not an upstream's `model_map`
 names; see prices.py for how they combine.
+
+`responses` says how `POST /v1/responses` reaches an upstream: `native` forwards it as is (the
+upstream has the Responses API), `bridged` (the default, and TypeGPT's case: it has only chat
+completions) turns it into a chat completion and the answer back into a Response.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -38,6 +46,10 @@ from .prices import Price, PriceList, overlay, shipped_prices
 
 class ConfigError(Exception):
     """A config file that cannot be used; the message says why and where."""
+
+
+# How an upstream serves the Responses API (see the module's docstring).
+ResponsesMode = Literal["native", "bridged"]
 
 
 class UpstreamConfig(BaseModel):
@@ -52,6 +64,7 @@ class UpstreamConfig(BaseModel):
     weight: float = Field(default=1.0, gt=0)
     model_map: dict[str, str] = Field(default_factory=dict)
     prices: dict[str, Price | None] = Field(default_factory=dict)
+    responses: ResponsesMode = "bridged"
 
     @model_validator(mode="after")
     def _one_key_source(self) -> UpstreamConfig:
@@ -65,6 +78,8 @@ class GatewayConfig(BaseModel):
 
     upstreams: tuple[UpstreamConfig, ...] = Field(min_length=1)
     prices: dict[str, Price | None] = Field(default_factory=dict)
+    # Model -> the names of the routes it is offered on (chat/routes.py checks the names).
+    model_routes: dict[str, tuple[str, ...]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -89,6 +104,7 @@ class UpstreamSpec:
     priority: int
     weight: float
     model_map: Mapping[str, str]
+    responses: ResponsesMode = "bridged"
 
 
 def load_config(path: Path) -> GatewayConfig:
@@ -154,9 +170,20 @@ def upstream_specs(
                 priority=upstream.priority,
                 weight=upstream.weight,
                 model_map=dict(upstream.model_map),
+                responses=upstream.responses,
             )
         )
     return tuple(specs)
+
+
+def responses_mode(specs: tuple[UpstreamSpec, ...], model: str) -> ResponsesMode:
+    """How a Responses request for `model` goes: natively only when every upstream that may
+    serve it has the Responses API, so that failover never lands a native request on an
+    upstream without it; otherwise bridged, which every OpenAI-compatible upstream can take."""
+    serving = [spec for spec in specs if spec.models is None or model in spec.models]
+    if serving and all(spec.responses == "native" for spec in serving):
+        return "native"
+    return "bridged"
 
 
 def price_list(settings: Settings) -> PriceList:
@@ -169,3 +196,12 @@ def price_list(settings: Settings) -> PriceList:
     return PriceList(
         base, {upstream.name: overlay(base, upstream.prices) for upstream in config.upstreams}
     )
+
+
+def model_routes(settings: Settings) -> dict[str, frozenset[str]]:
+    """The routes each model the config file names is limited to; a model it does not name
+    (or every model, without a file) is offered on every route."""
+    if settings.config is None:
+        return {}
+    config = load_config(settings.config)
+    return {model: frozenset(routes) for model, routes in config.model_routes.items()}

@@ -52,6 +52,16 @@ class ChatServiceStub:
                 request_serializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.StreamChatCompletionRequest.SerializeToString,
                 response_deserializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.StreamChatCompletionResponse.FromString,
                 _registered_method=True)
+        self.CreateResponseHttp = channel.unary_stream(
+                '/typegpt.gateway.v1.ChatService/CreateResponseHttp',
+                request_serializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseHttpRequest.SerializeToString,
+                response_deserializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseHttpResponse.FromString,
+                _registered_method=True)
+        self.CreateResponse = channel.unary_unary(
+                '/typegpt.gateway.v1.ChatService/CreateResponse',
+                request_serializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseRequest.SerializeToString,
+                response_deserializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/typegpt.gateway.v1.ChatService/ListModels',
                 request_serializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.ListModelsRequest.SerializeToString,
@@ -94,6 +104,23 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateResponseHttp(self, request, context):
+        """OpenAI's `POST /v1/responses` (the Responses API), streamed (its typed events, `event:`
+        lines included) or not. Like CreateChatCompletionHttp the body is the client's raw JSON:
+        forwarded as is to an upstream that has the Responses API, or bridged to a chat
+        completion for one that has only chat completions (README, "The Responses API").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateResponse(self, request, context):
+        """A non-streamed response for gRPC callers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """The models this caller may use, in OpenAI's list shape.
         """
@@ -127,6 +154,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.StreamChatCompletion,
                     request_deserializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.StreamChatCompletionRequest.FromString,
                     response_serializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.StreamChatCompletionResponse.SerializeToString,
+            ),
+            'CreateResponseHttp': grpc.unary_stream_rpc_method_handler(
+                    servicer.CreateResponseHttp,
+                    request_deserializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseHttpRequest.FromString,
+                    response_serializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseHttpResponse.SerializeToString,
+            ),
+            'CreateResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateResponse,
+                    request_deserializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseRequest.FromString,
+                    response_serializer=typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -223,6 +260,60 @@ class ChatService:
             '/typegpt.gateway.v1.ChatService/StreamChatCompletion',
             typegpt_dot_gateway_dot_v1_dot_chat__pb2.StreamChatCompletionRequest.SerializeToString,
             typegpt_dot_gateway_dot_v1_dot_chat__pb2.StreamChatCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateResponseHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/typegpt.gateway.v1.ChatService/CreateResponseHttp',
+            typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseHttpRequest.SerializeToString,
+            typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseHttpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/typegpt.gateway.v1.ChatService/CreateResponse',
+            typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseRequest.SerializeToString,
+            typegpt_dot_gateway_dot_v1_dot_chat__pb2.CreateResponseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,294 @@
+"""The Responses API's RPCs (`POST /v1/responses` and the typed CreateResponse), served by the
+chat service. A request goes natively to upstreams that have the Responses API, or through the
+bridge (responses/) as a chat completion; either way through the one pipeline, as the route
+`responses`, with the chat route's keys, rules, limits, budgets and failover."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import orjson
+from google.protobuf import json_format, struct_pb2
+
+from typegpt.gateway.v1 import chat_pb2
+
+from ..chat.answer import Passthrough, Stream
+from ..chat.pipeline import ChatPipeline
+from ..chat.request import JSON_TYPE
+from ..chat.responses_request import FINAL_EVENTS, read_responses_request
+from ..chat.routes import RESPONSES, OpenAIRoute
+from ..chat.sse import DONE, KEEPALIVE_FRAME
+from ..errors import GatewayError
+from ..ops import observe
+from ..responses.bridge_request import to_chat_request
+from ..responses.bridge_route import BRIDGED
+from ..responses.bridge_stream import EventStream, event_frame
+from ..responses.response_object import ResponseShape, from_completion
+from ..upstream.upstreams_file import responses_mode
+from . import http_route, proto_json
+from .rpc import abort, as_gateway_error, authorization_of
+
+EVENT_STREAM = "text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A Responses request ready for the pipeline: the route and the body it sends, and for
+    the bridge the Response its answer becomes."""
+
+    route: OpenAIRoute
+    body: bytes
+    content_type: str
+    shape: ResponseShape | None
+
+
+class ResponsesRpcs:
+    """ChatService's Responses API RPCs (a part of ChatServicer)."""
+
+    _pipeline: ChatPipeline
+    _log_bodies: bool
+
+    async def _prepare(self, body: bytes, content_type: str, context: observe.Context) -> _Prepared:
+        # The key first, as on every route: a client without one learns nothing of the body.
+        exchange = observe.current()
+        key = await self._pipeline.authenticate(authorization_of(context))
+        exchange.key = key.name
+        document = read_responses_request(body, content_type)
+        # The log line and metrics of a request the bridge refuses name its model too.
+        model = document["model"]
+        exchange.asked_for(model, known=model in self._pipeline.catalog)
+        specs = tuple(upstream.spec for upstream in self._pipeline.upstreams.upstreams)
+        if responses_mode(specs, model) == "native":
+            return _Prepared(RESPONSES, body, content_type, None)
+        chat = orjson.dumps(to_chat_request(document))
+        return _Prepared(BRIDGED, chat, JSON_TYPE, ResponseShape.of(document))
+
+    @contextlib.asynccontextmanager
+    async def _response_answer(
+        self, body: bytes, content_type: str, context: observe.Context
+    ) -> AsyncIterator[tuple[bytes | Stream, ResponseShape | None]]:
+        try:
+            prepared = await self._prepare(body, content_type, context)
+        except Exception as exc:
+            await abort(context, as_gateway_error(exc))
+            raise AssertionError("unreachable: abort raises") from exc
+        async with http_route.answer(
+            self._pipeline,
+            prepared.route,
+            prepared.body,
+            context,
+            prepared.content_type,
+            log_bodies=self._log_bodies,
+        ) as answered:
+            if isinstance(answered, Passthrough):
+                raise AssertionError("unreachable: the responses routes do not pass through")
+            yield answered, prepared.shape
+
+    @observe.rpc("ChatService/CreateResponseHttp", transcoded=True)
+    async def CreateResponseHttp(
+        self,
+        request: chat_pb2.CreateResponseHttpRequest,
+        context: grpc.aio.ServicerContext[
+            chat_pb2.CreateResponseHttpRequest, chat_pb2.CreateResponseHttpResponse
+        ],
+    ) -> AsyncGenerator[chat_pb2.CreateResponseHttpResponse, None]:
+        http_body = request.http_body
+        async with self._response_answer(http_body.data, http_body.content_type, context) as (
+            answered,
+            shape,
+        ):
+            exchange = observe.current()
+            if isinstance(answered, bytes):
+                data = answered if shape is None else _bridged_answer(shape, answered)
+                exchange.sent_first_byte()
+                yield _http_message(data, JSON_TYPE)
+                return
+            frames = _native_frames(answered) if shape is None else _bridged_frames(answered, shape)
+            # The first message's content type becomes the HTTP Content-Type.
+            content_type = EVENT_STREAM
+            with observe.streaming(exchange):
+                async with contextlib.aclosing(frames):
+                    async for frame in frames:
+                        if frame != KEEPALIVE_FRAME:
+                            exchange.sent_first_byte()
+                        yield _http_message(frame, content_type)
+                        content_type = ""
+
+    @observe.rpc("ChatService/CreateResponse")
+    async def CreateResponse(
+        self,
+        request: chat_pb2.CreateResponseRequest,
+        context: grpc.aio.ServicerContext[
+            chat_pb2.CreateResponseRequest, chat_pb2.CreateResponseResponse
+        ],
+    ) -> chat_pb2.CreateResponseResponse:
+        try:
+            document = proto_json.struct_document(request.params)
+            if document.get("stream"):
+                raise GatewayError(
+                    400,
+                    "CreateResponse answers whole responses: leave 'stream' unset, or call "
+                    "POST /v1/responses for a stream.",
+                    "invalid_request_error",
+                    "stream",
+                )
+        except GatewayError as error:
+            await abort(context, error)
+            raise
+        async with self._response_answer(orjson.dumps(document), JSON_TYPE, context) as (
+            answered,
+            shape,
+        ):
+            if not isinstance(answered, bytes):
+                raise AssertionError("unreachable: the body does not stream")
+            try:
+                data = answered if shape is None else _bridged_answer(shape, answered)
+                return _typed_response(orjson.loads(data))
+            except Exception as exc:
+                await abort(context, as_gateway_error(exc))
+            raise AssertionError("unreachable: abort raises")
+
+
+def _bridged_answer(shape: ResponseShape, completion: bytes) -> bytes:
+    try:
+        document = orjson.loads(completion)
+        if not isinstance(document, dict):
+            raise TypeError(f"expected an object, got {type(document).__name__}")
+        return orjson.dumps(from_completion(shape, document))
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise GatewayError(
+            502, "The upstream API's chat completion could not be read.", "api_error"
+        ) from exc
+
+
+async def _bridged_frames(stream: Stream, shape: ResponseShape) -> AsyncGenerator[bytes, None]:
+    """The Responses API's events made of a chat completion stream, a network read's worth at
+    a time; a failure ends the stream with `error` and `response.failed`."""
+    events = EventStream(shape)
+    yield b"".join(map(event_frame, events.start()))
+    try:
+        async with contextlib.aclosing(stream.batches()) as batches:
+            async for batch in batches:
+                if not batch:
+                    yield KEEPALIVE_FRAME
+                    continue
+                made = []
+                for data in batch:
+                    if data != DONE:
+                        chunk = orjson.loads(data)
+                        if isinstance(chunk, dict):
+                            made += events.feed(chunk)
+                    else:
+                        made += events.finish()
+                if made:
+                    yield b"".join(map(event_frame, made))
+    except Exception as exc:
+        error = as_gateway_error(exc)
+        observe.current().failed(error)
+        yield b"".join(map(event_frame, events.fail(error.payload())))
+
+
+async def _native_frames(stream: Stream) -> AsyncGenerator[bytes, None]:
+    """The upstream's own events, each under an `event:` line named like its type (the
+    pipeline reads only `data`). The stream ends with its final event: the Responses API sends
+    no `[DONE]` after it."""
+    sequence = -1
+    try:
+        async with contextlib.aclosing(stream.batches()) as batches:
+            async for batch in batches:
+                if not batch:
+                    yield KEEPALIVE_FRAME
+                    continue
+                frames, final = [], False
+                for data in batch:
+                    if data == DONE:
+                        continue
+                    kind, sequence = _event_type(data, sequence)
+                    frames.append(
+                        (b"event: " + kind.encode() + b"\n" if kind else b"")
+                        + b"data: "
+                        + data
+                        + b"\n\n"
+                    )
+                    final = final or kind in FINAL_EVENTS
+                yield b"".join(frames)
+                if final:
+                    return
+    except Exception as exc:
+        error = as_gateway_error(exc)
+        observe.current().failed(error)
+        event = {
+            "type": "error",
+            "sequence_number": sequence + 1,
+            "code": str(error.status),
+            "message": error.message,
+            "param": error.param,
+        }
+        yield event_frame(event)
+
+
+def _event_type(data: bytes, sequence: int) -> tuple[str, int]:
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return "", sequence
+    if not isinstance(event, dict):
+        return "", sequence
+    number = event.get("sequence_number")
+    kind = event.get("type")
+    # Only a plain name goes on the event line: a line break would forge another field.
+    if not isinstance(kind, str) or not kind.isprintable():
+        kind = ""
+    return kind, number if isinstance(number, int) else sequence
+
+
+def _typed_response(document: Any) -> chat_pb2.CreateResponseResponse:
+    if not isinstance(document, dict):
+        raise GatewayError(502, "The upstream API's response is not an object.", "api_error")
+    usage = _object(document.get("usage"))
+    texts = [
+        part.get("text", "")
+        for item in document.get("output") or ()
+        if isinstance(item, dict) and item.get("type") == "message"
+        for part in item.get("content") or ()
+        if isinstance(part, dict) and part.get("type") == "output_text"
+    ]
+    whole = struct_pb2.Struct()
+    json_format.ParseDict(document, whole)
+    return chat_pb2.CreateResponseResponse(
+        id=str(document.get("id") or ""),
+        status=str(document.get("status") or ""),
+        model=str(document.get("model") or ""),
+        output_text="".join(texts),
+        usage=chat_pb2.ResponseUsage(
+            input_tokens=_int(usage.get("input_tokens")),
+            cached_tokens=_int(_object(usage.get("input_tokens_details")).get("cached_tokens")),
+            output_tokens=_int(usage.get("output_tokens")),
+            reasoning_tokens=_int(
+                _object(usage.get("output_tokens_details")).get("reasoning_tokens")
+            ),
+            total_tokens=_int(usage.get("total_tokens")),
+        ),
+        response=whole,
+    )
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int else 0
+
+
+def _http_message(data: bytes, content_type: str) -> chat_pb2.CreateResponseHttpResponse:
+    # Filled in place, as http_route does: an HttpBody built apart would be copied.
+    message = chat_pb2.CreateResponseHttpResponse()
+    body = message.http_body
+    body.content_type = content_type
+    body.data = data
+    return message

@@ -1,0 +1,66 @@
+"""A Responses API request (`POST /v1/responses`) as the gateway reads it, and the usage its
+answer reports (a Response, or a stream's final event). Pure rules; the route itself is
+chat/routes.py's RESPONSES, and the bridge to chat completions is in responses/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..usage import Usage
+from .request import JSON_TYPE, ApiRequest, read_json_object, read_model, read_stream
+from .usage_meter import MAX_REPORTED_TOKENS, UnusableUsageError, estimate_prompt_tokens
+
+WHAT = "a Responses request"
+# The events whose response carries the usage: the stream's last.
+FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def read_responses_request(body: bytes, content_type: str = JSON_TYPE) -> dict[str, Any]:
+    """The request as a JSON object with a model, or the 400."""
+    document = read_json_object(body, content_type, WHAT)
+    read_model(document.get("model"))
+    read_stream(document)
+    return document
+
+
+def parse_responses_request(body: bytes, content_type: str = JSON_TYPE) -> ApiRequest:
+    document = read_responses_request(body, content_type)
+    return ApiRequest(
+        model=read_model(document.get("model")),
+        stream=read_stream(document),
+        # The Responses API always reports the usage (in the last event of a stream):
+        # there is nothing to ask for, and nothing to strip.
+        include_usage=True,
+        prompt_tokens=estimate_prompt_tokens(document),
+    )
+
+
+def responses_usage(document: Any) -> Usage | None:
+    """The usage of a Response, or of a stream event that carries the final Response."""
+    if not isinstance(document, dict):
+        return None
+    if document.get("object") != "response":
+        if document.get("type") not in FINAL_EVENTS:
+            return None
+        document = document.get("response")
+        if not isinstance(document, dict):
+            return None
+    usage = document.get("usage")
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        raise UnusableUsageError(f"usage is a {type(usage).__name__}, not an object")
+    given, made = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+    if given is None or made is None:
+        raise UnusableUsageError(
+            f"input_tokens and output_tokens are not counts from 0 to {MAX_REPORTED_TOKENS}"
+        )
+    details = usage.get("input_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    return Usage(given, made, cached_tokens=cached if cached is not None and cached <= given else 0)
+
+
+def _count(value: Any) -> int | None:
+    if type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS:
+        return value
+    return None

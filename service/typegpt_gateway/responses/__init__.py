@@ -1,0 +1,2 @@
+"""The Responses API (`POST /v1/responses`): the bridge to chat completions for upstreams
+without it."""

@@ -1,0 +1,52 @@
+"""How the gateway reads a Responses request and the usage its answers report."""
+
+from __future__ import annotations
+
+import pytest
+
+from typegpt_gateway.chat.catalog import Catalog
+from typegpt_gateway.chat.responses_request import parse_responses_request, responses_usage
+from typegpt_gateway.chat.routes import RESPONSES
+from typegpt_gateway.chat.usage_meter import UnusableUsageError
+from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.usage import Usage
+
+USAGE = {
+    "input_tokens": 12,
+    "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 0},
+    "output_tokens": 7,
+    "output_tokens_details": {"reasoning_tokens": 3},
+    "total_tokens": 19,
+}
+
+
+def test_a_request_names_its_model_and_stream_and_never_asks_for_usage() -> None:
+    request = parse_responses_request(b'{"model": "gpt-4o", "input": "Hi", "stream": true}')
+    assert (request.model, request.stream, request.include_usage) == ("gpt-4o", True, True)
+    assert request.prompt_tokens > 0
+    with pytest.raises(GatewayError) as refused:
+        parse_responses_request(b'{"input": "Hi"}')
+    assert refused.value.param == "model"
+
+
+def test_usage_of_a_response_and_of_a_streams_final_event() -> None:
+    expected = Usage(12, 7, cached_tokens=4)
+    assert responses_usage({"object": "response", "usage": USAGE}) == expected
+    final = {"type": "response.completed", "response": {"object": "response", "usage": USAGE}}
+    assert responses_usage(final) == expected
+    delta = {"type": "response.output_text.delta", "delta": "Hi"}
+    assert responses_usage(delta) is None
+    created = {"type": "response.created", "response": {"object": "response", "usage": None}}
+    assert responses_usage(created) is None
+    with pytest.raises(UnusableUsageError):
+        responses_usage({"object": "response", "usage": {"input_tokens": -1, "output_tokens": 1}})
+
+
+def test_a_model_can_be_limited_to_the_responses_route_or_kept_off_it() -> None:
+    catalog = Catalog(("gpt-4o", "o3"), owned_by="x", created=0, routes={"o3": frozenset({"chat"})})
+    key = type("Key", (), {"allows_model": staticmethod(lambda model: True)})()
+    assert catalog.resolve("gpt-4o", key, RESPONSES).id == "gpt-4o"  # type: ignore[arg-type]
+    with pytest.raises(GatewayError) as refused:
+        catalog.resolve("o3", key, RESPONSES)  # type: ignore[arg-type]
+    assert refused.value.status == 400 and "/v1/responses" in refused.value.message
+    Catalog(("o3",), owned_by="x", created=0, routes={"o3": frozenset({"responses"})})
