@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -55,14 +55,19 @@ def _end_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports free right now (each held until all are picked)."""
+def _free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
+    """`count` distinct loopback ports free right now (each held until all are picked), none
+    of them in `avoid`: the ports the gateway's own listeners bind after the workers start,
+    which are free right now too, so the kernel may offer them (a worker on Envoy's gRPC
+    port stops the gateway at start)."""
     with contextlib.ExitStack() as held:
         ports: list[int] = []
-        for _ in range(count):
+        while len(ports) < count:
             sock = held.enter_context(socket.socket())
             sock.bind((WORKER_HOST, 0))
-            ports.append(sock.getsockname()[1])
+            port = sock.getsockname()[1]
+            if port not in avoid:  # one to avoid stays held too, so it is not offered again
+                ports.append(port)
         return ports
 
 
@@ -105,7 +110,13 @@ def worker_environment(
 class WorkerPool:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        ports = iter(_free_ports(2 * settings.workers))
+        own = (
+            settings.http_port,
+            settings.grpc_port,
+            settings.metrics_port,
+            settings.envoy_admin_port,
+        )
+        ports = iter(_free_ports(2 * settings.workers, avoid=own))
         # Metrics port 0 (off) holds for the workers too.
         self.workers = [
             Worker(i, next(ports), next(ports) if settings.metrics_port else 0)
