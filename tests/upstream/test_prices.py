@@ -20,6 +20,8 @@ GPT_4O = Price(input=Decimal("2.5"), cached_input=Decimal("1.25"), output=Decima
 GUIDE_MODELS = (
     "gpt-4o", "o3-mini", "gpt-4.1", "o3", "gpt-5-chat", "gpt-5-model-router", "gpt-5", "gpt-5-mini",
 )  # fmt: skip
+# Priced per character spoken or minute transcribed.
+AUDIO_MODELS = ("tts-1", "tts-1-hd", "whisper-1")
 
 
 def test_one_usd_per_million_tokens_is_one_micro_dollar_per_token():
@@ -95,9 +97,13 @@ def test_prices_refuse_what_is_no_price():
 def test_shipped_defaults_price_the_guides_models_with_a_source_and_a_date():
     prices = shipped_prices()
     # The model router's price is not known: left out, unknown rather than 0.
-    assert set(prices) == set(GUIDE_MODELS) - {"gpt-5-model-router"}
+    assert set(prices) == (set(GUIDE_MODELS) - {"gpt-5-model-router"}) | set(AUDIO_MODELS)
     for model, price in prices.items():
-        assert price is not None and price.input > 0 and price.output > 0, model
+        assert price is not None, model
+        if model in AUDIO_MODELS:
+            assert (price.characters or price.minute or 0) > 0, model
+        else:
+            assert price.input > 0 and price.output > 0, model
     text = (resources.files("typegpt_gateway.upstream") / DEFAULTS_FILE).read_text()
     lines = text.splitlines()
     for index, line in enumerate(lines):
@@ -110,6 +116,9 @@ def test_shipped_defaults_price_the_guides_models_with_a_source_and_a_date():
     assert prices["gpt-5"] == Price(
         input=Decimal("1.25"), cached_input=Decimal("0.125"), output=Decimal(10)
     )
+    assert prices["tts-1"] == Price(characters=Decimal(15))
+    assert prices["tts-1-hd"] == Price(characters=Decimal(30))
+    assert prices["whisper-1"] == Price(minute=Decimal("0.006"))
 
 
 def _write(tmp_path: Path, text: str) -> Path:
