@@ -49,6 +49,7 @@ __all__ = [
     "SPEECH_CHUNKS",
     "SYSTEM_FINGERPRINT",
     "TRANSCRIPT",
+    "TRANSCRIPTION_SECONDS",
     "FakeUpstream",
     "RecordedRequest",
     "Reply",
@@ -295,6 +296,8 @@ def make_stream_chunks(
 
 EMBEDDING_DIMENSIONS = 8
 TRANSCRIPT = "Hello from the fake transcription."
+# The seconds of audio a whisper-1 transcription reports in its usage.
+TRANSCRIPTION_SECONDS = 2.5
 # The default speech: audio in a few chunks, sent apart so that a client can see it stream.
 SPEECH_CHUNKS: tuple[bytes, ...] = (b"ID3\x04fake-audio-", b"\x00\xff" * 512, b"-end")
 # A 1x1 PNG, for images asked as b64_json.
@@ -1106,6 +1109,9 @@ class _Handler(BaseHTTPRequestHandler):
         answer: dict[str, Any] = {"text": TRANSCRIPT}
         if response_format == "verbose_json":
             answer.update(language="english", duration=1.0, segments=[])
+        elif fields["model"] == b"whisper-1":
+            # As OpenAI's whisper-1 reports it: billed by the seconds of audio.
+            answer["usage"] = {"type": "duration", "seconds": TRANSCRIPTION_SECONDS}
         else:
             answer["usage"] = {
                 "type": "tokens",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -13,7 +14,12 @@ from typegpt_gateway.api import proto_json
 from typegpt_gateway.chat import multipart
 from typegpt_gateway.chat.catalog import Catalog
 from typegpt_gateway.chat.routes import CHAT, EMBEDDINGS, IMAGES, ROUTES, SPEECH, TRANSCRIPTIONS
-from typegpt_gateway.chat.usage_meter import embeddings_usage, images_usage
+from typegpt_gateway.chat.usage_meter import (
+    UnusableUsageError,
+    embeddings_usage,
+    images_usage,
+    transcription_usage,
+)
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.keystore.records import KeyRecord
 from typegpt_gateway.upstream.upstreams_file import ConfigError
@@ -97,6 +103,71 @@ def test_images_usage_counts_images_and_reported_tokens() -> None:
     assert images_usage({"data": [{}, {}]}) == Usage(images=2)
     answer = {"data": [{}], "usage": {"input_tokens": 10, "output_tokens": 20}}
     assert images_usage(answer) == Usage(10, 20, images=1)
+
+
+def test_speech_usage_is_its_inputs_characters_known_before_the_call() -> None:
+    body = '{"model": "tts-1", "voice": "alloy", "input": "¿Qué tal?"}'.encode()
+    request = SPEECH.parse(body, "application/json")
+    assert request.known_usage == Usage(characters=9)  # characters, not the 11 UTF-8 bytes
+    meter = SPEECH.meter(request, strip_usage_chunk=False)
+    # Its answer is audio, and even JSON from it reports nothing: the characters are its usage.
+    meter.see_answer(b'{"usage": {"prompt_tokens": 1, "completion_tokens": 1}}')
+    assert meter.usage() == Usage(characters=9)
+    missing = SPEECH.parse(b'{"model": "tts-1", "input": 3}', "")
+    assert missing.known_usage == Usage(characters=0)
+
+
+@pytest.mark.parametrize(
+    ("usage", "read"),
+    [
+        ({"type": "duration", "seconds": 3}, Usage(seconds=Decimal(3))),
+        # As the JSON spells it, not the binary float's expansion of 2.3.
+        ({"type": "duration", "seconds": 2.3}, Usage(seconds=Decimal("2.3"))),
+        (
+            {
+                "type": "tokens",
+                "input_tokens": 14,
+                "output_tokens": 45,
+                "total_tokens": 59,
+                "input_token_details": {"audio_tokens": 14, "text_tokens": 0},
+            },
+            Usage(14, 45),
+        ),
+    ],
+)
+def test_transcription_usage_is_its_seconds_or_its_tokens(usage, read) -> None:
+    assert transcription_usage({"text": "hi", "usage": usage}) == read
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"type": "duration", "seconds": -1},
+        {"type": "duration", "seconds": True},
+        {"type": "duration", "seconds": "3"},
+        {"type": "duration", "seconds": 10**12},
+        {"type": "duration"},
+        {"type": "tokens", "input_tokens": 1},
+        {"type": "minutes", "minutes": 1},
+        {"seconds": 3},
+        [1],
+    ],
+)
+def test_a_transcription_usage_of_no_use_is_said_so(usage) -> None:
+    with pytest.raises(UnusableUsageError):
+        transcription_usage({"text": "hi", "usage": usage})
+
+
+def test_a_transcription_without_usage_is_unmeasured() -> None:
+    """Text, srt or vtt (or JSON without usage): a request counted, its cost unknown."""
+    request = TRANSCRIPTIONS.parse(*upload({"model": "whisper-1"}))
+    assert transcription_usage({"text": "hi"}) is None
+    meter = TRANSCRIPTIONS.meter(request, strip_usage_chunk=False)
+    meter.see_answer(b"Hello there.")
+    assert meter.usage() == Usage(measured=False)
+    seen = TRANSCRIPTIONS.meter(request, strip_usage_chunk=False)
+    seen.see_answer(b'{"text": "hi", "usage": {"type": "duration", "seconds": 1.5}}')
+    assert seen.usage() == Usage(seconds=Decimal("1.5"))
 
 
 EVERYONE = KeyRecord(name="k", key_hash=b"h", prefix="sk-", created_at=0.0)

@@ -26,6 +26,7 @@ from fake_upstream import (
     EMBEDDING_DIMENSIONS,
     SPEECH_CHUNKS,
     TRANSCRIPT,
+    TRANSCRIPTION_SECONDS,
     FakeUpstream,
     Reply,
     embedding_vector,
@@ -41,9 +42,12 @@ INSTRUCT_MODEL = "gpt-3.5-turbo-instruct"
 IMAGE_MODEL = "dall-e-3"
 SPEECH_MODEL = "tts-1"
 TRANSCRIPTION_MODEL = "whisper-1"
+# Priced per token (its answer reports tokens), and a speech model without a price.
+TOKENS_TRANSCRIPTION_MODEL = "gpt-4o-transcribe"
+UNPRICED_SPEECH_MODEL = "gpt-4o-mini-tts"
 CHAT_MODEL = "gpt-4o"
 MODELS = (CHAT_MODEL, EMBEDDING_MODEL, INSTRUCT_MODEL, IMAGE_MODEL, SPEECH_MODEL)
-MODELS += (TRANSCRIPTION_MODEL,)
+MODELS += (TRANSCRIPTION_MODEL, TOKENS_TRANSCRIPTION_MODEL, UNPRICED_SPEECH_MODEL)
 TIMEOUT = 10.0
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 # A few bytes that are not UTF-8, as an audio file's are.
@@ -59,11 +63,15 @@ def config_file(workdir: Path, upstream: FakeUpstream) -> Path:
             {"name": "fake", "base_url": upstream.base_url, "api_key_env": "TYPEGPT_API_KEY"}
         ],
         "model_routes": {EMBEDDING_MODEL: ["embeddings"], IMAGE_MODEL: ["images"]},
-        # USD per 1M tokens, and per image: speech and transcriptions stay unpriced.
+        # USD per 1M tokens, per image, per 1M characters spoken, per minute transcribed;
+        # gpt-4o-mini-tts unpriced.
         "prices": {
             EMBEDDING_MODEL: {"input": 0.02, "output": 0},
             INSTRUCT_MODEL: {"input": 1.5, "output": 2},
             IMAGE_MODEL: {"image": 0.04},
+            SPEECH_MODEL: {"characters": 15},
+            TRANSCRIPTION_MODEL: {"minute": 0.006},
+            TOKENS_TRANSCRIPTION_MODEL: {"input": 2.5, "output": 10},
         },
     }
     path.write_text(json.dumps(document))
@@ -469,13 +477,59 @@ def test_the_ledger_counts_each_route(routes_gateway: Gateway, upstream: FakeUps
         assert by_model[model]["requests"] == 1
         assert by_model[model]["prompt_tokens"] == by_model[model]["completion_tokens"] == 0
     # Micro-dollars: 2 tokens at $0.02/1M round to 0; 1 in and 7 out at $1.5 and $2/1M to 16;
-    # 3 images at $0.04.
+    # 3 images at $0.04; 2 characters at $15/1M; 2.5 seconds at $0.006 a minute.
     assert by_model[EMBEDDING_MODEL]["cost_micro_usd"] == 0
     assert by_model[INSTRUCT_MODEL]["cost_micro_usd"] == 16
     assert by_model[IMAGE_MODEL]["cost_micro_usd"] == 120_000
-    assert by_model[IMAGE_MODEL]["unpriced_requests"] == 0
-    for model in (SPEECH_MODEL, TRANSCRIPTION_MODEL):
-        assert by_model[model]["unpriced_requests"] == 1
+    assert by_model[SPEECH_MODEL]["cost_micro_usd"] == 30
+    assert by_model[TRANSCRIPTION_MODEL]["cost_micro_usd"] == 250
+    for model in (IMAGE_MODEL, SPEECH_MODEL, TRANSCRIPTION_MODEL):
+        assert by_model[model]["unpriced_requests"] == 0
+
+
+def test_the_ledger_prices_audio_by_characters_seconds_or_tokens(
+    routes_gateway: Gateway,
+) -> None:
+    """Speech costs its input's characters, a whisper-1 transcription its seconds, a
+    gpt-4o-transcribe one its tokens; a speech model without a price, and a transcription
+    answered as text (no usage), are unpriced, never free."""
+    name = "ledger-audio"
+    counted = routes_gateway.wait_for_key(routes_gateway.create_key(name))
+    spoken = "Hello, world! ¿Qué tal?"  # 23 characters (not bytes: 25 in UTF-8)
+    with OpenAI(
+        base_url=routes_gateway.url + "/v1", api_key=counted, max_retries=0, timeout=TIMEOUT
+    ) as sdk:
+        sdk.audio.speech.create(model=SPEECH_MODEL, voice="alloy", input=spoken).read()
+        sdk.audio.speech.create(model=UNPRICED_SPEECH_MODEL, voice="alloy", input=spoken).read()
+        sdk.audio.transcriptions.create(model=TRANSCRIPTION_MODEL, file=("a.wav", AUDIO))
+        sdk.audio.transcriptions.create(
+            model=TRANSCRIPTION_MODEL, file=("a.wav", AUDIO), response_format="text"
+        )
+        sdk.audio.transcriptions.create(model=TOKENS_TRANSCRIPTION_MODEL, file=("a.wav", AUDIO))
+    assert routes_gateway.wait_for_ledger({name: 5}) == {name: 5}
+    rows = json.loads(routes_gateway.cli("keys", "usage", name, "--json").stdout)
+    by_model = {row["model"]: row for row in rows}
+    # 23 characters at $15 per 1M characters: 15 micro-dollars each.
+    assert len(spoken) == 23
+    assert by_model[SPEECH_MODEL]["cost_micro_usd"] == 23 * 15 == 345
+    assert by_model[SPEECH_MODEL]["unpriced_requests"] == 0
+    assert by_model[UNPRICED_SPEECH_MODEL]["cost_micro_usd"] == 0
+    assert by_model[UNPRICED_SPEECH_MODEL]["unpriced_requests"] == 1
+    # 2.5 seconds at $0.006 a minute (100 micro-dollars a second); the text answer unpriced.
+    assert TRANSCRIPTION_SECONDS == 2.5
+    whisper = by_model[TRANSCRIPTION_MODEL]
+    assert (whisper["requests"], whisper["cost_micro_usd"], whisper["unpriced_requests"]) == (
+        2,
+        250,
+        1,
+    )
+    assert whisper["prompt_tokens"] == whisper["completion_tokens"] == 0
+    # 10 tokens in and 6 out at $2.5 and $10 per 1M tokens: 25 + 60.
+    tokens = by_model[TOKENS_TRANSCRIPTION_MODEL]
+    assert (tokens["prompt_tokens"], tokens["completion_tokens"]) == (10, 6)
+    assert (tokens["cost_micro_usd"], tokens["unpriced_requests"]) == (85, 0)
+    for row in rows:
+        assert row["estimated_requests"] == 0, row["model"]
 
 
 def test_request_limits_count_every_route(routes_gateway: Gateway) -> None:

@@ -20,6 +20,8 @@ GPT_4O = Price(input=Decimal("2.5"), cached_input=Decimal("1.25"), output=Decima
 GUIDE_MODELS = (
     "gpt-4o", "o3-mini", "gpt-4.1", "o3", "gpt-5-chat", "gpt-5-model-router", "gpt-5", "gpt-5-mini",
 )  # fmt: skip
+# Priced per character spoken or minute transcribed.
+AUDIO_MODELS = ("tts-1", "tts-1-hd", "whisper-1")
 
 
 def test_one_usd_per_million_tokens_is_one_micro_dollar_per_token():
@@ -95,9 +97,13 @@ def test_prices_refuse_what_is_no_price():
 def test_shipped_defaults_price_the_guides_models_with_a_source_and_a_date():
     prices = shipped_prices()
     # The model router's price is not known: left out, unknown rather than 0.
-    assert set(prices) == set(GUIDE_MODELS) - {"gpt-5-model-router"}
+    assert set(prices) == (set(GUIDE_MODELS) - {"gpt-5-model-router"}) | set(AUDIO_MODELS)
     for model, price in prices.items():
-        assert price is not None and price.input > 0 and price.output > 0, model
+        assert price is not None, model
+        if model in AUDIO_MODELS:
+            assert (price.characters or price.minute or 0) > 0, model
+        else:
+            assert price.input > 0 and price.output > 0, model
     text = (resources.files("typegpt_gateway.upstream") / DEFAULTS_FILE).read_text()
     lines = text.splitlines()
     for index, line in enumerate(lines):
@@ -110,6 +116,9 @@ def test_shipped_defaults_price_the_guides_models_with_a_source_and_a_date():
     assert prices["gpt-5"] == Price(
         input=Decimal("1.25"), cached_input=Decimal("0.125"), output=Decimal(10)
     )
+    assert prices["tts-1"] == Price(characters=Decimal(15))
+    assert prices["tts-1-hd"] == Price(characters=Decimal(30))
+    assert prices["whisper-1"] == Price(minute=Decimal("0.006"))
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -187,3 +196,57 @@ def test_a_price_needs_its_token_prices_unless_it_prices_images():
     with pytest.raises(ValueError, match="output"):
         Price(input=Decimal(1))
     assert Price(image=Decimal(0)).input == 0
+
+
+def test_speech_is_priced_per_character():
+    # tts-1: $15 per 1M characters is 15 micro-dollars a character.
+    assert cost_micro_usd(Usage(characters=11), Price(characters=Decimal(15))) == 165
+    # 3 x 0.5 = 1.5: rounded once, half up.
+    assert cost_micro_usd(Usage(characters=3), Price(characters=Decimal("0.5"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("seconds", "micro_usd"),
+    [
+        # whisper-1: $0.006 a minute is 100 micro-dollars a second.
+        ("60", 6_000),
+        ("2.5", 250),
+        ("0", 0),
+        # 0.001 s is 0.1 micro-dollar: rounds to 0; 0.005 s is 0.5: rounds up to 1.
+        ("0.001", 0),
+        ("0.005", 1),
+    ],
+)
+def test_transcription_is_priced_per_minute_from_its_seconds(seconds, micro_usd):
+    whisper = Price(minute=Decimal("0.006"))
+    assert cost_micro_usd(Usage(seconds=Decimal(seconds)), whisper) == micro_usd
+
+
+def test_seconds_over_sixty_are_exact_before_the_one_rounding():
+    # $0.007 a minute is 116.66... micro-dollars a second: 3 s are exactly 350, which rounding
+    # per second (117 x 3 = 351) or a decimal of limited digits would miss.
+    price = Price(minute=Decimal("0.007"))
+    assert cost_micro_usd(Usage(seconds=Decimal(3)), price) == 350
+    assert cost_micro_usd(Usage(seconds=Decimal(1)), price) == 117
+
+
+def test_audio_the_price_does_not_price_is_unpriced_not_free():
+    tokens_only = Price(input=Decimal(1), output=Decimal(1))
+    assert cost_micro_usd(Usage(characters=5), tokens_only) is None
+    assert cost_micro_usd(Usage(seconds=Decimal(5)), tokens_only) is None
+    assert cost_micro_usd(Usage(seconds=Decimal(5)), Price(characters=Decimal(15))) is None
+    # Nothing measured (a transcription answered as text): unknown, whatever the price.
+    assert cost_micro_usd(Usage(measured=False), Price(minute=Decimal("0.006"))) is None
+    assert cost_micro_usd(Usage(measured=False), tokens_only) is None
+
+
+def test_a_transcription_in_tokens_costs_its_tokens():
+    # gpt-4o-transcribe reports tokens: priced at input and output like chat's.
+    price = Price(input=Decimal("2.5"), output=Decimal(10))
+    assert cost_micro_usd(Usage(10, 6), price) == 85
+
+
+def test_a_price_may_be_per_character_or_per_minute_alone():
+    assert Price(characters=Decimal(15)).input == Price(minute=Decimal(1)).output == 0
+    with pytest.raises(ValueError, match="characters or minute"):
+        Price.model_validate({"input": 1})

@@ -5,6 +5,7 @@ whose closing settles the request's account."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -22,6 +23,12 @@ from .sse import DONE, EventReader, is_error_event
 from .usage_meter import (
     UsageMeter,
 )
+
+logger = logging.getLogger(__name__)
+
+# A passed-through JSON answer read for its usage: a transcript with its segments and words
+# takes a few MB at most, far less than this.
+MAX_METERED_BYTES = 16 * 1024 * 1024
 
 
 def shutting_down() -> GatewayError:
@@ -173,7 +180,8 @@ class Stream:
 
 class Passthrough:
     """An upstream answer sent on as it comes, whatever it is (audio, text, events), with the
-    upstream's Content-Type: nothing is read into it but for secrets in text."""
+    upstream's Content-Type: nothing is read into it but for secrets in text, and a JSON
+    answer's usage (a transcription's) once it is all through."""
 
     def __init__(
         self,
@@ -181,14 +189,18 @@ class Passthrough:
         deadlines: Deadlines,
         *,
         stopping: asyncio.Future[None],
+        meter: UsageMeter,
     ) -> None:
         self._response = response
         self._deadlines = deadlines
         self._stopping = stopping
+        self._meter = meter
         self.content_type = response.headers.get("content-type", "application/octet-stream")
         # Text may echo a key (a debugging proxy): each chunk of it is redacted. Audio is not.
         kind = self.content_type.partition(";")[0].strip().lower()
         self._text = kind.startswith("text/") or kind.endswith(("json", "xml"))
+        # A JSON answer is kept (up to MAX_METERED_BYTES) to read its usage at the end.
+        self._kept: bytearray | None = bytearray() if kind.endswith("json") else None
         self.failed = False
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
@@ -226,7 +238,10 @@ class Passthrough:
                     if not chunk:
                         break
                 self._deadlines.got_bytes()
+                self._keep(chunk)
                 yield redact_bytes(chunk) if self._text else chunk
+            if self._kept is not None:
+                self._meter.see_answer(bytes(self._kept))
             failed = False
         except (GeneratorExit, asyncio.CancelledError):
             failed = False  # the client went away: its choice, not an error
@@ -240,6 +255,16 @@ class Passthrough:
             self.failed = failed
             self._stopping.remove_done_callback(stop)
             self.release()
+
+    def _keep(self, chunk: bytes) -> None:
+        if self._kept is None:
+            return
+        if len(self._kept) + len(chunk) > MAX_METERED_BYTES:
+            # Its usage goes unread: the request counts as unmeasured, its cost unknown.
+            logger.warning("a JSON answer passed through is over %d bytes", MAX_METERED_BYTES)
+            self._kept = None
+            return
+        self._kept += chunk
 
     def release(self) -> None:
         finish(self._response)

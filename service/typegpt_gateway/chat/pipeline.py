@@ -96,7 +96,8 @@ class ChatPipeline:
             account.served_by(opened.upstream)
             response = opened.response
             if route.passthrough:
-                return Answer(Passthrough(response, deadlines, stopping=self.stopping), account)
+                passthrough = Passthrough(response, deadlines, stopping=self.stopping, meter=meter)
+                return Answer(passthrough, account)
             if request.stream:
                 stream = Stream(
                     response,

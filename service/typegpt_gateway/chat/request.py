@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from ..errors import GatewayError
+from ..usage import Usage
 from .multipart import MULTIPART_TYPE, form_field
 from .usage_meter import (
     estimate_prompt_tokens,
@@ -30,6 +31,9 @@ class ApiRequest:
     include_usage: bool | None = None
     # The prompt's estimate, for when the upstream's usage never comes.
     prompt_tokens: int = 0
+    # What the request itself tells of its usage, before the call (speech: the characters of
+    # its input); None when only the answer tells.
+    known_usage: Usage | None = None
 
 
 # Chat's name for it, which its tests know.
@@ -202,10 +206,13 @@ def parse_chat_request(body: bytes, content_type: str = JSON_TYPE) -> ChatReques
 RequestParser = Callable[[bytes, str], ApiRequest]
 
 
-def json_request_parser(what: str, *, streams: bool) -> RequestParser:
+def json_request_parser(
+    what: str, *, streams: bool, measure: Callable[[dict[str, Any]], Usage] | None = None
+) -> RequestParser:
     """The reading of a route whose body is a JSON object naming its model (`what` names the
     request in messages: "an embeddings request"); a route that does not `streams` refuses
-    `"stream": true` rather than forward a stream it would read as one JSON answer."""
+    `"stream": true` rather than forward a stream it would read as one JSON answer. `measure`
+    reads the usage a request tells of itself (speech's characters)."""
 
     def parse(body: bytes, content_type: str) -> ApiRequest:
         document = read_json_object(body, content_type, what)
@@ -222,6 +229,7 @@ def json_request_parser(what: str, *, streams: bool) -> RequestParser:
             stream=stream,
             include_usage=read_include_usage(document) if stream else None,
             prompt_tokens=estimate_prompt_tokens(document),
+            known_usage=measure(document) if measure is not None else None,
         )
 
     return parse

@@ -12,7 +12,16 @@ from ..upstream.client import CHAT_CALL, UpstreamCall
 from . import multipart
 from .request import ApiRequest, form_request_parser, json_request_parser, parse_chat_request
 from .responses_request import parse_responses_request, responses_usage
-from .usage_meter import UsageMeter, UsageReader, chat_usage, embeddings_usage, images_usage
+from .usage_meter import (
+    UsageMeter,
+    UsageReader,
+    chat_usage,
+    embeddings_usage,
+    images_usage,
+    no_usage,
+    speech_characters,
+    transcription_usage,
+)
 
 # Audio, or text in the format the request asks for: whatever the upstream makes of it.
 ANY = "*/*"
@@ -30,10 +39,12 @@ class OpenAIRoute:
     parse: Callable[[bytes, str], ApiRequest]
     read_usage: UsageReader = chat_usage
     # Whether tokens are counted: a route that counts none (images, audio) counts requests,
-    # and nothing is estimated for it.
+    # and nothing is estimated for it: its usage is what the answer reports, or the request
+    # tells (speech's characters), else unmeasured (its cost unknown).
     counts_tokens: bool = True
     # The answer goes to the client as the upstream sends it, bytes as they come, with the
-    # upstream's Content-Type (audio): neither read whole as JSON nor as SSE events.
+    # upstream's Content-Type (audio): neither read whole as JSON nor as SSE events (a JSON
+    # one is also read for its usage once it is all through).
     passthrough: bool = False
 
     def meter(self, request: ApiRequest, *, strip_usage_chunk: bool) -> UsageMeter:
@@ -42,6 +53,7 @@ class OpenAIRoute:
             strip_usage_chunk=strip_usage_chunk,
             read_usage=self.read_usage,
             estimates=self.counts_tokens,
+            known=request.known_usage,
         )
 
 
@@ -81,17 +93,20 @@ IMAGES = OpenAIRoute(
     read_usage=images_usage,
     counts_tokens=False,
 )
-# Counted as requests: the audio goes to the client as it comes.
+# Counted as requests, and as the characters of the request's `input` (priced per character
+# where the price table says so): the audio goes to the client as it comes.
 SPEECH = OpenAIRoute(
     "speech",
     "/v1/audio/speech",
     UpstreamCall("/audio/speech", accept=ANY, stream_accept=ANY),
-    json_request_parser("a speech request", streams=False),
+    json_request_parser("a speech request", streams=False, measure=speech_characters),
+    read_usage=no_usage,
     counts_tokens=False,
     passthrough=True,
 )
 # Counted as requests: the upload goes upstream byte for byte, the model a form field of it;
-# the answer in whatever format it asked for (json, text, srt, vtt, or events).
+# the answer in whatever format it asked for (json, text, srt, vtt, or events). A JSON answer's
+# usage counts: seconds of audio (priced per minute) or tokens; any other is unmeasured.
 TRANSCRIPTIONS = OpenAIRoute(
     "transcriptions",
     "/v1/audio/transcriptions",
@@ -99,6 +114,7 @@ TRANSCRIPTIONS = OpenAIRoute(
         "/audio/transcriptions", accept=ANY, stream_accept=ANY, rename=multipart.replace_model
     ),
     form_request_parser("a transcription request"),
+    read_usage=transcription_usage,
     counts_tokens=False,
     passthrough=True,
 )

@@ -28,6 +28,7 @@ import logging
 import math
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -41,6 +42,8 @@ CHARS_PER_TOKEN = 4
 # Beyond any context window: a larger count is garbage, and counts this size summed over many
 # requests stay far from the 64-bit integers of the key store and Redis.
 MAX_REPORTED_TOKENS = 10**9
+# A year of audio: beyond any upload a transcription route takes (OpenAI's is 25 MB).
+MAX_REPORTED_SECONDS = 366 * 24 * 3600
 # OpenAI's count for one high-detail image of up to 2048 x 768 pixels is 1,105; the URL or data
 # of an image says little about its count and base64 would be counted many times over.
 IMAGE_TOKENS = 1_000
@@ -213,6 +216,51 @@ def images_usage(document: Any) -> Usage | None:
     )
 
 
+def no_usage(document: Any) -> Usage | None:
+    """None: an answer that reports no usage of its own (speech's is audio; its usage is its
+    request's characters, see `speech_characters`)."""
+    return None
+
+
+def speech_characters(document: dict[str, Any]) -> Usage:
+    """A speech request's usage, known before the call: the characters of its `input` (none
+    when it is not a string, which the upstream refuses)."""
+    text = document.get("input")
+    return Usage(characters=len(text) if isinstance(text, str) else 0)
+
+
+def transcription_usage(document: Any) -> Usage | None:
+    """A transcription's usage where its JSON answer reports one: `{"type": "duration",
+    "seconds": N}` (whisper-1) is the seconds of audio, `{"type": "tokens", "input_tokens",
+    "output_tokens", ...}` (gpt-4o-transcribe) the tokens (audio and text input alike)."""
+    usage = document.get("usage") if isinstance(document, dict) else None
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        raise UnusableUsageError(f"usage is a {type(usage).__name__}, not an object")
+    kind = usage.get("type")
+    if kind == "duration":
+        seconds = usage.get("seconds")
+        # bool is an int to Python; orjson gives no NaN or infinity.
+        if (
+            isinstance(seconds, int | float)
+            and not isinstance(seconds, bool)
+            and 0 <= seconds <= MAX_REPORTED_SECONDS
+        ):
+            # As the JSON wrote it (a float's repr is its shortest spelling), not the binary
+            # float's own expansion: 2.3 seconds cost 2.3 seconds' price.
+            return Usage(seconds=Decimal(repr(seconds)))
+        raise UnusableUsageError(f"seconds is not a number from 0 to {MAX_REPORTED_SECONDS}")
+    if kind == "tokens":
+        given, made = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+        if given is None or made is None:
+            raise UnusableUsageError(
+                f"input_tokens and output_tokens are not counts from 0 to {MAX_REPORTED_TOKENS}"
+            )
+        return Usage(given, made)
+    raise UnusableUsageError("usage is neither of type duration nor of type tokens")
+
+
 def _cached(usage: dict[str, Any], prompt: int) -> int:
     """The prompt tokens the upstream read from its cache; 0 (the whole prompt at the input
     price) when it says nothing of use: no upstream is billed less on a guess."""
@@ -272,10 +320,13 @@ class UsageMeter:
         strip_usage_chunk: bool,
         read_usage: UsageReader = chat_usage,
         estimates: bool = True,
+        known: Usage | None = None,
     ) -> None:
         self._prompt_tokens = prompt_tokens
-        # False for a route that counts no tokens: without a report, its usage is none.
+        # False for a route that counts no tokens: without a report, its usage is `known`
+        # (what the request itself told: speech's characters), else unmeasured.
         self._estimates = estimates
+        self._known = known
         self._strip = strip_usage_chunk
         self._read_usage = read_usage
         self._completion_chars = 0
@@ -334,7 +385,7 @@ class UsageMeter:
         if self.reported is not None:
             return self.reported
         if not self._estimates:
-            return Usage()
+            return self._known if self._known is not None else Usage(measured=False)
         self._read_unread()
         return Usage(
             self._prompt_tokens,

@@ -77,8 +77,10 @@ class UsageLedger:
         cost_micro_usd: int | None = None,
     ) -> None:
         """One request of key `name`: its tokens (if any reached the upstream), whether it
-        ended in an error, and its cost (None with a usage: the model had no price, so the
-        cost is unknown and the request counts as unpriced)."""
+        ended in an error, and its cost (None with a usage: the model had no price for what
+        it used, or its use went unreported, so the cost is unknown and the request counts as
+        unpriced). Images, characters and seconds have no column: they show through the
+        cost only."""
         counts = self._pending.setdefault(
             (name, utc_day(self._clock()), model), [0] * len(_COUNTERS)
         )

@@ -16,6 +16,14 @@ An image model is priced per image instead (`image`, USD per image made, e.g. da
 `{image: 0.04}`): a request on the images route costs its images times that, plus its tokens
 at `input` and `output` when the model reports them and the price gives them (0 otherwise).
 
+Audio: a speech model is priced per character of the text it speaks (`characters`, USD per 1M
+characters, e.g. tts-1: `{characters: 15}`; so a micro-dollar per character at 1), a
+transcription model either per minute of audio (`minute`, USD per minute, e.g. whisper-1:
+`{minute: 0.006}`; the upstream reports seconds, priced exactly as seconds / 60 minutes before
+the one rounding) or per token (`input`, `output`: the audio and text of the prompt alike).
+Characters, or seconds, that the price does not price make the cost unknown rather than 0, and
+so does a usage that measured nothing (a transcription answered as text reports none).
+
 A model without a price costs "unknown", never 0: `PriceList.of` answers None and the ledger
 counts the request as unpriced. The price list is the shipped defaults, overlaid model by
 model by the config file's `prices:`, and for requests an upstream served, by that upstream's
@@ -25,9 +33,11 @@ no price there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
+from fractions import Fraction
 from importlib import resources
 from typing import Annotated
 
@@ -48,24 +58,30 @@ Amount = Annotated[
 
 
 class Price(BaseModel):
-    """One model's price, in USD per 1M tokens, or per image made."""
+    """One model's price, in USD per 1M tokens, or per image made, or for audio."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Required unless `image` is given (then 0 when left out).
+    # Required unless `image`, `characters` or `minute` is given (then 0 when left out).
     input: Amount = Decimal(0)
     output: Amount = Decimal(0)
     # None: cached input tokens cost the input price.
     cached_input: Amount | None = None
     # USD per image made (the images route).
     image: Amount | None = None
+    # USD per 1M characters spoken (the speech route).
+    characters: Amount | None = None
+    # USD per minute of audio transcribed (the transcriptions route, from its seconds).
+    minute: Amount | None = None
 
     @model_validator(mode="after")
-    def _tokens_or_images(self) -> Price:
-        if self.image is None:
+    def _tokens_or_units(self) -> Price:
+        if self.image is None and self.characters is None and self.minute is None:
             missing = [name for name in ("input", "output") if name not in self.model_fields_set]
             if missing:
-                raise ValueError(f"a price needs {' and '.join(missing)} (or image)")
+                raise ValueError(
+                    f"a price needs {' and '.join(missing)} (or image, characters or minute)"
+                )
         return self
 
 
@@ -74,18 +90,31 @@ PriceTable = Mapping[str, Price | None]
 TABLE: TypeAdapter[dict[str, Price | None]] = TypeAdapter(dict[str, Price | None])
 
 
-def cost_micro_usd(usage: Usage, price: Price) -> int:
-    """The request's cost in whole micro-dollars (see the module's rounding rule)."""
+def cost_micro_usd(usage: Usage, price: Price) -> int | None:
+    """The request's cost in whole micro-dollars (see the module's rounding rule); None when
+    unknown: the usage measured nothing, or characters or seconds the price does not price."""
+    if not usage.measured:
+        return None
+    if (usage.characters and price.characters is None) or (
+        usage.seconds is not None and price.minute is None
+    ):
+        return None
     cached = min(usage.cached_tokens, usage.prompt_tokens)
     cached_price = price.input if price.cached_input is None else price.cached_input
-    exact = (
+    exact = Fraction(
         (usage.prompt_tokens - cached) * price.input
         + cached * cached_price
         + usage.completion_tokens * price.output
         # USD per image is a million micro-dollars per image.
         + usage.images * (price.image or 0) * 1_000_000
+        # USD per 1M characters is a micro-dollar per character.
+        + usage.characters * (price.characters or 0)
     )
-    return int(exact.to_integral_value(rounding=ROUND_HALF_UP))
+    if usage.seconds is not None and price.minute is not None:
+        # A fraction, not a decimal: a price per minute over 60 seconds need not end.
+        exact += Fraction(usage.seconds) * Fraction(price.minute) * 1_000_000 / 60
+    # Half up: every cost is at least 0.
+    return math.floor(exact + Fraction(1, 2))
 
 
 def overlay(base: PriceTable, table: PriceTable) -> dict[str, Price | None]:
