@@ -28,11 +28,10 @@ from ..responses.bridge_request import to_chat_request
 from ..responses.bridge_route import BRIDGED
 from ..responses.bridge_stream import EventStream, event_frame
 from ..responses.response_object import ResponseShape, from_completion
+from ..upstream.client import EVENT_STREAM
 from ..upstream.upstreams_file import responses_mode
 from . import http_route, proto_json
 from .rpc import abort, as_gateway_error, authorization_of
-
-EVENT_STREAM = "text/event-stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +104,7 @@ class ResponsesRpcs:
             if isinstance(answered, bytes):
                 data = answered if shape is None else _bridged_answer(shape, answered)
                 exchange.sent_first_byte()
-                yield _http_message(data, JSON_TYPE)
+                yield http_route.http_message(chat_pb2.CreateResponseHttpResponse, data, JSON_TYPE)
                 return
             frames = _native_frames(answered) if shape is None else _bridged_frames(answered, shape)
             # The first message's content type becomes the HTTP Content-Type.
@@ -115,7 +114,9 @@ class ResponsesRpcs:
                     async for frame in frames:
                         if frame != KEEPALIVE_FRAME:
                             exchange.sent_first_byte()
-                        yield _http_message(frame, content_type)
+                        yield http_route.http_message(
+                            chat_pb2.CreateResponseHttpResponse, frame, content_type
+                        )
                         content_type = ""
 
     @observe.rpc("ChatService/CreateResponse")
@@ -283,12 +284,3 @@ def _object(value: Any) -> dict[str, Any]:
 
 def _int(value: Any) -> int:
     return value if type(value) is int else 0
-
-
-def _http_message(data: bytes, content_type: str) -> chat_pb2.CreateResponseHttpResponse:
-    # Filled in place, as http_route does: an HttpBody built apart would be copied.
-    message = chat_pb2.CreateResponseHttpResponse()
-    body = message.http_body
-    body.content_type = content_type
-    body.data = data
-    return message
