@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from typegpt_gateway.process.ports import free_ports
+
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789abcdef"
 ADMIN_KEY = "admin-SECRET-key-for-tests-0123456789"
 CLI = [sys.executable, "-m", "typegpt_gateway"]
@@ -28,9 +29,7 @@ SCRIPTED_FAILURES = {"GATEWAY_UPSTREAM_MAX_ATTEMPTS": "1", "GATEWAY_UPSTREAM_COO
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @contextlib.contextmanager

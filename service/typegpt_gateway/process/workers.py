@@ -14,16 +14,16 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..settings import Settings
+from .ports import free_ports
 
 logger = logging.getLogger("typegpt_gateway")
 
@@ -53,22 +53,6 @@ def _end_with_parent() -> None:
         return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
-    """`count` distinct loopback ports free right now (each held until all are picked), none
-    of them in `avoid`: the ports the gateway's own listeners bind after the workers start,
-    which are free right now too, so the kernel may offer them (a worker on Envoy's gRPC
-    port stops the gateway at start)."""
-    with contextlib.ExitStack() as held:
-        ports: list[int] = []
-        while len(ports) < count:
-            sock = held.enter_context(socket.socket())
-            sock.bind((WORKER_HOST, 0))
-            port = sock.getsockname()[1]
-            if port not in avoid:  # one to avoid stays held too, so it is not offered again
-                ports.append(port)
-        return ports
 
 
 @dataclass
@@ -116,7 +100,7 @@ class WorkerPool:
             settings.metrics_port,
             settings.envoy_admin_port,
         )
-        ports = iter(_free_ports(2 * settings.workers, avoid=own))
+        ports = iter(free_ports(2 * settings.workers, WORKER_HOST, avoid=own))
         # Metrics port 0 (off) holds for the workers too.
         self.workers = [
             Worker(i, next(ports), next(ports) if settings.metrics_port else 0)
