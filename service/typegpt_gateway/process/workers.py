@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..settings import Settings
+from .children import end_with_parent
 from .ports import free_ports
 
 logger = logging.getLogger("typegpt_gateway")
@@ -39,20 +39,10 @@ STOP_GRACE = 10.0
 # Settings a worker must not take from the gateway's environment: its ports are the pool's,
 # and Envoy, not the worker, speaks TLS on the direct gRPC port.
 _NOT_INHERITED = ("GATEWAY_GRPC_TLS_CERT", "GATEWAY_GRPC_TLS_KEY")
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class WorkerStartError(Exception):
     """A worker did not start serving: the gateway cannot start."""
-
-
-def _end_with_parent() -> None:
-    """In the worker before it runs: SIGTERM (a drain) when `serve` dies without passing one on
-    (SIGKILL, a crash), so that no orphan keeps serving on its port. Linux only."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -136,7 +126,7 @@ class WorkerPool:
             "--no-envoy",
             stdin=asyncio.subprocess.DEVNULL,
             env=worker_environment(self._settings, worker, os.environ),
-            preexec_fn=_end_with_parent,
+            preexec_fn=end_with_parent,
         )
         worker.started = time.monotonic()
         logger.info(
