@@ -7,6 +7,7 @@ why; SIGTERM/SIGINT must stop both promptly with exit code 0 and leave no Envoy 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -194,6 +195,25 @@ def test_envoy_killed_ends_serve_with_error(make_gateway) -> None:
     # The backend went down with it.
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", gw.grpc_port)) != 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_killed_outright_leaves_no_envoy_holding_its_port(make_gateway, workers) -> None:
+    # SIGKILL passes nothing on: without the kernel's parent-death signal Envoy stayed,
+    # holding port 7000, and the restart that follows failed on it.
+    gw = make_gateway(workers=workers).start()
+    envoy, started = envoy_child(gw)
+    assert gw.process is not None
+    gw.process.kill()
+    gw.process.wait(10)
+    try:
+        assert wait_gone(envoy, started, 20), f"Envoy {envoy} outlived serve"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            if _start_time(envoy) == started:
+                os.kill(envoy, signal.SIGKILL)
+    again = make_gateway(http_port=gw.http_port, grpc_port=gw.grpc_port).start()
+    assert httpx.get(f"{again.url}/healthz", timeout=5).status_code == 200
 
 
 def test_http_port_taken(make_gateway) -> None:

@@ -14,6 +14,7 @@ from ..ops import logs
 from ..ops.metrics_server import StatsUnavailable
 from ..redaction import redact
 from ..settings import Settings
+from .children import end_with_parent
 from .envoy_config import connect_host_for
 
 # Longest Envoy log line read at once (a debug line can quote large headers).
@@ -81,6 +82,9 @@ async def start_envoy(settings: Settings, config_path: Path) -> asyncio.subproce
         stderr=asyncio.subprocess.STDOUT,
         env=envoy_environment(os.environ),
         limit=LOG_LINE_LIMIT,
+        # A `serve` killed outright must not leave Envoy holding the gateway's ports: the
+        # restart that follows would fail on them.
+        preexec_fn=end_with_parent,
     )
 
 
