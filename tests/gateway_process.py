@@ -247,6 +247,34 @@ class Gateway:
         result = self.cli("keys", "create", "--name", name, *options)
         return result.stdout.strip().splitlines()[-1]
 
+    def ledger_totals(self, name: str, *, requests: int) -> dict[str, int]:
+        """Key `name`'s ledger totals once `requests` requests are in it."""
+        from typegpt_gateway.keystore.sqlite import KeyStore
+
+        deadline = time.monotonic() + 10
+        while True:
+            store = KeyStore(self.db)
+            try:
+                rows = store.usage(name)
+            finally:
+                store.close()
+            totals = {
+                field: sum(getattr(row, field) for row in rows)
+                for field in (
+                    "requests",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "errors",
+                    "cost_micro_usd",
+                    "unpriced_requests",
+                    "estimated_requests",
+                )
+            }
+            if totals["requests"] >= requests:
+                return totals
+            assert time.monotonic() < deadline, f"ledger never reached {requests}: {totals}"
+            time.sleep(0.1)
+
     def wait_for_key(self, key: str, timeout: float = 5.0) -> str:
         """Waits until the running gateway has loaded a key the CLI just made."""
         deadline = time.monotonic() + timeout

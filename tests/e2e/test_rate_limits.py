@@ -235,33 +235,6 @@ def test_concurrent_burst_on_one_gateway_admits_exactly_n(gateway, upstream):
 # -- usage: the ledger, streams and usage injection --------------------------------------------
 
 
-def _usage(gateway: Gateway, name: str, *, requests: int) -> dict:
-    """The key's ledger totals once `requests` requests are in it."""
-    deadline = time.monotonic() + 10
-    while True:
-        store = KeyStore(gateway.db)
-        try:
-            rows = store.usage(name)
-        finally:
-            store.close()
-        totals = {
-            field: sum(getattr(row, field) for row in rows)
-            for field in (
-                "requests",
-                "prompt_tokens",
-                "completion_tokens",
-                "errors",
-                "cost_micro_usd",
-                "unpriced_requests",
-                "estimated_requests",
-            )
-        }
-        if totals["requests"] >= requests:
-            return totals
-        assert time.monotonic() < deadline, f"ledger never reached {requests}: {totals}"
-        time.sleep(0.1)
-
-
 def test_stream_usage_is_asked_for_spliced_in_and_kept_from_the_client(gateway, upstream):
     key = _key(gateway, "stream-usage")
     raw = b'{"model": "gpt-4o", "stream": true, "seed": 18446744073709551617,\n "messages": [{"role": "user", "content": "hi"}]}'
@@ -275,7 +248,7 @@ def test_stream_usage_is_asked_for_spliced_in_and_kept_from_the_client(gateway, 
     # Every other byte is the client's own.
     sent = upstream.last_request().body
     assert sent == b'{"stream_options":{"include_usage":true},' + raw[1:]
-    usage = _usage(gateway, "stream-usage", requests=1)
+    usage = gateway.ledger_totals("stream-usage", requests=1)
     assert usage == {
         "requests": 1,
         "prompt_tokens": PROMPT_TOKENS_PER_MESSAGE,
@@ -333,7 +306,7 @@ def test_a_client_opting_out_of_usage_is_charged_the_upstreams_count(gateway, up
     reported = sum(
         prompt_tokens_of_body(sent.body) + COMPLETION_TOKENS for sent in upstream.requests
     )
-    usage = _usage(gateway, "opted-out", requests=20)
+    usage = gateway.ledger_totals("opted-out", requests=20)
     charged = usage["prompt_tokens"] + usage["completion_tokens"]
     assert _within_a_tenth(charged, reported), (charged, reported)
     # The upstream was asked for the usage; the rest of the client's bytes is untouched.
@@ -352,7 +325,7 @@ def test_without_the_upstreams_usage_the_whole_body_and_output_are_estimated(gat
         response = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
     assert sse_payloads(response.text)[-1] == "[DONE]"
     assert upstream.requests[-1].body == raw
-    usage = _usage(gateway, "estimated-whole", requests=1)
+    usage = gateway.ledger_totals("estimated-whole", requests=1)
     assert _within_a_tenth(usage["prompt_tokens"], prompt_tokens_of_body(raw)), usage
     assert usage["completion_tokens"] == 1_001  # 4,002 characters of reasoning and text
 
@@ -368,7 +341,7 @@ def test_upstream_refusing_stream_options_gets_the_original_bytes(gateway, upstr
     first, second = upstream.requests
     assert b"stream_options" in first.body
     assert second.body == raw
-    usage = _usage(gateway, "no-stream-options", requests=1)
+    usage = gateway.ledger_totals("no-stream-options", requests=1)
     assert usage["errors"] == 0 and usage["completion_tokens"] == 8  # estimated
 
 
@@ -385,7 +358,7 @@ def test_a_stream_cut_short_by_the_client_counts_what_was_delivered(gateway, ups
         seen = 0
         while seen < 2:
             seen += next(lines).startswith("data: ")
-    usage = _usage(gateway, "cut-short", requests=1)
+    usage = gateway.ledger_totals("cut-short", requests=1)
     # The prompt estimate (59 characters in the body's strings and keys: 15) plus 40
     # characters (10 tokens) per chunk delivered: at least the two the client read, far fewer
     # than all ten.
@@ -415,7 +388,7 @@ def test_ledger_counts_requests_tokens_and_errors_per_model(gateway, upstream):
         assert client.post(CHAT, json=chat_body()).status_code == 200
         assert client.post(CHAT, json=chat_body()).status_code == 502
         assert client.post(CHAT, json=chat_body("o3")).status_code == 200
-    _usage(gateway, "ledger", requests=3)
+    gateway.ledger_totals("ledger", requests=3)
     result = gateway.cli("keys", "usage", "ledger", "--json")
     rows = {row["model"]: row for row in json.loads(result.stdout)}
     assert rows["gpt-4o"]["requests"] == 2 and rows["gpt-4o"]["errors"] == 1
