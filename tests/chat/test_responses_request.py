@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from typegpt_gateway.chat.catalog import Catalog
-from typegpt_gateway.chat.responses_request import parse_responses_request, responses_usage
+from typegpt_gateway.chat.responses_request import (
+    parse_responses_request,
+    responses_output_chars,
+    responses_usage,
+)
 from typegpt_gateway.chat.routes import RESPONSES
 from typegpt_gateway.chat.usage_meter import UnusableUsageError
 from typegpt_gateway.errors import GatewayError
@@ -40,6 +44,55 @@ def test_usage_of_a_response_and_of_a_streams_final_event() -> None:
     assert responses_usage(created) is None
     with pytest.raises(UnusableUsageError):
         responses_usage({"object": "response", "usage": {"input_tokens": -1, "output_tokens": 1}})
+
+
+def test_a_streams_deltas_and_a_responses_output_are_its_output_characters() -> None:
+    assert responses_output_chars({"type": "response.output_text.delta", "delta": "Hello"}) == 5
+    arguments = {"type": "response.function_call_arguments.delta", "delta": '{"a":1}'}
+    assert responses_output_chars(arguments) == 7
+    # A `.done` event repeats its deltas; audio is base64; labels are no output.
+    for event in (
+        {"type": "response.output_text.done", "text": "Hello"},
+        {"type": "response.audio.delta", "delta": "UklGRg=="},
+        {"type": "response.created", "response": {"object": "response", "output": []}},
+        {"type": "response.output_text.delta", "delta": 5},
+        ["Hello"],
+    ):
+        assert responses_output_chars(event) == 0, event
+    whole = {
+        "object": "response",
+        "instructions": "not output",
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "Hello", "annotations": ["x"]}],
+            },
+            {
+                "type": "function_call",
+                "id": "fc_1",
+                "call_id": "call_1",
+                "name": "f",
+                "arguments": "{}",
+            },
+        ],
+    }
+    assert responses_output_chars(whole) == len("Hello") + len("f") + len("{}")
+
+
+def test_a_stream_cut_before_its_last_event_is_estimated_from_its_deltas() -> None:
+    request = parse_responses_request(b'{"model": "gpt-4o", "input": "Hi", "stream": true}')
+    meter = RESPONSES.meter(request, strip_usage_chunk=False)
+    for text in ("x" * 40, "y" * 40):
+        assert meter.see_chunk(f'{{"type":"response.output_text.delta","delta":"{text}"}}'.encode())
+    usage = meter.usage()
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (
+        request.prompt_tokens,
+        20,
+        True,
+    )
 
 
 def test_a_model_can_be_limited_to_the_responses_route_or_kept_off_it() -> None:

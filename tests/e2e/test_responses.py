@@ -447,6 +447,40 @@ def test_a_client_leaving_a_stream_cancels_the_upstream(
     assert upstream.wait_for_disconnect(5.0)
 
 
+def test_a_stream_its_client_cuts_is_billed_for_the_text_it_delivered(
+    served: tuple[Gateway, str], mode: str, upstream: FakeUpstream
+) -> None:
+    gateway, _ = served
+    name = f"cut-short-{mode}"
+    key = gateway.wait_for_key(gateway.create_key(name))
+    text = "x" * 40  # 10 tokens at the estimate's 4 characters each
+    if mode == "native":
+        created = make_response_events(make_response({"model": MODEL}))[0]
+        delta = {"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0}
+        events: list[Any] = [created, *[{**delta, "content_index": 0, "delta": text}] * 10]
+    else:
+        events = [make_chunk({"content": text}) for _ in range(10)]
+    upstream.enqueue(Reply.stream(events, delay=0.5))
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/responses",
+        json={"model": MODEL, "input": "Hi", "stream": True},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=TIMEOUT,
+    ) as response:
+        delivered = 0
+        for line in response.iter_lines():
+            delivered += line.startswith("data: ") and "response.output_text.delta" in line
+            if delivered == 2:
+                break
+    # No usage ever came: the prompt's estimate, and the output of at least the two deltas
+    # read, far fewer than all ten.
+    usage = gateway.ledger_totals(name, requests=1)
+    assert 20 <= usage["completion_tokens"] < 100, usage
+    assert (usage["estimated_requests"], usage["errors"]) == (1, 0), usage
+    assert usage["prompt_tokens"] > 0 and usage["cost_micro_usd"] > 0, usage
+
+
 def _log_line(gateway: Gateway, request_id: str) -> dict[str, Any]:
     """The one request log line of `request_id` (written as the RPC ends: waited for)."""
     deadline = time.monotonic() + 10

@@ -8,11 +8,19 @@ from typing import Any
 
 from ..usage import Usage
 from .request import JSON_TYPE, ApiRequest, read_json_object, read_model, read_stream
-from .usage_meter import MAX_REPORTED_TOKENS, UnusableUsageError, estimate_prompt_tokens
+from .usage_meter import (
+    MAX_REPORTED_TOKENS,
+    UnusableUsageError,
+    estimate_prompt_tokens,
+    read_count,
+    string_chars,
+)
 
 WHAT = "a Responses request"
 # The events whose response carries the usage: the stream's last.
 FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Members of an output item that label it rather than carry its output.
+_NOT_OUTPUT = frozenset(("type", "id", "status", "role", "call_id", "annotations", "logprobs"))
 
 
 def read_responses_request(body: bytes, content_type: str = JSON_TYPE) -> dict[str, Any]:
@@ -50,17 +58,31 @@ def responses_usage(document: Any) -> Usage | None:
         return None
     if not isinstance(usage, dict):
         raise UnusableUsageError(f"usage is a {type(usage).__name__}, not an object")
-    given, made = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+    given, made = read_count(usage.get("input_tokens")), read_count(usage.get("output_tokens"))
     if given is None or made is None:
         raise UnusableUsageError(
             f"input_tokens and output_tokens are not counts from 0 to {MAX_REPORTED_TOKENS}"
         )
     details = usage.get("input_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    cached = read_count(details.get("cached_tokens")) if isinstance(details, dict) else None
     return Usage(given, made, cached_tokens=cached if cached is not None and cached <= given else 0)
 
 
-def _count(value: Any) -> int | None:
-    if type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS:
-        return value
-    return None
+def responses_output_chars(document: Any) -> int:
+    """Output characters of a Response or a stream event, for the estimate when no usage comes
+    (a stream cut before its last event): a stream's text, refusal, reasoning and tool-call
+    argument deltas (`response.*.delta`; its `.done` events repeat them and are not counted,
+    nor is audio's base64); a Response's output items, their labels aside."""
+    if not isinstance(document, dict):
+        return 0
+    if document.get("object") == "response":
+        return string_chars(document.get("output"), keys=False, skip=_NOT_OUTPUT)
+    kind, delta = document.get("type"), document.get("delta")
+    if (
+        isinstance(kind, str)
+        and kind.endswith(".delta")
+        and "audio" not in kind
+        and isinstance(delta, str)
+    ):
+        return len(delta)
+    return 0

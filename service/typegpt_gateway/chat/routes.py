@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from ..upstream.client import CHAT_CALL, UpstreamCall
 from . import multipart
 from .request import ApiRequest, form_request_parser, json_request_parser, parse_chat_request
-from .responses_request import parse_responses_request, responses_usage
+from .responses_request import parse_responses_request, responses_output_chars, responses_usage
 from .usage_meter import (
+    OutputCounter,
     UsageMeter,
     UsageReader,
+    chat_output_chars,
     chat_usage,
     embeddings_usage,
     images_usage,
@@ -38,6 +40,8 @@ class OpenAIRoute:
     # route whose answer can stream as SSE), and its prompt's estimate; or the 400.
     parse: Callable[[bytes, str], ApiRequest]
     read_usage: UsageReader = chat_usage
+    # What an answer delivers, counted when its usage never comes (a stream cut short).
+    count_output: OutputCounter = chat_output_chars
     # Whether tokens are counted: a route that counts none (images, audio) counts requests,
     # and nothing is estimated for it: its usage is what the answer reports, or the request
     # tells (speech's characters), else unmeasured (its cost unknown).
@@ -52,6 +56,7 @@ class OpenAIRoute:
             request.prompt_tokens if self.counts_tokens else 0,
             strip_usage_chunk=strip_usage_chunk,
             read_usage=self.read_usage,
+            count_output=self.count_output,
             estimates=self.counts_tokens,
             known=request.known_usage,
         )
@@ -66,6 +71,7 @@ RESPONSES = OpenAIRoute(
     UpstreamCall("/responses"),
     parse_responses_request,
     read_usage=responses_usage,
+    count_output=responses_output_chars,
 )
 
 # Usage: the input tokens (`prompt_tokens`).

@@ -16,7 +16,8 @@ ended early, e.g. because the client went away), the tokens are estimated at one
 characters: for the prompt, of every string in the request body, keys included, with each
 image part at a fixed IMAGE_TOKENS instead of its URL; for the completion, of every string
 delivered in the choices' deltas or messages (text, refusal, tool calls, reasoning) but their
-`role`, `type` and `id`. So are they when the upstream reports a usage the gateway cannot use
+`role`, `type` and `id` (a Responses answer's are its output items' and its stream's deltas,
+chat/responses_request.py). So are they when the upstream reports a usage the gateway cannot use
 (not two counts from 0 to MAX_REPORTED_TOKENS): whatever the shape of an answer, reading it
 never fails the request, and the client gets the upstream's bytes as they came.
 """
@@ -60,7 +61,7 @@ def estimate_tokens(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
-def _string_chars(document: Any, *, keys: bool, skip: frozenset[str] = frozenset()) -> int:
+def string_chars(document: Any, *, keys: bool, skip: frozenset[str] = frozenset()) -> int:
     """Characters in the strings of `document` (and its keys if `keys`), members named in
     `skip` aside, with IMAGE_TOKENS' worth for each image part. A loop, not recursion: a body
     may nest as deep as the JSON parser allows."""
@@ -88,7 +89,7 @@ def _string_chars(document: Any, *, keys: bool, skip: frozenset[str] = frozenset
 def estimate_prompt_tokens(document: Any) -> int:
     """The prompt's estimate: the whole request body counts, since the upstream reads all of
     it (tools, response formats, images), not only the messages' text."""
-    return estimate_tokens(_string_chars(document, keys=True))
+    return estimate_tokens(string_chars(document, keys=True))
 
 
 def _member_spans(text: str, name: str) -> list[tuple[int, int, Any]]:
@@ -162,7 +163,7 @@ class UnusableUsageError(ValueError):
     """The upstream reported a usage the gateway cannot count."""
 
 
-def _count(value: Any) -> int | None:
+def read_count(value: Any) -> int | None:
     # bool is an int to Python, not a count to anyone.
     if type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS:
         return value
@@ -172,6 +173,9 @@ def _count(value: Any) -> int | None:
 # Reads the usage an answer (or a stream chunk) reports: None when it reports none, and
 # UnusableUsageError when it reports one of no use. One per route (routes.py).
 UsageReader = Callable[[Any], Usage | None]
+# The output characters an answer (or a stream chunk) delivers, for the estimate when no usage
+# is reported. One per route whose answers are not chat's shape (routes.py).
+OutputCounter = Callable[[Any], int]
 
 
 def chat_usage(document: Any) -> Usage | None:
@@ -182,7 +186,10 @@ def chat_usage(document: Any) -> Usage | None:
         return None
     if not isinstance(usage, dict):
         raise UnusableUsageError(f"usage is a {type(usage).__name__}, not an object")
-    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    prompt, completion = (
+        read_count(usage.get("prompt_tokens")),
+        read_count(usage.get("completion_tokens")),
+    )
     if prompt is None or completion is None:
         raise UnusableUsageError(
             f"prompt_tokens and completion_tokens are not counts from 0 to {MAX_REPORTED_TOKENS}"
@@ -195,7 +202,7 @@ def embeddings_usage(document: Any) -> Usage | None:
     usage = document.get("usage") if isinstance(document, dict) else None
     if usage is None:
         return None
-    prompt = _count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+    prompt = read_count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
     if prompt is None:
         raise UnusableUsageError(f"prompt_tokens is not a count from 0 to {MAX_REPORTED_TOKENS}")
     return Usage(prompt, 0)
@@ -210,8 +217,8 @@ def images_usage(document: Any) -> Usage | None:
     usage = document.get("usage")
     tokens = usage if isinstance(usage, dict) else {}
     return Usage(
-        _count(tokens.get("input_tokens")) or 0,
-        _count(tokens.get("output_tokens")) or 0,
+        read_count(tokens.get("input_tokens")) or 0,
+        read_count(tokens.get("output_tokens")) or 0,
         images=len(data) if isinstance(data, list) else 0,
     )
 
@@ -252,7 +259,7 @@ def transcription_usage(document: Any) -> Usage | None:
             return Usage(seconds=Decimal(repr(seconds)))
         raise UnusableUsageError(f"seconds is not a number from 0 to {MAX_REPORTED_SECONDS}")
     if kind == "tokens":
-        given, made = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+        given, made = read_count(usage.get("input_tokens")), read_count(usage.get("output_tokens"))
         if given is None or made is None:
             raise UnusableUsageError(
                 f"input_tokens and output_tokens are not counts from 0 to {MAX_REPORTED_TOKENS}"
@@ -265,7 +272,7 @@ def _cached(usage: dict[str, Any], prompt: int) -> int:
     """The prompt tokens the upstream read from its cache; 0 (the whole prompt at the input
     price) when it says nothing of use: no upstream is billed less on a guess."""
     details = usage.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    cached = read_count(details.get("cached_tokens")) if isinstance(details, dict) else None
     return cached if cached is not None and cached <= prompt else 0
 
 
@@ -278,7 +285,7 @@ def _is_usage_chunk(document: Any) -> bool:
     )
 
 
-def _delta_chars(document: Any) -> int:
+def chat_output_chars(document: Any) -> int:
     """Output characters of a chunk or answer: every string its choices deliver (text,
     refusal, tool names and arguments, `reasoning_content`/`reasoning`, ...), labels aside;
     a legacy completion's choices deliver their `text`."""
@@ -287,7 +294,7 @@ def _delta_chars(document: Any) -> int:
     for choice in choices if isinstance(choices, list) else ():
         delta = (choice.get("delta") or choice.get("message")) if isinstance(choice, dict) else None
         if isinstance(delta, dict):
-            chars += _string_chars(delta, keys=False, skip=_NOT_OUTPUT)
+            chars += string_chars(delta, keys=False, skip=_NOT_OUTPUT)
         elif isinstance(choice, dict) and isinstance(text := choice.get("text"), str):
             chars += len(text)
     return chars
@@ -319,6 +326,7 @@ class UsageMeter:
         *,
         strip_usage_chunk: bool,
         read_usage: UsageReader = chat_usage,
+        count_output: OutputCounter = chat_output_chars,
         estimates: bool = True,
         known: Usage | None = None,
     ) -> None:
@@ -329,6 +337,7 @@ class UsageMeter:
         self._known = known
         self._strip = strip_usage_chunk
         self._read_usage = read_usage
+        self._count_output = count_output
         self._completion_chars = 0
         # Chunks not read yet for their characters, which only count if no usage is reported
         # (the gateway always asks for it): read when the usage is wanted without one, or
@@ -364,7 +373,7 @@ class UsageMeter:
 
     def _read_unread(self) -> None:
         for data in self._unread:
-            self._completion_chars += _delta_chars(_loads(data))
+            self._completion_chars += self._count_output(_loads(data))
         self._unread.clear()
         self._unread_bytes = 0
 
@@ -379,7 +388,7 @@ class UsageMeter:
         else:
             if usage is not None:
                 self.reported = usage
-        self._completion_chars += _delta_chars(document)
+        self._completion_chars += self._count_output(document)
 
     def usage(self) -> Usage:
         if self.reported is not None:

@@ -8,9 +8,13 @@ import dataclasses
 
 from ..chat.request import parse_chat_request
 from ..chat.routes import RESPONSES
-from ..chat.usage_meter import chat_usage
+from ..chat.usage_meter import chat_output_chars, chat_usage
 from ..upstream.client import CHAT_CALL
 
 BRIDGED = dataclasses.replace(
-    RESPONSES, call=CHAT_CALL, parse=parse_chat_request, read_usage=chat_usage
+    RESPONSES,
+    call=CHAT_CALL,
+    parse=parse_chat_request,
+    read_usage=chat_usage,
+    count_output=chat_output_chars,
 )
