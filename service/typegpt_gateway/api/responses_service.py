@@ -6,6 +6,7 @@ bridge (responses/) as a chat completion; either way through the one pipeline, a
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ from ..responses.bridge_route import BRIDGED
 from ..responses.bridge_stream import EventStream, event_frame
 from ..responses.response_object import ResponseShape, from_completion
 from ..upstream.client import EVENT_STREAM
-from ..upstream.upstreams_file import responses_mode
+from ..upstream.upstreams_file import UpstreamSpec, responses_mode
 from . import http_route, proto_json
 from .rpc import abort, as_gateway_error, authorization_of
 
@@ -45,6 +46,22 @@ class _Prepared:
     shape: ResponseShape | None
 
 
+def _prepare_body(
+    body: bytes, content_type: str, specs: tuple[UpstreamSpec, ...]
+) -> tuple[str, _Prepared | GatewayError]:
+    """The request's model, and the request ready for the pipeline, or the bridge's 400. One
+    piece of work, so that a large body's document is gone once it is bridged."""
+    document = read_responses_request(body, content_type)
+    model: str = document["model"]
+    if responses_mode(specs, model) == "native":
+        return model, _Prepared(RESPONSES, body, content_type, None)
+    try:
+        chat = orjson.dumps(to_chat_request(document))
+        return model, _Prepared(BRIDGED, chat, JSON_TYPE, ResponseShape.of(document))
+    except GatewayError as refused:
+        return model, refused
+
+
 class ResponsesRpcs:
     """ChatService's Responses API RPCs (a part of ChatServicer)."""
 
@@ -56,15 +73,16 @@ class ResponsesRpcs:
         exchange = observe.current()
         key = await self._pipeline.authenticate(authorization_of(context))
         exchange.key = key.name
-        document = read_responses_request(body, content_type)
-        # The log line and metrics of a request the bridge refuses name its model too.
-        model = document["model"]
-        exchange.asked_for(model, known=model in self._pipeline.catalog)
         specs = tuple(upstream.spec for upstream in self._pipeline.upstreams.upstreams)
-        if responses_mode(specs, model) == "native":
-            return _Prepared(RESPONSES, body, content_type, None)
-        chat = orjson.dumps(to_chat_request(document))
-        return _Prepared(BRIDGED, chat, JSON_TYPE, ResponseShape.of(document))
+        # Off the event loop when the body is large (images in base64, long histories).
+        model, prepared = await self._pipeline.work_on_body(
+            body, functools.partial(_prepare_body, body, content_type, specs)
+        )
+        # The log line and metrics of a request the bridge refuses name its model too.
+        exchange.asked_for(model, known=model in self._pipeline.catalog)
+        if isinstance(prepared, GatewayError):
+            raise prepared
+        return prepared
 
     @contextlib.asynccontextmanager
     async def _response_answer(

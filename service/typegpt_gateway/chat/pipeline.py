@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..errors import GatewayError
 from ..keystore.cache import KeyCache
@@ -39,6 +42,8 @@ from .usage_meter import (
 # other client for as long; on the thread, the loop gets the interpreter back at every switch
 # interval, and a client that sends many such bodies waits for its own turn.
 LARGE_BODY_BYTES = 256 * 1024
+# What reading a body gives (a request, a bridged one).
+Read = TypeVar("Read")
 
 
 class ChatPipeline:
@@ -121,12 +126,15 @@ class ChatPipeline:
                 raise dataclasses.replace(exc, headers=headers) from exc
             raise
 
-    async def _parse(self, route: OpenAIRoute, body: bytes, content_type: str) -> ApiRequest:
+    async def work_on_body(self, body: bytes, work: Callable[[], Read]) -> Read:
+        """`work()`, which reads `body`: on the event loop for a small body, on the large
+        bodies' thread for a large one (LARGE_BODY_BYTES)."""
         if len(body) < LARGE_BODY_BYTES:
-            return route.parse(body, content_type)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._large_bodies, route.parse, body, content_type
-        )
+            return work()
+        return await asyncio.get_running_loop().run_in_executor(self._large_bodies, work)
+
+    async def _parse(self, route: OpenAIRoute, body: bytes, content_type: str) -> ApiRequest:
+        return await self.work_on_body(body, functools.partial(route.parse, body, content_type))
 
     async def _open(self, sending: _Sending, ask_usage: bool, meter: UsageMeter) -> Opened:
         body = sending.body
