@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -250,7 +251,10 @@ class Gateway:
     def ledger_totals(self, name: str, *, requests: int) -> dict[str, int]:
         """Key `name`'s ledger totals once `requests` requests are in it."""
         from typegpt_gateway.keystore.sqlite import KeyStore
+        from typegpt_gateway.keystore.store import UsageRow
 
+        # Every counter of a row: all its fields but the day and the model.
+        counters = [field.name for field in dataclasses.fields(UsageRow)[2:]]
         deadline = time.monotonic() + 10
         while True:
             store = KeyStore(self.db)
@@ -258,18 +262,7 @@ class Gateway:
                 rows = store.usage(name)
             finally:
                 store.close()
-            totals = {
-                field: sum(getattr(row, field) for row in rows)
-                for field in (
-                    "requests",
-                    "prompt_tokens",
-                    "completion_tokens",
-                    "errors",
-                    "cost_micro_usd",
-                    "unpriced_requests",
-                    "estimated_requests",
-                )
-            }
+            totals = {field: sum(getattr(row, field) for row in rows) for field in counters}
             if totals["requests"] >= requests:
                 return totals
             assert time.monotonic() < deadline, f"ledger never reached {requests}: {totals}"

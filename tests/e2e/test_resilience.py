@@ -29,7 +29,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_shape import assert_error, chat_body, sse_payloads
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
-from typegpt_gateway.keystore.sqlite import KeyStore
 
 CHAT = "/v1/chat/completions"
 # Short limits so that every fault shows within seconds.
@@ -579,25 +578,6 @@ def test_draining_backend_is_not_ready_before_it_stops(spawn, upstream):
     assert UPSTREAM_KEY not in gw.log()
 
 
-def _ledger_totals(gw: Gateway, name: str, requests: int) -> dict[str, int]:
-    """The key's ledger totals once `requests` requests are in it."""
-    deadline = time.monotonic() + 10
-    while True:
-        store = KeyStore(gw.db)
-        try:
-            rows = store.usage(name)
-        finally:
-            store.close()
-        totals = {
-            field: sum(getattr(row, field) for row in rows)
-            for field in ("requests", "cost_micro_usd", "unpriced_requests", "errors")
-        }
-        if totals["requests"] >= requests:
-            return totals
-        assert time.monotonic() < deadline, f"ledger never reached {requests}: {totals}"
-        time.sleep(0.1)
-
-
 def test_a_request_costs_the_price_of_the_upstream_that_served_it(with_config, a_b):
     a, b = a_b
     prices = """
@@ -616,12 +596,15 @@ prices:
     assert post(gw, key, chat_body()).status_code == 200  # a serves it
     assert post(gw, key, chat_body("o3")).status_code == 200  # no price: unknown
     tokens = PROMPT_TOKENS_PER_MESSAGE + COMPLETION_TOKENS
-    totals = _ledger_totals(gw, "resilience", requests=3)
+    totals = gw.ledger_totals("resilience", requests=3)
     assert totals == {
         "requests": 3,
+        "prompt_tokens": 3 * PROMPT_TOKENS_PER_MESSAGE,
+        "completion_tokens": 3 * COMPLETION_TOKENS,
+        "errors": 0,
         "cost_micro_usd": 100 * tokens + 1 * tokens,
         "unpriced_requests": 1,
-        "errors": 0,
+        "estimated_requests": 0,
     }
     # The start-up log names the catalog's models without a price, and where.
     assert gw.wait_for_log(r"model 'o3' has no price on upstream 'a', 'b'")
