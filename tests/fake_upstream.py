@@ -67,6 +67,15 @@ __all__ = [
 ]
 
 DEFAULT_CONTENT = "Hello from the fake upstream!"
+# How an upstream without the option answers a stream that asks for its usage.
+STREAM_OPTIONS_REFUSED = {
+    "error": {
+        "message": "Unrecognized request argument supplied: stream_options",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+}
 DEFAULT_STREAM_PIECES: tuple[str, ...] = ("Hello", " from", " the", " fake", " upstream!")
 DEFAULT_TOOL_CALL_ID = "call_fake1"
 DEFAULT_TOOL_ARGUMENTS = '{"location": "Paris"}'

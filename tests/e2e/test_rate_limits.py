@@ -12,6 +12,7 @@ import pytest
 from fake_upstream import (
     COMPLETION_TOKENS,
     PROMPT_TOKENS_PER_MESSAGE,
+    STREAM_OPTIONS_REFUSED,
     Reply,
     make_chunk,
     prompt_tokens_of_body,
@@ -32,14 +33,6 @@ from typegpt_gateway.limits.rules import dollars
 CHAT = "/v1/chat/completions"
 TOKENS_PER_CALL = PROMPT_TOKENS_PER_MESSAGE + COMPLETION_TOKENS  # the fake's usage for chat_body()
 # What an upstream without stream_options answers a body that has them.
-STREAM_OPTIONS_REFUSED = {
-    "error": {
-        "message": "Unrecognized request argument supplied: stream_options",
-        "type": "invalid_request_error",
-        "param": None,
-        "code": None,
-    }
-}
 RATE_HEADERS = (
     "x-ratelimit-limit-requests",
     "x-ratelimit-remaining-requests",
