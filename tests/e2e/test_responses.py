@@ -24,6 +24,7 @@ from fake_upstream import (
     DEFAULT_TOOL_ARGUMENTS,
     DEFAULT_TOOL_CALL_ID,
     PROMPT_TOKENS_PER_MESSAGE,
+    STREAM_OPTIONS_REFUSED,
     FakeUpstream,
     Reply,
     make_chunk,
@@ -280,6 +281,30 @@ def test_the_ledger_counts_responses_and_their_cost(served: tuple[Gateway, str],
     # gpt-4o's shipped price, $2.50 and $10 per 1M tokens: 5 x 2.5 + 7 x 10 = 82.5, so 83
     # micro-dollars a request (rounded once per request, halves up).
     assert row["cost_micro_usd"] == 2 * 83
+
+
+def test_the_bridge_streams_from_an_upstream_that_refuses_stream_options(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    # The gateway asks for the stream's usage; an upstream without the option refuses it, and
+    # gets the bridged request again without it: the client still gets its whole stream.
+    name = "responses-no-stream-options"
+    key = gateway.wait_for_key(gateway.create_key(name))
+    upstream.enqueue(Reply.json(400, STREAM_OPTIONS_REFUSED))
+    with (
+        OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, timeout=TIMEOUT) as sdk,
+        sdk.responses.stream(model=MODEL, input="Hello") as stream,
+    ):
+        deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text == DEFAULT_CONTENT
+    asked, plain = (json.loads(request.body) for request in upstream.requests[-2:])
+    assert asked["stream_options"] == {"include_usage": True} and "stream_options" not in plain
+    assert {**plain, "stream_options": asked["stream_options"]} == asked
+    # No usage came: the ledger has the estimate, and says so.
+    usage = gateway.ledger_totals(name, requests=1)
+    assert (usage["estimated_requests"], usage["errors"]) == (1, 0), usage
+    assert usage["completion_tokens"] > 0, usage
 
 
 def test_a_broken_stream_ends_with_an_error_event(

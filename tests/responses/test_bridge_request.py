@@ -215,7 +215,6 @@ def test_settings_map_to_their_chat_names() -> None:
         "reasoning_effort": "high",
         "max_completion_tokens": 500,
         "stream": True,
-        "stream_options": {"include_usage": True},
     }
     json_mode = bridged(
         {"model": "gpt-4o", "input": "Hi", "text": {"format": {"type": "json_object"}}}

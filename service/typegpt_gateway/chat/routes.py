@@ -46,6 +46,9 @@ class OpenAIRoute:
     # and nothing is estimated for it: its usage is what the answer reports, or the request
     # tells (speech's characters), else unmeasured (its cost unknown).
     counts_tokens: bool = True
+    # Whether the usage chunk the gateway asked for is kept from the client: not by a route
+    # that turns the chunks into something else and needs it (the Responses bridge).
+    strips_usage_chunk: bool = True
     # The answer goes to the client as the upstream sends it, bytes as they come, with the
     # upstream's Content-Type (audio): neither read whole as JSON nor as SSE events (a JSON
     # one is also read for its usage once it is all through).
@@ -54,7 +57,7 @@ class OpenAIRoute:
     def meter(self, request: ApiRequest, *, strip_usage_chunk: bool) -> UsageMeter:
         return UsageMeter(
             request.prompt_tokens if self.counts_tokens else 0,
-            strip_usage_chunk=strip_usage_chunk,
+            strip_usage_chunk=strip_usage_chunk and self.strips_usage_chunk,
             read_usage=self.read_usage,
             count_output=self.count_output,
             estimates=self.counts_tokens,

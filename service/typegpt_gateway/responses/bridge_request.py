@@ -123,9 +123,9 @@ def to_chat_request(request: Mapping[str, Any]) -> Json:
     if request.get("max_output_tokens") is not None:
         chat["max_completion_tokens"] = request["max_output_tokens"]
     if request.get("stream"):
+        # No stream_options: the pipeline asks for the usage as for any stream, and sends the
+        # request again without the option to an upstream that refuses it.
         chat["stream"] = True
-        # The stream's last event carries the usage; only the upstream can give it exactly.
-        chat["stream_options"] = {"include_usage": True}
     return chat
 
 

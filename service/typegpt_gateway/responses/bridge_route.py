@@ -17,4 +17,6 @@ BRIDGED = dataclasses.replace(
     parse=parse_chat_request,
     read_usage=chat_usage,
     count_output=chat_output_chars,
+    # Its usage becomes response.completed's usage (bridge_stream.py).
+    strips_usage_chunk=False,
 )
