@@ -239,7 +239,22 @@ def test_settings_map_to_their_chat_names() -> None:
         ({"include": ["file_search_call.results"]}, "include[0]"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
         ({"truncation": "auto"}, "truncation"),
-        ({"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary"),
+        ({"reasoning": {"effort": "low", "summary": "brief"}}, "reasoning.summary"),
+        ({"tools": [{"type": "custom", "name": "apply_patch"}]}, "tools[0].type"),
+        (
+            {"tools": [{"type": "namespace", "name": "crm", "description": "", "tools": []}]},
+            "tools[0].tools",
+        ),
+        (
+            {
+                "tools": [
+                    {"type": "namespace", "name": "crm", "description": "", "tools": [WEATHER]},
+                    {**WEATHER, "name": "crm__get_weather"},
+                ]
+            },
+            "tools",
+        ),
+        ({"tools": [{"type": "function", "parameters": {}}]}, "tools[0].name"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
         (
@@ -269,3 +284,50 @@ def test_what_the_bridge_cannot_honour_is_a_400_naming_it(
     assert refused.value.status == 400
     assert refused.value.param == param
     assert param.split("[")[0].split(".")[0] in refused.value.message
+
+
+def test_a_namespaces_functions_are_chat_functions_under_joined_names() -> None:
+    crm = {
+        "type": "namespace",
+        "name": "crm",
+        "description": "Customer records.",
+        "tools": [{**WEATHER, "name": "find"}, {**WEATHER, "name": "close"}],
+    }
+    chat = bridged(
+        {
+            "model": "gpt-4o",
+            "tools": [WEATHER, crm],
+            "input": [
+                {"role": "user", "content": "Close the ticket."},
+                {
+                    "type": "function_call",
+                    "namespace": "crm",
+                    "name": "close",
+                    "call_id": "call_1",
+                    "arguments": "{}",
+                },
+                {"type": "function_call_output", "call_id": "call_1", "output": "closed"},
+            ],
+        }
+    )
+    assert [tool["function"]["name"] for tool in chat["tools"]] == [
+        "get_weather",
+        "crm__find",
+        "crm__close",
+    ]
+    assert chat["messages"][1]["tool_calls"][0]["function"]["name"] == "crm__close"
+
+
+def test_what_codex_cli_sends_beside_its_tools_is_accepted() -> None:
+    # Its telemetry goes nowhere; a reasoning summary is asked for and none comes.
+    chat = bridged(
+        {
+            "model": "gpt-5",
+            "input": "Hi",
+            "reasoning": {"effort": "medium", "summary": "auto"},
+            "client_metadata": {"session_id": "s"},
+            "include": ["reasoning.encrypted_content"],
+            "store": False,
+        }
+    )
+    assert "client_metadata" not in chat and chat["reasoning_effort"] == "medium"

@@ -50,8 +50,8 @@ def chunk(
     }
 
 
-def run(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    stream = EventStream(ResponseShape.of(REQUEST))
+def run(chunks: list[dict[str, Any]], request: dict[str, Any] = REQUEST) -> list[dict[str, Any]]:
+    stream = EventStream(ResponseShape.of(request))
     events = stream.start()
     for item in chunks:
         events += stream.feed(item)
@@ -169,3 +169,22 @@ def test_each_event_is_an_sse_event_named_like_its_type() -> None:
     assert name == b"event: response.output_text.delta"
     assert json.loads(data.removeprefix(b"data: ")) == event
     assert end == b"\n"
+
+
+def test_a_streamed_call_of_a_namespaces_function_names_its_namespace() -> None:
+    tool = {"type": "function", "name": "close", "parameters": {"type": "object"}}
+    crm = {"type": "namespace", "name": "crm", "description": "", "tools": [tool]}
+    call = {"index": 0, "id": "call_1", "type": "function"}
+    events = run(
+        [
+            chunk({"tool_calls": [{**call, "function": {"name": "crm__close", "arguments": ""}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+            chunk({}, finish="tool_calls"),
+        ],
+        {**REQUEST, "tools": [crm]},
+    )
+    items = [e["item"] for e in events if e["type"].startswith("response.output_item.")]
+    assert [(item["namespace"], item["name"]) for item in items] == [("crm", "close")] * 2
+    (done,) = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert done["name"] == "close"
+    assert events[-1]["response"]["output"][0]["namespace"] == "crm"

@@ -111,3 +111,19 @@ def test_a_cut_answer_is_incomplete_with_the_reason(finish: str, reason: str) ->
 def test_a_refusal_is_a_refusal_part() -> None:
     response = answer(REQUEST, completion({"content": None, "refusal": "I can't."}))
     assert response["output"][0]["content"] == [{"type": "refusal", "refusal": "I can't."}]
+
+
+def test_a_call_of_a_namespaces_function_names_its_namespace() -> None:
+    tool = {"type": "function", "name": "close", "parameters": {"type": "object"}}
+    crm = {"type": "namespace", "name": "crm", "description": "", "tools": [tool]}
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": name, "arguments": "{}"}}
+        for name in ("crm__close", "close", "other__close")
+    ]
+    response = answer(
+        {**REQUEST, "tools": [crm, tool], "reasoning": {"summary": "auto"}},
+        completion({"content": None, "tool_calls": calls}, finish="tool_calls"),
+    )
+    named = [(item.get("namespace"), item["name"]) for item in response["output"]]
+    assert named == [("crm", "close"), (None, "close"), (None, "other__close")]
+    assert response["reasoning"] == {"effort": None, "summary": "auto"}

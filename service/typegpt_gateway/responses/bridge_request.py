@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import GatewayError
+from . import tool_names
 
 Json = dict[str, Any]
 
@@ -29,9 +30,13 @@ _SAME = (
     "service_tier",
 )
 # Honoured without reaching the upstream: metadata is the client's own, echoed in the Response;
-# max_tool_calls bounds built-in tool calls, which the bridge refuses anyway; stream_options
-# only turns obfuscation padding on or off, and the bridge never pads.
-_ECHOED = ("metadata", "max_tool_calls", "stream_options")
+# client_metadata is the client's telemetry for OpenAI (Codex CLI sends it), of no use to a
+# chat upstream; max_tool_calls bounds built-in tool calls, which the bridge refuses anyway;
+# stream_options only turns obfuscation padding on or off, and the bridge never pads.
+_ECHOED = ("metadata", "client_metadata", "max_tool_calls", "stream_options")
+# What a reasoning summary may be asked as. Chat completions return none, and "auto" lets the
+# model give none: a summary asked for is accepted, and none comes (Codex CLI always asks).
+_SUMMARIES = frozenset({"auto", "concise", "detailed"})
 _HANDLED = frozenset(
     (
         *_SAME,
@@ -115,7 +120,7 @@ def to_chat_request(request: Mapping[str, Any]) -> Json:
     chat["messages"] = _messages(request)
     tools = request.get("tools")
     if tools:
-        chat["tools"] = [_tool(index, tool) for index, tool in enumerate(tools)]
+        chat["tools"] = _tools(tools)
     if request.get("tool_choice") is not None:
         chat["tool_choice"] = _tool_choice(request["tool_choice"])
     _text(request.get("text"), chat)
@@ -157,13 +162,13 @@ def _add_item(messages: list[Json], item: Any, param: str) -> None:
             raise _invalid(f"{param}.role", f"Invalid value for '{param}.role'.")
         messages.append({"role": role, "content": _content(item.get("content"), param, role)})
     elif kind == "function_call":
+        name = _string(item, "name", param)
+        if item.get("namespace") is not None:
+            name = tool_names.joined(_string(item, "namespace", param), name)
         call = {
             "id": _string(item, "call_id", param),
             "type": "function",
-            "function": {
-                "name": _string(item, "name", param),
-                "arguments": item.get("arguments", ""),
-            },
+            "function": {"name": name, "arguments": item.get("arguments", "")},
         }
         # Calls that follow an assistant turn are that turn's: chat completions keeps a turn's
         # text and its tool calls in one message.
@@ -243,15 +248,47 @@ def _text_of(content: Any, param: str) -> str:
     return "".join(texts)
 
 
-def _tool(index: int, tool: Any) -> Json:
+def _tools(tools: Any) -> list[Json]:
+    """Chat's function tools: the request's, and each namespace's under its joined name
+    (tool_names.py), none named twice."""
+    if not isinstance(tools, list):
+        raise _invalid("tools", "'tools' must be a list.")
+    chat: list[Json] = []
+    for index, tool in enumerate(tools):
+        param = f"tools[{index}]"
+        if isinstance(tool, dict) and tool.get("type") == "namespace":
+            namespace = _string(tool, "name", param)
+            inner = tool.get("tools")
+            if not isinstance(inner, list) or not inner:
+                raise _invalid(f"{param}.tools", f"'{param}.tools' must be a non-empty list.")
+            for position, member in enumerate(inner):
+                function = _function(member, f"{param}.tools[{position}]")
+                function["function"]["name"] = tool_names.joined(
+                    namespace, function["function"]["name"]
+                )
+                chat.append(function)
+        else:
+            chat.append(_function(tool, param))
+    names = [tool["function"]["name"] for tool in chat]
+    for name in names:
+        if names.count(name) > 1:
+            raise _invalid("tools", f"Two tools are named {name!r} (namespaces joined with __).")
+    return chat
+
+
+def _function(tool: Any, param: str) -> Json:
     kind = tool.get("type") if isinstance(tool, dict) else None
+    if kind == "custom":
+        raise unsupported(
+            f"{param}.type", "custom (free-form) tools are not supported; use a function"
+        )
     if kind != "function":
         raise unsupported(
-            f"tools[{index}].type",
+            f"{param}.type",
             f"built-in tools such as {kind!r} run only at OpenAI; only function tools are "
             "supported",
         )
-    function: Json = {"name": tool.get("name")}
+    function: Json = {"name": _string(tool, "name", param)}
     for name in ("description", "parameters", "strict"):
         if tool.get(name) is not None:
             function[name] = tool[name]
@@ -300,7 +337,10 @@ def _reasoning(reasoning: Any, chat: Json) -> None:
     if not isinstance(reasoning, dict):
         raise _invalid("reasoning", "'reasoning' must be an object.")
     for name in ("summary", "generate_summary"):
-        if reasoning.get(name) is not None:
-            raise unsupported(f"reasoning.{name}", "chat completions return no reasoning summary")
+        if reasoning.get(name) not in (None, *_SUMMARIES):
+            raise _invalid(
+                f"reasoning.{name}",
+                f"Invalid value for 'reasoning.{name}': expected one of auto, concise, detailed.",
+            )
     if reasoning.get("effort") is not None:
         chat["reasoning_effort"] = reasoning["effort"]

@@ -18,7 +18,6 @@ from .response_object import (
     INCOMPLETE_REASONS,
     Json,
     ResponseShape,
-    function_call_item,
     message_item,
     new_id,
     refusal_part,
@@ -124,7 +123,7 @@ class EventStream:
         if isinstance(cut, _Message):
             self._output[cut.index] = message_item(cut.id, cut.content(), "incomplete")
         elif isinstance(cut, _Call):
-            self._output[cut.index] = function_call_item(
+            self._output[cut.index] = self.shape.call_item(
                 cut.id, cut.call_id, cut.name, cut.arguments, "incomplete"
             )
         response = self.shape.response(
@@ -226,7 +225,7 @@ class EventStream:
                 self._event(
                     "response.output_item.added",
                     output_index=call.index,
-                    item=function_call_item(call.id, call.call_id, call.name, "", "in_progress"),
+                    item=self.shape.call_item(call.id, call.call_id, call.name, "", "in_progress"),
                 )
             )
         arguments = function.get("arguments")
@@ -247,14 +246,16 @@ class EventStream:
         if isinstance(item, _Message):
             return self._close_message(item)
         if isinstance(item, _Call):
-            done = function_call_item(item.id, item.call_id, item.name, item.arguments, "completed")
+            done = self.shape.call_item(
+                item.id, item.call_id, item.name, item.arguments, "completed"
+            )
             self._output[item.index] = done
             return [
                 self._event(
                     "response.function_call_arguments.done",
                     item_id=item.id,
                     output_index=item.index,
-                    name=item.name,
+                    name=done["name"],
                     arguments=item.arguments,
                 ),
                 self._event("response.output_item.done", output_index=item.index, item=done),

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import tool_names
+
 Json = dict[str, Any]
 
 
@@ -23,6 +25,8 @@ class ResponseShape:
     id: str
     created_at: int
     echo: Json
+    # The request's namespaces: a call of one of their functions comes back split.
+    namespaces: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, request: Mapping[str, Any]) -> ResponseShape:
@@ -35,7 +39,11 @@ class ResponseShape:
             "max_output_tokens": request.get("max_output_tokens"),
             "parallel_tool_calls": request.get("parallel_tool_calls", True) is not False,
             "previous_response_id": None,
-            "reasoning": {"effort": (reasoning or {}).get("effort"), "summary": None},
+            "reasoning": {
+                "effort": (reasoning or {}).get("effort"),
+                "summary": (reasoning or {}).get("summary")
+                or (reasoning or {}).get("generate_summary"),
+            },
             # Nothing is kept, whatever the default says: the answer tells the truth.
             "store": False,
             "temperature": request.get("temperature", 1.0),
@@ -53,7 +61,22 @@ class ResponseShape:
         }
         if request.get("user") is not None:
             echo["user"] = request["user"]
-        return cls(new_id("resp"), int(time.time()), echo)
+        namespaces = frozenset(
+            tool["name"]
+            for tool in tools
+            if tool.get("type") == "namespace" and isinstance(tool.get("name"), str)
+        )
+        return cls(new_id("resp"), int(time.time()), echo, namespaces)
+
+    def call_item(
+        self, item_id: str, call_id: str, chat_name: str, arguments: str, status: str
+    ) -> Json:
+        """The function_call item of a call chat completions made to `chat_name`."""
+        namespace, name = tool_names.split(chat_name, self.namespaces)
+        item = function_call_item(item_id, call_id, name, arguments, status)
+        if namespace is not None:
+            item["namespace"] = namespace
+        return item
 
     def response(
         self,
@@ -156,7 +179,7 @@ def from_completion(shape: ResponseShape, completion: Mapping[str, Any]) -> Json
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
         output.append(
-            function_call_item(
+            shape.call_item(
                 new_id("fc"),
                 call.get("id") or new_id("call"),
                 function.get("name") or "",
