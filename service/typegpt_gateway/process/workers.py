@@ -172,12 +172,21 @@ class WorkerPool:
                 code,
                 backoff,
             )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
-            try:
-                await self._spawn(worker)
-            except OSError as exc:
-                logger.error("worker %d could not be started: %s", worker.index, exc)
+            # A start that fails (no memory or processes left to fork) is tried again, on the
+            # same backoff: the exited process has nothing more to wait for.
+            while True:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                try:
+                    await self._spawn(worker)
+                    break
+                except OSError as exc:
+                    logger.error(
+                        "worker %d could not be started: %s; trying again in %gs",
+                        worker.index,
+                        exc,
+                        backoff,
+                    )
 
     async def stop(self, drain_timeout: float) -> None:
         """Passes SIGTERM on to every worker and waits for each to finish its drain (within
