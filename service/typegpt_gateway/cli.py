@@ -134,6 +134,10 @@ def serve(
         problems = "; ".join(error["msg"] for error in exc.errors())
         typer.echo(f"error: invalid settings: {problems}", err=True)
         raise typer.Exit(2) from None
+    if settings.worker_index is not None:
+        from .ops.logs import name_worker
+
+        name_worker(settings.worker_index)
     sys.exit(_run(_serve(settings, with_envoy=envoy)))
 
 

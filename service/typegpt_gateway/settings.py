@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # Backend processes behind the one Envoy (serve only; --no-envoy always runs one). Each
     # client key is pinned to one of them, so per-key limits stay exact without Redis.
     workers: int = Field(default_factory=default_workers, ge=1)
+    # Set by `serve` for each of its workers (GATEWAY_WORKER_INDEX): every log line of that
+    # worker says which it is (`"worker": N`), as its metrics do.
+    worker_index: int | None = Field(default=None, ge=0)
     # 0 lets the OS pick, so that several gateways can share a host.
     envoy_admin_port: int = 0
     # Envoy worker threads (0: one per core). One worker carries several times what one

@@ -8,6 +8,7 @@ upstream; loopback only."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -132,6 +133,20 @@ def test_metrics_merge_both_workers(rpm_load):
     assert all(count > 0 for count in requests.values())
     assert sum(requests.values()) == KEYS * (RPM + EXTRA)
     assert _metric(gateway, "typegpt_gateway_worker_up") == {"0": 1.0, "1": 1.0}
+
+
+def test_each_workers_log_lines_name_it_and_each_key_stays_on_one(rpm_load):
+    gateway, _, _ = rpm_load
+    records = [json.loads(line) for line in gateway.log().splitlines() if line.startswith("{")]
+    requests = [r for r in records if r.get("logger") == "typegpt_gateway.requests"]
+    assert len(requests) == KEYS * (RPM + EXTRA)
+    workers_by_key: dict[str, set[int]] = {}
+    for record in requests:
+        workers_by_key.setdefault(record["key"], set()).add(record["worker"])
+    assert set().union(*workers_by_key.values()) == {0, 1}
+    assert all(len(found) == 1 for found in workers_by_key.values()), workers_by_key
+    # serve's own lines (the workers' starts) are no worker's.
+    assert all("worker" not in r for r in records if "started: pid" in r.get("message", ""))
 
 
 def _message(text: str) -> chat_pb2.ChatMessage:

@@ -75,6 +75,7 @@ def worker_environment(
         GATEWAY_METRICS_HOST=WORKER_HOST,
         GATEWAY_METRICS_PORT=str(worker.metrics_port),
         GATEWAY_WORKERS="1",
+        GATEWAY_WORKER_INDEX=str(worker.index),
     )
     if settings.config is not None:
         env["GATEWAY_CONFIG"] = str(settings.config)
