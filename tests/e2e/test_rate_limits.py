@@ -374,6 +374,25 @@ def test_a_stream_cut_short_by_the_client_counts_what_was_delivered(gateway, ups
         time.sleep(0.05)
 
 
+def test_a_dollar_budget_is_not_dodged_through_a_model_without_a_price(gateway, upstream):
+    # gpt-5-model-router ships without a price: its cost is unknown, so nothing of it would
+    # count towards a dollar budget.
+    unpriced = "gpt-5-model-router"
+    budgeted = _key(gateway, "usd-budget", "--budget-usd", "1")
+    with _client(gateway, budgeted) as client:
+        refused = client.post(CHAT, json=chat_body(unpriced))
+        assert client.post(CHAT, json=chat_body()).status_code == 200  # gpt-4o has a price
+    error = assert_error(refused, 403, "permission_error")
+    assert error["param"] == "model" and "no price" in error["message"], error
+    assert [json.loads(sent.body)["model"] for sent in upstream.requests] == ["gpt-4o"]
+    # Counted as a refused request, as a limit's refusal is.
+    assert gateway.ledger_totals("usd-budget", requests=2)["errors"] == 1
+    # A key without a dollar budget (a token budget does count its tokens) may use it.
+    tokens = _key(gateway, "token-budget", "--budget-tokens", "1000000")
+    with _client(gateway, tokens) as client:
+        assert client.post(CHAT, json=chat_body(unpriced)).status_code == 200
+
+
 def test_ledger_counts_requests_tokens_and_errors_per_model(gateway, upstream):
     key = _key(gateway, "ledger")
     upstream.enqueue(Reply.json(200), Reply.json(500))

@@ -66,8 +66,20 @@ class Accounting:
         self.prices = prices
 
     async def admit(self, key: KeyRecord, model: str, meter: UsageMeter) -> Account:
-        """The request's account, or the limiter's refusal (counted as an error)."""
+        """The request's account, or the refusal (counted as an error): the limiter's, or a
+        dollar budget's for a model without a price."""
         try:
+            if key.budget_usd_micro is not None and self.prices.of(model) is None:
+                # Its cost would be unknown, so nothing would count towards the budget: a key
+                # could spend without end on the one model the operator forgot to price.
+                raise GatewayError(
+                    403,
+                    f"The model '{model}' has no price, so its use cannot count towards this "
+                    "API key's dollar budget; use a priced model, or ask the gateway's "
+                    "operator to price it.",
+                    "permission_error",
+                    param="model",
+                )
             ticket = await self.limiter.admit(key)
         except GatewayError:
             self.ledger.record(key.name, model, None, error=True)
