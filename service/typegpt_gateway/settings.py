@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     envoy_log_level: str = "warning"
 
     max_body_bytes: int = 32 * MiB
+    # The largest whole (not streamed) answer the gateway holds to read its usage: large
+    # embedding batches run to tens of MiB; an answer past this is a 502, not a process
+    # grown without bound. Streams are not held whole, and have no such cap.
+    max_answer_bytes: int = Field(default=128 * MiB, ge=MiB)
     # Open client connections Envoy accepts before refusing new ones.
     max_connections: int = 50_000
     # Slow clients: seconds to send all request headers, then the whole request. Neither

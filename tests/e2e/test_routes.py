@@ -34,6 +34,7 @@ from fake_upstream import (
 from gateway_process import UPSTREAM_KEY, Gateway
 from google.protobuf import struct_pb2
 from openai import OpenAI
+from openai_shape import chat_body
 
 from typegpt.gateway.v1 import routes_pb2, routes_pb2_grpc
 
@@ -415,6 +416,42 @@ def test_node_sdk(routes_gateway: Gateway, key: str) -> None:
 
 
 # -- gRPC -----------------------------------------------------------------------------------
+
+
+def _embeddings_answer(size: int) -> bytes:
+    """An embeddings answer of at least `size` bytes (one long vector)."""
+    head = b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":['
+    tail = b']}],"model":"m","usage":{"prompt_tokens":3,"total_tokens":3}}'
+    count = (size - len(head) - len(tail)) // len(b"0.0123456789,") + 1
+    return head + b",".join([b"0.0123456789"] * count) + tail
+
+
+def test_a_large_answer_comes_whole_and_one_past_the_cap_is_a_502(
+    make_gateway: Any, upstream: FakeUpstream
+) -> None:
+    cap = 8 * 1024 * 1024
+    env = {
+        "GATEWAY_MODELS": ",".join(MODELS),
+        "GATEWAY_MAX_ANSWER_BYTES": str(cap),
+        # One gRPC message holds at most this and 1 MiB: 5 MiB.
+        "GATEWAY_MAX_BODY_BYTES": str(4 * 1024 * 1024),
+    }
+    gateway = make_gateway(extra_env=env).start()
+    key = gateway.wait_for_key(gateway.create_key("large-answers"))
+    # Over what one gRPC message may hold (it goes in pieces); past the cap for a whole
+    # answer. (One message of it was refused as a misleading 429 rate_limit_error.)
+    large, too_large = _embeddings_answer(6 * 1024 * 1024), _embeddings_answer(cap + 1)
+    upstream.enqueue(Reply.json(200, large), Reply.json(200, too_large))
+    body = {"model": EMBEDDING_MODEL, "input": "a"}
+    whole = post(gateway, key, "/embeddings", json=body)
+    assert whole.status_code == 200 and whole.content == large
+    refused = post(gateway, key, "/embeddings", json=body)
+    assert refused.status_code == 502, refused.text
+    error = refused.json()["error"]
+    assert error["type"] == "api_error" and "GATEWAY_MAX_ANSWER_BYTES" in error["message"]
+    assert post(gateway, key, "/chat/completions", json=chat_body()).status_code == 200
+    usage = gateway.ledger_totals("large-answers", requests=3)
+    assert (usage["errors"], usage["prompt_tokens"] >= 3) == (1, True), usage
 
 
 def test_typed_embeddings_over_grpc(routes_gateway: Gateway, key: str, upstream: FakeUpstream):

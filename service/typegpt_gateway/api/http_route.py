@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Protocol, TypeVar
 
 from google.api import httpbody_pb2
@@ -31,6 +31,25 @@ class HttpMessage(Protocol):
 
 
 Message = TypeVar("Message", bound=HttpMessage)
+
+
+# A whole answer larger than this goes out in pieces of this size: a gRPC message is capped
+# (GATEWAY_MAX_BODY_BYTES), and Envoy writes each piece on as it comes, the same bytes.
+ANSWER_PIECE_BYTES = 4 * 1024 * 1024
+
+
+def http_messages(
+    message: Callable[[], Message], data: bytes, content_type: str
+) -> Iterator[Message]:
+    """The response messages of an HttpBody RPC holding a whole answer `data`: one, or
+    pieces of ANSWER_PIECE_BYTES, the first with the content type."""
+    if len(data) <= ANSWER_PIECE_BYTES:  # nearly every answer: no copy
+        yield http_message(message, data, content_type)
+        return
+    view = memoryview(data)
+    for start in range(0, len(data), ANSWER_PIECE_BYTES):
+        yield http_message(message, bytes(view[start : start + ANSWER_PIECE_BYTES]), content_type)
+        content_type = ""
 
 
 def http_message(message: Callable[[], Message], data: bytes, content_type: str) -> Message:
@@ -101,7 +120,8 @@ async def serve_http(
         exchange = observe.current()
         if isinstance(answered, bytes):
             exchange.sent_first_byte()
-            yield reply(answered, JSON)
+            for piece in http_messages(message, answered, JSON):
+                yield piece
             return
         if isinstance(answered, Passthrough):
             content_type = answered.content_type

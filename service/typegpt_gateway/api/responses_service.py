@@ -122,7 +122,10 @@ class ResponsesRpcs:
             if isinstance(answered, bytes):
                 data = answered if shape is None else _bridged_answer(shape, answered)
                 exchange.sent_first_byte()
-                yield http_route.http_message(chat_pb2.CreateResponseHttpResponse, data, JSON_TYPE)
+                for piece in http_route.http_messages(
+                    chat_pb2.CreateResponseHttpResponse, data, JSON_TYPE
+                ):
+                    yield piece
                 return
             frames = _native_frames(answered) if shape is None else _bridged_frames(answered, shape)
             # The first message's content type becomes the HTTP Content-Type.

@@ -293,8 +293,11 @@ class Answer:
                 stream.release()
 
 
-async def read_answer(response: aiohttp.ClientResponse, deadlines: Deadlines) -> bytes:
-    """A whole non-streamed answer, each read bounded by the deadlines."""
+async def read_answer(
+    response: aiohttp.ClientResponse, deadlines: Deadlines, *, limit: int
+) -> bytes:
+    """A whole non-streamed answer as the upstream sent it (see `checked_answer`), each read
+    bounded by the deadlines; a 502 past `limit` bytes, which the gateway would hold whole."""
     loop = asyncio.get_running_loop()
     answer = bytearray()
     content = response.content
@@ -315,6 +318,14 @@ async def read_answer(response: aiohttp.ClientResponse, deadlines: Deadlines) ->
                     break
             answer += chunk
             deadlines.got_bytes()
+            if len(answer) > limit:
+                # The request's doing (a huge batch of embeddings), not the upstream's fault.
+                raise GatewayError(
+                    502,
+                    f"The upstream API's answer is over {limit:,} bytes, more than the gateway "
+                    "holds for one answer (GATEWAY_MAX_ANSWER_BYTES); ask for less at a time.",
+                    "api_error",
+                )
     except aiohttp.ClientError as exc:
         broke = GatewayError(
             502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
@@ -322,8 +333,16 @@ async def read_answer(response: aiohttp.ClientResponse, deadlines: Deadlines) ->
         raise observe.upstream_failed(broke) from exc
     finally:
         finish(response)
+    return bytes(answer)
+
+
+def checked_answer(answer: bytes, meter: UsageMeter) -> bytes:
+    """What the client gets of a whole answer, once read for its usage: a 502 unless it is a
+    JSON object; the upstream's key nowhere in it. (CPU-bound: a large answer is given to the
+    pipeline's large-body thread.)"""
     if not answer.lstrip().startswith(b"{"):
         not_json = GatewayError(502, "The upstream API answered with something not JSON.")
         raise observe.upstream_failed(not_json)
+    meter.see_answer(answer)
     # An upstream that echoes our key (a debugging proxy, say) must not hand it out.
-    return redact_bytes(bytes(answer))
+    return redact_bytes(answer)

@@ -12,6 +12,7 @@ once, since closing again does nothing.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from ..ops import observe
 from ..upstream.failover import Failover, Opened
 from ..upstream.timeouts import Deadlines
 from .accounting import Accounting
-from .answer import Answer, Passthrough, Stream, read_answer
+from .answer import Answer, Passthrough, Stream, checked_answer, read_answer
 from .catalog import Catalog
 from .request import JSON_TYPE, ApiRequest, media_type
 from .routes import CHAT, OpenAIRoute
@@ -56,6 +57,7 @@ class ChatPipeline:
         *,
         keepalive: float,
         flush_interval: float = 0.0,
+        max_answer_bytes: int = 128 * 1024 * 1024,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
@@ -63,6 +65,7 @@ class ChatPipeline:
         self.accounting = accounting
         self._keepalive = keepalive
         self._flush_interval = flush_interval
+        self._max_answer_bytes = max_answer_bytes
         # Done when the gateway's drain time is up: open streams end with an error frame.
         self.stopping: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._large_bodies = ThreadPoolExecutor(1, thread_name_prefix="large-bodies")
@@ -114,9 +117,11 @@ class ChatPipeline:
                     meter=meter,
                 )
                 return Answer(stream, account)
-            answer = await read_answer(response, deadlines)
-            meter.see_answer(answer)
-            return Answer(answer, account)
+            answer = await read_answer(response, deadlines, limit=self._max_answer_bytes)
+            checked = await self.work_on_body(
+                answer, functools.partial(checked_answer, answer, meter)
+            )
+            return Answer(checked, account)
         except BaseException as exc:
             cancelled = isinstance(exc, asyncio.CancelledError)
             # A client gone while waiting is counted with its prompt, which the upstream got.
@@ -127,11 +132,15 @@ class ChatPipeline:
             raise
 
     async def work_on_body(self, body: bytes, work: Callable[[], Read]) -> Read:
-        """`work()`, which reads `body`: on the event loop for a small body, on the large
-        bodies' thread for a large one (LARGE_BODY_BYTES)."""
+        """`work()`, which reads `body` (a request's, or a whole answer's): on the event loop
+        for a small body, on the large bodies' thread for a large one (LARGE_BODY_BYTES)."""
         if len(body) < LARGE_BODY_BYTES:
             return work()
-        return await asyncio.get_running_loop().run_in_executor(self._large_bodies, work)
+        # In the request's context: its log lines and metrics know the request there too.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._large_bodies, context.run, work
+        )
 
     async def _parse(self, route: OpenAIRoute, body: bytes, content_type: str) -> ApiRequest:
         return await self.work_on_body(body, functools.partial(route.parse, body, content_type))

@@ -166,6 +166,7 @@ async def start_backend(settings: Settings) -> Backend:
         accounting,
         keepalive=settings.sse_keepalive_interval,
         flush_interval=settings.stream_flush_interval,
+        max_answer_bytes=settings.max_answer_bytes,
     )
     readiness = ReadinessProbe(*_readiness_checks(settings, store, limiter_backend))
     # The admin API writes through the server's own store: the key cache sees each change at
