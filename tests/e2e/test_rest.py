@@ -114,6 +114,21 @@ def test_stream_broken_by_upstream_ends_with_error_frame_not_done(client, upstre
     assert error["code"] == 502 and error["type"] == "api_error"
 
 
+def test_an_event_that_never_ends_is_cut_at_its_cap_not_held_without_end(client, upstream):
+    # One event of 17 MiB without its blank line, then nothing for a minute: the gateway
+    # stops at 16 MiB held, at once, rather than grow with whatever else the upstream sends.
+    first = make_chunk({"content": "partial"})
+    endless = b"data: " + json.dumps(first).encode() + b"\n\ndata: " + b"x" * (17 * 1024 * 1024)
+    upstream.enqueue(Reply.stream([endless, b"\n\n"], delay=60, done=False))
+    began = time.monotonic()
+    response = client.post(CHAT, json=chat_body(stream=True))
+    payloads = sse_payloads(response.text)
+    assert json.loads(payloads[0]) == first
+    error = json.loads(payloads[-1])["error"]
+    assert error["code"] == 502 and "over 16,777,216 bytes" in error["message"], error
+    assert time.monotonic() - began < 55  # not after the upstream's next event
+
+
 @pytest.mark.parametrize("ending", ["broken", "clean-eof", "error-event"])
 def test_events_waiting_for_the_flush_interval_reach_the_client_before_its_error(
     make_gateway, upstream, ending

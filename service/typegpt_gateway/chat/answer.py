@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 # A passed-through JSON answer read for its usage: a transcript with its segments and words
 # takes a few MB at most, far less than this.
 MAX_METERED_BYTES = 16 * 1024 * 1024
+# The most of one stream event the gateway holds while it waits for the event's end: far
+# above any real event (a chat chunk is under a KiB; a Response's last event holds the whole
+# answer), and what keeps an upstream that never ends an event from growing the process.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 def shutting_down() -> GatewayError:
@@ -149,6 +153,13 @@ class Stream:
                 if batch:
                     yield batch
                     sent_at = loop.time()
+                if reader.pending_size() > MAX_EVENT_BYTES:
+                    endless = GatewayError(
+                        502,
+                        f"The upstream API sent a stream event of over {MAX_EVENT_BYTES:,} bytes.",
+                        "api_error",
+                    )
+                    raise observe.upstream_failed(endless)
         except (GeneratorExit, asyncio.CancelledError):
             failed = False  # the client went away: its choice, not an error
             raise

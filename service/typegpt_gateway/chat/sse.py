@@ -57,6 +57,10 @@ class EventReader:
         """Bytes of an event not yet terminated (left over when the stream ends)."""
         return self._buffer[self._start :]
 
+    def pending_size(self) -> int:
+        """How many bytes `pending` holds, without copying them."""
+        return len(self._buffer) - self._start
+
 
 def _event_data(event: bytes) -> bytes | None:
     lines = []
