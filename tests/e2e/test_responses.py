@@ -307,6 +307,33 @@ def test_the_bridge_streams_from_an_upstream_that_refuses_stream_options(
     assert usage["completion_tokens"] > 0, usage
 
 
+def test_a_bridged_stream_past_the_answer_cap_fails_and_a_chat_stream_has_none(
+    make_gateway: Any, upstream: FakeUpstream
+) -> None:
+    # The bridge holds a whole response for its last event; a chat stream holds nothing.
+    gateway = make_gateway(extra_env={"GATEWAY_MAX_ANSWER_BYTES": str(1024 * 1024)}).start()
+    key = gateway.wait_for_key(gateway.create_key("long-streams"))
+    pieces = [make_chunk({"content": "x" * 4096}) for _ in range(400)]  # 1.6 MiB of text
+    upstream.enqueue(Reply.stream(pieces), Reply.stream(pieces))
+    headers = {"authorization": f"Bearer {key}"}
+    bridged = httpx.post(
+        f"{gateway.url}/v1/responses",
+        json={"model": MODEL, "input": "Hi", "stream": True},
+        headers=headers,
+        timeout=TIMEOUT,
+    )
+    last = json.loads(bridged.text.rstrip().rsplit("data: ", 1)[-1])
+    assert last["type"] == "response.failed", last["type"]
+    assert "GATEWAY_MAX_ANSWER_BYTES" in last["response"]["error"]["message"]
+    chat = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True},
+        headers=headers,
+        timeout=TIMEOUT,
+    )
+    assert chat.text.rstrip().endswith("data: [DONE]") and chat.text.count("x" * 4096) == 400
+
+
 def test_a_broken_stream_ends_with_an_error_event(
     served: tuple[Gateway, str], mode: str, upstream: FakeUpstream
 ) -> None:

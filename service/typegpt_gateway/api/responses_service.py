@@ -127,7 +127,11 @@ class ResponsesRpcs:
                 ):
                     yield piece
                 return
-            frames = _native_frames(answered) if shape is None else _bridged_frames(answered, shape)
+            frames = (
+                _native_frames(answered)
+                if shape is None
+                else _bridged_frames(answered, shape, self._pipeline.max_answer_bytes)
+            )
             # The first message's content type becomes the HTTP Content-Type.
             content_type = EVENT_STREAM
             with observe.streaming(exchange):
@@ -187,11 +191,15 @@ def _bridged_answer(shape: ResponseShape, completion: bytes) -> bytes:
         ) from exc
 
 
-async def _bridged_frames(stream: Stream, shape: ResponseShape) -> AsyncGenerator[bytes, None]:
+async def _bridged_frames(
+    stream: Stream, shape: ResponseShape, limit: int
+) -> AsyncGenerator[bytes, None]:
     """The Responses API's events made of a chat completion stream, a network read's worth at
-    a time; a failure ends the stream with `error` and `response.failed`."""
+    a time; a failure ends the stream with `error` and `response.failed`. The bridge holds the
+    whole response for its last event: a stream of over `limit` bytes fails."""
     events = EventStream(shape)
     yield b"".join(map(event_frame, events.start()))
+    received = 0
     try:
         async with contextlib.aclosing(stream.batches()) as batches:
             async for batch in batches:
@@ -200,6 +208,14 @@ async def _bridged_frames(stream: Stream, shape: ResponseShape) -> AsyncGenerato
                     continue
                 made = []
                 for data in batch:
+                    received += len(data)
+                    if received > limit:
+                        raise GatewayError(
+                            502,
+                            f"The upstream API's stream is over {limit:,} bytes, more than "
+                            "the gateway holds for one response (GATEWAY_MAX_ANSWER_BYTES).",
+                            "api_error",
+                        )
                     if data != DONE:
                         chunk = orjson.loads(data)
                         if isinstance(chunk, dict):

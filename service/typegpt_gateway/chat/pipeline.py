@@ -65,7 +65,8 @@ class ChatPipeline:
         self.accounting = accounting
         self._keepalive = keepalive
         self._flush_interval = flush_interval
-        self._max_answer_bytes = max_answer_bytes
+        # The most of one answer the gateway holds whole (GATEWAY_MAX_ANSWER_BYTES).
+        self.max_answer_bytes = max_answer_bytes
         # Done when the gateway's drain time is up: open streams end with an error frame.
         self.stopping: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._large_bodies = ThreadPoolExecutor(1, thread_name_prefix="large-bodies")
@@ -117,7 +118,7 @@ class ChatPipeline:
                     meter=meter,
                 )
                 return Answer(stream, account)
-            answer = await read_answer(response, deadlines, limit=self._max_answer_bytes)
+            answer = await read_answer(response, deadlines, limit=self.max_answer_bytes)
             checked = await self.work_on_body(
                 answer, functools.partial(checked_answer, answer, meter)
             )
