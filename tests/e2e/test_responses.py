@@ -334,6 +334,28 @@ def test_a_bridged_stream_past_the_answer_cap_fails_and_a_chat_stream_has_none(
     assert chat.text.rstrip().endswith("data: [DONE]") and chat.text.count("x" * 4096) == 400
 
 
+def test_a_bridged_stream_with_a_chunk_not_json_fails_as_the_upstreams_fault(
+    gateway: Gateway, api_key: str, upstream: FakeUpstream
+) -> None:
+    first = make_chunk({"content": "Hel"})
+    upstream.enqueue(Reply.stream([first, b"data: {not json\n\n", make_chunk({"content": "lo"})]))
+    logged = len(gateway.log())
+    response = httpx.post(
+        f"{gateway.url}/v1/responses",
+        json={"model": MODEL, "input": "Hi", "stream": True},
+        headers={"authorization": f"Bearer {gateway.wait_for_key(api_key)}"},
+        timeout=TIMEOUT,
+    )
+    last = json.loads(response.text.rstrip().rsplit("data: ", 1)[-1])
+    assert last["type"] == "response.failed"
+    assert last["response"]["error"]["message"] == (
+        "The upstream API sent a stream chunk that is not JSON."
+    )
+    # The text before it is in the failed response; the gateway logged no error of its own.
+    assert last["response"]["output"][0]["content"][0]["text"] == "Hel"
+    assert "unexpected error" not in gateway.log()[logged:]
+
+
 def test_a_broken_stream_ends_with_an_error_event(
     served: tuple[Gateway, str], mode: str, upstream: FakeUpstream
 ) -> None:

@@ -217,7 +217,7 @@ async def _bridged_frames(
                             "api_error",
                         )
                     if data != DONE:
-                        chunk = orjson.loads(data)
+                        chunk = _chunk(data)
                         if isinstance(chunk, dict):
                             made += events.feed(chunk)
                     else:
@@ -228,6 +228,16 @@ async def _bridged_frames(
         error = as_gateway_error(exc)
         observe.current().failed(error)
         yield b"".join(map(event_frame, events.fail(error.payload())))
+
+
+def _chunk(data: bytes) -> Any:
+    """A chat stream chunk as JSON; the upstream's 502 when it is none (the bridge cannot
+    turn it into an event)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        garbled = GatewayError(502, "The upstream API sent a stream chunk that is not JSON.")
+        raise observe.upstream_failed(garbled) from None
 
 
 async def _native_frames(stream: Stream) -> AsyncGenerator[bytes, None]:
