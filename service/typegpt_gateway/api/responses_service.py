@@ -84,6 +84,15 @@ class ResponsesRpcs:
             raise prepared
         return prepared
 
+    async def _answer_of(self, answered: bytes, shape: ResponseShape | None) -> bytes:
+        """The Response the client gets for a whole answer (the bridge's, off the event loop
+        when it is large)."""
+        if shape is None:
+            return answered
+        return await self._pipeline.work_on_body(
+            answered, functools.partial(_bridged_answer, shape, answered)
+        )
+
     @contextlib.asynccontextmanager
     async def _response_answer(
         self, body: bytes, content_type: str, context: observe.Context
@@ -120,7 +129,7 @@ class ResponsesRpcs:
         ):
             exchange = observe.current()
             if isinstance(answered, bytes):
-                data = answered if shape is None else _bridged_answer(shape, answered)
+                data = await self._answer_of(answered, shape)
                 exchange.sent_first_byte()
                 for piece in http_route.http_messages(
                     chat_pb2.CreateResponseHttpResponse, data, JSON_TYPE
@@ -172,7 +181,7 @@ class ResponsesRpcs:
             if not isinstance(answered, bytes):
                 raise AssertionError("unreachable: the body does not stream")
             try:
-                data = answered if shape is None else _bridged_answer(shape, answered)
+                data = await self._answer_of(answered, shape)
                 return _typed_response(orjson.loads(data))
             except Exception as exc:
                 await abort(context, as_gateway_error(exc))
