@@ -114,6 +114,26 @@ def test_stream_broken_by_upstream_ends_with_error_frame_not_done(client, upstre
     assert error["code"] == 502 and error["type"] == "api_error"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_error_sent_with_http_200_is_an_error_with_its_message(
+    client, upstream, stream
+):
+    # Some upstreams answer a failure (here a quota) with HTTP 200 and an error object,
+    # where the answer should be; the client must not get it as a completion.
+    failure = {
+        "error": {"message": f"quota spent for {UPSTREAM_KEY}", "type": "insufficient_quota"}
+    }
+    upstream.enqueue(Reply.json(200, failure))
+    response = client.post(CHAT, json=chat_body(stream=stream))
+    if stream:
+        assert response.status_code == 200  # the headers were sent: the error is in-band
+        error = json.loads(sse_payloads(response.text)[-1])["error"]
+    else:
+        error = assert_error(response, 502, "api_error")
+    assert error["code"] == 502 and error["message"].startswith("The upstream API failed")
+    assert "quota spent" in error["message"] and UPSTREAM_KEY not in response.text
+
+
 def test_an_event_that_never_ends_is_cut_at_its_cap_not_held_without_end(client, upstream):
     # One event of 17 MiB without its blank line, then nothing for a minute: the gateway
     # stops at 16 MiB held, at once, rather than grow with whatever else the upstream sends.

@@ -9,6 +9,7 @@ import logging
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -127,6 +128,10 @@ class Stream:
                             waiting = None
                         yield []
                 if not chunk:
+                    # An upstream that answers a stream with a JSON error (HTTP 200 all the
+                    # same) said why: the client gets its message, not a guess.
+                    if is_error_event(unended := reader.pending().strip()):
+                        raise observe.upstream_failed(self._in_band_error(unended))
                     ended = GatewayError(
                         502,
                         "The upstream API ended the stream before it was complete.",
@@ -179,14 +184,21 @@ class Stream:
 
     def _in_band_error(self, data: bytes) -> GatewayError:
         try:
-            error = orjson.loads(data)["error"]
-            message = error.get("message") if isinstance(error, dict) else error
-        except (orjson.JSONDecodeError, KeyError, AttributeError):
-            message = None
-        text = scrub(message, self._secrets) if isinstance(message, str) else "unknown error"
-        if text is None:
-            text = "its message was withheld (it held a form of a credential)"
-        return GatewayError(502, f"The upstream API failed mid-stream: {text}", "api_error")
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            document = None
+        return upstream_error(document, self._secrets, "The upstream API failed mid-stream")
+
+
+def upstream_error(document: Any, secrets: tuple[str, ...], said: str) -> GatewayError:
+    """The 502 for an error the upstream reported in its answer (`{"error": {"message"}}`):
+    `said`, then its message, scrubbed of any form of the gateway's secrets."""
+    error = document.get("error") if isinstance(document, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    text = scrub(message, secrets) if isinstance(message, str) else "unknown error"
+    if text is None:
+        text = "its message was withheld (it held a form of a credential)"
+    return GatewayError(502, f"{said}: {text}", "api_error")
 
 
 class Passthrough:
@@ -347,13 +359,20 @@ async def read_answer(
     return bytes(answer)
 
 
-def checked_answer(answer: bytes, meter: UsageMeter) -> bytes:
+def checked_answer(answer: bytes, meter: UsageMeter, secrets: tuple[str, ...]) -> bytes:
     """What the client gets of a whole answer, once read for its usage: a 502 unless it is a
-    JSON object; the upstream's key nowhere in it. (CPU-bound: a large answer is given to the
-    pipeline's large-body thread.)"""
+    JSON object, or when it is the upstream's error with HTTP 200 (an `error` object where the
+    answer's `object` should be); the upstream's key nowhere in it. (CPU-bound: a large answer
+    is given to the pipeline's large-body thread.)"""
     if not answer.lstrip().startswith(b"{"):
         not_json = GatewayError(502, "The upstream API answered with something not JSON.")
         raise observe.upstream_failed(not_json)
-    meter.see_answer(answer)
+    document = meter.see_answer(answer)
+    if (
+        isinstance(document, dict)
+        and isinstance(document.get("error"), dict)
+        and "object" not in document
+    ):
+        raise observe.upstream_failed(upstream_error(document, secrets, "The upstream API failed"))
     # An upstream that echoes our key (a debugging proxy, say) must not hand it out.
     return redact_bytes(answer)

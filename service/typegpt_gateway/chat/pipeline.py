@@ -120,7 +120,7 @@ class ChatPipeline:
                 return Answer(stream, account)
             answer = await read_answer(response, deadlines, limit=self.max_answer_bytes)
             checked = await self.work_on_body(
-                answer, functools.partial(checked_answer, answer, meter)
+                answer, functools.partial(checked_answer, answer, meter, self.upstreams.secrets)
             )
             return Answer(checked, account)
         except BaseException as exc:

@@ -351,8 +351,11 @@ class UsageMeter:
         """The upstream will send no usage chunk after all."""
         self._strip = False
 
-    def see_answer(self, answer: bytes) -> None:
-        self._see(_loads(answer))
+    def see_answer(self, answer: bytes) -> Any:
+        """Notes a whole answer; returns it as JSON (None when it is none)."""
+        document = _loads(answer)
+        self._see(document)
+        return document
 
     def see_chunk(self, data: bytes) -> bool:
         """Notes a stream chunk; False when the client must not see it (the usage chunk
