@@ -27,6 +27,7 @@ from fake_upstream import (
     WEATHER_TOOL,
     FakeUpstream,
     Reply,
+    make_completion,
     make_error,
     make_stream_chunks,
 )
@@ -134,6 +135,29 @@ def test_stream_include_usage_ends_with_a_usage_chunk(
     assert "".join(c.choices[0].delta.content or "" for c in content_chunks) == DEFAULT_CONTENT
     assert content_chunks[-1].choices[0].finish_reason == "stop"
     assert upstream.last_request().json()["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("tool_name", [None, "get_weather"])
+def test_an_upstream_that_ignores_stream_still_gives_a_stream(
+    client: OpenAI, upstream: FakeUpstream, tool_name: str | None
+) -> None:
+    # Some OpenAI-compatible upstreams answer `stream: true` with their whole completion.
+    whole = make_completion(tool_name=tool_name)
+    upstream.enqueue(Reply.json(200, whole))
+    with client.chat.completions.stream(
+        model=MODEL, messages=MESSAGES, tools=TOOLS, stream_options={"include_usage": True}
+    ) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    [choice] = final.choices
+    assert choice.message.content == whole["choices"][0]["message"]["content"]
+    assert choice.finish_reason == whole["choices"][0]["finish_reason"]
+    if tool_name is not None:
+        [call] = choice.message.tool_calls or []
+        assert (call.id, call.function.name) == (DEFAULT_TOOL_CALL_ID, tool_name)
+        assert call.function.arguments == DEFAULT_TOOL_ARGUMENTS
+    assert final.usage is not None and final.usage.completion_tokens == COMPLETION_TOKENS
 
 
 def test_tool_call(client: OpenAI, upstream: FakeUpstream) -> None:

@@ -132,6 +132,18 @@ class Stream:
                     # same) said why: the client gets its message, not a guess.
                     if is_error_event(unended := reader.pending().strip()):
                         raise observe.upstream_failed(self._in_band_error(unended))
+                    # One that ignores `stream` sends its whole completion: it goes out as the
+                    # stream it would have been.
+                    whole = completion_chunks(unended) if unended.startswith(b"{") else None
+                    if whole is not None:
+                        batch = [
+                            redactor.feed(data) for data in whole if self._meter.see_chunk(data)
+                        ]
+                        if (held := redactor.flush()) is not None:
+                            batch.append(held)
+                        failed = False
+                        yield [*batch, DONE]
+                        return
                     ended = GatewayError(
                         502,
                         "The upstream API ended the stream before it was complete.",
@@ -188,6 +200,45 @@ class Stream:
         except orjson.JSONDecodeError:
             document = None
         return upstream_error(document, self._secrets, "The upstream API failed mid-stream")
+
+
+def completion_chunks(answer: bytes) -> list[bytes] | None:
+    """The stream of a whole chat completion (`"object": "chat.completion"`): one chunk with
+    each choice's message as its delta, then one with the usage, as OpenAI would have streamed
+    it; None for anything else."""
+    try:
+        document = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict) or document.get("object") != "chat.completion":
+        return None
+    choices = document.get("choices")
+    if not isinstance(choices, list):
+        return None
+    head = {name: document[name] for name in ("id", "created", "model") if name in document}
+    head["object"] = "chat.completion.chunk"
+    if "system_fingerprint" in document:
+        head["system_fingerprint"] = document["system_fingerprint"]
+    deltas = []
+    for choice in choices:
+        message = dict(choice.get("message") or {}) if isinstance(choice, dict) else {}
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):  # a streamed call says which of the message's it is
+            message["tool_calls"] = [
+                {"index": index, **call} if isinstance(call, dict) else call
+                for index, call in enumerate(calls)
+            ]
+        delta = {
+            "index": choice.get("index", 0) if isinstance(choice, dict) else 0,
+            "delta": message,
+            "logprobs": choice.get("logprobs") if isinstance(choice, dict) else None,
+            "finish_reason": choice.get("finish_reason") if isinstance(choice, dict) else None,
+        }
+        deltas.append(delta)
+    chunks = [orjson.dumps({**head, "choices": deltas})]
+    if document.get("usage") is not None:
+        chunks.append(orjson.dumps({**head, "choices": [], "usage": document["usage"]}))
+    return chunks
 
 
 def upstream_error(document: Any, secrets: tuple[str, ...], said: str) -> GatewayError:
