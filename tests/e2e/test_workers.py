@@ -137,8 +137,14 @@ def test_metrics_merge_both_workers(rpm_load):
 
 def test_each_workers_log_lines_name_it_and_each_key_stays_on_one(rpm_load):
     gateway, _, _ = rpm_load
-    records = [json.loads(line) for line in gateway.log().splitlines() if line.startswith("{")]
-    requests = [r for r in records if r.get("logger") == "typegpt_gateway.requests"]
+    # Each line is written a moment after its request ends: waited for.
+    deadline = time.monotonic() + 30
+    while True:
+        records = [json.loads(line) for line in gateway.log().splitlines() if line[:1] == "{"]
+        requests = [r for r in records if r.get("logger") == "typegpt_gateway.requests"]
+        if len(requests) >= KEYS * (RPM + EXTRA) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert len(requests) == KEYS * (RPM + EXTRA)
     workers_by_key: dict[str, set[int]] = {}
     for record in requests:
@@ -147,6 +153,9 @@ def test_each_workers_log_lines_name_it_and_each_key_stays_on_one(rpm_load):
     assert all(len(found) == 1 for found in workers_by_key.values()), workers_by_key
     # serve's own lines (the workers' starts) are no worker's.
     assert all("worker" not in r for r in records if "started: pid" in r.get("message", ""))
+    # What holds for the whole gateway is said once, by the first worker.
+    unpriced = [r for r in records if "'gpt-5-model-router' has no price" in r["message"]]
+    assert [r.get("worker") for r in unpriced] == [0], unpriced
 
 
 def _message(text: str) -> chat_pb2.ChatMessage:

@@ -134,8 +134,10 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> int:
             "gRPC server could not start on %s:%s: %s", settings.grpc_host, settings.grpc_port, exc
         )
         return 1
-    _warn_missing_keys(backend)
-    _warn_unpriced(backend, settings.models)
+    # What is true of the whole gateway is said once: by its one backend, or its first worker.
+    if not settings.worker_index:
+        _warn_missing_keys(backend)
+        _warn_unpriced(backend, settings.models)
     _freeze_startup_heap()
     if settings.admin_token is None:
         logger.info("admin API off: set GATEWAY_ADMIN_KEY to manage keys over REST and gRPC")
