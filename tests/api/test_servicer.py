@@ -40,12 +40,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc, status_pb2, status_pb2_grpc
 from typegpt_gateway.api import proto_json
 from typegpt_gateway.api.status_service import StatusServicer
-from typegpt_gateway.chat.pipeline import ChatPipeline
-from typegpt_gateway.chat.sse import DONE_FRAME, KEEPALIVE_FRAME
-from typegpt_gateway.chat.usage_meter import UsageMeter
 from typegpt_gateway.keystore.ledger import UsageLedger
 from typegpt_gateway.keystore.sqlite import KeyStore
 from typegpt_gateway.ops import observe
+from typegpt_gateway.pipeline.pipeline import ChatPipeline
+from typegpt_gateway.pipeline.sse import DONE_FRAME, KEEPALIVE_FRAME
+from typegpt_gateway.pipeline.usage_meter import UsageMeter
 from typegpt_gateway.process.backend import Backend, start_backend
 from typegpt_gateway.process.readiness import ReadinessProbe
 from typegpt_gateway.settings import Settings

@@ -155,7 +155,7 @@ def test_malformed_usage_reaches_the_client_frees_the_slot_and_is_counted(
     warned = Counter(
         r.get("request_id")
         for r in records
-        if r["level"] == "WARNING" and r["logger"] == "typegpt_gateway.chat.usage_meter"
+        if r["level"] == "WARNING" and r["logger"] == "typegpt_gateway.pipeline.usage_meter"
     )
     assert warned and max(warned.values()) == 1, warned
     lines = {r["request_id"]: r for r in records if r["logger"] == "typegpt_gateway.requests"}

@@ -17,7 +17,7 @@ LAYERS = (
     "process",
     "api",
     "responses",
-    "chat",
+    "pipeline",
     "limits",
     "upstream",
     "keystore",
@@ -139,22 +139,24 @@ def test_each_package_says_in_two_lines_what_it_is_for():
 
 def test_the_checks_catch_what_they_look_for():
     graph = {
-        "typegpt_gateway.ops.observe": {"typegpt_gateway.chat.pipeline"},
-        "typegpt_gateway.chat.pipeline": {"typegpt_gateway.chat.sse"},
-        "typegpt_gateway.chat.sse": {"typegpt_gateway.chat.pipeline"},
+        "typegpt_gateway.ops.observe": {"typegpt_gateway.pipeline.pipeline"},
+        "typegpt_gateway.pipeline.pipeline": {"typegpt_gateway.pipeline.sse"},
+        "typegpt_gateway.pipeline.sse": {"typegpt_gateway.pipeline.pipeline"},
     }
-    assert upward_imports(graph) == ["typegpt_gateway.ops.observe -> typegpt_gateway.chat.pipeline"]
-    assert cycles(graph) == [["typegpt_gateway.chat.pipeline", "typegpt_gateway.chat.sse"]]
+    assert upward_imports(graph) == [
+        "typegpt_gateway.ops.observe -> typegpt_gateway.pipeline.pipeline"
+    ]
+    assert cycles(graph) == [["typegpt_gateway.pipeline.pipeline", "typegpt_gateway.pipeline.sse"]]
 
 
 def test_lazy_and_relative_imports_are_seen(tmp_path):
     package = tmp_path / PACKAGE
-    (package / "chat").mkdir(parents=True)
+    (package / "pipeline").mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "chat" / "__init__.py").write_text("")
-    (package / "chat" / "sse.py").write_text("")
+    (package / "pipeline" / "__init__.py").write_text("")
+    (package / "pipeline" / "sse.py").write_text("")
     (package / "errors.py").write_text("")
-    (package / "chat" / "pipeline.py").write_text(
+    (package / "pipeline" / "pipeline.py").write_text(
         "from . import sse\ndef f():\n    from ..errors import GatewayError\n"
     )
     files = {
@@ -162,7 +164,7 @@ def test_lazy_and_relative_imports_are_seen(tmp_path):
         for p in package.rglob("*.py")
     }
     graph = import_graph(files)
-    assert graph["typegpt_gateway.chat.pipeline"] == {
-        "typegpt_gateway.chat.sse",
+    assert graph["typegpt_gateway.pipeline.pipeline"] == {
+        "typegpt_gateway.pipeline.sse",
         "typegpt_gateway.errors",
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from typegpt_gateway.chat.usage_meter import UsageMeter
+from typegpt_gateway.pipeline.usage_meter import UsageMeter
 from typegpt_gateway.settings import Settings
 from typegpt_gateway.upstream.prices import DEFAULTS_FILE, Price, cost_micro_usd, shipped_prices
 from typegpt_gateway.upstream.upstreams_file import ConfigError, load_config, price_list

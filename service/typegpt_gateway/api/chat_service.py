@@ -12,13 +12,13 @@ import grpc
 
 from typegpt.gateway.v1 import chat_pb2, chat_pb2_grpc
 
-from ..chat.answer import Passthrough, Stream
-from ..chat.catalog import Catalog, Model
-from ..chat.pipeline import ChatPipeline
-from ..chat.routes import CHAT
-from ..chat.sse import DONE
 from ..errors import GatewayError
 from ..ops import observe
+from ..pipeline.answer import Passthrough, Stream
+from ..pipeline.catalog import Catalog, Model
+from ..pipeline.pipeline import ChatPipeline
+from ..pipeline.routes import CHAT
+from ..pipeline.sse import DONE
 from . import http_route, proto_json
 from .responses_service import ResponsesRpcs
 from .rpc import abort, as_gateway_error, authorization_of

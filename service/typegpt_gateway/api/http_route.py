@@ -12,11 +12,11 @@ from typing import Protocol, TypeVar
 
 from google.api import httpbody_pb2
 
-from ..chat.answer import Passthrough, Stream
-from ..chat.pipeline import ChatPipeline
-from ..chat.routes import OpenAIRoute
-from ..chat.sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
 from ..ops import observe
+from ..pipeline.answer import Passthrough, Stream
+from ..pipeline.pipeline import ChatPipeline
+from ..pipeline.routes import OpenAIRoute
+from ..pipeline.sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
 from ..upstream.client import EVENT_STREAM
 from .rpc import abort, as_gateway_error, authorization_of
 

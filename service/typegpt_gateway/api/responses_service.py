@@ -17,14 +17,14 @@ from google.protobuf import json_format, struct_pb2
 
 from typegpt.gateway.v1 import chat_pb2
 
-from ..chat.answer import Passthrough, Stream
-from ..chat.pipeline import ChatPipeline
-from ..chat.request import JSON_TYPE
-from ..chat.responses_request import FINAL_EVENTS, read_responses_request
-from ..chat.routes import RESPONSES, OpenAIRoute
-from ..chat.sse import DONE, KEEPALIVE_FRAME
 from ..errors import GatewayError
 from ..ops import observe
+from ..pipeline.answer import Passthrough, Stream
+from ..pipeline.pipeline import ChatPipeline
+from ..pipeline.request import JSON_TYPE
+from ..pipeline.responses_request import FINAL_EVENTS, read_responses_request
+from ..pipeline.routes import RESPONSES, OpenAIRoute
+from ..pipeline.sse import DONE, KEEPALIVE_FRAME
 from ..responses.bridge_request import to_chat_request
 from ..responses.bridge_route import BRIDGED
 from ..responses.bridge_stream import EventStream, event_frame

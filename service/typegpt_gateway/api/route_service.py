@@ -1,5 +1,5 @@
 """The route service: OpenAI's routes beside chat (embeddings, legacy completions, images,
-audio). Each HttpBody RPC names its route (chat/routes.py) and is served as chat's is
+audio). Each HttpBody RPC names its route (pipeline/routes.py) and is served as chat's is
 (http_route.py); the typed embeddings RPC shapes its request and answer."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import grpc
 
 from typegpt.gateway.v1 import routes_pb2, routes_pb2_grpc
 
-from ..chat.pipeline import ChatPipeline
-from ..chat.routes import COMPLETIONS, EMBEDDINGS, IMAGES, SPEECH, TRANSCRIPTIONS, OpenAIRoute
 from ..ops import observe
+from ..pipeline.pipeline import ChatPipeline
+from ..pipeline.routes import COMPLETIONS, EMBEDDINGS, IMAGES, SPEECH, TRANSCRIPTIONS, OpenAIRoute
 from . import http_route, proto_json
 from .rpc import abort, as_gateway_error
 

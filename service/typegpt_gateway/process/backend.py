@@ -33,9 +33,6 @@ from ..api.console_service import ConsoleServicer
 from ..api.key_service import KeyServicer
 from ..api.route_service import RouteServicer
 from ..api.status_service import Check, StatusServicer
-from ..chat.accounting import Accounting
-from ..chat.catalog import Catalog
-from ..chat.pipeline import ChatPipeline
 from ..keystore.admin import KeyAdmin
 from ..keystore.cache import KeyCache
 from ..keystore.ledger import UsageLedger
@@ -44,6 +41,9 @@ from ..keystore.records import missing_key_error
 from ..keystore.store import Store
 from ..limits import Backend as LimiterBackend
 from ..limits import InProcessBackend, Limiter, Spent
+from ..pipeline.accounting import Accounting
+from ..pipeline.catalog import Catalog
+from ..pipeline.pipeline import ChatPipeline
 from ..redaction import register_url_password
 from ..settings import MiB, Settings
 from ..upstream.failover import Failover

@@ -1,14 +1,14 @@
 """The route `responses` as the bridge sends it: the same route to model rules, limits and
-metrics as chat/routes.py's RESPONSES, but its body is the chat completion request the bridge
+metrics as pipeline/routes.py's RESPONSES, but its body is the chat completion request the bridge
 made (bridge_request.py), sent to the upstream's chat completions and metered as one."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from ..chat.request import parse_chat_request
-from ..chat.routes import RESPONSES
-from ..chat.usage_meter import chat_output_chars, chat_usage
+from ..pipeline.request import parse_chat_request
+from ..pipeline.routes import RESPONSES
+from ..pipeline.usage_meter import chat_output_chars, chat_usage
 from ..upstream.client import CHAT_CALL
 
 BRIDGED = dataclasses.replace(

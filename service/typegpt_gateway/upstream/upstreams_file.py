@@ -78,7 +78,7 @@ class GatewayConfig(BaseModel):
 
     upstreams: tuple[UpstreamConfig, ...] = Field(min_length=1)
     prices: dict[str, Price | None] = Field(default_factory=dict)
-    # Model -> the names of the routes it is offered on (chat/routes.py checks the names).
+    # Model -> the names of the routes it is offered on (pipeline/routes.py checks the names).
     model_routes: dict[str, tuple[str, ...]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

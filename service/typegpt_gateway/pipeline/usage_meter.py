@@ -17,7 +17,7 @@ characters: for the prompt, of every string in the request body, keys included, 
 image part at a fixed IMAGE_TOKENS instead of its URL; for the completion, of every string
 delivered in the choices' deltas or messages (text, refusal, tool calls, reasoning) but their
 `role`, `type` and `id` (a Responses answer's are its output items' and its stream's deltas,
-chat/responses_request.py). So are they when the upstream reports a usage the gateway cannot use
+pipeline/responses_request.py). So are they when the upstream reports a usage the gateway cannot use
 (not two counts from 0 to MAX_REPORTED_TOKENS): whatever the shape of an answer, reading it
 never fails the request, and the client gets the upstream's bytes as they came.
 """

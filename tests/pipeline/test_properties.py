@@ -13,15 +13,15 @@ from hypothesis import strategies as st
 
 from typegpt.gateway.v1 import chat_pb2
 from typegpt_gateway.api import proto_json
-from typegpt_gateway.chat.request import ChatRequest, parse_chat_request
-from typegpt_gateway.chat.sse import DONE_FRAME, EventReader, data_frame, is_error_event
-from typegpt_gateway.chat.usage_meter import (
+from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.pipeline.request import ChatRequest, parse_chat_request
+from typegpt_gateway.pipeline.sse import DONE_FRAME, EventReader, data_frame, is_error_event
+from typegpt_gateway.pipeline.usage_meter import (
     CHARS_PER_TOKEN,
     IMAGE_TOKENS,
     estimate_tokens,
     with_include_usage,
 )
-from typegpt_gateway.errors import GatewayError
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from typegpt_gateway.chat import sse
-from typegpt_gateway.chat.request import parse_chat_request
 from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.pipeline import sse
+from typegpt_gateway.pipeline.request import parse_chat_request
 
 # --- request parsing -------------------------------------------------------------------------
 

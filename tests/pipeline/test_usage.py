@@ -13,8 +13,11 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from test_properties import SETTINGS, json_values, valid_documents
 
-from typegpt_gateway.chat.request import parse_chat_request
-from typegpt_gateway.chat.usage_meter import (
+from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.keystore.ledger import UsageLedger
+from typegpt_gateway.keystore.store import UsageRow
+from typegpt_gateway.pipeline.request import parse_chat_request
+from typegpt_gateway.pipeline.usage_meter import (
     IMAGE_TOKENS,
     MAX_REPORTED_TOKENS,
     UsageMeter,
@@ -23,9 +26,6 @@ from typegpt_gateway.chat.usage_meter import (
     with_include_usage,
     with_usage_option,
 )
-from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.keystore.ledger import UsageLedger
-from typegpt_gateway.keystore.store import UsageRow
 from typegpt_gateway.usage import Usage
 
 
@@ -227,7 +227,7 @@ def test_an_unusable_usage_is_estimated_and_told_once(usage, caplog):
     meter = UsageMeter(2, strip_usage_chunk=True)
     chunk = _bytes(make_chunk({"content": "abcd"}, include_usage=True))
     usage_chunk = _bytes({**make_usage_chunk({}), "usage": usage})
-    with caplog.at_level(logging.WARNING, logger="typegpt_gateway.chat.usage_meter"):
+    with caplog.at_level(logging.WARNING, logger="typegpt_gateway.pipeline.usage_meter"):
         assert meter.see_chunk(chunk) is True
         # Asked for by the gateway: kept from the client even though it is of no use.
         assert meter.see_chunk(usage_chunk) is False
@@ -238,7 +238,7 @@ def test_an_unusable_usage_is_estimated_and_told_once(usage, caplog):
 
 def test_a_usage_null_on_each_chunk_is_no_usage_and_no_warning(caplog):
     meter = UsageMeter(2, strip_usage_chunk=True)
-    with caplog.at_level(logging.WARNING, logger="typegpt_gateway.chat.usage_meter"):
+    with caplog.at_level(logging.WARNING, logger="typegpt_gateway.pipeline.usage_meter"):
         assert meter.see_chunk(_bytes(make_chunk({"content": "abcd"}, include_usage=True)))
     assert meter.usage() == Usage(2, 1, estimated=True) and not caplog.records
 

@@ -1,6 +1,6 @@
 """A Responses API request (`POST /v1/responses`) as the gateway reads it, and the usage its
 answer reports (a Response, or a stream's final event). Pure rules; the route itself is
-chat/routes.py's RESPONSES, and the bridge to chat completions is in responses/."""
+pipeline/routes.py's RESPONSES, and the bridge to chat completions is in responses/."""
 
 from __future__ import annotations
 

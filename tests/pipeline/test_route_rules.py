@@ -11,17 +11,17 @@ import httpx
 import pytest
 
 from typegpt_gateway.api import proto_json
-from typegpt_gateway.chat import multipart
-from typegpt_gateway.chat.catalog import Catalog
-from typegpt_gateway.chat.routes import CHAT, EMBEDDINGS, IMAGES, ROUTES, SPEECH, TRANSCRIPTIONS
-from typegpt_gateway.chat.usage_meter import (
+from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.keystore.records import KeyRecord
+from typegpt_gateway.pipeline import multipart
+from typegpt_gateway.pipeline.catalog import Catalog
+from typegpt_gateway.pipeline.routes import CHAT, EMBEDDINGS, IMAGES, ROUTES, SPEECH, TRANSCRIPTIONS
+from typegpt_gateway.pipeline.usage_meter import (
     UnusableUsageError,
     embeddings_usage,
     images_usage,
     transcription_usage,
 )
-from typegpt_gateway.errors import GatewayError
-from typegpt_gateway.keystore.records import KeyRecord
 from typegpt_gateway.upstream.upstreams_file import ConfigError
 from typegpt_gateway.usage import Usage
 

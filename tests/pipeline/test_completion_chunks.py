@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from typegpt_gateway.chat.answer import completion_chunks
+from typegpt_gateway.pipeline.answer import completion_chunks
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from typegpt_gateway.chat.catalog import Catalog
-from typegpt_gateway.chat.responses_request import (
+from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.pipeline.catalog import Catalog
+from typegpt_gateway.pipeline.responses_request import (
     parse_responses_request,
     responses_output_chars,
     responses_usage,
 )
-from typegpt_gateway.chat.routes import RESPONSES
-from typegpt_gateway.chat.usage_meter import UnusableUsageError
-from typegpt_gateway.errors import GatewayError
+from typegpt_gateway.pipeline.routes import RESPONSES
+from typegpt_gateway.pipeline.usage_meter import UnusableUsageError
 from typegpt_gateway.usage import Usage
 
 USAGE = {
