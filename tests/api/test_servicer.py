@@ -43,7 +43,7 @@ from typegpt_gateway.api.status_service import StatusServicer
 from typegpt_gateway.keystore.ledger import UsageLedger
 from typegpt_gateway.keystore.sqlite import KeyStore
 from typegpt_gateway.ops import observe
-from typegpt_gateway.pipeline.pipeline import ChatPipeline
+from typegpt_gateway.pipeline.pipeline import Pipeline
 from typegpt_gateway.pipeline.sse import DONE_FRAME, KEEPALIVE_FRAME
 from typegpt_gateway.pipeline.usage_meter import UsageMeter
 from typegpt_gateway.process.backend import Backend, start_backend
@@ -350,10 +350,10 @@ def test_missing_upstream_key(
 def test_unexpected_failure_is_internal_and_says_little(
     upstream: FakeUpstream, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken_start(self: ChatPipeline, body: bytes, authorization: str | None) -> bytes:
+    async def broken_start(self: Pipeline, body: bytes, authorization: str | None) -> bytes:
         raise RuntimeError(f"boom with {UPSTREAM_SECRET}")
 
-    monkeypatch.setattr(ChatPipeline, "start", broken_start)
+    monkeypatch.setattr(Pipeline, "start", broken_start)
 
     async def scenario(h: Harness) -> None:
         error = await rpc_error(

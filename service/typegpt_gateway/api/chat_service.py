@@ -16,7 +16,7 @@ from ..errors import GatewayError
 from ..ops import observe
 from ..pipeline.answer import Passthrough, Stream
 from ..pipeline.catalog import Catalog, Model
-from ..pipeline.pipeline import ChatPipeline
+from ..pipeline.pipeline import Pipeline
 from ..pipeline.routes import CHAT
 from ..pipeline.sse import DONE
 from . import http_route, proto_json
@@ -35,7 +35,7 @@ def _model_message(model: Model) -> chat_pb2.Model:
 class ChatServicer(ResponsesRpcs, chat_pb2_grpc.ChatServiceServicer):
     """Chat completions, the model list, and the Responses API (responses_service)."""
 
-    def __init__(self, pipeline: ChatPipeline, catalog: Catalog, *, log_bodies: bool) -> None:
+    def __init__(self, pipeline: Pipeline, catalog: Catalog, *, log_bodies: bool) -> None:
         self._pipeline = pipeline
         self._catalog = catalog
         self._log_bodies = log_bodies

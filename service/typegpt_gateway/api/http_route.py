@@ -14,7 +14,7 @@ from google.api import httpbody_pb2
 
 from ..ops import observe
 from ..pipeline.answer import Passthrough, Stream
-from ..pipeline.pipeline import ChatPipeline
+from ..pipeline.pipeline import Pipeline
 from ..pipeline.routes import OpenAIRoute
 from ..pipeline.sse import DONE_FRAME, KEEPALIVE_FRAME, data_frame
 from ..upstream.client import EVENT_STREAM
@@ -64,7 +64,7 @@ def http_message(message: Callable[[], Message], data: bytes, content_type: str)
 
 @contextlib.asynccontextmanager
 async def answer(
-    pipeline: ChatPipeline,
+    pipeline: Pipeline,
     route: OpenAIRoute,
     body: bytes | Callable[[], bytes],
     context: observe.Context,
@@ -98,7 +98,7 @@ async def answer(
 
 
 async def serve_http(
-    pipeline: ChatPipeline,
+    pipeline: Pipeline,
     route: OpenAIRoute,
     http_body: httpbody_pb2.HttpBody,
     context: observe.Context,

@@ -20,7 +20,7 @@ from typegpt.gateway.v1 import chat_pb2
 from ..errors import GatewayError
 from ..ops import observe
 from ..pipeline.answer import Passthrough, Stream
-from ..pipeline.pipeline import ChatPipeline
+from ..pipeline.pipeline import Pipeline
 from ..pipeline.request import JSON_TYPE
 from ..pipeline.responses_request import FINAL_EVENTS, read_responses_request
 from ..pipeline.routes import RESPONSES, OpenAIRoute
@@ -65,7 +65,7 @@ def _prepare_body(
 class ResponsesRpcs:
     """ChatService's Responses API RPCs (a part of ChatServicer)."""
 
-    _pipeline: ChatPipeline
+    _pipeline: Pipeline
     _log_bodies: bool
 
     async def _prepare(self, body: bytes, content_type: str, context: observe.Context) -> _Prepared:

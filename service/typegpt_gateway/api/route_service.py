@@ -14,7 +14,7 @@ import grpc
 from typegpt.gateway.v1 import routes_pb2, routes_pb2_grpc
 
 from ..ops import observe
-from ..pipeline.pipeline import ChatPipeline
+from ..pipeline.pipeline import Pipeline
 from ..pipeline.routes import COMPLETIONS, EMBEDDINGS, IMAGES, SPEECH, TRANSCRIPTIONS, OpenAIRoute
 from . import http_route, proto_json
 from .rpc import abort, as_gateway_error
@@ -41,7 +41,7 @@ def _http_rpc(
 
 
 class RouteServicer(routes_pb2_grpc.RouteServiceServicer):
-    def __init__(self, pipeline: ChatPipeline, *, log_bodies: bool) -> None:
+    def __init__(self, pipeline: Pipeline, *, log_bodies: bool) -> None:
         self.pipeline = pipeline
         self.log_bodies = log_bodies
 

@@ -1,7 +1,7 @@
 """A request's way through the gateway, whatever its OpenAI route (routes.py): auth → request
 rules → catalog → limits → upstream.
 
-`ChatPipeline.start` does everything that can still fail with a clean HTTP status; what it
+`Pipeline.start` does everything that can still fail with a clean HTTP status; what it
 returns is the whole JSON answer, a `Stream` whose failures can only be reported in band, as
 SSE error frames, or (a route that passes its answer through) a `Passthrough`, with the
 rate-limit headers for each. Its caller owns that
@@ -47,7 +47,7 @@ LARGE_BODY_BYTES = 256 * 1024
 Read = TypeVar("Read")
 
 
-class ChatPipeline:
+class Pipeline:
     def __init__(
         self,
         keys: KeyCache,

@@ -43,7 +43,7 @@ from ..limits import Backend as LimiterBackend
 from ..limits import InProcessBackend, Limiter, Spent
 from ..pipeline.accounting import Accounting
 from ..pipeline.catalog import Catalog
-from ..pipeline.pipeline import ChatPipeline
+from ..pipeline.pipeline import Pipeline
 from ..redaction import register_url_password
 from ..settings import MiB, Settings
 from ..upstream.failover import Failover
@@ -72,7 +72,7 @@ class Backend:
     server: grpc.aio.Server
     keys: KeyCache
     upstreams: Failover
-    pipeline: ChatPipeline
+    pipeline: Pipeline
     store: Store
     health: health.aio.HealthServicer
     readiness: ReadinessProbe
@@ -159,7 +159,7 @@ async def start_backend(settings: Settings) -> Backend:
     )
     limiter_backend = _limiter_backend(settings)
     accounting = _accounting(settings, store, limiter_backend, price_list(settings))
-    pipeline = ChatPipeline(
+    pipeline = Pipeline(
         keys,
         catalog,
         upstreams,
