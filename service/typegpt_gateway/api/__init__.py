@@ -1,2 +1,2 @@
-"""Where a request enters the backend: the gRPC services (chat, status, keys), the checks
-made before a message is read, and the mapping between gateway errors and gRPC status."""
+"""Where a request enters the backend: the gRPC services (chat and responses, the other routes,
+status, keys, console), the checks made before a message is read, and the gRPC edge's errors."""
