@@ -40,6 +40,45 @@ def shutting_down() -> GatewayError:
     return GatewayError(503, "The gateway is shutting down; retry the request.", "api_error")
 
 
+class _Reading:
+    """What a Stream and a Passthrough share while they read the upstream's answer: one timer
+    for the read being waited on (`waiting`), which the gateway's stop fires at once; a client
+    gone counted as its choice, not a failure; a broken connection as the upstream's 502,
+    `broke` saying what broke; and the response released however the reading ends."""
+
+    def __init__(self, answer: Stream | Passthrough, broke: str) -> None:
+        self._answer = answer
+        self._broke = broke
+        self._loop = asyncio.get_running_loop()
+        self.waiting: asyncio.Timeout | None = None
+
+    def _stop(self, _: object) -> None:
+        # A timer that has just fired needs no firing (and may not be rescheduled).
+        if self.waiting is not None and not self.waiting.expired():
+            self.waiting.reschedule(self._loop.time())
+
+    def __enter__(self) -> _Reading:
+        # Failed unless it ends well (the reader says so) or its client leaves.
+        self._answer.failed = True
+        self._answer.stopping.add_done_callback(self._stop)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        try:
+            if kind is not None and issubclass(kind, GeneratorExit | asyncio.CancelledError):
+                self._answer.failed = False  # the client went away: its choice, not an error
+            elif isinstance(error, aiohttp.ClientError):
+                broke = GatewayError(
+                    502, f"The upstream API {self._broke} ({type(error).__name__}).", "api_error"
+                )
+                raise observe.upstream_failed(broke) from error
+        finally:
+            self._answer.stopping.remove_done_callback(self._stop)
+            self._answer.release()
+
+
 class Stream:
     """An upstream SSE response, read as batches of event payloads."""
 
@@ -59,7 +98,8 @@ class Stream:
         self._keepalive = keepalive
         self._flush_interval = flush_interval
         self._secrets = secrets
-        self._stopping = stopping
+        # Done when the gateway's drain time is up: the reading ends at once.
+        self.stopping = stopping
         self._meter = meter
         # Whether it ended in an error (told to the client), not with [DONE] or a client gone.
         self.failed = False
@@ -83,27 +123,18 @@ class Stream:
         # A wait for the network is the stream's own task awaiting the read under one timer:
         # no task, future or callbacks per read (they cost more than the read). The gateway's
         # stop ends a wait by firing its timer at once.
-        waiting: asyncio.Timeout | None = None
         sent_at = -math.inf
-
-        def stop(_: object) -> None:
-            # A timer that has just fired needs no firing (and may not be rescheduled).
-            if waiting is not None and not waiting.expired():
-                waiting.reschedule(loop.time())
-
-        self._stopping.add_done_callback(stop)
-        failed = True
-        try:
+        with _Reading(self, "stream broke") as reading:
             while True:
                 if (gathered := sent_at + self._flush_interval) > loop.time():
                     try:
-                        async with asyncio.timeout_at(gathered) as waiting:
+                        async with asyncio.timeout_at(gathered) as reading.waiting:
                             await content.wait_eof()  # the end need not wait
                     except (TimeoutError, aiohttp.ClientError):
                         pass  # a broken stream: read_available hands out what came first
                     finally:
-                        waiting = None
-                    if self._stopping.done():
+                        reading.waiting = None
+                    if self.stopping.done():
                         raise shutting_down()
                 # What has arrived already is read without a timer; only an empty buffer
                 # means waiting for the network.
@@ -111,21 +142,21 @@ class Stream:
                 if not chunk and not content.at_eof():
                     due = self._deadlines.next_read(loop.time())
                     while True:
-                        if self._stopping.done():
+                        if self.stopping.done():
                             raise shutting_down()
                         try:
                             async with asyncio.timeout_at(
                                 min(loop.time() + self._keepalive, due.at)
-                            ) as waiting:
+                            ) as reading.waiting:
                                 chunk = await content.readany()
                             break
                         except TimeoutError:
-                            if self._stopping.done():
+                            if self.stopping.done():
                                 raise shutting_down() from None
                             if loop.time() >= due.at:
                                 raise observe.upstream_failed(due.error()) from None
                         finally:
-                            waiting = None
+                            reading.waiting = None
                         yield []
                 if not chunk:
                     # An upstream that answers a stream with a JSON error (HTTP 200 all the
@@ -141,7 +172,7 @@ class Stream:
                         ]
                         if (held := redactor.flush()) is not None:
                             batch.append(held)
-                        failed = False
+                        self.failed = False
                         yield [*batch, DONE]
                         return
                     ended = GatewayError(
@@ -154,7 +185,7 @@ class Stream:
                 batch = []
                 for data in reader.feed(chunk):
                     if data == DONE:
-                        failed = False
+                        self.failed = False
                         if (held := redactor.flush()) is not None:
                             batch.append(held)
                         # With the events before it: one message fewer to the client.
@@ -177,18 +208,6 @@ class Stream:
                         "api_error",
                     )
                     raise observe.upstream_failed(endless)
-        except (GeneratorExit, asyncio.CancelledError):
-            failed = False  # the client went away: its choice, not an error
-            raise
-        except aiohttp.ClientError as exc:
-            broke = GatewayError(
-                502, f"The upstream API stream broke ({type(exc).__name__}).", "api_error"
-            )
-            raise observe.upstream_failed(broke) from exc
-        finally:
-            self.failed = failed
-            self._stopping.remove_done_callback(stop)
-            self.release()
 
     def release(self) -> None:
         """Done with the upstream's response (again: nothing happens)."""
@@ -267,7 +286,7 @@ class Passthrough:
     ) -> None:
         self._response = response
         self._deadlines = deadlines
-        self._stopping = stopping
+        self.stopping = stopping
         self._meter = meter
         self.content_type = response.headers.get("content-type", "application/octet-stream")
         # Text may echo a key (a debugging proxy): each chunk of it is redacted. Audio is not.
@@ -283,17 +302,9 @@ class Passthrough:
         loop = asyncio.get_running_loop()
         content = self._response.content
         # As in Stream: the read waits under one timer, which the gateway's stop fires.
-        waiting: asyncio.Timeout | None = None
-
-        def stop(_: object) -> None:
-            if waiting is not None and not waiting.expired():
-                waiting.reschedule(loop.time())
-
-        self._stopping.add_done_callback(stop)
-        failed = True
-        try:
+        with _Reading(self, "answer broke off") as reading:
             while True:
-                if self._stopping.done():
+                if self.stopping.done():
                     raise shutting_down()
                 chunk = read_available(self._response)
                 if not chunk:
@@ -301,14 +312,14 @@ class Passthrough:
                         break
                     due = self._deadlines.next_read(loop.time())
                     try:
-                        async with asyncio.timeout_at(due.at) as waiting:
+                        async with asyncio.timeout_at(due.at) as reading.waiting:
                             chunk = await content.readany()
                     except TimeoutError:
-                        if self._stopping.done():
+                        if self.stopping.done():
                             raise shutting_down() from None
                         raise observe.upstream_failed(due.error()) from None
                     finally:
-                        waiting = None
+                        reading.waiting = None
                     if not chunk:
                         break
                 self._deadlines.got_bytes()
@@ -316,19 +327,7 @@ class Passthrough:
                 yield redact_bytes(chunk) if self._text else chunk
             if self._kept is not None:
                 self._meter.see_answer(bytes(self._kept))
-            failed = False
-        except (GeneratorExit, asyncio.CancelledError):
-            failed = False  # the client went away: its choice, not an error
-            raise
-        except aiohttp.ClientError as exc:
-            broke = GatewayError(
-                502, f"The upstream API answer broke off ({type(exc).__name__}).", "api_error"
-            )
-            raise observe.upstream_failed(broke) from exc
-        finally:
-            self.failed = failed
-            self._stopping.remove_done_callback(stop)
-            self.release()
+            self.failed = False
 
     def _keep(self, chunk: bytes) -> None:
         if self._kept is None:
