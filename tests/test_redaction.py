@@ -26,7 +26,7 @@ from typegpt_gateway.redaction import (
     withholds,
 )
 from typegpt_gateway.settings import Settings
-from typegpt_gateway.upstream.client import Upstream, upstream_error
+from typegpt_gateway.upstream.client import CHAT_CALL, Upstream, upstream_error
 from typegpt_gateway.upstream.retry import AttemptFailed
 from typegpt_gateway.upstream.timeouts import Due
 from typegpt_gateway.upstream.upstreams_file import ConfigError, UpstreamSpec, load_config
@@ -73,7 +73,8 @@ def test_upstream_repr_and_connection_errors_hide_the_key() -> None:
         due = Due(asyncio.get_running_loop().time() + 10, "late")
         try:
             with pytest.raises(AttemptFailed) as caught:
-                await upstream.open_chat(
+                await upstream.send(
+                    CHAT_CALL,
                     b'{"model": "m", "messages": []}',
                     stream=False,
                     due=due,

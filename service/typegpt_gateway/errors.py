@@ -126,6 +126,11 @@ class GatewayError(Exception):
         return json.dumps(self.payload(), ensure_ascii=True, separators=(",", ":"))
 
 
+def invalid_request(message: str, param: str | None = None) -> GatewayError:
+    """A 400 `invalid_request_error` for what the client sent, `param` naming where."""
+    return GatewayError(400, message, "invalid_request_error", param)
+
+
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str | None:
     """Text that came from elsewhere (e.g. an upstream error body) without credentials; None
     when, so cleaned, it still holds a near form of one (see `withholds`): such text is not

@@ -13,7 +13,12 @@ import pytest
 from typegpt_gateway.pipeline.usage_meter import UsageMeter
 from typegpt_gateway.settings import Settings
 from typegpt_gateway.upstream.prices import DEFAULTS_FILE, Price, cost_micro_usd, shipped_prices
-from typegpt_gateway.upstream.upstreams_file import ConfigError, load_config, price_list
+from typegpt_gateway.upstream.upstreams_file import (
+    ConfigError,
+    load_config,
+    price_list,
+    read_config,
+)
 from typegpt_gateway.usage import Usage
 
 GPT_4O = Price(input=Decimal("2.5"), cached_input=Decimal("1.25"), output=Decimal("10"))
@@ -145,7 +150,7 @@ prices:
   gpt-5: null
 """,
     )
-    prices = price_list(Settings(config=path))
+    prices = price_list(read_config(Settings(config=path)))
     shipped = shipped_prices()
     assert prices.of("gpt-4o", "main") == Price(
         input=Decimal(3), cached_input=Decimal("1.5"), output=Decimal(12)
@@ -163,7 +168,7 @@ prices:
 
 
 def test_without_a_config_file_the_defaults_apply():
-    prices = price_list(Settings(config=None))
+    prices = price_list(None)
     assert prices.of("gpt-5-mini", "typegpt") == shipped_prices()["gpt-5-mini"]
     assert prices.of("gpt-5-model-router", "typegpt") is None
 

@@ -23,7 +23,12 @@ from typegpt_gateway.upstream.retry import (
 )
 from typegpt_gateway.upstream.routing import HealthPolicy, Route, Router
 from typegpt_gateway.upstream.timeouts import Deadlines, Timeouts
-from typegpt_gateway.upstream.upstreams_file import ConfigError, load_config, upstream_specs
+from typegpt_gateway.upstream.upstreams_file import (
+    ConfigError,
+    load_config,
+    read_config,
+    upstream_specs,
+)
 
 # --- timeouts --------------------------------------------------------------------------------
 
@@ -338,7 +343,9 @@ upstreams:
     api_key_env: UNSET_KEY
 """,
     )
-    specs = upstream_specs(Settings(config=path), {"KEY_A": " sk-a "})
+    specs = upstream_specs(
+        settings := Settings(config=path), read_config(settings), {"KEY_A": " sk-a "}
+    )
     a, b, c = specs
     assert (a.name, a.base_url, a.api_key, a.models) == (
         "a",
@@ -358,7 +365,7 @@ upstreams:
 
 def test_without_a_file_the_environment_names_the_one_upstream():
     settings = Settings(TYPEGPT_API_KEY="sk-env", TYPEGPT_BASE_URL="http://127.0.0.1:1/v1/")
-    (spec,) = upstream_specs(settings, {})
+    (spec,) = upstream_specs(settings, read_config(settings), {})
     assert (spec.base_url, spec.api_key, spec.key_setting) == (
         "http://127.0.0.1:1/v1",
         "sk-env",

@@ -11,6 +11,7 @@ from typegpt_gateway.settings import Settings
 from typegpt_gateway.upstream.upstreams_file import (
     ConfigError,
     load_config,
+    read_config,
     responses_mode,
     upstream_specs,
 )
@@ -24,7 +25,7 @@ upstreams:
 
 
 def test_the_environments_one_upstream_is_bridged() -> None:
-    specs = upstream_specs(Settings(TYPEGPT_API_KEY="sk-env"), {})
+    specs = upstream_specs(Settings(TYPEGPT_API_KEY="sk-env"), None, {})
     assert [spec.responses for spec in specs] == ["bridged"]
     assert responses_mode(specs, "gpt-4o") == "bridged"
 
@@ -32,7 +33,7 @@ def test_the_environments_one_upstream_is_bridged() -> None:
 def test_native_only_when_every_upstream_serving_the_model_is(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text(CONFIG)
-    specs = upstream_specs(Settings(config=path), {})
+    specs = upstream_specs(settings := Settings(config=path), read_config(settings), {})
     assert [spec.responses for spec in specs] == ["native", "bridged", "native"]
     # Served by openai alone: native. Failover could land gpt-4o or o3 on typegpt: bridged.
     assert responses_mode(specs, "gpt-5") == "native"

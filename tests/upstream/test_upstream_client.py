@@ -29,7 +29,7 @@ from tls_certs import make_server_certificate
 
 from typegpt_gateway.errors import GatewayError
 from typegpt_gateway.settings import Settings
-from typegpt_gateway.upstream.client import finish
+from typegpt_gateway.upstream.client import CHAT_CALL, finish
 from typegpt_gateway.upstream.failover import Failover
 from typegpt_gateway.upstream.retry import AttemptFailed
 
@@ -90,12 +90,12 @@ def _chain(error: BaseException) -> list[BaseException]:
 
 async def _attempt(base_url: str) -> tuple[AttemptFailed, GatewayError]:
     """One upstream attempt that fails, and the error the client would get from failover."""
-    failover = Failover.from_settings(_settings(base_url))
+    failover = Failover.from_settings(_settings(base_url), None)
     try:
         upstream = failover.upstreams[0]
         deadlines = failover.deadlines()
         with pytest.raises(AttemptFailed) as attempt:
-            await upstream.open_chat(CHAT_BODY, stream=False, due=deadlines.first_byte())
+            await upstream.send(CHAT_CALL, CHAT_BODY, stream=False, due=deadlines.first_byte())
         with pytest.raises(GatewayError) as client_error:
             await failover.open("gpt-4o", CHAT_BODY, stream=False, deadlines=deadlines)
         return attempt.value, client_error.value
@@ -174,12 +174,12 @@ def test_a_connect_timeout_is_a_retryable_502_not_a_late_answer() -> None:
         settings = settings.model_copy(
             update={"upstream_connect_timeout": 0.5, "upstream_first_byte_timeout": 5.0}
         )
-        failover = Failover.from_settings(settings)
+        failover = Failover.from_settings(settings, None)
         try:
             due = failover.deadlines().first_byte()
             started = time.monotonic()
             with pytest.raises(AttemptFailed) as failed:
-                await failover.upstreams[0].open_chat(CHAT_BODY, stream=False, due=due)
+                await failover.upstreams[0].send(CHAT_CALL, CHAT_BODY, stream=False, due=due)
             return failed.value, time.monotonic() - started
         finally:
             await failover.aclose()
@@ -232,10 +232,10 @@ def https_upstream(tmp_path) -> Iterator[tuple[str, Path]]:
 
 
 async def _status(base_url: str) -> int:
-    failover = Failover.from_settings(_settings(base_url))
+    failover = Failover.from_settings(_settings(base_url), None)
     try:
         due = failover.deadlines().first_byte()
-        response = await failover.upstreams[0].open_chat(CHAT_BODY, stream=False, due=due)
+        response = await failover.upstreams[0].send(CHAT_CALL, CHAT_BODY, stream=False, due=due)
         await response.read()
         finish(response)
         return response.status

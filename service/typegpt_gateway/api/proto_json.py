@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 
 from typegpt.gateway.v1 import chat_pb2, routes_pb2
 
-from ..errors import GatewayError
+from ..errors import GatewayError, invalid_request
 
 M = TypeVar("M", bound=Message)
 
@@ -33,16 +33,14 @@ def _integral_floats_to_int(value: Any) -> Any:
     return value
 
 
-def _document(params: Message) -> dict[str, Any]:
+def _document(params: Message, *, proto_names: bool = True) -> dict[str, Any]:
     try:
         document: dict[str, Any] = json_format.MessageToDict(
-            params, preserving_proto_field_name=True
+            params, preserving_proto_field_name=proto_names
         )
     except json_format.SerializeToJsonError as exc:
         # e.g. Infinity in a google.protobuf.Value: JSON cannot carry it.
-        raise GatewayError(
-            400, f"The request cannot be sent as JSON: {exc}", "invalid_request_error"
-        ) from exc
+        raise invalid_request(f"The request cannot be sent as JSON: {exc}") from exc
     return document
 
 
@@ -63,13 +61,7 @@ def request_body(
 
 def struct_document(params: Message) -> dict[str, Any]:
     """A google.protobuf.Struct of OpenAI parameters as the JSON object it stands for."""
-    try:
-        document: dict[str, Any] = json_format.MessageToDict(params)
-    except json_format.SerializeToJsonError as exc:
-        raise GatewayError(
-            400, f"The request cannot be sent as JSON: {exc}", "invalid_request_error"
-        ) from exc
-    return dict(_integral_floats_to_int(document))
+    return dict(_integral_floats_to_int(_document(params, proto_names=False)))
 
 
 def parse_answer(data: bytes, message: M) -> M:

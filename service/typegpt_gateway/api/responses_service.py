@@ -17,7 +17,7 @@ from google.protobuf import json_format, struct_pb2
 
 from typegpt.gateway.v1 import chat_pb2
 
-from ..errors import GatewayError
+from ..errors import GatewayError, invalid_request
 from ..ops import observe
 from ..pipeline.answer import Passthrough, Stream
 from ..pipeline.pipeline import Pipeline
@@ -28,7 +28,7 @@ from ..pipeline.sse import DONE, KEEPALIVE_FRAME
 from ..responses.bridge_request import to_chat_request
 from ..responses.bridge_route import BRIDGED
 from ..responses.bridge_stream import EventStream, event_frame
-from ..responses.response_object import ResponseShape, from_completion
+from ..responses.response_object import ResponseShape, as_object, from_completion
 from ..upstream.client import EVENT_STREAM
 from ..upstream.upstreams_file import UpstreamSpec, responses_mode
 from . import http_route, proto_json
@@ -73,7 +73,7 @@ class ResponsesRpcs:
         exchange = observe.current()
         key = await self._pipeline.authenticate(authorization_of(context))
         exchange.key = key.name
-        specs = tuple(upstream.spec for upstream in self._pipeline.upstreams.upstreams)
+        specs = self._pipeline.upstreams.specs
         # Off the event loop when the body is large (images in base64, long histories).
         model, prepared = await self._pipeline.work_on_body(
             body, functools.partial(_prepare_body, body, content_type, specs)
@@ -164,11 +164,9 @@ class ResponsesRpcs:
         try:
             document = proto_json.struct_document(request.params)
             if document.get("stream"):
-                raise GatewayError(
-                    400,
+                raise invalid_request(
                     "CreateResponse answers whole responses: leave 'stream' unset, or call "
                     "POST /v1/responses for a stream.",
-                    "invalid_request_error",
                     "stream",
                 )
         except GatewayError as error:
@@ -306,7 +304,7 @@ def _event_type(data: bytes, sequence: int) -> tuple[str, int]:
 def _typed_response(document: Any) -> chat_pb2.CreateResponseResponse:
     if not isinstance(document, dict):
         raise GatewayError(502, "The upstream API's response is not an object.", "api_error")
-    usage = _object(document.get("usage"))
+    usage = as_object(document.get("usage"))
     texts = [
         part.get("text", "")
         for item in document.get("output") or ()
@@ -323,19 +321,15 @@ def _typed_response(document: Any) -> chat_pb2.CreateResponseResponse:
         output_text="".join(texts),
         usage=chat_pb2.ResponseUsage(
             input_tokens=_int(usage.get("input_tokens")),
-            cached_tokens=_int(_object(usage.get("input_tokens_details")).get("cached_tokens")),
+            cached_tokens=_int(as_object(usage.get("input_tokens_details")).get("cached_tokens")),
             output_tokens=_int(usage.get("output_tokens")),
             reasoning_tokens=_int(
-                _object(usage.get("output_tokens_details")).get("reasoning_tokens")
+                as_object(usage.get("output_tokens_details")).get("reasoning_tokens")
             ),
             total_tokens=_int(usage.get("total_tokens")),
         ),
         response=whole,
     )
-
-
-def _object(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _int(value: Any) -> int:

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Collection, Mapping
 
-from ..errors import GatewayError
+from ..errors import GatewayError, invalid_request
 from ..ops.observe import UNKNOWN_MODEL
 from .key_limits import LIMIT_FIELDS, InvalidLimit, check_limit, usd_to_micro
 from .records import KeyRecord, parse_duration
@@ -44,19 +44,15 @@ _FIELD_OF = {param: field for field, param in _PARAM_OF.items()}
 LIMIT_PARAMS = tuple(_PARAM_OF.get(field, field) for field in LIMIT_FIELDS)
 
 
-def _invalid(message: str, param: str) -> GatewayError:
-    return GatewayError(400, message, "invalid_request_error", param)
-
-
 def check_name(name: str) -> str:
     if not _NAME.match(name):
-        raise _invalid(
+        raise invalid_request(
             "A key name is 1-64 characters: letters, digits and . _ @ : - "
             "(starting with a letter or digit).",
             "name",
         )
     if name.lower() in RESERVED_NAMES:
-        raise _invalid(
+        raise invalid_request(
             f"The key name {name!r} is reserved (the logs and metrics use "
             f"{' and '.join(sorted(RESERVED_NAMES))} themselves); pick another name.",
             "name",
@@ -68,7 +64,7 @@ def check_models(models: tuple[str, ...], catalog: Collection[str]) -> tuple[str
     """`models` (as the limit rule gave them), if the catalog has each."""
     unknown = [model for model in models if model not in catalog]
     if unknown:
-        raise _invalid(f"Not in the model catalog: {', '.join(unknown)}.", "models")
+        raise invalid_request(f"Not in the model catalog: {', '.join(unknown)}.", "models")
     return models
 
 
@@ -76,14 +72,14 @@ def lifetime_seconds(value: object) -> float:
     """'30d', '12h', '90m', '45s', '2w', or a number of seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value <= 0:
-            raise _invalid("'expires_in' must be positive.", "expires_in")
+            raise invalid_request("'expires_in' must be positive.", "expires_in")
         return float(value)
     if isinstance(value, str):
         try:
             return float(parse_duration(value))
         except ValueError as exc:
-            raise _invalid(f"'expires_in': {exc}.", "expires_in") from None
-    raise _invalid(
+            raise invalid_request(f"'expires_in': {exc}.", "expires_in") from None
+    raise invalid_request(
         "'expires_in' must be a duration such as 30d or a number of seconds.", "expires_in"
     )
 
@@ -96,7 +92,7 @@ def check_limits(
     Pure."""
     unknown = set(limits) - set(LIMIT_PARAMS)
     if unknown:
-        raise _invalid(f"Unknown limit: {', '.join(sorted(unknown))}.", sorted(unknown)[0])
+        raise invalid_request(f"Unknown limit: {', '.join(sorted(unknown))}.", sorted(unknown)[0])
     fields: dict[str, object] = {}
     for param, value in limits.items():
         field = _FIELD_OF.get(param, param)
@@ -108,8 +104,10 @@ def check_limits(
             fields[field] = checked = check_limit(field, value)
         except InvalidLimit as refused:
             if field == "expires_at":
-                raise _invalid("'expires_in' is too long: keys expire by 2106.", param) from None
-            raise _invalid(refused.message, refused.param) from None
+                raise invalid_request(
+                    "'expires_in' is too long: keys expire by 2106.", param
+                ) from None
+            raise invalid_request(refused.message, refused.param) from None
         if field == "models" and isinstance(checked, tuple):
             check_models(checked, catalog)
     return fields
@@ -119,7 +117,7 @@ def parse_day(text: str, param: str = "since") -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise _invalid(f"'{param}' must be a date such as 2025-01-31.", param) from None
+        raise invalid_request(f"'{param}' must be a date such as 2025-01-31.", param) from None
 
 
 def parse_group_by(text: str) -> tuple[UsageGroup, ...]:
@@ -131,7 +129,7 @@ def parse_group_by(text: str) -> tuple[UsageGroup, ...]:
     for item in text.split(","):
         group = next((known for known in USAGE_GROUPS if known == item.strip()), None)
         if group is None or group in groups:
-            raise _invalid(
+            raise invalid_request(
                 f"'group_by' is a comma-separated list of {', '.join(USAGE_GROUPS)}, each at "
                 f"most once; got {text!r}.",
                 "group_by",
@@ -219,5 +217,5 @@ class KeyAdmin:
         first = parse_day(since, "since") if since else None
         last = parse_day(until, "until") if until else None
         if first is not None and last is not None and last < first:
-            raise _invalid("'until' must not be before 'since'.", "until")
+            raise invalid_request("'until' must not be before 'since'.", "until")
         return groups, self.store.usage_totals(groups, first, last, key or None)

@@ -21,9 +21,7 @@ from ..upstream.client import finish, read_available
 from ..upstream.timeouts import Deadlines
 from .accounting import Account
 from .sse import DONE, EventReader, is_error_event
-from .usage_meter import (
-    UsageMeter,
-)
+from .usage_meter import UsageMeter
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +86,7 @@ class Stream:
         deadlines: Deadlines,
         *,
         keepalive: float,
-        flush_interval: float = 0.0,
+        flush_interval: float,
         secrets: tuple[str, ...],
         stopping: asyncio.Future[None],
         meter: UsageMeter,
@@ -240,20 +238,23 @@ def completion_chunks(answer: bytes) -> list[bytes] | None:
         head["system_fingerprint"] = document["system_fingerprint"]
     deltas = []
     for choice in choices:
-        message = dict(choice.get("message") or {}) if isinstance(choice, dict) else {}
+        if not isinstance(choice, dict):
+            choice = {}
+        message = dict(choice.get("message") or {})
         calls = message.get("tool_calls")
         if isinstance(calls, list):  # a streamed call says which of the message's it is
             message["tool_calls"] = [
                 {"index": index, **call} if isinstance(call, dict) else call
                 for index, call in enumerate(calls)
             ]
-        delta = {
-            "index": choice.get("index", 0) if isinstance(choice, dict) else 0,
-            "delta": message,
-            "logprobs": choice.get("logprobs") if isinstance(choice, dict) else None,
-            "finish_reason": choice.get("finish_reason") if isinstance(choice, dict) else None,
-        }
-        deltas.append(delta)
+        deltas.append(
+            {
+                "index": choice.get("index", 0),
+                "delta": message,
+                "logprobs": choice.get("logprobs"),
+                "finish_reason": choice.get("finish_reason"),
+            }
+        )
     chunks = [orjson.dumps({**head, "choices": deltas})]
     if document.get("usage") is not None:
         chunks.append(orjson.dumps({**head, "choices": [], "usage": document["usage"]}))

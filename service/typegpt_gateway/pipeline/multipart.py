@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from ..errors import GatewayError
+from ..errors import invalid_request
 
 MULTIPART_TYPE = "multipart/form-data"
 _BOUNDARY = re.compile(r';\s*boundary=(?:"([^"]+)"|([^\s;]+))', re.IGNORECASE)
@@ -20,15 +20,11 @@ _NAME = re.compile(rb'\bname="([^"]*)"', re.IGNORECASE)
 MAX_FIELD_BYTES = 1024
 
 
-def _invalid(message: str) -> GatewayError:
-    return GatewayError(400, message, "invalid_request_error")
-
-
 def boundary_of(content_type: str) -> bytes:
     """The boundary a `multipart/form-data` Content-Type names, or the 400."""
     match = _BOUNDARY.search(content_type)
     if match is None:
-        raise _invalid("Invalid Content-Type header: multipart/form-data needs a boundary.")
+        raise invalid_request("Invalid Content-Type header: multipart/form-data needs a boundary.")
     return (match.group(1) or match.group(2)).encode("latin-1")
 
 
@@ -67,13 +63,13 @@ def form_field(body: bytes, content_type: str, name: str) -> str | None:
         for part, start, end in _parts(body, boundary):
             if part == wanted:
                 if end - start > MAX_FIELD_BYTES:
-                    raise _invalid(f"The form field '{name}' is too long.")
+                    raise invalid_request(f"The form field '{name}' is too long.")
                 try:
                     return body[start:end].decode()
                 except UnicodeDecodeError:
-                    raise _invalid(f"The form field '{name}' must be UTF-8 text.") from None
+                    raise invalid_request(f"The form field '{name}' must be UTF-8 text.") from None
     except ValueError as exc:
-        raise _invalid(f"The multipart/form-data body could not be read: {exc}.") from None
+        raise invalid_request(f"The multipart/form-data body could not be read: {exc}.") from None
     return None
 
 

@@ -56,8 +56,8 @@ class Pipeline:
         accounting: Accounting,
         *,
         keepalive: float,
-        flush_interval: float = 0.0,
-        max_answer_bytes: int = 128 * 1024 * 1024,
+        flush_interval: float,
+        max_answer_bytes: int,
     ) -> None:
         self.keys = keys
         self.catalog = catalog

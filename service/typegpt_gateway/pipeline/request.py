@@ -13,12 +13,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import GatewayError
+from ..errors import invalid_request
 from ..usage import Usage
 from .multipart import MULTIPART_TYPE, form_field
-from .usage_meter import (
-    estimate_prompt_tokens,
-)
+from .usage_meter import estimate_prompt_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +36,6 @@ class ApiRequest:
 
 # Chat's name for it, which its tests know.
 ChatRequest = ApiRequest
-
-
-def _invalid(message: str, param: str | None = None) -> GatewayError:
-    return GatewayError(400, message, "invalid_request_error", param)
 
 
 JSON_TYPE = "application/json"
@@ -104,13 +98,13 @@ def _refuse_repeated_keys(body: bytes) -> None:
     try:
         json.loads(body, object_pairs_hook=check)
     except RecursionError:
-        raise _invalid("The JSON body of your request is nested too deeply.") from None
+        raise invalid_request("The JSON body of your request is nested too deeply.") from None
     if repeated:
         # Only now is a document built whose objects say where the repeat is.
         param = _path_to_repeat(json.loads(body, object_pairs_hook=_marked))
         if len(param) > 100:
             param = param[:100] + "..."
-        raise _invalid(
+        raise invalid_request(
             f"Duplicate key '{param}' in the JSON body: each key may appear only once.", param
         )
 
@@ -129,7 +123,7 @@ def read_json_object(
     # it): a body labelled anything else than JSON is refused, not read as JSON here and
     # perhaps otherwise upstream. A charset parameter changes nothing: JSON is UTF-8.
     if media_type(content_type) not in ("", JSON_TYPE):
-        raise _invalid(
+        raise invalid_request(
             f"Invalid Content-Type header: the body of {what} must be JSON, "
             f"sent with Content-Type: {JSON_TYPE}."
         )
@@ -138,12 +132,12 @@ def read_json_object(
         # Infinity, numbers within a double's range, no lone surrogates.
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise _invalid(
+        raise invalid_request(
             f"We could not parse the JSON body of your request ({exc}). The body must be "
             f"valid JSON in UTF-8 (Content-Type: {JSON_TYPE})."
         ) from None
     if not isinstance(document, dict):
-        raise _invalid("The request body must be a JSON object.")
+        raise invalid_request("The request body must be a JSON object.")
     _refuse_repeated_keys(body)
     return document
 
@@ -151,16 +145,16 @@ def read_json_object(
 def read_model(model: object) -> str:
     """The `model` a request names (its JSON member or its form field), or the 400."""
     if model is None:
-        raise _invalid("You must provide a model parameter.", "model")
+        raise invalid_request("You must provide a model parameter.", "model")
     if not isinstance(model, str) or not model:
-        raise _invalid("Invalid type for 'model': expected a non-empty string.", "model")
+        raise invalid_request("Invalid type for 'model': expected a non-empty string.", "model")
     return model
 
 
 def read_stream(document: dict[str, Any]) -> bool:
     stream = document.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _invalid("Invalid type for 'stream': expected a boolean.", "stream")
+        raise invalid_request("Invalid type for 'stream': expected a boolean.", "stream")
     return bool(stream)
 
 
@@ -180,18 +174,20 @@ def parse_chat_request(body: bytes, content_type: str = JSON_TYPE) -> ChatReques
     model = read_model(document.get("model"))
     messages = document.get("messages")
     if messages is None:
-        raise _invalid("Missing required parameter: 'messages'.", "messages")
+        raise invalid_request("Missing required parameter: 'messages'.", "messages")
     if not isinstance(messages, list):
-        raise _invalid("Invalid type for 'messages': expected an array of objects.", "messages")
+        raise invalid_request(
+            "Invalid type for 'messages': expected an array of objects.", "messages"
+        )
     if not messages:
-        raise _invalid("'messages' must contain at least one message.", "messages")
+        raise invalid_request("'messages' must contain at least one message.", "messages")
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _invalid(
+            raise invalid_request(
                 f"Invalid type for 'messages[{index}]': expected an object.", f"messages[{index}]"
             )
         if not isinstance(message.get("role"), str):
-            raise _invalid(
+            raise invalid_request(
                 f"Missing required parameter: 'messages[{index}].role'.",
                 f"messages[{index}].role",
             )
@@ -219,7 +215,7 @@ def json_request_parser(
         model = read_model(document.get("model"))
         stream = read_stream(document)
         if stream and not streams:
-            raise _invalid(
+            raise invalid_request(
                 f"Streaming is not supported for {what} on this gateway: "
                 "'stream' must be false or absent.",
                 "stream",
@@ -240,7 +236,7 @@ def form_request_parser(what: str) -> RequestParser:
 
     def parse(body: bytes, content_type: str) -> ApiRequest:
         if media_type(content_type) != MULTIPART_TYPE:
-            raise _invalid(
+            raise invalid_request(
                 f"Invalid Content-Type header: the body of {what} must be "
                 f"{MULTIPART_TYPE}, with its boundary."
             )

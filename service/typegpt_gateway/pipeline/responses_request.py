@@ -9,11 +9,11 @@ from typing import Any
 from ..usage import Usage
 from .request import JSON_TYPE, ApiRequest, read_json_object, read_model, read_stream
 from .usage_meter import (
-    MAX_REPORTED_TOKENS,
-    UnusableUsageError,
+    cached_tokens,
     estimate_prompt_tokens,
-    read_count,
     string_chars,
+    token_counts,
+    usage_object,
 )
 
 WHAT = "a Responses request"
@@ -53,19 +53,11 @@ def responses_usage(document: Any) -> Usage | None:
         document = document.get("response")
         if not isinstance(document, dict):
             return None
-    usage = document.get("usage")
+    usage = usage_object(document)
     if usage is None:
         return None
-    if not isinstance(usage, dict):
-        raise UnusableUsageError(f"usage is a {type(usage).__name__}, not an object")
-    given, made = read_count(usage.get("input_tokens")), read_count(usage.get("output_tokens"))
-    if given is None or made is None:
-        raise UnusableUsageError(
-            f"input_tokens and output_tokens are not counts from 0 to {MAX_REPORTED_TOKENS}"
-        )
-    details = usage.get("input_tokens_details")
-    cached = read_count(details.get("cached_tokens")) if isinstance(details, dict) else None
-    return Usage(given, made, cached_tokens=cached if cached is not None and cached <= given else 0)
+    given, made = token_counts(usage, "input_tokens", "output_tokens")
+    return Usage(given, made, cached_tokens=cached_tokens(usage, given, "input_tokens_details"))
 
 
 def responses_output_chars(document: Any) -> int:

@@ -163,7 +163,7 @@ class UnusableUsageError(ValueError):
     """The upstream reported a usage the gateway cannot count."""
 
 
-def read_count(value: Any) -> int | None:
+def _read_count(value: Any) -> int | None:
     # bool is an int to Python, not a count to anyone.
     if type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS:
         return value
@@ -178,23 +178,36 @@ UsageReader = Callable[[Any], Usage | None]
 OutputCounter = Callable[[Any], int]
 
 
-def chat_usage(document: Any) -> Usage | None:
-    """The usage of a chat (or legacy) completion, or a chunk of one: OpenAI's regular chunks
-    say `"usage": null`, which is none."""
+def usage_object(document: Any) -> dict[str, Any] | None:
+    """`document`'s `usage`: None when it has none (OpenAI's regular chunks say `"usage":
+    null`), UnusableUsageError when it is not an object."""
     usage = document.get("usage") if isinstance(document, dict) else None
     if usage is None:
         return None
     if not isinstance(usage, dict):
         raise UnusableUsageError(f"usage is a {type(usage).__name__}, not an object")
-    prompt, completion = (
-        read_count(usage.get("prompt_tokens")),
-        read_count(usage.get("completion_tokens")),
-    )
-    if prompt is None or completion is None:
+    return usage
+
+
+def token_counts(usage: dict[str, Any], given: str, made: str) -> tuple[int, int]:
+    """The counts `usage` gives under the names `given` and `made` (input and output), or
+    UnusableUsageError."""
+    given_count, made_count = _read_count(usage.get(given)), _read_count(usage.get(made))
+    if given_count is None or made_count is None:
         raise UnusableUsageError(
-            f"prompt_tokens and completion_tokens are not counts from 0 to {MAX_REPORTED_TOKENS}"
+            f"{given} and {made} are not counts from 0 to {MAX_REPORTED_TOKENS}"
         )
-    return Usage(prompt, completion, cached_tokens=_cached(usage, prompt))
+    return given_count, made_count
+
+
+def chat_usage(document: Any) -> Usage | None:
+    """The usage of a chat (or legacy) completion, or a chunk of one."""
+    usage = usage_object(document)
+    if usage is None:
+        return None
+    prompt, completion = token_counts(usage, "prompt_tokens", "completion_tokens")
+    cached = cached_tokens(usage, prompt, "prompt_tokens_details")
+    return Usage(prompt, completion, cached_tokens=cached)
 
 
 def embeddings_usage(document: Any) -> Usage | None:
@@ -202,7 +215,7 @@ def embeddings_usage(document: Any) -> Usage | None:
     usage = document.get("usage") if isinstance(document, dict) else None
     if usage is None:
         return None
-    prompt = read_count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+    prompt = _read_count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
     if prompt is None:
         raise UnusableUsageError(f"prompt_tokens is not a count from 0 to {MAX_REPORTED_TOKENS}")
     return Usage(prompt, 0)
@@ -217,8 +230,8 @@ def images_usage(document: Any) -> Usage | None:
     usage = document.get("usage")
     tokens = usage if isinstance(usage, dict) else {}
     return Usage(
-        read_count(tokens.get("input_tokens")) or 0,
-        read_count(tokens.get("output_tokens")) or 0,
+        _read_count(tokens.get("input_tokens")) or 0,
+        _read_count(tokens.get("output_tokens")) or 0,
         images=len(data) if isinstance(data, list) else 0,
     )
 
@@ -240,11 +253,9 @@ def transcription_usage(document: Any) -> Usage | None:
     """A transcription's usage where its JSON answer reports one: `{"type": "duration",
     "seconds": N}` (whisper-1) is the seconds of audio, `{"type": "tokens", "input_tokens",
     "output_tokens", ...}` (gpt-4o-transcribe) the tokens (audio and text input alike)."""
-    usage = document.get("usage") if isinstance(document, dict) else None
+    usage = usage_object(document)
     if usage is None:
         return None
-    if not isinstance(usage, dict):
-        raise UnusableUsageError(f"usage is a {type(usage).__name__}, not an object")
     kind = usage.get("type")
     if kind == "duration":
         seconds = usage.get("seconds")
@@ -259,20 +270,16 @@ def transcription_usage(document: Any) -> Usage | None:
             return Usage(seconds=Decimal(repr(seconds)))
         raise UnusableUsageError(f"seconds is not a number from 0 to {MAX_REPORTED_SECONDS}")
     if kind == "tokens":
-        given, made = read_count(usage.get("input_tokens")), read_count(usage.get("output_tokens"))
-        if given is None or made is None:
-            raise UnusableUsageError(
-                f"input_tokens and output_tokens are not counts from 0 to {MAX_REPORTED_TOKENS}"
-            )
-        return Usage(given, made)
+        return Usage(*token_counts(usage, "input_tokens", "output_tokens"))
     raise UnusableUsageError("usage is neither of type duration nor of type tokens")
 
 
-def _cached(usage: dict[str, Any], prompt: int) -> int:
-    """The prompt tokens the upstream read from its cache; 0 (the whole prompt at the input
-    price) when it says nothing of use: no upstream is billed less on a guess."""
-    details = usage.get("prompt_tokens_details")
-    cached = read_count(details.get("cached_tokens")) if isinstance(details, dict) else None
+def cached_tokens(usage: dict[str, Any], prompt: int, details: str) -> int:
+    """The prompt tokens the upstream read from its cache (`usage[details].cached_tokens`); 0
+    (the whole prompt at the input price) when it says nothing of use: no upstream is billed
+    less on a guess."""
+    found = usage.get(details)
+    cached = _read_count(found.get("cached_tokens")) if isinstance(found, dict) else None
     return cached if cached is not None and cached <= prompt else 0
 
 

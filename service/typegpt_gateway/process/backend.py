@@ -48,7 +48,7 @@ from ..redaction import register_url_password
 from ..settings import MiB, Settings
 from ..upstream.failover import Failover
 from ..upstream.prices import PriceList
-from ..upstream.upstreams_file import model_routes, price_list
+from ..upstream.upstreams_file import model_routes, price_list, read_config
 from .envoy_config import WORKER_HEALTH_SERVICE
 from .readiness import ReadinessProbe, key_store_check, rate_limits_check
 
@@ -148,17 +148,18 @@ def _readiness_checks(settings: Settings, store: Store, backend: LimiterBackend)
 
 async def start_backend(settings: Settings) -> Backend:
     """Starts the gRPC server on settings.grpc_host:grpc_port (port 0: any free port)."""
-    upstreams = Failover.from_settings(settings)
+    config = read_config(settings)
+    upstreams = Failover.from_settings(settings, config)
     store = open_store(settings)
     keys = KeyCache(store, settings.key_refresh_interval)
     catalog = Catalog(
         settings.models,
         owned_by=settings.models_owned_by,
         created=settings.models_created,
-        routes=model_routes(settings),
+        routes=model_routes(config),
     )
     limiter_backend = _limiter_backend(settings)
-    accounting = _accounting(settings, store, limiter_backend, price_list(settings))
+    accounting = _accounting(settings, store, limiter_backend, price_list(config))
     pipeline = Pipeline(
         keys,
         catalog,

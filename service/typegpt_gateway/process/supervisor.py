@@ -23,7 +23,7 @@ import aiohttp
 from ..keystore.store import SchemaTooNewError
 from ..ops.metrics_server import MetricsServer
 from ..settings import Settings
-from ..upstream.upstreams_file import ConfigError, upstream_specs
+from ..upstream.upstreams_file import ConfigError, read_config
 from .backend import Backend, start_backend
 from .envoy import (
     EnvoyAdmin,
@@ -161,7 +161,7 @@ async def _serve_workers(settings: Settings) -> int:
     """`serve` with several workers: no backend in this process, the workers (workers.py)
     behind Envoy, which also carries the direct gRPC port; /metrics merges the workers'."""
     try:
-        upstream_specs(settings)  # a bad upstreams file: one message, before any worker starts
+        read_config(settings)  # a bad upstreams file: one message, before any worker starts
     except ConfigError as exc:
         logger.error("bad config: %s", exc)
         return 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import GatewayError
+from ..errors import GatewayError, invalid_request
 from . import tool_names
 
 Json = dict[str, Any]
@@ -84,13 +84,7 @@ _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develop
 
 
 def unsupported(param: str, why: str) -> GatewayError:
-    return GatewayError(
-        400, f"Unsupported parameter: '{param}': {why}.", "invalid_request_error", param
-    )
-
-
-def _invalid(param: str, message: str) -> GatewayError:
-    return GatewayError(400, message, "invalid_request_error", param)
+    return invalid_request(f"Unsupported parameter: '{param}': {why}.", param)
 
 
 def to_chat_request(request: Mapping[str, Any]) -> Json:
@@ -98,7 +92,7 @@ def to_chat_request(request: Mapping[str, Any]) -> Json:
     the first parameter the bridge cannot honour."""
     for name in request:
         if name not in _HANDLED:
-            raise _invalid(name, f"Unknown parameter: '{name}'.")
+            raise invalid_request(f"Unknown parameter: '{name}'.", name)
     for name, why in _STATEFUL.items():
         if request.get(name) not in (None, False):
             raise unsupported(name, why)
@@ -115,7 +109,7 @@ def to_chat_request(request: Mapping[str, Any]) -> Json:
             raise unsupported(f"include[{index}]", f"the gateway cannot include {value!r}")
     model = request.get("model")
     if not isinstance(model, str) or not model:
-        raise _invalid("model", "Missing required parameter: 'model'.")
+        raise invalid_request("Missing required parameter: 'model'.", "model")
     chat: Json = {name: request[name] for name in _SAME if request.get(name) is not None}
     chat["messages"] = _messages(request)
     tools = request.get("tools")
@@ -139,14 +133,14 @@ def _messages(request: Mapping[str, Any]) -> list[Json]:
     instructions = request.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str):
-            raise _invalid("instructions", "'instructions' must be a string.")
+            raise invalid_request("'instructions' must be a string.", "instructions")
         messages.append({"role": "system", "content": instructions})
     given = request.get("input")
     if isinstance(given, str):
         messages.append({"role": "user", "content": given})
         return messages
     if not isinstance(given, list):
-        raise _invalid("input", "'input' must be a string or a list of input items.")
+        raise invalid_request("'input' must be a string or a list of input items.", "input")
     for index, item in enumerate(given):
         _add_item(messages, item, f"input[{index}]")
     return messages
@@ -154,12 +148,12 @@ def _messages(request: Mapping[str, Any]) -> list[Json]:
 
 def _add_item(messages: list[Json], item: Any, param: str) -> None:
     if not isinstance(item, dict):
-        raise _invalid(param, f"'{param}' must be an object.")
+        raise invalid_request(f"'{param}' must be an object.", param)
     kind = item.get("type", "message" if "role" in item else None)
     if kind == "message":
         role = _ROLES.get(str(item.get("role")))
         if role is None:
-            raise _invalid(f"{param}.role", f"Invalid value for '{param}.role'.")
+            raise invalid_request(f"Invalid value for '{param}.role'.", f"{param}.role")
         messages.append({"role": role, "content": _content(item.get("content"), param, role)})
     elif kind == "function_call":
         name = _string(item, "name", param)
@@ -197,7 +191,7 @@ def _add_item(messages: list[Json], item: Any, param: str) -> None:
 def _string(item: Mapping[str, Any], name: str, param: str) -> str:
     value = item.get(name)
     if not isinstance(value, str) or not value:
-        raise _invalid(f"{param}.{name}", f"Missing required parameter: '{param}.{name}'.")
+        raise invalid_request(f"Missing required parameter: '{param}.{name}'.", f"{param}.{name}")
     return value
 
 
@@ -205,7 +199,7 @@ def _content(content: Any, param: str, role: str) -> Any:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise _invalid(f"{param}.content", f"'{param}.content' must be a string or a list.")
+        raise invalid_request(f"'{param}.content' must be a string or a list.", f"{param}.content")
     if role != "user":
         # System and assistant turns are text in every chat upstream.
         return _text_of(content, f"{param}.content")
@@ -233,7 +227,7 @@ def _part(part: Any, param: str) -> Json:
 
 def _text_of(content: Any, param: str) -> str:
     if not isinstance(content, list):
-        raise _invalid(param, f"'{param}' must be a string or a list of text parts.")
+        raise invalid_request(f"'{param}' must be a string or a list of text parts.", param)
     texts = []
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
@@ -252,7 +246,7 @@ def _tools(tools: Any) -> list[Json]:
     """Chat's function tools: the request's, and each namespace's under its joined name
     (tool_names.py), none named twice."""
     if not isinstance(tools, list):
-        raise _invalid("tools", "'tools' must be a list.")
+        raise invalid_request("'tools' must be a list.", "tools")
     chat: list[Json] = []
     for index, tool in enumerate(tools):
         param = f"tools[{index}]"
@@ -260,7 +254,9 @@ def _tools(tools: Any) -> list[Json]:
             namespace = _string(tool, "name", param)
             inner = tool.get("tools")
             if not isinstance(inner, list) or not inner:
-                raise _invalid(f"{param}.tools", f"'{param}.tools' must be a non-empty list.")
+                raise invalid_request(
+                    f"'{param}.tools' must be a non-empty list.", f"{param}.tools"
+                )
             for position, member in enumerate(inner):
                 function = _function(member, f"{param}.tools[{position}]")
                 function["function"]["name"] = tool_names.joined(
@@ -272,7 +268,9 @@ def _tools(tools: Any) -> list[Json]:
     names = [tool["function"]["name"] for tool in chat]
     for name in names:
         if names.count(name) > 1:
-            raise _invalid("tools", f"Two tools are named {name!r} (namespaces joined with __).")
+            raise invalid_request(
+                f"Two tools are named {name!r} (namespaces joined with __).", "tools"
+            )
     return chat
 
 
@@ -311,7 +309,7 @@ def _text(text: Any, chat: Json) -> None:
     if text is None:
         return
     if not isinstance(text, dict):
-        raise _invalid("text", "'text' must be an object.")
+        raise invalid_request("'text' must be an object.", "text")
     if text.get("verbosity") is not None:
         chat["verbosity"] = text["verbosity"]
     form = text.get("format")
@@ -335,12 +333,12 @@ def _reasoning(reasoning: Any, chat: Json) -> None:
     if reasoning is None:
         return
     if not isinstance(reasoning, dict):
-        raise _invalid("reasoning", "'reasoning' must be an object.")
+        raise invalid_request("'reasoning' must be an object.", "reasoning")
     for name in ("summary", "generate_summary"):
         if reasoning.get(name) not in (None, *_SUMMARIES):
-            raise _invalid(
-                f"reasoning.{name}",
+            raise invalid_request(
                 f"Invalid value for 'reasoning.{name}': expected one of auto, concise, detailed.",
+                f"reasoning.{name}",
             )
     if reasoning.get("effort") is not None:
         chat["reasoning_effort"] = reasoning["effort"]

@@ -8,7 +8,7 @@ Response, as OpenAI's last event does, with the usage of the stream's usage chun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,23 +31,43 @@ def event_frame(event: Mapping[str, Any]) -> bytes:
     return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
+@dataclass(frozen=True, slots=True)
+class _PartKind:
+    """How one kind of a message's content part streams: the part, its delta and done
+    events, the done event's member that holds the whole, and what else the events carry."""
+
+    make: Callable[[str], Json]
+    delta_event: str
+    done_event: str
+    member: str
+    extra: Mapping[str, Any]
+
+
+# The kinds of content part a chat delta gives, in the order their done events go out.
+_PART_KINDS = {
+    "text": _PartKind(
+        text_part,
+        "response.output_text.delta",
+        "response.output_text.done",
+        "text",
+        {"logprobs": []},
+    ),
+    "refusal": _PartKind(
+        refusal_part, "response.refusal.delta", "response.refusal.done", "refusal", {}
+    ),
+}
+
+
 @dataclass
 class _Message:
     id: str
     index: int
-    text: str | None = None
-    refusal: str | None = None
-    # The content parts in the order they began: a part's content_index is its place here.
-    order: list[str] = field(default_factory=list)
-
-    def parts(self) -> list[str]:
-        return self.order
+    # Each content part's text so far, in the order the parts began: a part's content_index
+    # is its place here.
+    parts: dict[str, str] = field(default_factory=dict)
 
     def content(self) -> list[Json]:
-        return [
-            text_part(self.text or "") if kind == "text" else refusal_part(self.refusal or "")
-            for kind in self.order
-        ]
+        return [_PART_KINDS[kind].make(text) for kind, text in self.parts.items()]
 
 
 @dataclass
@@ -157,50 +177,28 @@ class EventStream:
                     item=message_item(message.id, [], "in_progress"),
                 )
             )
+        kind = _PART_KINDS[part]
         where = {"item_id": message.id, "output_index": message.index}
-        if part == "text":
-            if message.text is None:
-                message.text = ""
-                message.order.append("text")
-                events.append(
-                    self._event(
-                        "response.content_part.added",
-                        **where,
-                        content_index=message.parts().index("text"),
-                        part=text_part(""),
-                    )
-                )
-            message.text += delta
+        if part not in message.parts:
+            message.parts[part] = ""
             events.append(
                 self._event(
-                    "response.output_text.delta",
+                    "response.content_part.added",
                     **where,
-                    content_index=message.parts().index("text"),
-                    delta=delta,
-                    logprobs=[],
+                    content_index=list(message.parts).index(part),
+                    part=kind.make(""),
                 )
             )
-        else:
-            if message.refusal is None:
-                message.refusal = ""
-                message.order.append("refusal")
-                events.append(
-                    self._event(
-                        "response.content_part.added",
-                        **where,
-                        content_index=message.parts().index("refusal"),
-                        part=refusal_part(""),
-                    )
-                )
-            message.refusal += delta
-            events.append(
-                self._event(
-                    "response.refusal.delta",
-                    **where,
-                    content_index=message.parts().index("refusal"),
-                    delta=delta,
-                )
+        message.parts[part] += delta
+        events.append(
+            self._event(
+                kind.delta_event,
+                **where,
+                content_index=list(message.parts).index(part),
+                delta=delta,
+                **kind.extra,
             )
+        )
         return events
 
     def _call_delta(self, delta: Any) -> list[Json]:
@@ -265,38 +263,23 @@ class EventStream:
     def _close_message(self, message: _Message) -> list[Json]:
         events: list[Json] = []
         where = {"item_id": message.id, "output_index": message.index}
-        if message.text is not None:
-            index = message.parts().index("text")
+        for part, kind in _PART_KINDS.items():
+            if part not in message.parts:
+                continue
+            text = message.parts[part]
+            index = list(message.parts).index(part)
             events.append(
                 self._event(
-                    "response.output_text.done",
+                    kind.done_event,
                     **where,
                     content_index=index,
-                    text=message.text,
-                    logprobs=[],
+                    **{kind.member: text},
+                    **kind.extra,
                 )
             )
             events.append(
                 self._event(
-                    "response.content_part.done",
-                    **where,
-                    content_index=index,
-                    part=text_part(message.text),
-                )
-            )
-        if message.refusal is not None:
-            index = message.parts().index("refusal")
-            events.append(
-                self._event(
-                    "response.refusal.done", **where, content_index=index, refusal=message.refusal
-                )
-            )
-            events.append(
-                self._event(
-                    "response.content_part.done",
-                    **where,
-                    content_index=index,
-                    part=refusal_part(message.refusal),
+                    "response.content_part.done", **where, content_index=index, part=kind.make(text)
                 )
             )
         done = message_item(message.id, message.content(), "completed")

@@ -31,8 +31,8 @@ class ResponseShape:
     @classmethod
     def of(cls, request: Mapping[str, Any]) -> ResponseShape:
         tools = [tool for tool in request.get("tools") or () if isinstance(tool, dict)]
-        text = request.get("text") if isinstance(request.get("text"), dict) else {}
-        reasoning = request.get("reasoning") if isinstance(request.get("reasoning"), dict) else {}
+        text = as_object(request.get("text"))
+        reasoning = as_object(request.get("reasoning"))
         echo: Json = {
             "model": request.get("model"),
             "instructions": request.get("instructions"),
@@ -40,14 +40,13 @@ class ResponseShape:
             "parallel_tool_calls": request.get("parallel_tool_calls", True) is not False,
             "previous_response_id": None,
             "reasoning": {
-                "effort": (reasoning or {}).get("effort"),
-                "summary": (reasoning or {}).get("summary")
-                or (reasoning or {}).get("generate_summary"),
+                "effort": reasoning.get("effort"),
+                "summary": reasoning.get("summary") or reasoning.get("generate_summary"),
             },
             # Nothing is kept, whatever the default says: the answer tells the truth.
             "store": False,
             "temperature": request.get("temperature", 1.0),
-            "text": {"format": (text or {}).get("format") or {"type": "text"}},
+            "text": {"format": text.get("format") or {"type": "text"}},
             "tool_choice": request.get("tool_choice") or "auto",
             "tools": [
                 {"strict": True, "parameters": None, **tool}
@@ -190,3 +189,8 @@ def from_completion(shape: ResponseShape, completion: Mapping[str, Any]) -> Json
     return shape.response(
         status, output, response_usage(completion.get("usage")), incomplete=incomplete
     )
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: for reading optional members."""
+    return value if isinstance(value, dict) else {}

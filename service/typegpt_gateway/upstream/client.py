@@ -113,10 +113,6 @@ class Upstream:
         upstream_model = self.spec.model_map.get(model)
         return body if upstream_model is None else rename(body, upstream_model)
 
-    async def open_chat(self, body: bytes, *, stream: bool, due: Due) -> aiohttp.ClientResponse:
-        """A chat completion: `send` on CHAT_CALL."""
-        return await self.send(CHAT_CALL, body, stream=stream, due=due)
-
     async def send(
         self,
         call: UpstreamCall,

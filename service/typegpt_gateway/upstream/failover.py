@@ -21,7 +21,7 @@ from .client import CHAT_CALL, JSON, Upstream, UpstreamCall
 from .retry import AttemptFailed, RetryPolicy, call_with_retries
 from .routing import HealthPolicy, Route, Router
 from .timeouts import Deadlines, Timeouts
-from .upstreams_file import UpstreamSpec, upstream_specs
+from .upstreams_file import GatewayConfig, UpstreamSpec, upstream_specs
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ class Failover:
         timeouts: Timeouts,
     ) -> None:
         self.upstreams = tuple(upstreams)
+        self.specs = tuple(upstream.spec for upstream in self.upstreams)
+        # What must be scrubbed from anything an upstream says: fixed at start, read per
+        # request.
+        self.secrets = tuple(secret for upstream in self.upstreams for secret in upstream.secrets)
         self.router = router
         self.policy = policy
         self.timeouts = timeouts
@@ -42,7 +46,7 @@ class Failover:
         self._export_health()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Failover:
+    def from_settings(cls, settings: Settings, config: GatewayConfig | None) -> Failover:
         timeouts = Timeouts(
             connect=settings.upstream_connect_timeout,
             first_byte=settings.upstream_first_byte_timeout,
@@ -50,7 +54,8 @@ class Failover:
             total=settings.upstream_total_timeout,
         )
         upstreams = [
-            Upstream(spec, connect_timeout=timeouts.connect) for spec in upstream_specs(settings)
+            Upstream(spec, connect_timeout=timeouts.connect)
+            for spec in upstream_specs(settings, config)
         ]
         router = Router(
             # Only upstreams with a key take requests.
@@ -69,10 +74,6 @@ class Failover:
             backoff_max=settings.upstream_retry_backoff_max,
         )
         return cls(upstreams, router, policy, timeouts)
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        return tuple(secret for upstream in self.upstreams for secret in upstream.secrets)
 
     @property
     def unconfigured(self) -> tuple[UpstreamSpec, ...]:

@@ -137,10 +137,16 @@ def _key(value: str | None) -> str | None:
     return (value or "").strip() or None
 
 
+def read_config(settings: Settings) -> GatewayConfig | None:
+    """The config file (GATEWAY_CONFIG) read and checked, or None without one; read once at
+    start-up, and handed to what it configures."""
+    return None if settings.config is None else load_config(settings.config)
+
+
 def upstream_specs(
-    settings: Settings, environ: Mapping[str, str] = os.environ
+    settings: Settings, config: GatewayConfig | None, environ: Mapping[str, str] = os.environ
 ) -> tuple[UpstreamSpec, ...]:
-    if settings.config is None:
+    if config is None:
         return (
             UpstreamSpec(
                 name="typegpt",
@@ -154,7 +160,7 @@ def upstream_specs(
             ),
         )
     specs = []
-    for upstream in load_config(settings.config).upstreams:
+    for upstream in config.upstreams:
         if upstream.api_key_env is not None:
             key, setting = _key(environ.get(upstream.api_key_env)), upstream.api_key_env
         else:
@@ -186,22 +192,20 @@ def responses_mode(specs: tuple[UpstreamSpec, ...], model: str) -> ResponsesMode
     return "bridged"
 
 
-def price_list(settings: Settings) -> PriceList:
+def price_list(config: GatewayConfig | None) -> PriceList:
     """The shipped prices under the config file's, and each upstream's own on top."""
     shipped = shipped_prices()
-    if settings.config is None:
+    if config is None:
         return PriceList(shipped)
-    config = load_config(settings.config)
     base = overlay(shipped, config.prices)
     return PriceList(
         base, {upstream.name: overlay(base, upstream.prices) for upstream in config.upstreams}
     )
 
 
-def model_routes(settings: Settings) -> dict[str, frozenset[str]]:
+def model_routes(config: GatewayConfig | None) -> dict[str, frozenset[str]]:
     """The routes each model the config file names is limited to; a model it does not name
     (or every model, without a file) is offered on every route."""
-    if settings.config is None:
+    if config is None:
         return {}
-    config = load_config(settings.config)
     return {model: frozenset(routes) for model, routes in config.model_routes.items()}
