@@ -8,13 +8,10 @@ exception class or a stream that ends without raising.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import node_sdk
 import openai
 import openapi_schema
 import pytest
@@ -34,9 +31,6 @@ from fake_upstream import (
 from gateway_process import UPSTREAM_KEY, Gateway
 from openai import OpenAI
 from openai_shape import GUIDE_MODELS
-
-JS_DIR = Path(__file__).resolve().parents[1] / "js"
-SDK_CHECK = JS_DIR / "sdk_check.mjs"
 
 MODEL = "gpt-4o"
 MESSAGES: list[dict[str, Any]] = [
@@ -447,34 +441,9 @@ def test_models_match_openapi_schema(client: OpenAI, schema: Any) -> None:
 
 
 def test_node_sdk(gateway: Gateway, api_key: str, upstream: FakeUpstream) -> None:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
-    if not (JS_DIR / "node_modules" / "openai").is_dir():
-        pytest.skip(f"{JS_DIR}/node_modules has no openai: run `npm ci --prefix tests/js`")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
-        and not key.startswith("OPENAI_")
-    }
-    env.update(
-        GATEWAY_BASE_URL=gateway.url + "/v1",
-        GATEWAY_API_KEY=api_key,
-        GATEWAY_INVALID_KEY=INVALID_KEY,
-        NO_PROXY="127.0.0.1,localhost",
+    summary = node_sdk.run_check(
+        "sdk_check.mjs", gateway.url + "/v1", api_key, GATEWAY_INVALID_KEY=INVALID_KEY
     )
-    result = subprocess.run(
-        ["node", str(SDK_CHECK)],
-        env=env,
-        cwd=JS_DIR,
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
 
     assert summary["completion"] == {
         "object": "chat.completion",

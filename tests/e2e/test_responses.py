@@ -5,16 +5,13 @@ and native (an upstream marked `responses: native`: the fake's own Responses API
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
+import node_sdk
 import openai
 import openapi_schema
 import pytest
@@ -445,34 +442,9 @@ def test_native_forwards_the_clients_bytes(
     assert upstream.last_request().body == body
 
 
-JS_DIR = Path(__file__).resolve().parents[1] / "js"
-
-
 def test_node_sdk(served: tuple[Gateway, str], upstream: FakeUpstream) -> None:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
-    if not (JS_DIR / "node_modules" / "openai").is_dir():
-        pytest.skip(f"{JS_DIR}/node_modules has no openai: run `npm ci --prefix tests/js`")
     gateway, key = served
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
-        and not name.startswith("OPENAI_")
-    }
-    env.update(GATEWAY_BASE_URL=gateway.url + "/v1", GATEWAY_API_KEY=key, NO_PROXY="127.0.0.1")
-    result = subprocess.run(
-        ["node", str(JS_DIR / "responses_check.mjs")],
-        env=env,
-        cwd=JS_DIR,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = node_sdk.run_check("responses_check.mjs", gateway.url + "/v1", key)
     usage = {
         "input_tokens": 2 * PROMPT_TOKENS_PER_MESSAGE,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
+import node_sdk
 import openai
 import openapi_schema
 import pytest
@@ -50,7 +48,6 @@ CHAT_MODEL = "gpt-4o"
 MODELS = (CHAT_MODEL, EMBEDDING_MODEL, INSTRUCT_MODEL, IMAGE_MODEL, SPEECH_MODEL)
 MODELS += (TRANSCRIPTION_MODEL, TOKENS_TRANSCRIPTION_MODEL, UNPRICED_SPEECH_MODEL)
 TIMEOUT = 10.0
-JS_DIR = Path(__file__).resolve().parents[1] / "js"
 # A few bytes that are not UTF-8, as an audio file's are.
 AUDIO = b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\xff\xfe\x00\x80" * 8
 
@@ -363,33 +360,7 @@ def test_unknown_route_lists_the_routes(routes_gateway: Gateway, key: str) -> No
 
 
 def test_node_sdk(routes_gateway: Gateway, key: str) -> None:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
-    if not (JS_DIR / "node_modules" / "openai").is_dir():
-        pytest.skip(f"{JS_DIR}/node_modules has no openai: run `npm ci --prefix tests/js`")
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
-        and not name.startswith("OPENAI_")
-    }
-    env.update(
-        GATEWAY_BASE_URL=routes_gateway.url + "/v1",
-        GATEWAY_API_KEY=key,
-        NO_PROXY="127.0.0.1,localhost",
-    )
-    result = subprocess.run(
-        ["node", str(JS_DIR / "routes_check.mjs")],
-        env=env,
-        cwd=JS_DIR,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = node_sdk.run_check("routes_check.mjs", routes_gateway.url + "/v1", key)
     assert summary["embeddingsFloat"] == {
         "vectors": [embedding_vector(0), embedding_vector(1)],
         "promptTokens": 5,
